@@ -1,0 +1,172 @@
+//! The edge: proto requests become validated domain types, domain results become proto.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use berth_proto::v1 as pb;
+
+use crate::docker::LogStream;
+use crate::key::ServerKey;
+use crate::runtime::StopSpec;
+use crate::runtime::progress::{Event, Phase};
+use crate::runtime::{LogLine, State, Status};
+use crate::spec::{self, Env, Resources, SpecError, StartSpec, VolumeSpec};
+
+/// Longest readiness deadline any request may name, whatever the node allows.
+pub const MAX_READY_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// The key of a request; a missing key is an empty user.
+pub fn key(key: Option<&pb::ServerKey>) -> Result<ServerKey, SpecError> {
+    let (user, server) = key.map_or(("", ""), |k| (k.user.as_str(), k.server_name.as_str()));
+    ServerKey::new(user, server)
+        .map_err(|(field, e)| SpecError::new(format!("key.{field}"), e.to_string()))
+}
+
+impl TryFrom<pb::StartRequest> for StartSpec {
+    type Error = SpecError;
+
+    fn try_from(r: pb::StartRequest) -> Result<Self, SpecError> {
+        let key = key(r.key.as_ref())?;
+        spec::check_spawn_id(&r.spawn_id)?;
+        spec::check_image(&r.image)?;
+        spec::check_argv("cmd", &r.cmd)?;
+        spec::check_argv("args", &r.args)?;
+        let env = Env::new(r.env)?;
+        let port = spec::port(r.port)?;
+        let res = r.resources.unwrap_or_default();
+        let resources = Resources::new(
+            res.mem_limit_bytes,
+            res.mem_guarantee_bytes,
+            res.cpu_limit,
+            res.cpu_guarantee,
+        )?;
+        if r.volumes.len() > spec::MAX_ENTRIES {
+            return Err(SpecError::new("volumes", "too many volumes"));
+        }
+        let volumes = r
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VolumeSpec::new(i, &key, &v.source, &v.target, v.read_only))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut targets: Vec<&str> = volumes.iter().map(|v| v.target.as_str()).collect();
+        targets.sort_unstable();
+        if targets.windows(2).any(|w| w[0] == w[1]) {
+            return Err(SpecError::new("volumes", "two volumes share a target path"));
+        }
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        spec::check_labels(&labels)?;
+        if r.user_options.len() > spec::MAX_VALUE_BYTES {
+            return Err(SpecError::new("user_options", "longer than 128 KiB"));
+        }
+        let ready_path = spec::ready_path(&r.ready_path)?;
+        if r.ready_timeout_seconds > MAX_READY_TIMEOUT_SECONDS {
+            return Err(SpecError::new(
+                "ready_timeout_seconds",
+                format!(
+                    "{} is more than {MAX_READY_TIMEOUT_SECONDS}",
+                    r.ready_timeout_seconds
+                ),
+            ));
+        }
+        let ready_timeout = (r.ready_timeout_seconds > 0)
+            .then(|| Duration::from_secs(u64::from(r.ready_timeout_seconds)));
+        Ok(StartSpec {
+            key,
+            spawn_id: r.spawn_id,
+            image: r.image,
+            cmd: r.cmd,
+            args: r.args,
+            env,
+            port,
+            resources,
+            volumes,
+            labels,
+            user_options: r.user_options,
+            ready_path,
+            ready_timeout,
+        })
+    }
+}
+
+/// The stop options of a request.
+pub fn stop_spec(r: &pb::StopRequest) -> StopSpec {
+    StopSpec {
+        now: r.now,
+        grace: (r.grace_seconds > 0).then(|| Duration::from_secs(u64::from(r.grace_seconds))),
+        remove: r.remove,
+    }
+}
+
+fn timestamp(rfc3339: Option<&String>) -> Option<prost_types::Timestamp> {
+    rfc3339.and_then(|t| t.parse().ok())
+}
+
+impl From<Status> for pb::ServerStatus {
+    fn from(s: Status) -> Self {
+        use pb::server_status::State as P;
+        let state = match s.state {
+            State::Absent => P::Absent,
+            State::Starting => P::Starting,
+            State::Running => P::Running,
+            State::Stopping => P::Stopping,
+            State::Exited => P::Exited,
+        };
+        pb::ServerStatus {
+            key: Some(pb::ServerKey {
+                user: s.key.user().to_owned(),
+                server_name: s.key.server().to_owned(),
+            }),
+            state: state.into(),
+            exit_code: s.exit_code,
+            reason: s.reason,
+            message: s.message,
+            started_at: timestamp(s.started_at.as_ref()),
+            finished_at: timestamp(s.finished_at.as_ref()),
+            url: s.url.unwrap_or_default(),
+            container_id: s.container_id,
+            spawn_id: s.spawn_id,
+            node_id: String::new(),
+            image: s.image,
+        }
+    }
+}
+
+impl From<Event> for pb::ProgressEvent {
+    fn from(e: Event) -> Self {
+        use pb::progress_event::Phase as P;
+        let phase = match e.phase {
+            Phase::Queued => P::Queued,
+            Phase::Creating => P::Creating,
+            Phase::Starting => P::Starting,
+            Phase::WaitingForHttp => P::WaitingForHttp,
+            Phase::Ready => P::Ready,
+            Phase::Failed => P::Failed,
+        };
+        pb::ProgressEvent {
+            progress: u32::from(e.percent),
+            message: e.message,
+            phase: phase.into(),
+            ready: e.phase == Phase::Ready,
+            failed: e.phase == Phase::Failed,
+            url: e.url.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            time: Some(prost_types::Timestamp::from(
+                e.at.max(SystemTime::UNIX_EPOCH),
+            )),
+        }
+    }
+}
+
+impl From<LogLine> for pb::LogLine {
+    fn from(l: LogLine) -> Self {
+        let stream = match l.stream {
+            LogStream::Stdout => pb::log_line::Stream::Stdout,
+            LogStream::Stderr => pb::log_line::Stream::Stderr,
+        };
+        pb::LogLine {
+            stream: stream.into(),
+            line: l.line,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The `berth.v1.Spawner` service: thin handlers that convert, call the runtime, convert back.
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::spawner_server::Spawner;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::invalid;
+use crate::docker::ContainerEngine;
+use crate::runtime::Runtime;
+use crate::spec::StartSpec;
+
+/// Features this daemon announces in `Version`.
+pub const FEATURES: &[&str] = &["start-idempotent", "progress", "logs"];
+
+/// The Spawner service over a runtime.
+pub struct SpawnerService<E> {
+    rt: Runtime<E>,
+}
+
+impl<E: ContainerEngine> SpawnerService<E> {
+    /// A service answering from `rt`.
+    pub fn new(rt: Runtime<E>) -> Self {
+        Self { rt }
+    }
+
+    fn node_id(&self) -> String {
+        self.rt.config().node_id.clone()
+    }
+
+    fn with_node(&self, s: crate::runtime::Status) -> pb::ServerStatus {
+        let mut p = pb::ServerStatus::from(s);
+        p.node_id = self.node_id();
+        p
+    }
+}
+
+#[tonic::async_trait]
+impl<E: ContainerEngine> Spawner for SpawnerService<E> {
+    async fn version(
+        &self,
+        _request: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        let engine = self.rt.engine_version().await?;
+        Ok(Response::new(pb::VersionResponse {
+            api_version: "v1".to_owned(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            node_id: self.node_id(),
+            docker_api_version: engine.api_version,
+            docker_version: engine.version,
+            features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(user, server, spawn_id))]
+    async fn start(
+        &self,
+        request: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
+        let spec = StartSpec::try_from(request.into_inner()).map_err(invalid)?;
+        let span = tracing::Span::current();
+        span.record("user", spec.key.user());
+        span.record("server", spec.key.server());
+        span.record("spawn_id", spec.spawn_id.as_str());
+        let started = self.rt.start(spec).await?;
+        Ok(Response::new(pb::StartResponse {
+            url: started.url,
+            container_id: started.container_id,
+            node_id: self.node_id(),
+            spawn_id: started.spawn_id,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn stop(
+        &self,
+        request: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
+        let r = request.into_inner();
+        let key = convert::key(r.key.as_ref()).map_err(invalid)?;
+        let status = self.rt.stop(&key, convert::stop_spec(&r)).await?;
+        Ok(Response::new(pb::StopResponse {
+            status: Some(self.with_node(status)),
+        }))
+    }
+
+    async fn poll(
+        &self,
+        request: Request<pb::PollRequest>,
+    ) -> Result<Response<pb::ServerStatus>, Status> {
+        let key = convert::key(request.get_ref().key.as_ref()).map_err(invalid)?;
+        let status = self.rt.poll(&key).await?;
+        Ok(Response::new(self.with_node(status)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let user = &request.get_ref().user;
+        let user = (!user.is_empty()).then_some(user.as_str());
+        let servers = self.rt.list(user).await?;
+        Ok(Response::new(pb::ListResponse {
+            servers: servers.into_iter().map(|s| self.with_node(s)).collect(),
+        }))
+    }
+
+    type ProgressStream = BoxStream<'static, Result<pb::ProgressEvent, Status>>;
+
+    async fn progress(
+        &self,
+        request: Request<pb::ProgressRequest>,
+    ) -> Result<Response<Self::ProgressStream>, Status> {
+        let r = request.into_inner();
+        let key = convert::key(r.key.as_ref()).map_err(invalid)?;
+        let spawn_id = if r.spawn_id.is_empty() {
+            self.rt.progress().newest(&key).ok_or_else(|| {
+                Status::not_found(format!("no spawn of server {key} is known to this node"))
+            })?
+        } else {
+            crate::spec::check_spawn_id(&r.spawn_id).map_err(invalid)?;
+            r.spawn_id
+        };
+        let stream = self.rt.progress().subscribe(&key, &spawn_id).map(move |e| {
+            e.map(pb::ProgressEvent::from).ok_or_else(|| {
+                Status::not_found(format!(
+                    "spawn {spawn_id:?} of server {key} did not begin on this node"
+                ))
+            })
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    type LogsStream = BoxStream<'static, Result<pb::LogLine, Status>>;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        let key = convert::key(r.key.as_ref()).map_err(invalid)?;
+        let tail = (r.tail > 0).then_some(r.tail);
+        let lines = self.rt.logs(&key, tail, r.follow).await?;
+        Ok(Response::new(
+            lines
+                .map(|l| l.map(pb::LogLine::from).map_err(Status::from))
+                .boxed(),
+        ))
+    }
+}

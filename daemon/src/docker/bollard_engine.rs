@@ -1,0 +1,397 @@
+//! [`ContainerEngine`] over the Docker Engine API with bollard; every call has a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+    Mount as DockerMount, MountType, PortBinding as DockerPortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::{
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineVersion, ImageInfo, LogChunk,
+    LogStream, PortBinding, RunStatus,
+};
+
+/// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
+pub const MIN_API_VERSION: (usize, usize) = (1, 41);
+
+/// A Docker engine reached through bollard.
+#[derive(Clone)]
+pub struct BollardEngine {
+    docker: Docker,
+    timeout: Duration,
+}
+
+impl BollardEngine {
+    /// Connects to `host` (`unix:///path` or `tcp://host:port`) and negotiates the API version,
+    /// falling back to [`MIN_API_VERSION`] when the engine does not answer yet.
+    pub async fn connect(host: &str, timeout: Duration) -> Result<Self, EngineError> {
+        let secs = timeout.as_secs().max(1);
+        let min = &bollard::ClientVersion {
+            major_version: MIN_API_VERSION.0,
+            minor_version: MIN_API_VERSION.1,
+        };
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_socket(path, secs, min)
+        } else {
+            Docker::connect_with_http(host, secs, min)
+        }
+        .map_err(|e| unavailable("connect", &e))?;
+        // Negotiation only raises the version above the minimum when the engine supports it.
+        let docker = match tokio::time::timeout(timeout, docker.clone().negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Docker API version negotiation failed; using 1.41");
+                docker
+            }
+            Err(_) => {
+                tracing::warn!("Docker engine did not answer version negotiation; using 1.41");
+                docker
+            }
+        };
+        Ok(Self { docker, timeout })
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<T, EngineError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(|e| classify(op, e)),
+            Err(_) => Err(EngineError::Timeout {
+                op,
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+fn unavailable(op: &'static str, e: &BollardError) -> EngineError {
+    EngineError::Unavailable {
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn classify(op: &'static str, e: BollardError) -> EngineError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => EngineError::NotFound { what: message },
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => EngineError::Conflict { message },
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => EngineError::Api {
+            op,
+            status: status_code,
+            message,
+        },
+        other => unavailable(op, &other),
+    }
+}
+
+fn not_found_is_none<T>(r: Result<T, EngineError>) -> Result<Option<T>, EngineError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(EngineError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A 304 ("already stopped") answer is success for stop.
+fn not_modified_is_ok(r: Result<(), EngineError>) -> Result<(), EngineError> {
+    match r {
+        Err(EngineError::Api { status: 304, .. }) => Ok(()),
+        other => other,
+    }
+}
+
+fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let port_key = format!("{}/tcp", spec.port);
+    let bindings = HashMap::from([(
+        port_key.clone(),
+        Some(vec![DockerPortBinding {
+            host_ip: Some(spec.host_ip.clone()),
+            // Empty: Docker picks a free host port.
+            host_port: Some(String::new()),
+        }]),
+    )]);
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| DockerMount {
+            target: Some(m.target.clone()),
+            source: Some(m.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.cmd.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone()),
+        exposed_ports: Some(vec![port_key]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(bindings),
+            memory: spec.memory,
+            memory_reservation: spec.memory_reservation,
+            nano_cpus: spec.nano_cpus,
+            cpu_shares: spec.cpu_shares,
+            mounts: Some(mounts),
+            // berthd decides about restarts; Docker must never resurrect a stopped server.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
+    let state = c.state.unwrap_or_default();
+    let status = match state.status {
+        Some(ContainerStateStatusEnum::CREATED) => RunStatus::Created,
+        Some(ContainerStateStatusEnum::RUNNING) => RunStatus::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => RunStatus::Paused,
+        Some(ContainerStateStatusEnum::RESTARTING) => RunStatus::Restarting,
+        Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::STOPPING) => {
+            RunStatus::Removing
+        }
+        Some(ContainerStateStatusEnum::DEAD) => RunStatus::Dead,
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::EMPTY) | None => {
+            RunStatus::Exited
+        }
+    };
+    let exited = matches!(status, RunStatus::Exited | RunStatus::Dead);
+    let ports = c
+        .network_settings
+        .and_then(|n| n.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(key, bindings)| {
+            let container_port = key
+                .split('/')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(0);
+            bindings
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |b| PortBinding {
+                    container_port,
+                    host_ip: b.host_ip.unwrap_or_default(),
+                    host_port: b.host_port.and_then(|p| p.parse().ok()).unwrap_or(0),
+                })
+        })
+        .collect();
+    let config = c.config.unwrap_or_default();
+    let host = c.host_config.unwrap_or_default();
+    let real_time = |t: Option<String>| t.filter(|t| !t.starts_with("0001-"));
+    ContainerInfo {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        image: config.image.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default(),
+        status,
+        exit_code: if exited { state.exit_code } else { None },
+        oom_killed: state.oom_killed.unwrap_or(false),
+        error: state.error.unwrap_or_default(),
+        started_at: real_time(state.started_at),
+        finished_at: real_time(state.finished_at),
+        ports,
+        memory: host.memory.unwrap_or(0),
+        nano_cpus: host.nano_cpus.unwrap_or(0),
+    }
+}
+
+impl ContainerEngine for BollardEngine {
+    async fn version(&self) -> Result<EngineVersion, EngineError> {
+        let v = self.bounded("version", self.docker.version()).await?;
+        Ok(EngineVersion {
+            version: v.version.unwrap_or_default(),
+            api_version: self.docker.client_version().to_string(),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.bounded("ping", self.docker.ping()).await.map(drop)
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let r = self
+            .bounded("inspect image", self.docker.inspect_image(reference))
+            .await;
+        Ok(not_found_is_none(r)?.map(|i| ImageInfo {
+            id: i.id.unwrap_or_default(),
+            cmd: i.config.and_then(|c| c.cmd).unwrap_or_default(),
+        }))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let body = to_create_body(spec);
+        let r = self
+            .bounded("create", self.docker.create_container(Some(options), body))
+            .await?;
+        Ok(r.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.bounded("start", self.docker.start_container(id, None))
+            .await
+    }
+
+    async fn inspect(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let r = self
+            .bounded("inspect", self.docker.inspect_container(name_or_id, None))
+            .await;
+        Ok(not_found_is_none(r)?.map(to_info))
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<String>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .bounded("list", self.docker.list_containers(Some(options)))
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let options = KillContainerOptions {
+            signal: "SIGKILL".to_owned(),
+        };
+        match self
+            .bounded("kill", self.docker.kill_container(id, Some(options)))
+            .await
+        {
+            // "is not running": already where we want it.
+            Err(EngineError::Conflict { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptions {
+            t: Some(secs),
+            signal: None,
+        };
+        // Docker itself waits `grace` before it kills, so the deadline must cover it.
+        let deadline = self.timeout + grace;
+        let fut = self.docker.stop_container(id, Some(options));
+        let r = match tokio::time::timeout(deadline, fut).await {
+            Ok(r) => r.map_err(|e| classify("stop", e)),
+            Err(_) => Err(EngineError::Timeout {
+                op: "stop",
+                after: deadline,
+            }),
+        };
+        not_modified_is_ok(r)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: false,
+            link: false,
+        };
+        match self
+            .bounded("remove", self.docker.remove_container(id, Some(options)))
+            .await
+        {
+            Err(EngineError::NotFound { .. }) => Ok(()),
+            // "removal already in progress"
+            Err(EngineError::Conflict { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn wait_exit(&self, id: &str) -> Result<i64, EngineError> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_owned(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(classify("wait", e)),
+            None => Err(EngineError::Unavailable {
+                op: "wait",
+                message: "the wait stream ended without a result".to_owned(),
+            }),
+        }
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u32>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .logs(id, Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+                        stream: LogStream::Stderr,
+                        data: message.to_vec(),
+                    })),
+                    Ok(
+                        bollard::container::LogOutput::StdOut { message }
+                        | bollard::container::LogOutput::Console { message },
+                    ) => Some(Ok(LogChunk {
+                        stream: LogStream::Stdout,
+                        data: message.to_vec(),
+                    })),
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(classify("logs", e))),
+                }
+            })
+            .boxed()
+    }
+}

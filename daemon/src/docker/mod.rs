@@ -1,0 +1,273 @@
+//! The narrow view of a container engine that berthd needs, and its types; `bollard_engine`
+//! implements it over the Docker Engine API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+pub mod bollard_engine;
+
+pub use bollard_engine::BollardEngine;
+
+/// Label marking every container berthd manages.
+pub const LABEL_MANAGED: &str = "berth.managed";
+/// Label holding the exact JupyterHub user name.
+pub const LABEL_USER: &str = "berth.user";
+/// Label holding the exact server name ("" for the default server).
+pub const LABEL_SERVER: &str = "berth.server";
+/// Label holding the id of the node that created the container.
+pub const LABEL_NODE: &str = "berth.node";
+/// Label holding the spawn id (the idempotency key of Start).
+pub const LABEL_SPAWN_ID: &str = "berth.spawn-id";
+/// Label holding the hash of the spec without secrets.
+pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
+/// Label holding the container port the server listens on.
+pub const LABEL_PORT: &str = "berth.port";
+
+/// What went wrong talking to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The object does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The engine refused because of the object's state or a name conflict.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine did not answer or could not be reached.
+    #[error("Docker engine unreachable during {op}: {message}")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The engine took longer than the configured deadline.
+    #[error("Docker engine did not answer {op} within {after:?}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The engine answered with an error.
+    #[error("Docker refused {op} (HTTP {status}): {message}")]
+    Api {
+        /// The operation.
+        op: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// The engine's message.
+        message: String,
+    },
+}
+
+/// The engine's identity.
+#[derive(Debug, Clone)]
+pub struct EngineVersion {
+    /// Docker release, e.g. "20.10.24".
+    pub version: String,
+    /// API version in use, e.g. "1.41".
+    pub api_version: String,
+}
+
+/// What berthd needs to know of an image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Image id.
+    pub id: String,
+    /// The image's default command.
+    pub cmd: Vec<String>,
+}
+
+/// A named-volume mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Volume name.
+    pub volume: String,
+    /// Path inside the container.
+    pub target: String,
+    /// Read-only mount.
+    pub read_only: bool,
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Full command; `None` = the image's.
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` strings. Secret: never logged.
+    pub env: Vec<String>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Container port to publish.
+    pub port: u16,
+    /// Host address the port is published on.
+    pub host_ip: String,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory reservation in bytes.
+    pub memory_reservation: Option<i64>,
+    /// CPU limit in units of 1e-9 cores.
+    pub nano_cpus: Option<i64>,
+    /// Relative CPU weight (1024 = one core's worth).
+    pub cpu_shares: Option<i64>,
+    /// Named volumes.
+    pub mounts: Vec<Mount>,
+}
+
+/// Coarse lifecycle state reported by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Being restarted by the engine.
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Exited.
+    Exited,
+    /// Dead (failed removal or similar).
+    Dead,
+}
+
+/// One published port binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortBinding {
+    /// Container port.
+    pub container_port: u16,
+    /// Host address.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: u16,
+}
+
+/// What berthd needs to know of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Image reference it was created from.
+    pub image: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Lifecycle state.
+    pub status: RunStatus,
+    /// Exit code once exited.
+    pub exit_code: Option<i64>,
+    /// Killed by the kernel OOM killer.
+    pub oom_killed: bool,
+    /// The engine's error text (e.g. why start failed).
+    pub error: String,
+    /// RFC 3339 start time, if ever started.
+    pub started_at: Option<String>,
+    /// RFC 3339 finish time, if ever finished.
+    pub finished_at: Option<String>,
+    /// Published ports.
+    pub ports: Vec<PortBinding>,
+    /// Memory limit in bytes (0 = none).
+    pub memory: i64,
+    /// CPU limit in 1e-9 cores (0 = none).
+    pub nano_cpus: i64,
+}
+
+impl ContainerInfo {
+    /// The label value, if present.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// The host port that `container_port` is published on.
+    pub fn host_port(&self, container_port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.container_port == container_port && p.host_port != 0)
+            .map(|p| p.host_port)
+    }
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A piece of container output.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    /// Its stream.
+    pub stream: LogStream,
+    /// Raw bytes (usually whole lines).
+    pub data: Vec<u8>,
+}
+
+/// The container operations berthd uses. Every call is bounded by a deadline.
+pub trait ContainerEngine: Send + Sync + 'static {
+    /// The engine's version.
+    fn version(&self) -> impl Future<Output = Result<EngineVersion, EngineError>> + Send;
+    /// Cheap liveness check.
+    fn ping(&self) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The image, or `None` when it is not present locally.
+    fn image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<ImageInfo>, EngineError>> + Send;
+    /// Creates a container and returns its id.
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send;
+    /// Starts a created container.
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The container by name or id, or `None` when there is none.
+    fn inspect(
+        &self,
+        name_or_id: &str,
+    ) -> impl Future<Output = Result<Option<ContainerInfo>, EngineError>> + Send;
+    /// Ids of all containers (running or not) carrying every one of `labels`.
+    fn list(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+    /// Sends SIGKILL. Killing a container that is not running succeeds.
+    fn kill(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// SIGTERM, then SIGKILL after `grace`. Stopping a stopped container succeeds.
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Removes the container (forcefully). Removing an absent container succeeds.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Resolves with the exit code once the container is not running. Not bounded by the
+    /// call deadline: it waits as long as the container runs.
+    fn wait_exit(&self, id: &str) -> impl Future<Output = Result<i64, EngineError>> + Send;
+    /// The container's output: the last `tail` lines (all when `None`), then new output while
+    /// `follow`.
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u32>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogChunk, EngineError>>;
+}

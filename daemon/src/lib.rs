@@ -1,0 +1,17 @@
+//! berthd, the node daemon of berth: it runs JupyterHub single-user servers as Docker containers
+//! on this node and serves the hub over gRPC.
+//!
+//! - [`config`]: the typed configuration (defaults < TOML < `BERTH_*` env < flags).
+//! - [`key`] and [`spec`]: validated domain types of a request (names, images, resources, env).
+//! - [`docker`]: the narrow [`docker::ContainerEngine`] trait and its bollard implementation.
+//! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
+//! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
+//! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
+
+pub mod api;
+pub mod config;
+pub mod docker;
+pub mod key;
+pub mod runtime;
+pub mod serve;
+pub mod spec;

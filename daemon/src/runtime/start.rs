@@ -1,0 +1,256 @@
+//! Start: idempotent by spawn id, serialised per key, done when the server answers HTTP.
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::Op;
+use super::progress::{Event, Phase, Reporter};
+use super::{Error, Runtime, Started, exit_reason, ready};
+use crate::docker::{
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_MANAGED,
+    LABEL_NODE, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount,
+    RunStatus,
+};
+use crate::spec::StartSpec;
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// Starts the server of `spec` and returns once it answers HTTP. The work runs in its own
+    /// task, so a caller that gives up (hub timeout, dropped connection) never leaves a spawn
+    /// half done; a retry with the same spawn id joins the result.
+    pub async fn start(&self, spec: StartSpec) -> Result<Started, Error> {
+        let rt = self.clone();
+        tokio::spawn(async move { rt.start_serialised(spec).await })
+            .await
+            .map_err(|e| Error::Internal(format!("start task failed: {e}")))?
+    }
+
+    async fn start_serialised(&self, spec: StartSpec) -> Result<Started, Error> {
+        let progress = self.inner.progress.begin(&spec.key, &spec.spawn_id);
+        let guard = self.inner.keys.acquire(&spec.key, Op::Starting).await;
+        let result = self.start_locked(&spec, &progress, guard.token()).await;
+        drop(guard);
+        match &result {
+            Ok(s) => {
+                tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %s.container_id, url = %s.url, "server ready");
+                progress.ready(&s.url);
+            }
+            Err(e) => {
+                tracing::warn!(user = spec.key.user(), server = spec.key.server(), reason = e.reason(), error = %e, "start failed");
+                progress.failed(e.reason(), e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn start_locked(
+        &self,
+        spec: &StartSpec,
+        progress: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Started, Error> {
+        let engine = &self.inner.engine;
+        if let Some(c) = self.container_of(&spec.key).await? {
+            let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
+            match (same_spawn, c.status) {
+                // A retry of a spawn that got this far: carry on from where it is.
+                (true, RunStatus::Running) => {
+                    return self.await_ready(spec, &c, progress, cancel).await;
+                }
+                (true, RunStatus::Created) => {
+                    return self.launch(spec, &c.id, progress, cancel).await;
+                }
+                (true, RunStatus::Exited | RunStatus::Dead) => {
+                    return Err(self.exited_error(spec, &c).await);
+                }
+                (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
+                    tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
+                    engine.remove(&c.id).await?;
+                }
+                _ => {
+                    return Err(Error::AlreadyRunning {
+                        key: spec.key.clone(),
+                        spawn_id: c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+        }
+        let image = engine
+            .image(&spec.image)
+            .await?
+            .ok_or_else(|| Error::ImageMissing {
+                image: spec.image.clone(),
+                node: self.inner.cfg.node_id.clone(),
+            })?;
+        progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
+        let container = self.container_spec(spec, &image);
+        let id = match engine.create(&container).await {
+            Ok(id) => id,
+            // Someone else created a container of this name between our inspect and create.
+            Err(EngineError::Conflict { .. }) => {
+                return Err(Error::NameTaken {
+                    name: container.name,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %id, image = %spec.image, "container created");
+        self.launch(spec, &id, progress, cancel).await
+    }
+
+    /// Starts created container `id` and waits until it answers.
+    async fn launch(
+        &self,
+        spec: &StartSpec,
+        id: &str,
+        progress: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Started, Error> {
+        progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
+        let engine = &self.inner.engine;
+        if let Err(e) = engine.start(id).await {
+            return Err(match e {
+                EngineError::Api { message, .. } => Error::StartRefused {
+                    key: spec.key.clone(),
+                    message,
+                },
+                other => other.into(),
+            });
+        }
+        let c = engine
+            .inspect(id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("container {id} vanished right after start")))?;
+        self.await_ready(spec, &c, progress, cancel).await
+    }
+
+    /// Probes the running container until it answers HTTP; fails at once when it exits.
+    async fn await_ready(
+        &self,
+        spec: &StartSpec,
+        c: &ContainerInfo,
+        progress: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Started, Error> {
+        if matches!(c.status, RunStatus::Exited | RunStatus::Dead) {
+            return Err(self.exited_error(spec, c).await);
+        }
+        let host_port = c.host_port(spec.port).ok_or_else(|| {
+            Error::Internal(format!(
+                "container {} publishes no host port for {}",
+                c.id, spec.port
+            ))
+        })?;
+        let url = self.url_for(host_port);
+        progress.emit(Event::new(
+            Phase::WaitingForHttp,
+            60,
+            format!("waiting for the server to answer HTTP at {url}"),
+        ));
+        let cfg = &self.inner.cfg;
+        let timeout = spec
+            .ready_timeout
+            .unwrap_or(cfg.default_ready_timeout)
+            .min(cfg.max_ready_timeout);
+        let deadline = Instant::now() + timeout;
+        let exited = async {
+            match self.inner.engine.wait_exit(&c.id).await {
+                Ok(code) => code,
+                Err(e) => {
+                    // Without the wait we still have the deadline; do not fail the spawn for it.
+                    tracing::warn!(container = %c.id, error = %e, "cannot watch the container for exit");
+                    std::future::pending().await
+                }
+            }
+        };
+        tokio::select! {
+            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, deadline) => {
+                if ok {
+                    Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone() })
+                } else {
+                    if let Err(e) = self.inner.engine.kill(&c.id).await {
+                        tracing::warn!(container = %c.id, error = %e, "cannot kill a server that never became ready");
+                    }
+                    Err(Error::ReadyTimeout { key: spec.key.clone(), url, path: spec.ready_path.clone(), after: timeout })
+                }
+            }
+            _ = exited => {
+                let c = self.inner.engine.inspect(&c.id).await?.unwrap_or_else(|| c.clone());
+                Err(self.exited_error(spec, &c).await)
+            }
+            () = cancel.cancelled() => Err(Error::Cancelled { key: spec.key.clone() }),
+        }
+    }
+
+    async fn exited_error(&self, spec: &StartSpec, c: &ContainerInfo) -> Error {
+        let exit_code = c.exit_code.unwrap_or(-1);
+        if !c.error.is_empty() && exit_code != 0 && c.started_at.is_none() {
+            return Error::StartRefused {
+                key: spec.key.clone(),
+                message: c.error.clone(),
+            };
+        }
+        let lines = self
+            .last_lines(&c.id, self.inner.cfg.failure_log_lines)
+            .await;
+        let output = if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; last output:\n{}", lines.join("\n"))
+        };
+        Error::ExitedDuringStart {
+            key: spec.key.clone(),
+            exit_code,
+            reason: exit_reason(exit_code, c.oom_killed),
+            output,
+        }
+    }
+
+    fn container_spec(&self, spec: &StartSpec, image: &ImageInfo) -> ContainerSpec {
+        let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(image.cmd.iter().chain(&spec.args).cloned().collect()),
+            (false, _) => Some(spec.cmd.iter().chain(&spec.args).cloned().collect()),
+        };
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        let cfg = &self.inner.cfg;
+        for (k, v) in [
+            (LABEL_MANAGED, "true"),
+            (LABEL_USER, spec.key.user()),
+            (LABEL_SERVER, spec.key.server()),
+            (LABEL_NODE, &cfg.node_id),
+            (LABEL_SPAWN_ID, &spec.spawn_id),
+            (LABEL_SPEC_HASH, &spec.spec_hash()),
+            (LABEL_PORT, &spec.port.to_string()),
+        ] {
+            labels.insert(k.to_owned(), v.to_owned());
+        }
+        let r = spec.resources;
+        let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        #[allow(clippy::cast_possible_truncation)]
+        let cores = |c: f64, unit: f64| (c * unit).round() as i64;
+        ContainerSpec {
+            name: spec.key.container_name(),
+            image: spec.image.clone(),
+            cmd,
+            env: spec.env.to_docker(),
+            labels,
+            port: spec.port,
+            host_ip: cfg.publish_host_ip.to_string(),
+            memory: r.mem_limit.map(to_i64),
+            memory_reservation: r.mem_guarantee.map(to_i64),
+            nano_cpus: r.cpu_limit.map(|c| cores(c, 1e9)),
+            cpu_shares: r.cpu_guarantee.map(|c| cores(c, 1024.0).max(2)),
+            mounts: spec
+                .volumes
+                .iter()
+                .map(|v| Mount {
+                    volume: v.name.clone(),
+                    target: v.target.clone(),
+                    read_only: v.read_only,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Stop: graceful or immediate, optionally removing the container; idempotent.
+
+use std::time::Duration;
+
+use super::keys::Op;
+use super::{Error, Runtime, State, Status};
+use crate::docker::{ContainerEngine, RunStatus};
+use crate::key::ServerKey;
+
+/// What a Stop asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct StopSpec {
+    /// Kill at once.
+    pub now: bool,
+    /// SIGTERM-to-SIGKILL grace; `None` = the node's default.
+    pub grace: Option<Duration>,
+    /// Delete the container afterwards.
+    pub remove: bool,
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// Stops `key`'s server. A Start under way is cancelled first. Stopping an absent or
+    /// stopped server succeeds. Returns the status after the stop.
+    pub async fn stop(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
+        let rt = self.clone();
+        let key = key.clone();
+        // Like Start, a Stop runs to completion even if the caller goes away.
+        tokio::spawn(async move { rt.stop_serialised(&key, spec).await })
+            .await
+            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?
+    }
+
+    async fn stop_serialised(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
+        self.inner.keys.cancel_start(key);
+        let guard = self.inner.keys.acquire(key, Op::Stopping).await;
+        let engine = &self.inner.engine;
+        let Some(c) = self.container_of(key).await? else {
+            drop(guard);
+            return Ok(self.status_of(key, None));
+        };
+        if !matches!(c.status, RunStatus::Exited | RunStatus::Dead) {
+            if spec.now {
+                engine.kill(&c.id).await?;
+            } else {
+                let grace = spec.grace.unwrap_or(self.inner.cfg.stop_grace);
+                engine.stop(&c.id, grace).await?;
+            }
+        }
+        let after = engine.inspect(&c.id).await?;
+        if spec.remove {
+            engine.remove(&c.id).await?;
+        }
+        drop(guard);
+        let mut status = self.status_of(key, after.as_ref());
+        tracing::info!(user = key.user(), server = key.server(), container = %c.id, exit_code = ?status.exit_code, removed = spec.remove, "server stopped");
+        if spec.remove {
+            // Keep the exit code: the hub may want to know how the server ended.
+            status.state = State::Absent;
+            status.url = None;
+        }
+        Ok(status)
+    }
+}

@@ -1,0 +1,164 @@
+//! The wiring: the only place that names concrete types (bollard engine, tonic server).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::v1::spawner_server::SpawnerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
+
+use crate::api::SpawnerService;
+use crate::config::{Config, ConfigError};
+use crate::docker::{BollardEngine, ContainerEngine, EngineError};
+use crate::runtime::Runtime;
+
+/// How often the Docker engine is pinged for the health service.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long in-flight RPCs may run on after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state directory is unusable.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Docker client could not be set up.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeError {
+    /// Process exit status: 64 (EX_USAGE) for configuration errors, so systemd does not
+    /// restart-loop on them; 73 (EX_CANTCREAT) for an unusable state directory; 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) => 64,
+            ServeError::StateDir { .. } => 73,
+            _ => 1,
+        }
+    }
+}
+
+/// Creates the state directory (mode 0700) and checks it is writable.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
+    let err = |source| ServeError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    let probe = dir.join(".write-check");
+    std::fs::write(&probe, b"").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+/// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    prepare_state_dir(&cfg.state_dir)?;
+    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
+    let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
+    let rt = Runtime::new(engine, cfg.runtime());
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let tasks = TaskTracker::new();
+    tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
+
+    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), docker = %cfg.docker.host, "berthd listening");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(SpawnerServer::new(SpawnerService::new(rt)))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let grace = async {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down; containers keep running");
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        () = grace => tracing::warn!("in-flight calls did not finish within {SHUTDOWN_GRACE:?}; leaving them"),
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Keeps the health service in line with the Docker engine: NOT_SERVING while it is down.
+async fn watch_docker<E: ContainerEngine>(
+    rt: Runtime<E>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut was_up = None;
+    loop {
+        let up = match rt.engine_ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                if was_up != Some(false) {
+                    tracing::error!(error = %e, "Docker engine is unreachable; reporting NOT_SERVING");
+                }
+                false
+            }
+        };
+        if was_up != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status("berth.v1.Spawner", status).await;
+            if up && was_up.is_some() {
+                tracing::info!("Docker engine is reachable again");
+            }
+            was_up = Some(up);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                health.set_service_status("", ServingStatus::NotServing).await;
+                health.set_service_status("berth.v1.Spawner", ServingStatus::NotServing).await;
+                return;
+            }
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! Validated domain types of a spawn: what a Start may ask for, checked once at the edge.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::key::{ServerKey, escape};
+
+/// Container port used when the request gives none (JupyterHub's container convention).
+pub const DEFAULT_PORT: u16 = 8888;
+/// Docker refuses memory limits below 6 MiB.
+pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+/// More memory than any node has; a request above it is a mistake.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Docker's smallest CPU quota (0.01 core).
+pub const MIN_CPU: f64 = 0.01;
+/// More cores than any node has.
+pub const MAX_CPU: f64 = 4096.0;
+/// Longest spawn id, in bytes.
+pub const MAX_SPAWN_ID_BYTES: usize = 128;
+/// Most entries in env, cmd+args, labels or volumes.
+pub const MAX_ENTRIES: usize = 1024;
+/// Longest single string (an env value, an argument, a label value).
+pub const MAX_VALUE_BYTES: usize = 128 * 1024;
+/// Longest env key or label key.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest total size of the env, keys and values together.
+pub const MAX_ENV_TOTAL_BYTES: usize = 1024 * 1024;
+/// Label keys under this prefix belong to berthd.
+pub const RESERVED_LABEL_PREFIX: &str = "berth.";
+/// Longest Docker volume name (a directory name under Docker's root).
+pub const MAX_VOLUME_NAME_BYTES: usize = 255;
+
+/// A field of the request that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SpecError {
+    /// The request field, e.g. `resources.mem_limit_bytes` or `env["A=B"]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl SpecError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Memory and CPU of one server; `None` = not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    /// Hard memory limit in bytes.
+    pub mem_limit: Option<u64>,
+    /// Memory reservation in bytes.
+    pub mem_guarantee: Option<u64>,
+    /// Hard CPU limit in cores.
+    pub cpu_limit: Option<f64>,
+    /// Guaranteed CPU in cores (mapped to CPU shares).
+    pub cpu_guarantee: Option<f64>,
+}
+
+impl Resources {
+    /// Validates raw request numbers: zero means unset; negative, non-finite or absurd values
+    /// are refused; a guarantee may not exceed its limit.
+    pub fn new(
+        mem_limit: i64,
+        mem_guarantee: i64,
+        cpu_limit: f64,
+        cpu_guarantee: f64,
+    ) -> Result<Self, SpecError> {
+        let mem_limit = memory("resources.mem_limit_bytes", mem_limit)?;
+        let mem_guarantee = memory("resources.mem_guarantee_bytes", mem_guarantee)?;
+        let cpu_limit = cpu("resources.cpu_limit", cpu_limit)?;
+        let cpu_guarantee = cpu("resources.cpu_guarantee", cpu_guarantee)?;
+        if let (Some(g), Some(l)) = (mem_guarantee, mem_limit)
+            && g > l
+        {
+            return Err(SpecError::new(
+                "resources.mem_guarantee_bytes",
+                format!("{g} exceeds mem_limit_bytes {l}"),
+            ));
+        }
+        if let (Some(g), Some(l)) = (cpu_guarantee, cpu_limit)
+            && g > l
+        {
+            return Err(SpecError::new(
+                "resources.cpu_guarantee",
+                format!("{g} exceeds cpu_limit {l}"),
+            ));
+        }
+        Ok(Self {
+            mem_limit,
+            mem_guarantee,
+            cpu_limit,
+            cpu_guarantee,
+        })
+    }
+}
+
+fn memory(field: &str, v: i64) -> Result<Option<u64>, SpecError> {
+    match u64::try_from(v) {
+        Err(_) => Err(SpecError::new(field, format!("{v} is negative"))),
+        Ok(0) => Ok(None),
+        Ok(b) if b < MIN_MEMORY_BYTES => Err(SpecError::new(
+            field,
+            format!("{b} bytes is below Docker's minimum of {MIN_MEMORY_BYTES}"),
+        )),
+        Ok(b) if b > MAX_MEMORY_BYTES => Err(SpecError::new(
+            field,
+            format!("{b} bytes is more than {MAX_MEMORY_BYTES}"),
+        )),
+        Ok(b) => Ok(Some(b)),
+    }
+}
+
+fn cpu(field: &str, v: f64) -> Result<Option<f64>, SpecError> {
+    if !v.is_finite() {
+        return Err(SpecError::new(field, format!("{v} is not a finite number")));
+    }
+    if v < 0.0 {
+        return Err(SpecError::new(field, format!("{v} is negative")));
+    }
+    if v == 0.0 {
+        return Ok(None);
+    }
+    if v < MIN_CPU {
+        return Err(SpecError::new(
+            field,
+            format!("{v} is below the minimum of {MIN_CPU} cores"),
+        ));
+    }
+    if v > MAX_CPU {
+        return Err(SpecError::new(
+            field,
+            format!("{v} is more than {MAX_CPU} cores"),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// The server's environment. It holds the hub's API token, so its values never appear in
+/// `Debug` output, logs, errors or the spec hash.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// Validates env entries: keys non-empty, without `=` or NUL or whitespace, bounded; values
+    /// without NUL; the whole bounded.
+    pub fn new(entries: impl IntoIterator<Item = (String, String)>) -> Result<Self, SpecError> {
+        let mut map = BTreeMap::new();
+        let mut total = 0usize;
+        for (k, v) in entries {
+            let field = || format!("env[{}]", printable(&k));
+            if k.is_empty() {
+                return Err(SpecError::new("env", "a key is empty"));
+            }
+            if k.len() > MAX_KEY_BYTES {
+                return Err(SpecError::new(
+                    field(),
+                    format!("key is longer than {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+            if k.contains('=') || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(SpecError::new(
+                    field(),
+                    "key must not contain '=', whitespace or control characters",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(SpecError::new(field(), "value must not contain NUL"));
+            }
+            if v.len() > MAX_VALUE_BYTES {
+                return Err(SpecError::new(
+                    field(),
+                    format!("value is longer than {MAX_VALUE_BYTES} bytes"),
+                ));
+            }
+            total += k.len() + v.len() + 2;
+            map.insert(k, v);
+        }
+        if map.len() > MAX_ENTRIES {
+            return Err(SpecError::new(
+                "env",
+                format!("{} entries; at most {MAX_ENTRIES}", map.len()),
+            ));
+        }
+        if total > MAX_ENV_TOTAL_BYTES {
+            return Err(SpecError::new(
+                "env",
+                format!("{total} bytes in all; at most {MAX_ENV_TOTAL_BYTES}"),
+            ));
+        }
+        Ok(Self(map))
+    }
+
+    /// `KEY=value` strings for Docker.
+    pub fn to_docker(&self) -> Vec<String> {
+        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    /// The keys, safe to log.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// A key shown in an error, cut short and with control characters escaped.
+fn printable(s: &str) -> String {
+    let cut: String = s.chars().take(64).collect();
+    cut.escape_debug().to_string()
+}
+
+/// A named volume mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Docker volume name, templates already expanded.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl VolumeSpec {
+    /// Expands `{user}`/`{server}` in `source` with the escaped names of `key` and checks the
+    /// result is a Docker volume name; host paths are refused (the node policy comes later).
+    pub fn new(
+        index: usize,
+        key: &ServerKey,
+        source: &str,
+        target: &str,
+        read_only: bool,
+    ) -> Result<Self, SpecError> {
+        let field = |f: &str| format!("volumes[{index}].{f}");
+        if source.starts_with('/') || source.starts_with('.') {
+            return Err(SpecError::new(
+                field("source"),
+                "host-path mounts are not allowed on this node; use a named volume",
+            ));
+        }
+        let name = source
+            .replace("{user}", &escape(key.user()))
+            .replace("{server}", &escape(key.server()));
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if name.is_empty()
+            || !valid_chars
+            || !name.as_bytes()[0].is_ascii_alphanumeric()
+            || name.len() > MAX_VOLUME_NAME_BYTES
+        {
+            return Err(SpecError::new(
+                field("source"),
+                format!(
+                    "{:?} does not expand to a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most {MAX_VOLUME_NAME_BYTES} bytes)",
+                    printable(source)
+                ),
+            ));
+        }
+        if !target.starts_with('/') || target.contains('\0') || target.len() > 4096 {
+            return Err(SpecError::new(
+                field("target"),
+                "must be an absolute path inside the container",
+            ));
+        }
+        if target.split('/').any(|c| c == "..") {
+            return Err(SpecError::new(field("target"), "must not contain '..'"));
+        }
+        Ok(Self {
+            name,
+            target: target.to_owned(),
+            read_only,
+        })
+    }
+}
+
+/// Everything a Start asks for, validated.
+#[derive(Debug, Clone)]
+pub struct StartSpec {
+    /// The server.
+    pub key: ServerKey,
+    /// Idempotency key of this spawn.
+    pub spawn_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Command; empty = the image's.
+    pub cmd: Vec<String>,
+    /// Arguments appended to the command.
+    pub args: Vec<String>,
+    /// Environment (secret).
+    pub env: Env,
+    /// Container port.
+    pub port: u16,
+    /// Memory and CPU.
+    pub resources: Resources,
+    /// Named volumes.
+    pub volumes: Vec<VolumeSpec>,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Opaque JSON from the hub.
+    pub user_options: String,
+    /// Readiness path.
+    pub ready_path: String,
+    /// How long readiness may take; `None` = the node's default.
+    pub ready_timeout: Option<Duration>,
+}
+
+impl StartSpec {
+    /// A digest of the spec without secrets (env values are left out), to tell two specs apart.
+    pub fn spec_hash(&self) -> String {
+        let mut h = Sha256::new();
+        let mut put = |tag: &str, v: &str| {
+            h.update(tag.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        };
+        put("image", &self.image);
+        self.cmd.iter().for_each(|c| put("cmd", c));
+        self.args.iter().for_each(|a| put("arg", a));
+        self.env.keys().for_each(|k| put("env-key", k));
+        put("port", &self.port.to_string());
+        put("resources", &format!("{:?}", self.resources));
+        for v in &self.volumes {
+            put(
+                "volume",
+                &format!("{}:{}:{}", v.name, v.target, v.read_only),
+            );
+        }
+        for (k, v) in &self.labels {
+            put("label", &format!("{k}={v}"));
+        }
+        put("ready", &self.ready_path);
+        hex::encode(&h.finalize()[..12])
+    }
+}
+
+/// Checks a spawn id: non-empty, bounded, printable.
+pub fn check_spawn_id(id: &str) -> Result<(), SpecError> {
+    if id.is_empty() {
+        return Err(SpecError::new("spawn_id", "must not be empty"));
+    }
+    if id.len() > MAX_SPAWN_ID_BYTES {
+        return Err(SpecError::new(
+            "spawn_id",
+            format!("longer than {MAX_SPAWN_ID_BYTES} bytes"),
+        ));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SpecError::new(
+            "spawn_id",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks command-line strings (cmd or args).
+pub fn check_argv(field: &str, argv: &[String]) -> Result<(), SpecError> {
+    if argv.len() > MAX_ENTRIES {
+        return Err(SpecError::new(
+            field,
+            format!("{} entries; at most {MAX_ENTRIES}", argv.len()),
+        ));
+    }
+    for (i, a) in argv.iter().enumerate() {
+        if a.contains('\0') {
+            return Err(SpecError::new(
+                format!("{field}[{i}]"),
+                "must not contain NUL",
+            ));
+        }
+        if a.len() > MAX_VALUE_BYTES {
+            return Err(SpecError::new(
+                format!("{field}[{i}]"),
+                format!("longer than {MAX_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks extra labels: bounded, keys not under the reserved `berth.` prefix.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if labels.len() > MAX_ENTRIES {
+        return Err(SpecError::new(
+            "labels",
+            format!("{} entries; at most {MAX_ENTRIES}", labels.len()),
+        ));
+    }
+    for (k, v) in labels {
+        let field = || format!("labels[{}]", printable(k));
+        if k.is_empty() || k.len() > MAX_KEY_BYTES || k.chars().any(char::is_control) {
+            return Err(SpecError::new(
+                field(),
+                "key must be 1 to 1024 bytes without control characters",
+            ));
+        }
+        if k.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(SpecError::new(
+                field(),
+                format!("keys under {RESERVED_LABEL_PREFIX:?} are reserved for berthd"),
+            ));
+        }
+        if v.contains('\0') || v.len() > MAX_VALUE_BYTES {
+            return Err(SpecError::new(
+                field(),
+                "value must be without NUL and bounded",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a readiness path: absolute, printable ASCII, bounded. `""` becomes `/`.
+pub fn ready_path(path: &str) -> Result<String, SpecError> {
+    if path.is_empty() {
+        return Ok("/".to_owned());
+    }
+    if !path.starts_with('/') || path.len() > 2048 || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(SpecError::new(
+            "ready_path",
+            "must be an absolute URL path of printable ASCII, at most 2048 bytes",
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+/// Checks a container port: 0 means [`DEFAULT_PORT`], else 1..=65535.
+pub fn port(port: u32) -> Result<u16, SpecError> {
+    match port {
+        0 => Ok(DEFAULT_PORT),
+        p => u16::try_from(p)
+            .map_err(|_| SpecError::new("port", format!("{p} is out of range 1-65535"))),
+    }
+}
+
+/// Checks an image reference against Docker's grammar:
+/// `[domain[:port]/]path[:tag][@algo:hex]`, path components lowercase.
+pub fn check_image(image: &str) -> Result<(), SpecError> {
+    let bad = |why: &str| {
+        Err(SpecError::new(
+            "image",
+            format!(
+                "{:?} is not a valid image reference: {why}",
+                printable(image)
+            ),
+        ))
+    };
+    if image.is_empty() {
+        return Err(SpecError::new("image", "must not be empty"));
+    }
+    if image.len() > 512 {
+        return bad("longer than 512 bytes");
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let Some((algo, hex)) = d.split_once(':') else {
+            return bad("digest must be algorithm:hex");
+        };
+        if algo.is_empty()
+            || !algo
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+            || hex.len() < 32
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return bad("digest must be algorithm:hex");
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && (t.as_bytes()[0].is_ascii_alphanumeric() || t.as_bytes()[0] == b'_');
+        if !ok {
+            return bad("tag must be [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}");
+        }
+    }
+    if name.len() > 255 {
+        return bad("repository name is longer than 255 bytes");
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 {
+        let first = parts[0];
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            if !domain_ok(first) {
+                return bad("registry host must be host[:port]");
+            }
+            parts.remove(0);
+        }
+    }
+    if parts.is_empty() || !parts.iter().all(|c| path_component_ok(c)) {
+        return bad(
+            "path components must be lowercase [a-z0-9] separated by '.', '_', '__' or '-'",
+        );
+    }
+    Ok(())
+}
+
+fn domain_ok(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn path_component_ok(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: ".", "_", "__" or one or more "-".
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

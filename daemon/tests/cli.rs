@@ -1,0 +1,82 @@
+//! The berthd binary's configuration handling: bad configuration exits 64 naming the key.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn berthd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run berthd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let unknown = temp_file(
+        "unknown.toml",
+        "node_id = \"n1\"\nlisen = \"127.0.0.1:1\"\n",
+    );
+    let (code, err) = berthd(&["serve", "--config", unknown.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("lisen"), "{err}");
+
+    let bad_type = temp_file("type.toml", "[docker]\ntimeout_seconds = \"soon\"\n");
+    let (code, err) = berthd(&["serve", "--config", bad_type.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("timeout_seconds"), "{err}");
+
+    let bad_value = temp_file("value.toml", "[spawn]\nready_timeout_seconds = 0\n");
+    let (code, err) = berthd(&["serve", "--config", bad_value.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("spawn.ready_timeout_seconds"), "{err}");
+
+    let (code, err) = berthd(&["serve", "--listen", "not-an-address"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+
+    let (code, err) = berthd(&["serve"], &[("BERTH_NODE_ID", "has space")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("node_id"), "{err}");
+
+    let (code, err) = berthd(&["serve", "--config", "/nonexistent/berth.toml"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent/berth.toml"), "{err}");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/config.toml");
+    let (code, err) = berthd(&["check-config", "--config", example], &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn an_unusable_state_dir_is_reported_with_its_path() {
+    let file = temp_file("not-a-dir", "");
+    let dir = file.join("state");
+    let (code, err) = berthd(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 73, "{err}");
+    assert!(err.contains(dir.to_str().unwrap()), "{err}");
+}

@@ -1,0 +1,217 @@
+//! Test harness: runs the real berthd binary against the real Docker engine.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::spawner_client::SpawnerClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+/// The tiny test image: busybox, default command an HTTP server on 8888.
+pub const TINY: &str = "berth-test/tiny:latest";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{}", std::process::id(), t % 100_000)
+}
+
+/// Runs `docker args...` and returns stdout; panics loudly when Docker is missing.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI must be installed for these tests");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Fails the test loudly unless a Docker engine answers and the test image exists.
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need a running Docker engine: `docker info` failed (start dockerd; .ci/run does)"
+    );
+    let img = Command::new("docker")
+        .args(["image", "inspect", TINY])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        img,
+        "test image {TINY} is missing: run tests/images/build-tiny.sh"
+    );
+}
+
+/// A running berthd with its own node id and state directory.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    pub node_id: String,
+    pub state_dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        require_docker();
+        let node_id = unique("node");
+        let state_dir = std::env::temp_dir().join(unique("berth-state"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", &node_id])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
+            .env("BERTH_LOG", "info,berthd=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berthd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("berthd listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("berthd did not start: {:?}", log.lock().unwrap()));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("listening line has addr=")
+            .parse()
+            .expect("addr parses");
+        Daemon {
+            child,
+            addr,
+            node_id,
+            state_dir,
+            log,
+        }
+    }
+
+    pub async fn client(&self) -> SpawnerClient<Channel> {
+        SpawnerClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to berthd")
+    }
+
+    /// Ids of this daemon's containers, per Docker itself.
+    pub fn containers(&self) -> Vec<String> {
+        let filter = format!("label=berth.node={}", self.node_id);
+        docker(&["ps", "-aq", "--no-trunc", "--filter", &filter])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+pub fn key(user: &str, server: &str) -> Option<pb::ServerKey> {
+    Some(pb::ServerKey {
+        user: user.to_owned(),
+        server_name: server.to_owned(),
+    })
+}
+
+/// A Start of the tiny HTTP server for `user`.
+pub fn tiny_start(user: &str, spawn_id: &str) -> pb::StartRequest {
+    pb::StartRequest {
+        key: key(user, ""),
+        spawn_id: spawn_id.to_owned(),
+        image: TINY.to_owned(),
+        ready_timeout_seconds: 30,
+        ..Default::default()
+    }
+}
+
+/// A plain HTTP GET; returns the status code and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut conn = tokio::net::TcpStream::connect(hostport)
+        .await
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// Polls `f` until it returns Some or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn state(s: &pb::ServerStatus) -> pb::server_status::State {
+    pb::server_status::State::try_from(s.state).unwrap_or(pb::server_status::State::Unspecified)
+}

@@ -332,7 +332,8 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_creates_nothing() {
     let mut c = d.client().await;
     let before = docker(&["ps", "-aq"]).lines().count();
     let user = unique("hal");
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::StartRequest)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut pb::StartRequest)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("key.user", Box::new(|r| r.key = key("", ""))),
         ("key.user", Box::new(|r| r.key = key(&"u".repeat(300), ""))),
         ("key.server_name", Box::new(|r| r.key = key("ok", "a\0b"))),

@@ -1,7 +1,7 @@
 //! Compiles `berth/v1/*.proto` with protox (a pure-Rust protobuf compiler), so no protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["berth/v1/spawner.proto"];
+    let files = ["berth/v1/spawner.proto", "berth/v1/admin.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -128,6 +128,8 @@ impl From<Status> for pb::ServerStatus {
             spawn_id: s.spawn_id,
             node_id: String::new(),
             image: s.image,
+            health: String::new(),
+            last_activity: None,
         }
     }
 }

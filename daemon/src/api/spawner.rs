@@ -149,4 +149,51 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
                 .boxed(),
         ))
     }
+
+    type WatchStream = BoxStream<'static, Result<pb::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "Watch is not available on this berthd yet",
+        ))
+    }
+
+    async fn get_state(
+        &self,
+        _request: Request<pb::GetStateRequest>,
+    ) -> Result<Response<pb::StateRecord>, Status> {
+        Err(Status::unimplemented(
+            "GetState is not available on this berthd yet",
+        ))
+    }
+
+    async fn put_state(
+        &self,
+        _request: Request<pb::PutStateRequest>,
+    ) -> Result<Response<pb::StateRecord>, Status> {
+        Err(Status::unimplemented(
+            "PutState is not available on this berthd yet",
+        ))
+    }
+
+    async fn delete_forever(
+        &self,
+        _request: Request<pb::DeleteForeverRequest>,
+    ) -> Result<Response<pb::DeleteForeverResponse>, Status> {
+        Err(Status::unimplemented(
+            "DeleteForever is not available on this berthd yet",
+        ))
+    }
+
+    async fn capacity(
+        &self,
+        _request: Request<pb::CapacityRequest>,
+    ) -> Result<Response<pb::NodeCapacity>, Status> {
+        Err(Status::unimplemented(
+            "Capacity is not available on this berthd yet",
+        ))
+    }
 }

@@ -4,7 +4,9 @@
 //! - [`config`]: the typed configuration (defaults < TOML < `BERTH_*` env < flags).
 //! - [`key`] and [`spec`]: validated domain types of a request (names, images, resources, env).
 //! - [`docker`]: the narrow [`docker::ContainerEngine`] trait and its bollard implementation.
+//! - [`state`]: the durable per-server records (atomic, checksummed files).
 //! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
+//! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
 
@@ -12,6 +14,8 @@ pub mod api;
 pub mod config;
 pub mod docker;
 pub mod key;
+pub mod monitor;
 pub mod runtime;
 pub mod serve;
 pub mod spec;
+pub mod state;

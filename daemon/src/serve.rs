@@ -15,6 +15,7 @@ use crate::api::SpawnerService;
 use crate::config::{Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::runtime::Runtime;
+use crate::state::FileStore;
 
 /// How often the Docker engine is pinged for the health service.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -48,6 +49,12 @@ pub enum ServeError {
     /// The Docker client could not be set up.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The state store is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::state::StoreError),
+    /// The runtime could not load its records.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::Error),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -59,7 +66,7 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::Config(_) => 64,
-            ServeError::StateDir { .. } => 73,
+            ServeError::StateDir { .. } | ServeError::Store(_) => 73,
             _ => 1,
         }
     }
@@ -82,9 +89,19 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     prepare_state_dir(&cfg.state_dir)?;
+    let store = FileStore::open(&cfg.state_dir)?;
     let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
     let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
-    let rt = Runtime::new(engine, cfg.runtime());
+    let rt = Runtime::new(engine, cfg.runtime(), store);
+    let corrupt = rt.load_records().await?;
+    // Adopt what runs before answering anyone: a restart never stops or recreates a container.
+    let since = crate::monitor::now_secs();
+    match rt.reconcile().await {
+        Ok(report) => tracing::info!(?report, corrupt, "reconciled with Docker"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reconcile with Docker yet; the monitor retries")
+        }
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -99,6 +116,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     let (health, health_service) = tonic_health::server::health_reporter();
     let tasks = TaskTracker::new();
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
+    tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
 
     tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), docker = %cfg.docker.host, "berthd listening");
     let server = tonic::transport::Server::builder()

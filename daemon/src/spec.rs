@@ -232,6 +232,10 @@ pub struct VolumeSpec {
     pub target: String,
     /// Mounted read-only.
     pub read_only: bool,
+    /// The source was templated with `{user}`.
+    pub per_user: bool,
+    /// The source was templated with `{server}`.
+    pub per_server: bool,
 }
 
 impl VolumeSpec {
@@ -283,6 +287,8 @@ impl VolumeSpec {
             name,
             target: target.to_owned(),
             read_only,
+            per_user: source.contains("{user}"),
+            per_server: source.contains("{server}"),
         })
     }
 }

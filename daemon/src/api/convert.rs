@@ -9,6 +9,7 @@ use crate::docker::LogStream;
 use crate::key::ServerKey;
 use crate::runtime::StopSpec;
 use crate::runtime::progress::{Event, Phase};
+use crate::runtime::view::{WatchEvent, WatchKind};
 use crate::runtime::{LogLine, State, Status};
 use crate::spec::{self, Env, Resources, SpecError, StartSpec, VolumeSpec};
 
@@ -128,7 +129,7 @@ impl From<Status> for pb::ServerStatus {
             spawn_id: s.spawn_id,
             node_id: String::new(),
             image: s.image,
-            health: String::new(),
+            health: s.health,
             last_activity: None,
         }
     }
@@ -170,5 +171,33 @@ impl From<LogLine> for pb::LogLine {
             stream: stream.into(),
             line: l.line,
         }
+    }
+}
+
+/// A Watch event for the wire, stamped with this node's id.
+pub fn watch_event(ev: WatchEvent, node_id: &str) -> pb::WatchEvent {
+    use pb::watch_event::Kind as K;
+    let kind = match ev.kind {
+        WatchKind::Snapshot => K::Snapshot,
+        WatchKind::SnapshotEnd => K::SnapshotEnd,
+        WatchKind::Started => K::Started,
+        WatchKind::Ready => K::Ready,
+        WatchKind::Exited => K::Exited,
+        WatchKind::Oom => K::Oom,
+        WatchKind::Removed => K::Removed,
+        WatchKind::Health => K::Health,
+        WatchKind::Changed => K::Changed,
+    };
+    pb::WatchEvent {
+        kind: kind.into(),
+        status: ev.status.map(|s| {
+            let mut p = pb::ServerStatus::from(s);
+            p.node_id = node_id.to_owned();
+            p
+        }),
+        time: Some(prost_types::Timestamp::from(
+            ev.at.max(SystemTime::UNIX_EPOCH),
+        )),
+        sequence: ev.seq,
     }
 }

@@ -91,7 +91,7 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         request: Request<pb::PollRequest>,
     ) -> Result<Response<pb::ServerStatus>, Status> {
         let key = convert::key(request.get_ref().key.as_ref()).map_err(invalid)?;
-        let status = self.rt.poll(&key).await?;
+        let status = self.rt.poll(&key);
         Ok(Response::new(self.with_node(status)))
     }
 
@@ -101,7 +101,7 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let user = &request.get_ref().user;
         let user = (!user.is_empty()).then_some(user.as_str());
-        let servers = self.rt.list(user).await?;
+        let servers = self.rt.list(user);
         Ok(Response::new(pb::ListResponse {
             servers: servers.into_iter().map(|s| self.with_node(s)).collect(),
         }))
@@ -154,38 +154,80 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented(
-            "Watch is not available on this berthd yet",
-        ))
+        // Subscribe before the snapshot so no change between the two is lost.
+        let rx = self.rt.subscribe();
+        let snapshot = if request.get_ref().snapshot {
+            self.rt.snapshot()
+        } else {
+            Vec::new()
+        };
+        let node = self.node_id();
+        let n1 = node.clone();
+        let live = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |ev| match ev {
+            Ok(ev) => Ok(convert::watch_event(ev, &n1)),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Err(Status::data_loss(format!(
+                    "this Watch fell {n} events behind; subscribe again with snapshot=true"
+                )))
+            }
+        });
+        // A lagging subscriber gets the error and then the stream ends.
+        let live = live.scan(false, |failed, item| {
+            let out = if *failed { None } else { Some(item) };
+            if out.as_ref().is_some_and(Result::is_err) {
+                *failed = true;
+            }
+            futures::future::ready(out)
+        });
+        let head = futures::stream::iter(
+            snapshot
+                .into_iter()
+                .map(move |ev| Ok(convert::watch_event(ev, &node))),
+        );
+        Ok(Response::new(head.chain(live).boxed()))
     }
 
     async fn get_state(
         &self,
-        _request: Request<pb::GetStateRequest>,
+        request: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::StateRecord>, Status> {
-        Err(Status::unimplemented(
-            "GetState is not available on this berthd yet",
-        ))
+        let key = convert::key(request.get_ref().key.as_ref()).map_err(invalid)?;
+        let blob = self.rt.get_state(&key);
+        Ok(Response::new(pb::StateRecord {
+            key: request.into_inner().key,
+            blob: blob.data,
+            version: blob.version,
+        }))
     }
 
     async fn put_state(
         &self,
-        _request: Request<pb::PutStateRequest>,
+        request: Request<pb::PutStateRequest>,
     ) -> Result<Response<pb::StateRecord>, Status> {
-        Err(Status::unimplemented(
-            "PutState is not available on this berthd yet",
-        ))
+        let r = request.into_inner();
+        let key = convert::key(r.key.as_ref()).map_err(invalid)?;
+        let blob = self.rt.put_state(&key, r.blob, r.expected_version).await?;
+        Ok(Response::new(pb::StateRecord {
+            key: r.key,
+            blob: blob.data,
+            version: blob.version,
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn delete_forever(
         &self,
-        _request: Request<pb::DeleteForeverRequest>,
+        request: Request<pb::DeleteForeverRequest>,
     ) -> Result<Response<pb::DeleteForeverResponse>, Status> {
-        Err(Status::unimplemented(
-            "DeleteForever is not available on this berthd yet",
-        ))
+        let key = convert::key(request.get_ref().key.as_ref()).map_err(invalid)?;
+        let d = self.rt.delete_forever(&key).await?;
+        Ok(Response::new(pb::DeleteForeverResponse {
+            container_removed: d.container,
+            record_removed: d.record,
+            volumes_removed: d.volumes,
+        }))
     }
 
     async fn capacity(

@@ -24,6 +24,9 @@ impl From<Error> for Status {
                 EngineError::Api { status, .. } if *status < 500 => Code::FailedPrecondition,
                 EngineError::Api { .. } => Code::Unavailable,
             },
+            Error::Store(_) => Code::Unavailable,
+            Error::StateConflict { .. } => Code::Aborted,
+            Error::BlobTooLarge { .. } => Code::InvalidArgument,
             Error::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

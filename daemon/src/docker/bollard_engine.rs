@@ -7,20 +7,21 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    Mount as DockerMount, MountType, PortBinding as DockerPortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessageTypeEnum,
+    HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
+    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
-    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineVersion, ImageInfo, LogChunk,
-    LogStream, PortBinding, RunStatus,
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
+    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -170,7 +171,7 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 }
 
 fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
-    let state = c.state.unwrap_or_default();
+    let state = c.state.clone().unwrap_or_default();
     let status = match state.status {
         Some(ContainerStateStatusEnum::CREATED) => RunStatus::Created,
         Some(ContainerStateStatusEnum::RUNNING) => RunStatus::Running,
@@ -227,6 +228,20 @@ fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
         ports,
         memory: host.memory.unwrap_or(0),
         nano_cpus: host.nano_cpus.unwrap_or(0),
+        memory_reservation: host.memory_reservation.unwrap_or(0),
+        cpu_shares: host.cpu_shares.unwrap_or(0),
+        health: state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| match s {
+                HealthStatusEnum::STARTING => "starting",
+                HealthStatusEnum::HEALTHY => "healthy",
+                HealthStatusEnum::UNHEALTHY => "unhealthy",
+                HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => "",
+            })
+            .unwrap_or_default()
+            .to_owned(),
+        restart_count: c.restart_count.unwrap_or(0),
     }
 }
 
@@ -358,6 +373,59 @@ impl ContainerEngine for BollardEngine {
                 message: "the wait stream ended without a result".to_owned(),
             }),
         }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let options = RemoveVolumeOptions { force: false };
+        match self
+            .bounded(
+                "remove volume",
+                self.docker.remove_volume(name, Some(options)),
+            )
+            .await
+        {
+            Err(EngineError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn events(
+        &self,
+        labels: &[(&str, &str)],
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        let mut label_filters: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        label_filters.sort();
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), label_filters),
+        ]);
+        let options = EventsOptions {
+            since: since.map(|s| s.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        self.docker
+            .events(Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(m) if m.typ == Some(EventMessageTypeEnum::CONTAINER) => {
+                        let actor = m.actor.unwrap_or_default();
+                        Some(Ok(EngineEvent {
+                            container_id: actor.id.unwrap_or_default(),
+                            action: m.action.unwrap_or_default(),
+                            labels: actor.attributes.unwrap_or_default(),
+                            time_nano: m
+                                .time_nano
+                                .unwrap_or_else(|| m.time.unwrap_or(0) * 1_000_000_000),
+                        }))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(classify("events", e))),
+                }
+            })
+            .boxed()
     }
 
     fn logs(

@@ -23,6 +23,8 @@ pub const LABEL_NODE: &str = "berth.node";
 pub const LABEL_SPAWN_ID: &str = "berth.spawn-id";
 /// Label holding the hash of the spec without secrets.
 pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
+/// Label holding the comma-separated volumes the node created for this key.
+pub const LABEL_OWNED_VOLUMES: &str = "berth.owned-volumes";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
 
@@ -186,6 +188,27 @@ pub struct ContainerInfo {
     pub memory: i64,
     /// CPU limit in 1e-9 cores (0 = none).
     pub nano_cpus: i64,
+    /// Memory reservation in bytes (0 = none).
+    pub memory_reservation: i64,
+    /// CPU shares (0 = default).
+    pub cpu_shares: i64,
+    /// Docker HEALTHCHECK status ("starting", "healthy", "unhealthy"), "" without one.
+    pub health: String,
+    /// How often Docker restarted it.
+    pub restart_count: i64,
+}
+
+/// A container event from the engine.
+#[derive(Debug, Clone)]
+pub struct EngineEvent {
+    /// Container id.
+    pub container_id: String,
+    /// Docker's action: create, start, die, oom, kill, stop, destroy, health_status: ...
+    pub action: String,
+    /// The container's labels (Docker sends them as event attributes).
+    pub labels: HashMap<String, String>,
+    /// Event time, nanoseconds since the epoch.
+    pub time_nano: i64,
 }
 
 impl ContainerInfo {
@@ -262,6 +285,15 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Resolves with the exit code once the container is not running. Not bounded by the
     /// call deadline: it waits as long as the container runs.
     fn wait_exit(&self, id: &str) -> impl Future<Output = Result<i64, EngineError>> + Send;
+    /// Removes a named volume. Removing an absent volume succeeds.
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Container events of containers carrying every one of `labels`, from `since` (seconds
+    /// since the epoch) on. The stream ends when the engine goes away.
+    fn events(
+        &self,
+        labels: &[(&str, &str)],
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
     /// The container's output: the last `tail` lines (all when `None`), then new output while
     /// `follow`.
     fn logs(

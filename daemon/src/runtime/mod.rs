@@ -9,21 +9,28 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::docker::{
-    ContainerEngine, ContainerInfo, EngineError, EngineVersion, LABEL_MANAGED, LABEL_NODE,
-    LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_USER, LogStream, RunStatus,
+    ContainerEngine, ContainerInfo, EngineError, EngineVersion, LABEL_MANAGED, LABEL_SERVER,
+    LABEL_USER, LogStream,
 };
 use crate::key::ServerKey;
+use crate::state::{FileStore, StoreError};
 
 pub mod keys;
 pub mod progress;
 pub mod ready;
+mod reconcile;
 mod start;
+pub mod state_ops;
 mod stop;
+pub mod view;
 
 pub use stop::StopSpec;
 
-use keys::{KeyTable, Op};
+use keys::KeyTable;
 use progress::ProgressRegistry;
+use view::{View, WatchEvent};
+
+pub use reconcile::ReconcileReport;
 
 /// How the runtime behaves; filled from the daemon config.
 #[derive(Debug, Clone)]
@@ -120,6 +127,27 @@ pub enum Error {
     /// The container engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The state store failed; nothing was created.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A PutState with a stale version.
+    #[error("state of server {key} is at version {current}, not {expected}; read it again")]
+    StateConflict {
+        /// The server.
+        key: ServerKey,
+        /// The version the caller expected.
+        expected: u64,
+        /// The current version.
+        current: u64,
+    },
+    /// The hub's state blob is too large.
+    #[error("state blob of {size} bytes is larger than {max}")]
+    BlobTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -137,6 +165,8 @@ impl Error {
             Error::Cancelled { .. } => "Cancelled",
             Error::NotFound { .. } => "NotFound",
             Error::Engine(_) => "DockerError",
+            Error::Store(_) => "StateStoreError",
+            Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
             Error::Internal(_) => "Internal",
         }
     }
@@ -182,6 +212,8 @@ pub struct Status {
     pub spawn_id: String,
     /// Image.
     pub image: String,
+    /// Docker health status, "" without a HEALTHCHECK.
+    pub health: String,
 }
 
 /// A server that answers HTTP.
@@ -222,6 +254,8 @@ struct Inner<E> {
     cfg: RuntimeConfig,
     keys: Arc<KeyTable>,
     progress: ProgressRegistry,
+    store: FileStore,
+    view: View,
 }
 
 /// The CamelCase reason of an exit.
@@ -236,16 +270,24 @@ pub fn exit_reason(exit_code: i64, oom_killed: bool) -> &'static str {
 }
 
 impl<E: ContainerEngine> Runtime<E> {
-    /// A runtime over `engine`.
-    pub fn new(engine: E, cfg: RuntimeConfig) -> Self {
+    /// A runtime over `engine`, keeping its records in `store`. Call
+    /// [`Runtime::reconcile`] before serving so the view holds what Docker runs.
+    pub fn new(engine: E, cfg: RuntimeConfig, store: FileStore) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
                 cfg,
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
+                store,
+                view: View::default(),
             }),
         }
+    }
+
+    /// Every status change from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WatchEvent> {
+        self.inner.view.subscribe()
     }
 
     /// The configuration.
@@ -302,111 +344,6 @@ impl<E: ContainerEngine> Runtime<E> {
         } else {
             Err(Error::NameTaken { name })
         }
-    }
-
-    /// The status of `key`.
-    pub async fn poll(&self, key: &ServerKey) -> Result<Status, Error> {
-        let info = self.container_of(key).await?;
-        Ok(self.status_of(key, info.as_ref()))
-    }
-
-    fn status_of(&self, key: &ServerKey, info: Option<&ContainerInfo>) -> Status {
-        let op = self.inner.keys.current(key);
-        let Some(c) = info else {
-            return Status {
-                key: key.clone(),
-                state: if op == Some(Op::Starting) {
-                    State::Starting
-                } else {
-                    State::Absent
-                },
-                exit_code: None,
-                reason: String::new(),
-                message: String::new(),
-                started_at: None,
-                finished_at: None,
-                url: None,
-                container_id: String::new(),
-                spawn_id: String::new(),
-                image: String::new(),
-            };
-        };
-        let port = c
-            .label(LABEL_PORT)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(crate::spec::DEFAULT_PORT);
-        let url = c.host_port(port).map(|p| self.url_for(p));
-        let (state, exit_code, reason, message) = match (c.status, op) {
-            (RunStatus::Exited | RunStatus::Dead, _) => {
-                let code = c.exit_code.unwrap_or(-1);
-                let reason = exit_reason(code, c.oom_killed);
-                let message = if c.error.is_empty() {
-                    format!("exited with code {code}")
-                } else {
-                    format!("exited with code {code}: {}", c.error)
-                };
-                (State::Exited, Some(code), reason, message)
-            }
-            (_, Some(Op::Stopping)) | (RunStatus::Removing, _) => {
-                (State::Stopping, None, "", String::new())
-            }
-            (RunStatus::Created | RunStatus::Restarting, Some(Op::Starting)) => {
-                (State::Starting, None, "", String::new())
-            }
-            (RunStatus::Created, _) => (
-                State::Exited,
-                Some(0),
-                "Error",
-                "created but never started".to_owned(),
-            ),
-            (RunStatus::Running | RunStatus::Paused, Some(Op::Starting)) => {
-                (State::Starting, None, "", String::new())
-            }
-            (RunStatus::Paused, _) => (State::Running, None, "", "paused".to_owned()),
-            (RunStatus::Running | RunStatus::Restarting, _) => {
-                (State::Running, None, "", String::new())
-            }
-        };
-        Status {
-            key: key.clone(),
-            state,
-            exit_code,
-            reason: reason.to_owned(),
-            message,
-            started_at: c.started_at.clone(),
-            finished_at: c.finished_at.clone(),
-            url: if state == State::Exited { None } else { url },
-            container_id: c.id.clone(),
-            spawn_id: c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned(),
-            image: c.image.clone(),
-        }
-    }
-
-    /// Every server of this node, optionally of one user only.
-    pub async fn list(&self, user: Option<&str>) -> Result<Vec<Status>, Error> {
-        let node = self.inner.cfg.node_id.as_str();
-        let mut labels = vec![(LABEL_MANAGED, "true"), (LABEL_NODE, node)];
-        if let Some(u) = user {
-            labels.push((LABEL_USER, u));
-        }
-        let ids = self.inner.engine.list(&labels).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            // A container removed between list and inspect is simply gone.
-            let Some(c) = self.inner.engine.inspect(&id).await? else {
-                continue;
-            };
-            let (Some(u), Some(s)) = (c.label(LABEL_USER), c.label(LABEL_SERVER)) else {
-                continue;
-            };
-            let Ok(key) = ServerKey::new(u, s) else {
-                tracing::warn!(container = %c.id, "container has berth labels that are not a valid key");
-                continue;
-            };
-            out.push(self.status_of(&key, Some(&c)));
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
     }
 
     /// The output of `key`'s container, line by line.

@@ -7,13 +7,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
+use super::view::WatchKind;
 use super::{Error, Runtime, Started, exit_reason, ready};
 use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_MANAGED,
-    LABEL_NODE, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount,
-    RunStatus,
+    LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH,
+    LABEL_USER, Mount, RunStatus,
 };
 use crate::spec::StartSpec;
+use crate::state::RecordStatus;
 
 impl<E: ContainerEngine> Runtime<E> {
     /// Starts the server of `spec` and returns once it answers HTTP. The work runs in its own
@@ -29,8 +31,26 @@ impl<E: ContainerEngine> Runtime<E> {
     async fn start_serialised(&self, spec: StartSpec) -> Result<Started, Error> {
         let progress = self.inner.progress.begin(&spec.key, &spec.spawn_id);
         let guard = self.inner.keys.acquire(&spec.key, Op::Starting).await;
-        let result = self.start_locked(&spec, &progress, guard.token()).await;
+        let mut result = self.start_locked(&spec, &progress, guard.token()).await;
+        // The view must hold the outcome before the key is released, or a Poll in between
+        // would see a record without its container.
+        self.refresh(&spec.key).await;
+        if result.is_ok()
+            && let Err(e) = self
+                .save(&spec.key, |r| r.status = RecordStatus::Running)
+                .await
+        {
+            result = Err(e);
+        }
         drop(guard);
+        self.publish(
+            &spec.key,
+            if result.is_ok() {
+                WatchKind::Ready
+            } else {
+                WatchKind::Changed
+            },
+        );
         match &result {
             Ok(s) => {
                 tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %s.container_id, url = %s.url, "server ready");
@@ -53,6 +73,18 @@ impl<E: ContainerEngine> Runtime<E> {
         let engine = &self.inner.engine;
         if let Some(c) = self.container_of(&spec.key).await? {
             let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
+            if self
+                .entry(&spec.key)
+                .is_none_or(|e| e.record.container_id != c.id)
+            {
+                // The record lost track of this container (e.g. a crash right after create).
+                let id = c.id.clone();
+                self.save(&spec.key, |r| {
+                    r.container_id = id;
+                    r.spawn_id = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
+                })
+                .await?;
+            }
             match (same_spawn, c.status) {
                 // A retry of a spawn that got this far: carry on from where it is.
                 (true, RunStatus::Running) => {
@@ -85,6 +117,24 @@ impl<E: ContainerEngine> Runtime<E> {
             })?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let container = self.container_spec(spec, &image);
+        // The record is durable before the container exists: a crash from here on leaves a
+        // record to reconcile against, never an unaccounted container.
+        let owned = owned_volumes(spec);
+        self.save(&spec.key, |r| {
+            r.spawn_id.clone_from(&spec.spawn_id);
+            r.spec_hash = spec.spec_hash();
+            r.container_id.clear();
+            r.status = RecordStatus::Starting;
+            r.exit_code = None;
+            r.image.clone_from(&spec.image);
+            r.port = spec.port;
+            for v in owned {
+                if !r.owned_volumes.contains(&v) {
+                    r.owned_volumes.push(v);
+                }
+            }
+        })
+        .await?;
         let id = match engine.create(&container).await {
             Ok(id) => id,
             // Someone else created a container of this name between our inspect and create.
@@ -96,6 +146,16 @@ impl<E: ContainerEngine> Runtime<E> {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %id, image = %spec.image, "container created");
+        let saved = self
+            .save(&spec.key, |r| r.container_id.clone_from(&id))
+            .await;
+        if let Err(e) = saved {
+            // Without its id in the record the container must not run; take it back.
+            if let Err(rm) = engine.remove(&id).await {
+                tracing::error!(container = %id, error = %rm, "cannot remove a container whose record failed");
+            }
+            return Err(e);
+        }
         self.launch(spec, &id, progress, cancel).await
     }
 
@@ -223,6 +283,7 @@ impl<E: ContainerEngine> Runtime<E> {
             (LABEL_SPAWN_ID, &spec.spawn_id),
             (LABEL_SPEC_HASH, &spec.spec_hash()),
             (LABEL_PORT, &spec.port.to_string()),
+            (LABEL_OWNED_VOLUMES, &owned_volumes(spec).join(",")),
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
@@ -253,4 +314,15 @@ impl<E: ContainerEngine> Runtime<E> {
                 .collect(),
         }
     }
+}
+
+/// Volumes this node creates for the key and removes on DeleteForever: for a named server those
+/// templated with `{server}`; for the default server (deleted with its user) also those
+/// templated with `{user}`. A volume named without templates is shared and never owned.
+fn owned_volumes(spec: &StartSpec) -> Vec<String> {
+    spec.volumes
+        .iter()
+        .filter(|v| v.per_server || (v.per_user && spec.key.server().is_empty()))
+        .map(|v| v.name.clone())
+        .collect()
 }

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use super::keys::Op;
+use super::view::WatchKind;
 use super::{Error, Runtime, State, Status};
 use crate::docker::{ContainerEngine, RunStatus};
 use crate::key::ServerKey;
+use crate::state::RecordStatus;
 
 /// What a Stop asks for.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +38,12 @@ impl<E: ContainerEngine> Runtime<E> {
         let engine = &self.inner.engine;
         let Some(c) = self.container_of(key).await? else {
             drop(guard);
-            return Ok(self.status_of(key, None));
+            if self.entry(key).is_some() {
+                // The container is gone (removed outside berthd): the record says so now.
+                self.refresh(key).await;
+                self.save(key, |r| r.status = RecordStatus::Absent).await?;
+            }
+            return Ok(self.poll(key));
         };
         if !matches!(c.status, RunStatus::Exited | RunStatus::Dead) {
             if spec.now {
@@ -47,16 +54,39 @@ impl<E: ContainerEngine> Runtime<E> {
             }
         }
         let after = engine.inspect(&c.id).await?;
+        let exit_code = after.as_ref().and_then(|a| a.exit_code);
         if spec.remove {
             engine.remove(&c.id).await?;
         }
+        let live = if spec.remove { None } else { after };
+        if self.entry(key).is_some() {
+            self.apply(key, &c.id, live);
+            self.save(key, |r| {
+                r.container_id.clone_from(&c.id);
+                r.status = if spec.remove {
+                    RecordStatus::Absent
+                } else {
+                    RecordStatus::Exited
+                };
+                r.exit_code = exit_code;
+            })
+            .await?;
+        }
         drop(guard);
-        let mut status = self.status_of(key, after.as_ref());
-        tracing::info!(user = key.user(), server = key.server(), container = %c.id, exit_code = ?status.exit_code, removed = spec.remove, "server stopped");
+        self.publish(
+            key,
+            if spec.remove {
+                WatchKind::Removed
+            } else {
+                WatchKind::Exited
+            },
+        );
+        let mut status = self.poll(key);
+        tracing::info!(user = key.user(), server = key.server(), container = %c.id, exit_code = ?exit_code, removed = spec.remove, "server stopped");
         if spec.remove {
             // Keep the exit code: the hub may want to know how the server ended.
             status.state = State::Absent;
-            status.url = None;
+            status.exit_code = exit_code;
         }
         Ok(status)
     }

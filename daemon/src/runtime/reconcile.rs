@@ -1,0 +1,193 @@
+//! Reconciliation: rebuild the view from the records on disk and the containers Docker runs.
+//! It never starts, stops, restarts or recreates a container.
+
+use std::collections::HashSet;
+
+use super::view::WatchKind;
+use super::{Error, Runtime};
+use crate::docker::{
+    ContainerEngine, ContainerInfo, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT,
+    LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, RunStatus,
+};
+use crate::key::ServerKey;
+use crate::state::RecordStatus;
+
+/// What a reconciliation found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Containers matched to their record.
+    pub adopted: u32,
+    /// Records rebuilt from a container's labels (record missing or corrupt).
+    pub rebuilt: u32,
+    /// Records whose container is gone.
+    pub vanished: u32,
+}
+
+/// The key a container's labels name.
+pub fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
+    ServerKey::new(c.label(LABEL_USER)?, c.label(LABEL_SERVER)?).ok()
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// Loads every record into the view; corrupt ones are logged and moved aside. Returns how
+    /// many were corrupt.
+    pub async fn load_records(&self) -> Result<usize, Error> {
+        let rt = self.clone();
+        let (records, problems) = tokio::task::spawn_blocking(move || rt.inner.store.load_all())
+            .await
+            .map_err(|e| Error::Internal(format!("state load task failed: {e}")))??;
+        for p in &problems {
+            tracing::error!(error = %p, "corrupt state record moved aside; it will be rebuilt from the container's labels if one exists");
+        }
+        let mut view = self.inner.view.lock();
+        for r in records {
+            if let Some(key) = r.key() {
+                view.insert(
+                    key,
+                    super::view::Entry {
+                        record: r,
+                        live: None,
+                    },
+                );
+            }
+        }
+        Ok(problems.len())
+    }
+
+    /// Relists this node's containers and brings records and view in line with them.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
+        let node = self.inner.cfg.node_id.clone();
+        let ids = self
+            .inner
+            .engine
+            .list(&[(LABEL_MANAGED, "true"), (LABEL_NODE, &node)])
+            .await?;
+        let mut report = ReconcileReport::default();
+        let mut seen = HashSet::new();
+        for id in ids {
+            let Some(c) = self.inner.engine.inspect(&id).await? else {
+                continue;
+            };
+            let Some(key) = key_of(&c) else {
+                tracing::warn!(container = %c.id, "container has berth labels that are not a valid key; leaving it alone");
+                continue;
+            };
+            if c.name != key.container_name() {
+                tracing::warn!(container = %c.id, name = %c.name, "container's name does not match its key; leaving it alone");
+                continue;
+            }
+            seen.insert(key.clone());
+            match self.entry(&key) {
+                None => {
+                    tracing::warn!(user = key.user(), server = key.server(), container = %c.id, "no record for a running berth container; rebuilding it from the container's labels");
+                    self.rebuild(&key, &c).await?;
+                    report.rebuilt += 1;
+                }
+                Some(e) if e.record.container_id != c.id => {
+                    tracing::info!(user = key.user(), server = key.server(), container = %c.id, "record now points at the key's container");
+                    let id = c.id.clone();
+                    self.save(&key, |r| r.container_id = id).await?;
+                    report.adopted += 1;
+                }
+                Some(_) => report.adopted += 1,
+            }
+            let id = c.id.clone();
+            self.observe(&key, &id, Some(c), WatchKind::Changed).await;
+        }
+        let gone: Vec<(ServerKey, String, bool)> = self
+            .inner
+            .view
+            .lock()
+            .iter()
+            .filter(|(k, _)| !seen.contains(*k))
+            .map(|(k, e)| {
+                let was_live = e.live.is_some()
+                    || matches!(
+                        e.record.status,
+                        RecordStatus::Running | RecordStatus::Starting
+                    );
+                (
+                    k.clone(),
+                    e.record.container_id.clone(),
+                    was_live && !e.record.container_id.is_empty(),
+                )
+            })
+            .collect();
+        for (key, id, was_live) in gone {
+            if self.inner.keys.current(&key).is_some() {
+                // A Start or Stop holds the key; it keeps the view up to date itself.
+                continue;
+            }
+            if was_live {
+                tracing::warn!(user = key.user(), server = key.server(), container = %id, "the server's container is gone");
+                report.vanished += 1;
+            }
+            self.observe(&key, &id, None, WatchKind::Changed).await;
+        }
+        Ok(report)
+    }
+
+    /// Takes one Docker event of this node's containers into the view.
+    pub async fn observe_event(&self, ev: &crate::docker::EngineEvent) {
+        let (Some(user), Some(server)) = (ev.labels.get(LABEL_USER), ev.labels.get(LABEL_SERVER))
+        else {
+            return;
+        };
+        let Ok(key) = ServerKey::new(user, server) else {
+            return;
+        };
+        let info = if ev.action == "destroy" {
+            None
+        } else {
+            match self.inner.engine.inspect(&ev.container_id).await {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!(container = %ev.container_id, error = %e, "cannot inspect after an event; the next relist will catch up");
+                    return;
+                }
+            }
+        };
+        let kind = super::view::kind_of_action(&ev.action, info.as_ref());
+        self.observe(&key, &ev.container_id, info, kind).await;
+    }
+
+    /// The engine's container events (for the monitor).
+    pub fn engine_events(
+        &self,
+        labels: &[(&str, &str)],
+        since: Option<i64>,
+    ) -> futures::stream::BoxStream<
+        'static,
+        Result<crate::docker::EngineEvent, crate::docker::EngineError>,
+    > {
+        self.inner.engine.events(labels, since)
+    }
+
+    async fn rebuild(&self, key: &ServerKey, c: &ContainerInfo) -> Result<(), Error> {
+        let label = |k| c.label(k).unwrap_or_default().to_owned();
+        let running = !matches!(c.status, RunStatus::Exited | RunStatus::Dead);
+        self.save(key, |r| {
+            r.spawn_id = label(LABEL_SPAWN_ID);
+            r.spec_hash = label(LABEL_SPEC_HASH);
+            r.container_id.clone_from(&c.id);
+            r.status = if running {
+                RecordStatus::Running
+            } else {
+                RecordStatus::Exited
+            };
+            r.exit_code = c.exit_code;
+            r.image.clone_from(&c.image);
+            r.port = c
+                .label(LABEL_PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(crate::spec::DEFAULT_PORT);
+            r.owned_volumes = label(LABEL_OWNED_VOLUMES)
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+        })
+        .await
+        .map(drop)
+    }
+}

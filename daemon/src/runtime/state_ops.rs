@@ -1,0 +1,113 @@
+//! The hub's per-server state blob (versioned compare-and-swap) and DeleteForever.
+
+use super::keys::Op;
+use super::view::WatchKind;
+use super::{Error, Runtime};
+use crate::docker::ContainerEngine;
+use crate::key::ServerKey;
+use crate::state::MAX_BLOB_BYTES;
+
+/// The hub's blob and its version (0 = none stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Opaque bytes.
+    pub data: Vec<u8>,
+    /// Version.
+    pub version: u64,
+}
+
+/// What DeleteForever removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// The container was removed.
+    pub container: bool,
+    /// The record was removed.
+    pub record: bool,
+    /// Volumes removed.
+    pub volumes: Vec<String>,
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// The blob of `key`, from memory.
+    pub fn get_state(&self, key: &ServerKey) -> Blob {
+        self.entry(key).map_or(
+            Blob {
+                data: Vec::new(),
+                version: 0,
+            },
+            |e| Blob {
+                data: e.record.blob(),
+                version: e.record.blob_version,
+            },
+        )
+    }
+
+    /// Replaces the blob if its version is still `expected`; the new version is returned.
+    pub async fn put_state(
+        &self,
+        key: &ServerKey,
+        data: Vec<u8>,
+        expected: u64,
+    ) -> Result<Blob, Error> {
+        if data.len() > MAX_BLOB_BYTES {
+            return Err(Error::BlobTooLarge {
+                size: data.len(),
+                max: MAX_BLOB_BYTES,
+            });
+        }
+        let hexed = hex::encode(&data);
+        let r = self
+            .try_save(key, |r| {
+                if r.blob_version != expected {
+                    return Err(Error::StateConflict {
+                        key: key.clone(),
+                        expected,
+                        current: r.blob_version,
+                    });
+                }
+                r.blob_hex = hexed;
+                r.blob_version += 1;
+                Ok(())
+            })
+            .await?;
+        Ok(Blob {
+            data,
+            version: r.blob_version,
+        })
+    }
+
+    /// Removes `key`'s container, its owned volumes and its record. Idempotent.
+    pub async fn delete_forever(&self, key: &ServerKey) -> Result<Deleted, Error> {
+        self.inner.keys.cancel_start(key);
+        let guard = self.inner.keys.acquire(key, Op::Stopping).await;
+        let engine = &self.inner.engine;
+        let mut deleted = Deleted::default();
+        if let Some(c) = self.container_of(key).await? {
+            engine.remove(&c.id).await?;
+            deleted.container = true;
+        }
+        let owned = self
+            .entry(key)
+            .map(|e| e.record.owned_volumes)
+            .unwrap_or_default();
+        for v in owned {
+            match engine.remove_volume(&v).await {
+                Ok(()) => deleted.volumes.push(v),
+                // In use by another of the user's containers, most likely: keep the data.
+                Err(e) => tracing::warn!(volume = %v, error = %e, "volume not removed"),
+            }
+        }
+        let _serial = self.inner.view.save_lock.lock().await;
+        let rt = self.clone();
+        let k = key.clone();
+        deleted.record = tokio::task::spawn_blocking(move || rt.inner.store.delete(&k))
+            .await
+            .map_err(|e| Error::Internal(format!("state delete task failed: {e}")))??;
+        self.inner.view.lock().remove(key);
+        drop(_serial);
+        drop(guard);
+        self.publish(key, WatchKind::Removed);
+        tracing::info!(user = key.user(), server = key.server(), container = deleted.container, volumes = ?deleted.volumes, "server deleted forever");
+        Ok(deleted)
+    }
+}

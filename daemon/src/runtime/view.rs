@@ -1,0 +1,420 @@
+//! The in-memory view of every server (its durable record and the container as Docker last
+//! reported it), the status derived from it, and the Watch broadcast of its changes.
+//! Poll and List read only this view: no Docker call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use super::keys::Op;
+use super::{Error, Runtime, State, Status, exit_reason};
+use crate::docker::{ContainerEngine, ContainerInfo, LABEL_PORT, RunStatus};
+use crate::key::ServerKey;
+use crate::state::{Record, RecordStatus, now_ms};
+
+/// Events a Watch subscriber may fall behind by before it is cut off.
+pub const WATCH_BUFFER: usize = 4096;
+
+/// One server as berthd knows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The durable record.
+    pub record: Record,
+    /// Its container as Docker last reported it; `None` when there is none.
+    pub live: Option<ContainerInfo>,
+}
+
+/// What kind of change a Watch event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// Current status, sent on subscribe.
+    Snapshot,
+    /// End of the snapshot.
+    SnapshotEnd,
+    /// A container started.
+    Started,
+    /// A server answers HTTP.
+    Ready,
+    /// A container exited.
+    Exited,
+    /// The OOM killer struck.
+    Oom,
+    /// A container was removed.
+    Removed,
+    /// Docker health changed.
+    Health,
+    /// Anything else.
+    Changed,
+}
+
+/// One status change.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// Kind.
+    pub kind: WatchKind,
+    /// The server's status after the change (`None` only for SnapshotEnd).
+    pub status: Option<Status>,
+    /// Sequence number on this daemon run.
+    pub seq: u64,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// The view and its broadcast.
+pub struct View {
+    entries: Mutex<HashMap<ServerKey, Entry>>,
+    tx: broadcast::Sender<WatchEvent>,
+    seq: AtomicU64,
+    /// Serialises read-modify-persist of records, so a monitor update and a lifecycle update
+    /// never overwrite each other's fields.
+    pub(super) save_lock: tokio::sync::Mutex<()>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            tx: broadcast::channel(WATCH_BUFFER).0,
+            seq: AtomicU64::new(0),
+            save_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl View {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<ServerKey, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A receiver of every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.tx.subscribe()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// Docker's action name mapped to a Watch kind.
+pub fn kind_of_action(action: &str, info: Option<&ContainerInfo>) -> WatchKind {
+    match action {
+        "start" => WatchKind::Started,
+        "die" if info.is_some_and(|i| i.oom_killed) => WatchKind::Oom,
+        "die" => WatchKind::Exited,
+        "oom" => WatchKind::Oom,
+        "destroy" => WatchKind::Removed,
+        a if a.starts_with("health_status") => WatchKind::Health,
+        _ => WatchKind::Changed,
+    }
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// The status of `key`, from memory.
+    pub fn poll(&self, key: &ServerKey) -> Status {
+        let entry = self.inner.view.lock().get(key).cloned();
+        self.status_of(key, entry.as_ref())
+    }
+
+    /// Every server with a container (or a vanished one), optionally of one user, from memory.
+    pub fn list(&self, user: Option<&str>) -> Vec<Status> {
+        let entries: Vec<(ServerKey, Entry)> = self
+            .inner
+            .view
+            .lock()
+            .iter()
+            .filter(|(k, _)| user.is_none_or(|u| k.user() == u))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let mut out: Vec<Status> = entries
+            .iter()
+            .map(|(k, e)| self.status_of(k, Some(e)))
+            .filter(|s| s.state != State::Absent)
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// A copy of `key`'s entry.
+    pub(super) fn entry(&self, key: &ServerKey) -> Option<Entry> {
+        self.inner.view.lock().get(key).cloned()
+    }
+
+    /// Changes `key`'s record with `change`, persists it, then publishes it to the view. When
+    /// the write fails nothing changes in memory either.
+    pub(super) async fn save(
+        &self,
+        key: &ServerKey,
+        change: impl FnOnce(&mut Record),
+    ) -> Result<Record, Error> {
+        self.try_save(key, |r| {
+            change(r);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like [`Runtime::save`], but `change` may refuse (and then nothing is written).
+    pub(super) async fn try_save(
+        &self,
+        key: &ServerKey,
+        change: impl FnOnce(&mut Record) -> Result<(), Error>,
+    ) -> Result<Record, Error> {
+        let _serial = self.inner.view.save_lock.lock().await;
+        let mut record = self
+            .entry(key)
+            .map_or_else(|| Record::new(key), |e| e.record);
+        change(&mut record)?;
+        record.updated_ms = now_ms();
+        let rt = self.clone();
+        let to_write = record.clone();
+        tokio::task::spawn_blocking(move || rt.inner.store.put(&to_write))
+            .await
+            .map_err(|e| Error::Internal(format!("state write task failed: {e}")))??;
+        let mut view = self.inner.view.lock();
+        let entry = view.entry(key.clone()).or_insert_with(|| Entry {
+            record: record.clone(),
+            live: None,
+        });
+        entry.record = record.clone();
+        Ok(record)
+    }
+
+    /// Records what Docker says of `key`'s container in memory. Reports of a container that
+    /// is not the key's current one (a late event of a replaced container) are ignored.
+    /// Returns whether the report was taken.
+    pub(super) fn apply(
+        &self,
+        key: &ServerKey,
+        container_id: &str,
+        info: Option<ContainerInfo>,
+    ) -> bool {
+        let mut view = self.inner.view.lock();
+        let Some(entry) = view.get_mut(key) else {
+            return false;
+        };
+        let current = &entry.record.container_id;
+        if !current.is_empty() && current != container_id {
+            return false;
+        }
+        entry.live = info;
+        true
+    }
+
+    /// Makes the record follow the container: its id, and exited with its code.
+    pub(super) async fn follow_record(&self, key: &ServerKey, container_id: &str) {
+        let Some(e) = self.entry(key) else { return };
+        let exited = e.live.as_ref().and_then(|c| {
+            matches!(c.status, RunStatus::Exited | RunStatus::Dead).then_some(c.exit_code)
+        });
+        let stale_id = e.record.container_id != container_id;
+        let stale_exit = exited.is_some_and(|code| {
+            e.record.status != RecordStatus::Exited || e.record.exit_code != code
+        });
+        if !stale_id && !stale_exit {
+            return;
+        }
+        let id = container_id.to_owned();
+        let saved = self
+            .save(key, |r| {
+                r.container_id = id;
+                if let Some(code) = exited {
+                    r.status = RecordStatus::Exited;
+                    r.exit_code = code;
+                }
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(user = key.user(), server = key.server(), error = %e, "cannot record a status change");
+        }
+    }
+
+    /// Takes a Docker report of `key`'s container, keeps the record in step and tells Watch
+    /// subscribers when the status changed (or always, for kinds other than Changed).
+    pub(super) async fn observe(
+        &self,
+        key: &ServerKey,
+        container_id: &str,
+        info: Option<ContainerInfo>,
+        kind: WatchKind,
+    ) {
+        let before = self.poll(key);
+        if !self.apply(key, container_id, info) {
+            return;
+        }
+        self.follow_record(key, container_id).await;
+        let after = self.poll(key);
+        let changed = before.state != after.state
+            || before.container_id != after.container_id
+            || before.health != after.health
+            || before.exit_code != after.exit_code;
+        if kind != WatchKind::Changed || changed {
+            self.publish(key, kind);
+        }
+    }
+
+    /// Brings `key`'s view up to date with Docker (one inspect).
+    pub(super) async fn refresh(&self, key: &ServerKey) {
+        match self.container_of(key).await {
+            Ok(Some(c)) => {
+                let id = c.id.clone();
+                if self.apply(key, &id, Some(c)) {
+                    self.follow_record(key, &id).await;
+                }
+            }
+            Ok(None) => {
+                if let Some(mut e) = self.entry(key) {
+                    let id = std::mem::take(&mut e.record.container_id);
+                    let _ = self.apply(key, &id, None);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = key.user(), server = key.server(), error = %e, "cannot refresh the view of a server");
+            }
+        }
+    }
+
+    /// Sends `key`'s current status to Watch subscribers.
+    pub(super) fn publish(&self, key: &ServerKey, kind: WatchKind) {
+        let status = self.poll(key);
+        let view = &self.inner.view;
+        // No subscriber is not an error.
+        let _ = view.tx.send(WatchEvent {
+            kind,
+            status: Some(status),
+            seq: view.next_seq(),
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The current status of every known server, for a Watch snapshot.
+    pub fn snapshot(&self) -> Vec<WatchEvent> {
+        let keys: Vec<ServerKey> = self.inner.view.lock().keys().cloned().collect();
+        let view = &self.inner.view;
+        let mut out: Vec<WatchEvent> = keys
+            .iter()
+            .map(|k| WatchEvent {
+                kind: WatchKind::Snapshot,
+                status: Some(self.poll(k)),
+                seq: view.next_seq(),
+                at: SystemTime::now(),
+            })
+            .collect();
+        out.push(WatchEvent {
+            kind: WatchKind::SnapshotEnd,
+            status: None,
+            seq: view.next_seq(),
+            at: SystemTime::now(),
+        });
+        out
+    }
+
+    /// The status of `key` from its entry and the operation under way.
+    pub(super) fn status_of(&self, key: &ServerKey, entry: Option<&Entry>) -> Status {
+        let op = self.inner.keys.current(key);
+        let mut s = Status {
+            key: key.clone(),
+            state: State::Absent,
+            exit_code: None,
+            reason: String::new(),
+            message: String::new(),
+            started_at: None,
+            finished_at: None,
+            url: None,
+            container_id: String::new(),
+            spawn_id: String::new(),
+            image: String::new(),
+            health: String::new(),
+        };
+        let Some(entry) = entry else {
+            if op == Some(Op::Starting) {
+                s.state = State::Starting;
+            }
+            return s;
+        };
+        let r = &entry.record;
+        s.spawn_id.clone_from(&r.spawn_id);
+        s.image.clone_from(&r.image);
+        s.container_id.clone_from(&r.container_id);
+        let Some(c) = &entry.live else {
+            (s.state, s.reason, s.message) = match (op, r.status) {
+                (Some(Op::Starting), _) => (State::Starting, String::new(), String::new()),
+                (_, RecordStatus::Running | RecordStatus::Starting | RecordStatus::Stopping)
+                    if !r.container_id.is_empty() =>
+                {
+                    (
+                        State::Exited,
+                        "Vanished".to_owned(),
+                        "the container disappeared outside berthd's control".to_owned(),
+                    )
+                }
+                _ => (State::Absent, String::new(), String::new()),
+            };
+            s.exit_code = if s.state == State::Absent {
+                r.exit_code
+            } else {
+                None
+            };
+            return s;
+        };
+        let port = c
+            .label(LABEL_PORT)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(r.port);
+        let url = c.host_port(port).map(|p| self.url_for(p));
+        let (state, exit_code, reason, message) = match (c.status, op) {
+            (RunStatus::Exited | RunStatus::Dead, _) => {
+                let code = c.exit_code.unwrap_or(-1);
+                let message = if c.error.is_empty() {
+                    format!("exited with code {code}")
+                } else {
+                    format!("exited with code {code}: {}", c.error)
+                };
+                (
+                    State::Exited,
+                    Some(code),
+                    exit_reason(code, c.oom_killed),
+                    message,
+                )
+            }
+            (_, Some(Op::Stopping)) | (RunStatus::Removing, _) => {
+                (State::Stopping, None, "", String::new())
+            }
+            (RunStatus::Created | RunStatus::Restarting, Some(Op::Starting)) => {
+                (State::Starting, None, "", String::new())
+            }
+            (RunStatus::Created, _) => (
+                State::Exited,
+                Some(0),
+                "Error",
+                "created but never started".to_owned(),
+            ),
+            (RunStatus::Running | RunStatus::Paused, Some(Op::Starting)) => {
+                (State::Starting, None, "", String::new())
+            }
+            (RunStatus::Paused, _) => (State::Running, None, "", "paused".to_owned()),
+            (RunStatus::Running | RunStatus::Restarting, _) => {
+                (State::Running, None, "", String::new())
+            }
+        };
+        s.state = state;
+        s.exit_code = exit_code;
+        s.reason = reason.to_owned();
+        s.message = message;
+        s.started_at.clone_from(&c.started_at);
+        s.finished_at.clone_from(&c.finished_at);
+        s.url = if state == State::Exited { None } else { url };
+        s.container_id.clone_from(&c.id);
+        s.health.clone_from(&c.health);
+        s.image.clone_from(&c.image);
+        if let Some(id) = c.label(crate::docker::LABEL_SPAWN_ID) {
+            s.spawn_id = id.to_owned();
+        }
+        s
+    }
+}

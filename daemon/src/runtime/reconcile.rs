@@ -84,9 +84,8 @@ impl<E: ContainerEngine> Runtime<E> {
                     report.rebuilt += 1;
                 }
                 Some(e) if e.record.container_id != c.id => {
+                    // observe() below adopts it: the key's name makes it the key's container.
                     tracing::info!(user = key.user(), server = key.server(), container = %c.id, "record now points at the key's container");
-                    let id = c.id.clone();
-                    self.save(&key, |r| r.container_id = id).await?;
                     report.adopted += 1;
                 }
                 Some(_) => report.adopted += 1,

@@ -185,9 +185,11 @@ impl<E: ContainerEngine> Runtime<E> {
         Ok(record)
     }
 
-    /// Records what Docker says of `key`'s container in memory. Reports of a container that
-    /// is not the key's current one (a late event of a replaced container) are ignored.
-    /// Returns whether the report was taken.
+    /// Records what Docker says of `key`'s container in memory. A container that exists under
+    /// the key's name is the key's container by definition (names are unique), so it is
+    /// adopted even when the record still points at an older one (a create that dockerd
+    /// finished after berthd died). A report that a container is gone only counts for the
+    /// container the view holds. Returns whether the report was taken.
     pub(super) fn apply(
         &self,
         key: &ServerKey,
@@ -198,30 +200,54 @@ impl<E: ContainerEngine> Runtime<E> {
         let Some(entry) = view.get_mut(key) else {
             return false;
         };
-        let current = &entry.record.container_id;
-        if !current.is_empty() && current != container_id {
-            return false;
+        match info {
+            Some(c) if c.name == key.container_name() => {
+                entry.live = Some(c);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let held = entry.live.as_ref().map(|c| c.id.as_str());
+                if held == Some(container_id) || entry.record.container_id == container_id {
+                    entry.live = None;
+                    true
+                } else {
+                    false
+                }
+            }
         }
-        entry.live = info;
-        true
     }
 
     /// Makes the record follow the container: its id, and exited with its code.
-    pub(super) async fn follow_record(&self, key: &ServerKey, container_id: &str) {
+    pub(super) async fn follow_record(&self, key: &ServerKey) {
         let Some(e) = self.entry(key) else { return };
         let exited = e.live.as_ref().and_then(|c| {
             matches!(c.status, RunStatus::Exited | RunStatus::Dead).then_some(c.exit_code)
         });
-        let stale_id = e.record.container_id != container_id;
+        let adopted_spawn = e
+            .live
+            .as_ref()
+            .and_then(|c| c.label(crate::docker::LABEL_SPAWN_ID))
+            .map(str::to_owned);
+        // Only a container that exists can become the record's container.
+        let live_id = e.live.as_ref().map(|c| c.id.clone());
+        let stale_id = live_id
+            .as_ref()
+            .is_some_and(|id| *id != e.record.container_id);
         let stale_exit = exited.is_some_and(|code| {
             e.record.status != RecordStatus::Exited || e.record.exit_code != code
         });
         if !stale_id && !stale_exit {
             return;
         }
-        let id = container_id.to_owned();
+        let id = live_id.unwrap_or(e.record.container_id);
         let saved = self
             .save(key, |r| {
+                if r.container_id != id
+                    && let Some(spawn) = adopted_spawn
+                {
+                    r.spawn_id = spawn;
+                }
                 r.container_id = id;
                 if let Some(code) = exited {
                     r.status = RecordStatus::Exited;
@@ -247,7 +273,7 @@ impl<E: ContainerEngine> Runtime<E> {
         if !self.apply(key, container_id, info) {
             return;
         }
-        self.follow_record(key, container_id).await;
+        self.follow_record(key).await;
         let after = self.poll(key);
         let changed = before.state != after.state
             || before.container_id != after.container_id
@@ -264,7 +290,7 @@ impl<E: ContainerEngine> Runtime<E> {
             Ok(Some(c)) => {
                 let id = c.id.clone();
                 if self.apply(key, &id, Some(c)) {
-                    self.follow_record(key, &id).await;
+                    self.follow_record(key).await;
                 }
             }
             Ok(None) => {

@@ -67,6 +67,7 @@ pub struct Daemon {
     pub node_id: String,
     pub state_dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
+    extra: Vec<String>,
 }
 
 impl Daemon {
@@ -78,10 +79,42 @@ impl Daemon {
         require_docker();
         let node_id = unique("node");
         let state_dir = std::env::temp_dir().join(unique("berth-state"));
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (child, addr) = Self::launch(&node_id, &state_dir, &extra, &log);
+        Daemon {
+            child,
+            addr,
+            node_id,
+            state_dir,
+            log,
+            extra,
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts berthd again with the same node id and state directory.
+    pub fn respawn(&mut self) {
+        let (child, addr) = Self::launch(&self.node_id, &self.state_dir, &self.extra, &self.log);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    fn launch(
+        node_id: &str,
+        state_dir: &PathBuf,
+        extra: &[String],
+        log: &Arc<Mutex<Vec<String>>>,
+    ) -> (Child, SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", &node_id])
+            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", node_id])
             .arg("--state-dir")
-            .arg(&state_dir)
+            .arg(state_dir)
             .args(extra)
             .env("BERTH_LOG", "info,berthd=debug")
             .stdin(Stdio::null())
@@ -90,9 +123,9 @@ impl Daemon {
             .spawn()
             .expect("spawn berthd");
         let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
+        let log = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("berthd listening") {
@@ -110,13 +143,7 @@ impl Daemon {
             .expect("listening line has addr=")
             .parse()
             .expect("addr parses");
-        Daemon {
-            child,
-            addr,
-            node_id,
-            state_dir,
-            log,
-        }
+        (child, addr)
     }
 
     pub async fn client(&self) -> SpawnerClient<Channel> {

@@ -27,6 +27,12 @@ pub const DEFAULT_MAX_READY_TIMEOUT_SECONDS: u64 = 900;
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 10;
 /// Output lines quoted when a server dies during start.
 pub const DEFAULT_FAILURE_LOG_LINES: u32 = 20;
+/// Docker create+start operations at once; more wait in the spawn queue.
+pub const DEFAULT_MAX_CONCURRENT_SPAWNS: u32 = 4;
+/// Spawns that may wait for a slot; beyond it a Start is refused at once.
+pub const DEFAULT_SPAWN_QUEUE_LIMIT: u32 = 32;
+/// How long a spawn may wait for a slot.
+pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,8 +46,43 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The Docker engine.
     pub docker: DockerConfig,
+    /// Unix socket of the Admin service; "" = `<state_dir>/admin.sock`.
+    pub admin_socket: PathBuf,
     /// Spawn behaviour.
     pub spawn: SpawnConfig,
+    /// Capacity and admission.
+    pub capacity: CapacityConfig,
+}
+
+/// `[capacity]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Most servers at once; 0 = no limit.
+    pub max_servers: u32,
+    /// Cores held back for the system.
+    pub reserved_cpu: f64,
+    /// Memory held back for the system, in bytes.
+    pub reserved_memory_bytes: u64,
+    /// Docker create+start operations at once.
+    pub max_concurrent_spawns: u32,
+    /// Spawns that may wait for a slot.
+    pub spawn_queue_limit: u32,
+    /// How long a spawn may wait for a slot.
+    pub spawn_queue_timeout_seconds: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            max_servers: 0,
+            reserved_cpu: 0.0,
+            reserved_memory_bytes: 0,
+            max_concurrent_spawns: DEFAULT_MAX_CONCURRENT_SPAWNS,
+            spawn_queue_limit: DEFAULT_SPAWN_QUEUE_LIMIT,
+            spawn_queue_timeout_seconds: DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS,
+        }
+    }
 }
 
 /// `[docker]`
@@ -81,7 +122,9 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             docker: DockerConfig::default(),
+            admin_socket: PathBuf::new(),
             spawn: SpawnConfig::default(),
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -196,6 +239,8 @@ pub struct Overrides {
     pub publish_host_ip: Option<String>,
     /// `--advertise-host`
     pub advertise_host: Option<String>,
+    /// `--admin-socket`
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -251,6 +296,9 @@ impl Config {
         if let Some(v) = env.var("BERTH_ADVERTISE_HOST") {
             self.docker.advertise_host = v;
         }
+        if let Some(v) = env.var("BERTH_ADMIN_SOCKET") {
+            self.admin_socket = PathBuf::from(v);
+        }
         Ok(())
     }
 
@@ -272,6 +320,9 @@ impl Config {
         }
         if let Some(v) = &f.advertise_host {
             self.docker.advertise_host.clone_from(v);
+        }
+        if let Some(v) = &f.admin_socket {
+            self.admin_socket.clone_from(v);
         }
         Ok(())
     }
@@ -338,7 +389,48 @@ impl Config {
         if s.failure_log_lines > 1000 {
             return Err(invalid("spawn.failure_log_lines", "must be at most 1000"));
         }
+        let c = &self.capacity;
+        if !c.reserved_cpu.is_finite() || c.reserved_cpu < 0.0 {
+            return Err(invalid(
+                "capacity.reserved_cpu",
+                "must be a number of cores, 0 or more",
+            ));
+        }
+        if c.max_concurrent_spawns == 0 || c.max_concurrent_spawns > 1024 {
+            return Err(invalid("capacity.max_concurrent_spawns", "must be 1-1024"));
+        }
+        if c.spawn_queue_limit > 100_000 {
+            return Err(invalid(
+                "capacity.spawn_queue_limit",
+                "must be at most 100000",
+            ));
+        }
+        if c.spawn_queue_timeout_seconds == 0 || c.spawn_queue_timeout_seconds > 3600 {
+            return Err(invalid(
+                "capacity.spawn_queue_timeout_seconds",
+                "must be 1-3600",
+            ));
+        }
+        let sock = self.admin_socket();
+        if !sock.is_absolute() || sock.as_os_str().len() > 100 {
+            return Err(invalid(
+                "admin_socket",
+                format!(
+                    "{} must be an absolute path of at most 100 bytes",
+                    sock.display()
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The Admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        if self.admin_socket.as_os_str().is_empty() {
+            self.state_dir.join("admin.sock")
+        } else {
+            self.admin_socket.clone()
+        }
     }
 
     /// The advertised host for server URLs.
@@ -360,6 +452,17 @@ impl Config {
             max_ready_timeout: Duration::from_secs(self.spawn.max_ready_timeout_seconds),
             stop_grace: Duration::from_secs(self.spawn.stop_grace_seconds),
             failure_log_lines: self.spawn.failure_log_lines,
+            limits: crate::capacity::Limits {
+                reserved: crate::capacity::Alloc {
+                    cpu: self.capacity.reserved_cpu,
+                    memory: self.capacity.reserved_memory_bytes,
+                },
+                max_servers: self.capacity.max_servers,
+            },
+            max_concurrent_spawns: self.capacity.max_concurrent_spawns,
+            spawn_queue_limit: self.capacity.spawn_queue_limit,
+            spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
+            state_dir: self.state_dir.clone(),
         }
     }
 }

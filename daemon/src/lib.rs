@@ -4,6 +4,7 @@
 //! - [`config`]: the typed configuration (defaults < TOML < `BERTH_*` env < flags).
 //! - [`key`] and [`spec`]: validated domain types of a request (names, images, resources, env).
 //! - [`docker`]: the narrow [`docker::ContainerEngine`] trait and its bollard implementation.
+//! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
 //! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
@@ -11,6 +12,7 @@
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
 
 pub mod api;
+pub mod capacity;
 pub mod config;
 pub mod docker;
 pub mod key;

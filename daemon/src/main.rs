@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Host name put in server URLs (also BERTH_ADVERTISE_HOST).
     #[arg(long)]
     advertise_host: Option<String>,
+    /// Unix socket of the Admin service (also BERTH_ADMIN_SOCKET); default <state-dir>/admin.sock.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Overrides {
@@ -61,6 +64,7 @@ impl From<ServeArgs> for Overrides {
             docker_host: a.docker_host,
             publish_host_ip: a.publish_host_ip,
             advertise_host: a.advertise_host,
+            admin_socket: a.admin_socket,
         }
     }
 }

@@ -1,17 +1,18 @@
 //! The wiring: the only place that names concrete types (bollard engine, tonic server).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_proto::v1::admin_server::AdminServer;
 use berth_proto::v1::spawner_server::SpawnerServer;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 
-use crate::api::SpawnerService;
+use crate::api::{AdminService, SpawnerService};
 use crate::config::{Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::runtime::Runtime;
@@ -55,6 +56,15 @@ pub enum ServeError {
     /// The runtime could not load its records.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::Error),
+    /// The Admin socket cannot be bound.
+    #[error("admin socket {path}: {source}")]
+    AdminSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -84,6 +94,30 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
     std::fs::write(&probe, b"").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     Ok(())
+}
+
+/// Binds the Admin socket with mode 0660, replacing a stale socket file of an earlier run.
+fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::AdminSocket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
 }
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
@@ -118,10 +152,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
     tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
 
-    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), docker = %cfg.docker.host, "berthd listening");
+    let admin_path = cfg.admin_socket();
+    let admin_listener = bind_admin_socket(&admin_path)?;
+    let admin = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminService::new(rt.clone())))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(admin_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tasks.spawn(async move {
+        if let Err(e) = admin.await {
+            tracing::error!(error = %e, "Admin service failed");
+        }
+    });
+    let docker_root = rt.engine_root().await;
+
+    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, "berthd listening");
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(SpawnerServer::new(SpawnerService::new(rt)))
+        .add_service(SpawnerServer::new(SpawnerService::new(rt, docker_root)))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

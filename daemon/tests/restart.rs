@@ -452,9 +452,10 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() {
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
             out.extend(walk(&p))
-        } else {
+        } else if ft.is_file() {
             out.push(p)
         }
     }

@@ -5,9 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use berth_proto::v1 as pb;
 
+use crate::capacity::Alloc;
 use crate::docker::LogStream;
 use crate::key::ServerKey;
 use crate::runtime::StopSpec;
+use crate::runtime::admission::NodeCapacity;
 use crate::runtime::progress::{Event, Phase};
 use crate::runtime::view::{WatchEvent, WatchKind};
 use crate::runtime::{LogLine, State, Status};
@@ -199,5 +201,35 @@ pub fn watch_event(ev: WatchEvent, node_id: &str) -> pb::WatchEvent {
             ev.at.max(SystemTime::UNIX_EPOCH),
         )),
         sequence: ev.seq,
+    }
+}
+
+/// The capacity report for the wire.
+pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
+    let alloc = |a: Alloc| pb::Allocation {
+        cpu: a.cpu,
+        memory_bytes: a.memory,
+    };
+    pb::NodeCapacity {
+        node_id,
+        cpus: c.host.cpus,
+        memory_total_bytes: c.host.memory_total,
+        memory_available_bytes: c.host.memory_available,
+        allocatable: Some(alloc(c.allocatable)),
+        committed: Some(alloc(c.committed)),
+        running_servers: c.running,
+        max_servers: c.max_servers,
+        conditions: c
+            .conditions
+            .into_iter()
+            .map(|k| pb::Condition {
+                r#type: k.kind.to_owned(),
+                status: k.status.to_owned(),
+                reason: k.reason,
+                message: k.message,
+            })
+            .collect(),
+        draining: c.draining,
+        images: c.images,
     }
 }

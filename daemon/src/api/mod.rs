@@ -1,7 +1,9 @@
-//! The gRPC surface: the Spawner service, the edge conversions and the error-to-status mapping.
+//! The gRPC surface: the Spawner and Admin services, the edge conversions and the error-to-status mapping.
 
+pub mod admin;
 pub mod convert;
 pub mod spawner;
 pub mod status;
 
+pub use admin::AdminService;
 pub use spawner::SpawnerService;

@@ -13,17 +13,26 @@ use crate::runtime::Runtime;
 use crate::spec::StartSpec;
 
 /// Features this daemon announces in `Version`.
-pub const FEATURES: &[&str] = &["start-idempotent", "progress", "logs"];
+pub const FEATURES: &[&str] = &[
+    "start-idempotent",
+    "progress",
+    "logs",
+    "watch",
+    "state",
+    "capacity",
+    "admission",
+];
 
 /// The Spawner service over a runtime.
 pub struct SpawnerService<E> {
     rt: Runtime<E>,
+    docker_root: Option<String>,
 }
 
 impl<E: ContainerEngine> SpawnerService<E> {
-    /// A service answering from `rt`.
-    pub fn new(rt: Runtime<E>) -> Self {
-        Self { rt }
+    /// A service answering from `rt`; `docker_root` is watched for disk pressure.
+    pub fn new(rt: Runtime<E>, docker_root: Option<String>) -> Self {
+        Self { rt, docker_root }
     }
 
     fn node_id(&self) -> String {
@@ -234,8 +243,7 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         &self,
         _request: Request<pb::CapacityRequest>,
     ) -> Result<Response<pb::NodeCapacity>, Status> {
-        Err(Status::unimplemented(
-            "Capacity is not available on this berthd yet",
-        ))
+        let c = self.rt.capacity(self.docker_root.as_deref()).await;
+        Ok(Response::new(convert::node_capacity(c, self.node_id())))
     }
 }

@@ -375,6 +375,28 @@ impl ContainerEngine for BollardEngine {
         }
     }
 
+    async fn images(&self) -> Result<Vec<String>, EngineError> {
+        let list = self
+            .bounded(
+                "list images",
+                self.docker
+                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+            )
+            .await?;
+        let mut refs: Vec<String> = list
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>")
+            .collect();
+        refs.sort();
+        Ok(refs)
+    }
+
+    async fn root_dir(&self) -> Result<String, EngineError> {
+        let info = self.bounded("info", self.docker.info()).await?;
+        Ok(info.docker_root_dir.unwrap_or_default())
+    }
+
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
         let options = RemoveVolumeOptions { force: false };
         match self

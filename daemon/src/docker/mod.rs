@@ -285,6 +285,10 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Resolves with the exit code once the container is not running. Not bounded by the
     /// call deadline: it waits as long as the container runs.
     fn wait_exit(&self, id: &str) -> impl Future<Output = Result<i64, EngineError>> + Send;
+    /// References (repo:tag) of the images present.
+    fn images(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+    /// The engine's storage root directory.
+    fn root_dir(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Removes a named volume. Removing an absent volume succeeds.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Container events of containers carrying every one of `labels`, from `since` (seconds

@@ -15,6 +15,7 @@ use crate::docker::{
 use crate::key::ServerKey;
 use crate::state::{FileStore, StoreError};
 
+pub mod admission;
 pub mod keys;
 pub mod progress;
 pub mod ready;
@@ -49,6 +50,16 @@ pub struct RuntimeConfig {
     pub stop_grace: Duration,
     /// Log lines quoted when a server dies during start.
     pub failure_log_lines: u32,
+    /// Reservation and server limit.
+    pub limits: crate::capacity::Limits,
+    /// Docker create+start operations at once.
+    pub max_concurrent_spawns: u32,
+    /// Spawns that may wait for a slot.
+    pub spawn_queue_limit: u32,
+    /// How long a spawn may wait for a slot.
+    pub spawn_queue_timeout: Duration,
+    /// State directory (disk pressure, the drain marker).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// Why a lifecycle operation failed.
@@ -140,6 +151,33 @@ pub enum Error {
         /// The current version.
         current: u64,
     },
+    /// The node refuses new servers.
+    #[error("node {node:?} is draining ({reason}); start the server on another node")]
+    Draining {
+        /// Node id.
+        node: String,
+        /// The operator's reason.
+        reason: String,
+    },
+    /// The server does not fit.
+    #[error("{0}")]
+    Capacity(#[from] crate::capacity::Refusal),
+    /// Too many spawns are waiting.
+    #[error(
+        "the spawn queue of this node is full ({waiting} waiting, limit {limit}); try another node or later"
+    )]
+    QueueFull {
+        /// Waiting now.
+        waiting: usize,
+        /// The bound.
+        limit: u32,
+    },
+    /// The spawn waited too long for a slot.
+    #[error("the spawn waited {after:?} for a free slot on this node")]
+    QueueTimeout {
+        /// How long.
+        after: Duration,
+    },
     /// The hub's state blob is too large.
     #[error("state blob of {size} bytes is larger than {max}")]
     BlobTooLarge {
@@ -166,6 +204,8 @@ impl Error {
             Error::NotFound { .. } => "NotFound",
             Error::Engine(_) => "DockerError",
             Error::Store(_) => "StateStoreError",
+            Error::Draining { .. } => "Draining",
+            Error::Capacity(_) | Error::QueueFull { .. } | Error::QueueTimeout { .. } => "Capacity",
             Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
             Error::Internal(_) => "Internal",
         }
@@ -256,6 +296,7 @@ struct Inner<E> {
     progress: ProgressRegistry,
     store: FileStore,
     view: View,
+    admission: admission::Admission,
 }
 
 /// The CamelCase reason of an exit.
@@ -273,6 +314,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// A runtime over `engine`, keeping its records in `store`. Call
     /// [`Runtime::reconcile`] before serving so the view holds what Docker runs.
     pub fn new(engine: E, cfg: RuntimeConfig, store: FileStore) -> Self {
+        let cfg_for_admission = cfg.clone();
         Self {
             inner: Arc::new(Inner {
                 engine,
@@ -281,6 +323,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 progress: ProgressRegistry::default(),
                 store,
                 view: View::default(),
+                admission: admission::Admission::new(&cfg_for_admission),
             }),
         }
     }

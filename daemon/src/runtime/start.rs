@@ -33,8 +33,10 @@ impl<E: ContainerEngine> Runtime<E> {
         let guard = self.inner.keys.acquire(&spec.key, Op::Starting).await;
         let mut result = self.start_locked(&spec, &progress, guard.token()).await;
         // The view must hold the outcome before the key is released, or a Poll in between
-        // would see a record without its container.
+        // would see a record without its container; then the admitted share is handed over
+        // to the container (or freed).
         self.refresh(&spec.key).await;
+        self.release(&spec.key);
         if result.is_ok()
             && let Err(e) = self
                 .save(&spec.key, |r| r.status = RecordStatus::Running)
@@ -91,7 +93,7 @@ impl<E: ContainerEngine> Runtime<E> {
                     return self.await_ready(spec, &c, progress, cancel).await;
                 }
                 (true, RunStatus::Created) => {
-                    return self.launch(spec, &c.id, progress, cancel).await;
+                    return self.launch(spec, &c.id, progress, cancel, None).await;
                 }
                 (true, RunStatus::Exited | RunStatus::Dead) => {
                     return Err(self.exited_error(spec, &c).await);
@@ -108,6 +110,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
             }
         }
+        self.admit(spec)?;
         let image = engine
             .image(&spec.image)
             .await?
@@ -115,6 +118,17 @@ impl<E: ContainerEngine> Runtime<E> {
                 image: spec.image.clone(),
                 node: self.inner.cfg.node_id.clone(),
             })?;
+        let slot = match self.spawn_slot_now() {
+            Some(slot) => slot,
+            None => {
+                progress.emit(Event::new(
+                    Phase::Queued,
+                    5,
+                    "waiting for a free spawn slot on the node",
+                ));
+                self.spawn_slot().await?
+            }
+        };
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let container = self.container_spec(spec, &image);
         // The record is durable before the container exists: a crash from here on leaves a
@@ -156,7 +170,7 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             return Err(e);
         }
-        self.launch(spec, &id, progress, cancel).await
+        self.launch(spec, &id, progress, cancel, Some(slot)).await
     }
 
     /// Starts created container `id` and waits until it answers.
@@ -166,10 +180,14 @@ impl<E: ContainerEngine> Runtime<E> {
         id: &str,
         progress: &Reporter,
         cancel: &CancellationToken,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Started, Error> {
         progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
         let engine = &self.inner.engine;
-        if let Err(e) = engine.start(id).await {
+        let started = engine.start(id).await;
+        // The slot bounds Docker work; waiting for HTTP needs none.
+        drop(slot);
+        if let Err(e) = started {
             return Err(match e {
                 EngineError::Api { message, .. } => Error::StartRefused {
                     key: spec.key.clone(),

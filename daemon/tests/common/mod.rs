@@ -131,12 +131,19 @@ impl Daemon {
                 if line.contains("berthd listening") {
                     let _ = tx.send(line.clone());
                 }
-                sink.lock().unwrap().push(line);
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("berthd did not start: {:?}", log.lock().unwrap()));
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let lines = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            panic!("berthd did not start: {lines:?}");
+        };
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
@@ -162,7 +169,10 @@ impl Daemon {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .join("\n")
     }
 }
 

@@ -52,6 +52,48 @@ pub struct Config {
     pub spawn: SpawnConfig,
     /// Capacity and admission.
     pub capacity: CapacityConfig,
+    /// Who may drive this node.
+    pub security: SecurityConfig,
+    /// What a hub may ask of this node.
+    pub policy: crate::policy::Policy,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// File holding the bearer token the hub must send (`authorization: Bearer <token>`).
+    pub token_file: PathBuf,
+    /// Server certificate (PEM) for TLS.
+    pub tls_cert_file: PathBuf,
+    /// Server private key (PEM) for TLS.
+    pub tls_key_file: PathBuf,
+    /// CA (PEM) whose client certificates are accepted: mutual TLS.
+    pub client_ca_file: PathBuf,
+    /// Serve plaintext gRPC on a non-loopback address. Anyone who reaches the port then
+    /// controls the node's Docker engine: only for networks that are trusted end to end.
+    pub insecure_plaintext_on_network: bool,
+}
+
+impl SecurityConfig {
+    fn set(p: &Path) -> bool {
+        !p.as_os_str().is_empty()
+    }
+
+    /// TLS is configured.
+    pub fn tls(&self) -> bool {
+        Self::set(&self.tls_cert_file)
+    }
+
+    /// A bearer token is configured.
+    pub fn token(&self) -> bool {
+        Self::set(&self.token_file)
+    }
+
+    /// Client certificates are required.
+    pub fn mutual_tls(&self) -> bool {
+        Self::set(&self.client_ca_file)
+    }
 }
 
 /// `[capacity]`
@@ -125,6 +167,8 @@ impl Default for Config {
             admin_socket: PathBuf::new(),
             spawn: SpawnConfig::default(),
             capacity: CapacityConfig::default(),
+            security: SecurityConfig::default(),
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -241,6 +285,14 @@ pub struct Overrides {
     pub advertise_host: Option<String>,
     /// `--admin-socket`
     pub admin_socket: Option<PathBuf>,
+    /// `--token-file`
+    pub token_file: Option<PathBuf>,
+    /// `--tls-cert-file`
+    pub tls_cert_file: Option<PathBuf>,
+    /// `--tls-key-file`
+    pub tls_key_file: Option<PathBuf>,
+    /// `--client-ca-file`
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -299,6 +351,9 @@ impl Config {
         if let Some(v) = env.var("BERTH_ADMIN_SOCKET") {
             self.admin_socket = PathBuf::from(v);
         }
+        if let Some(v) = env.var("BERTH_TOKEN_FILE") {
+            self.security.token_file = PathBuf::from(v);
+        }
         Ok(())
     }
 
@@ -323,6 +378,17 @@ impl Config {
         }
         if let Some(v) = &f.admin_socket {
             self.admin_socket.clone_from(v);
+        }
+        let sec = &mut self.security;
+        for (flag, field) in [
+            (&f.token_file, &mut sec.token_file),
+            (&f.tls_cert_file, &mut sec.tls_cert_file),
+            (&f.tls_key_file, &mut sec.tls_key_file),
+            (&f.client_ca_file, &mut sec.client_ca_file),
+        ] {
+            if let Some(v) = flag {
+                field.clone_from(v);
+            }
         }
         Ok(())
     }
@@ -411,6 +477,7 @@ impl Config {
                 "must be 1-3600",
             ));
         }
+        self.validate_security()?;
         let sock = self.admin_socket();
         if !sock.is_absolute() || sock.as_os_str().len() > 100 {
             return Err(invalid(
@@ -419,6 +486,41 @@ impl Config {
                     "{} must be an absolute path of at most 100 bytes",
                     sock.display()
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let sec = &self.security;
+        if sec.tls() != SecurityConfig::set(&sec.tls_key_file) {
+            return Err(invalid(
+                "security.tls_key_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if sec.mutual_tls() && !sec.tls() {
+            return Err(invalid(
+                "security.client_ca_file",
+                "mutual TLS needs tls_cert_file and tls_key_file too",
+            ));
+        }
+        if self.listen.ip().is_loopback() || sec.insecure_plaintext_on_network {
+            return Ok(());
+        }
+        if !sec.tls() {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "refusing to serve plaintext gRPC on the non-loopback address {}: whoever reaches it controls this node's Docker engine. Set security.tls_cert_file and security.tls_key_file (and security.client_ca_file), or, on a network trusted end to end, security.insecure_plaintext_on_network = true",
+                    self.listen
+                ),
+            ));
+        }
+        if !sec.token() && !sec.mutual_tls() {
+            return Err(invalid(
+                "security.token_file",
+                "a node on the network needs security.token_file or security.client_ca_file to know the hub",
             ));
         }
         Ok(())
@@ -463,6 +565,7 @@ impl Config {
             spawn_queue_limit: self.capacity.spawn_queue_limit,
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
+            policy: self.policy.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`docker`]: the narrow [`docker::ContainerEngine`] trait and its bollard implementation.
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
+//! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod docker;
 pub mod key;
 pub mod monitor;
+pub mod policy;
 pub mod runtime;
 pub mod serve;
 pub mod spec;

@@ -7,6 +7,19 @@ use berthd::config::{Config, Overrides, ProcessEnv};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// Libraries whose debug output could carry secrets (request bodies, headers).
+const LIBRARIES_CAPPED_AT_INFO: &[&str] = &[
+    "bollard",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tonic",
+    "tower",
+    "rustls",
+    "reqwest",
+    "http",
+];
+
 #[derive(Parser)]
 #[command(
     name = "berthd",
@@ -52,6 +65,18 @@ struct ServeArgs {
     /// Unix socket of the Admin service (also BERTH_ADMIN_SOCKET); default <state-dir>/admin.sock.
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+    /// File with the bearer token the hub must present (also BERTH_TOKEN_FILE).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// TLS server certificate, PEM.
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// TLS server key, PEM.
+    #[arg(long)]
+    tls_key_file: Option<PathBuf>,
+    /// CA of accepted client certificates (mutual TLS), PEM.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for Overrides {
@@ -65,13 +90,24 @@ impl From<ServeArgs> for Overrides {
             publish_host_ip: a.publish_host_ip,
             advertise_host: a.advertise_host,
             admin_socket: a.admin_socket,
+            token_file: a.token_file,
+            tls_cert_file: a.tls_cert_file,
+            tls_key_file: a.tls_key_file,
+            client_ca_file: a.client_ca_file,
         }
     }
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Whatever BERTH_LOG says, libraries that log request bodies or headers at debug/trace
+    // (bollard logs the create payload, which holds the hub's token) stay at info.
+    for quiet in LIBRARIES_CAPPED_AT_INFO {
+        if let Ok(d) = format!("{quiet}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -12,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 
+use crate::api::auth::BearerAuth;
 use crate::api::{AdminService, SpawnerService};
 use crate::config::{Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::runtime::Runtime;
 use crate::state::FileStore;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// How often the Docker engine is pinged for the health service.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -96,6 +99,33 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Largest request accepted, in bytes (a Start with its env is far smaller).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The TLS configuration, if any: server identity and, for mutual TLS, the client CA.
+fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let sec = &cfg.security;
+    if !sec.tls() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            ServeError::Config(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        })
+    };
+    let cert = read("security.tls_cert_file", &sec.tls_cert_file)?;
+    let key = read("security.tls_key_file", &sec.tls_key_file)?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if sec.mutual_tls() {
+        let ca = read("security.client_ca_file", &sec.client_ca_file)?;
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    Ok(Some(tls))
+}
+
 /// Binds the Admin socket with mode 0660, replacing a stale socket file of an earlier run.
 fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
     let err = |source| ServeError::AdminSocket {
@@ -122,6 +152,17 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let auth = if cfg.security.token() {
+        BearerAuth::from_file(&cfg.security.token_file).map_err(|e| {
+            ServeError::Config(ConfigError::Invalid {
+                key: "security.token_file".to_owned(),
+                message: e.to_string(),
+            })
+        })?
+    } else {
+        BearerAuth::open()
+    };
+    let tls = tls_config(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
     let store = FileStore::open(&cfg.state_dir)?;
     let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
@@ -167,10 +208,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     });
     let docker_root = rt.engine_root().await;
 
-    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, "berthd listening");
-    let server = tonic::transport::Server::builder()
+    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
+    if !addr.ip().is_loopback() && !cfg.security.tls() {
+        tracing::warn!(%addr, "SERVING PLAINTEXT gRPC ON THE NETWORK (security.insecure_plaintext_on_network): anyone who reaches this port controls Docker on this node");
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let spawner = SpawnerServer::new(SpawnerService::new(rt, docker_root))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let server = builder
         .add_service(health_service)
-        .add_service(SpawnerServer::new(SpawnerService::new(rt, docker_root)))
+        .add_service(InterceptedService::new(spawner, auth))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

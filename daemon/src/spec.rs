@@ -223,11 +223,13 @@ fn printable(s: &str) -> String {
     cut.escape_debug().to_string()
 }
 
-/// A named volume mounted into the container.
+/// A named volume (or, policy permitting, a host path) mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
-    /// Docker volume name, templates already expanded.
+    /// Docker volume name with templates expanded, or the absolute host path.
     pub name: String,
+    /// `name` is a host path (a bind mount), subject to the node policy.
+    pub host_path: bool,
     /// Absolute path inside the container.
     pub target: String,
     /// Mounted read-only.
@@ -249,10 +251,28 @@ impl VolumeSpec {
         read_only: bool,
     ) -> Result<Self, SpecError> {
         let field = |f: &str| format!("volumes[{index}].{f}");
-        if source.starts_with('/') || source.starts_with('.') {
+        if source.starts_with('/') {
+            if source.contains('\0') || source.len() > 4096 || source.split('/').any(|c| c == "..")
+            {
+                return Err(SpecError::new(
+                    field("source"),
+                    "a host path must be absolute, without '..', at most 4096 bytes",
+                ));
+            }
+            check_target(index, target)?;
+            return Ok(Self {
+                name: source.to_owned(),
+                host_path: true,
+                target: target.to_owned(),
+                read_only,
+                per_user: false,
+                per_server: false,
+            });
+        }
+        if source.starts_with('.') {
             return Err(SpecError::new(
                 field("source"),
-                "host-path mounts are not allowed on this node; use a named volume",
+                "must be a volume name or an absolute host path",
             ));
         }
         let name = source
@@ -274,21 +294,98 @@ impl VolumeSpec {
                 ),
             ));
         }
-        if !target.starts_with('/') || target.contains('\0') || target.len() > 4096 {
-            return Err(SpecError::new(
-                field("target"),
-                "must be an absolute path inside the container",
-            ));
-        }
-        if target.split('/').any(|c| c == "..") {
-            return Err(SpecError::new(field("target"), "must not contain '..'"));
-        }
+        check_target(index, target)?;
         Ok(Self {
             name,
+            host_path: false,
             target: target.to_owned(),
             read_only,
             per_user: source.contains("{user}"),
             per_server: source.contains("{server}"),
+        })
+    }
+}
+
+fn check_target(index: usize, target: &str) -> Result<(), SpecError> {
+    let field = format!("volumes[{index}].target");
+    if !target.starts_with('/') || target.contains('\0') || target.len() > 4096 {
+        return Err(SpecError::new(
+            field,
+            "must be an absolute path inside the container",
+        ));
+    }
+    if target.split('/').any(|c| c == "..") {
+        return Err(SpecError::new(field, "must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// Privileges over the node a server asks for; the node policy decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostAccess {
+    /// A privileged container.
+    pub privileged: bool,
+    /// The host's network namespace.
+    pub host_network: bool,
+    /// The host's PID namespace.
+    pub host_pid: bool,
+    /// The host's IPC namespace.
+    pub host_ipc: bool,
+    /// Added capabilities, upper case without the `CAP_` prefix.
+    pub cap_add: Vec<String>,
+    /// Host device paths.
+    pub devices: Vec<String>,
+}
+
+impl HostAccess {
+    /// Validates capability names and device paths.
+    pub fn new(
+        privileged: bool,
+        host_network: bool,
+        host_pid: bool,
+        host_ipc: bool,
+        cap_add: &[String],
+        devices: &[String],
+    ) -> Result<Self, SpecError> {
+        if cap_add.len() > 64 || devices.len() > 64 {
+            return Err(SpecError::new(
+                "host_access",
+                "at most 64 capabilities and 64 devices",
+            ));
+        }
+        let mut caps = Vec::new();
+        for (i, c) in cap_add.iter().enumerate() {
+            let name = c.strip_prefix("CAP_").unwrap_or(c).to_ascii_uppercase();
+            if name.is_empty()
+                || name.len() > 32
+                || !name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            {
+                return Err(SpecError::new(
+                    format!("host_access.cap_add[{i}]"),
+                    "not a capability name",
+                ));
+            }
+            caps.push(name);
+        }
+        for (i, d) in devices.iter().enumerate() {
+            if !d.starts_with("/dev/")
+                || d.contains('\0')
+                || d.split('/').any(|c| c == "..")
+                || d.len() > 256
+            {
+                return Err(SpecError::new(
+                    format!("host_access.devices[{i}]"),
+                    "must be a path under /dev",
+                ));
+            }
+        }
+        Ok(Self {
+            privileged,
+            host_network,
+            host_pid,
+            host_ipc,
+            cap_add: caps,
+            devices: devices.to_vec(),
         })
     }
 }
@@ -322,6 +419,8 @@ pub struct StartSpec {
     pub ready_path: String,
     /// How long readiness may take; `None` = the node's default.
     pub ready_timeout: Option<Duration>,
+    /// Host privileges asked for.
+    pub host: HostAccess,
 }
 
 impl StartSpec {
@@ -349,6 +448,7 @@ impl StartSpec {
             put("label", &format!("{k}={v}"));
         }
         put("ready", &self.ready_path);
+        put("host", &format!("{:?}", self.host));
         hex::encode(&h.finalize()[..12])
     }
 }

@@ -393,7 +393,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_creates_nothing() {
             "volumes[0].source",
             Box::new(|r| {
                 r.volumes.push(pb::Volume {
-                    source: "/etc".into(),
+                    source: "/srv/../etc".into(),
                     target: "/x".into(),
                     read_only: false,
                 });

@@ -13,7 +13,7 @@ use crate::runtime::admission::NodeCapacity;
 use crate::runtime::progress::{Event, Phase};
 use crate::runtime::view::{WatchEvent, WatchKind};
 use crate::runtime::{LogLine, State, Status};
-use crate::spec::{self, Env, Resources, SpecError, StartSpec, VolumeSpec};
+use crate::spec::{self, Env, HostAccess, Resources, SpecError, StartSpec, VolumeSpec};
 
 /// Longest readiness deadline any request may name, whatever the node allows.
 pub const MAX_READY_TIMEOUT_SECONDS: u32 = 86_400;
@@ -74,7 +74,17 @@ impl TryFrom<pb::StartRequest> for StartSpec {
         }
         let ready_timeout = (r.ready_timeout_seconds > 0)
             .then(|| Duration::from_secs(u64::from(r.ready_timeout_seconds)));
+        let h = r.host_access.unwrap_or_default();
+        let host = HostAccess::new(
+            h.privileged,
+            h.host_network,
+            h.host_pid,
+            h.host_ipc,
+            &h.cap_add,
+            &h.devices,
+        )?;
         Ok(StartSpec {
+            host,
             key,
             spawn_id: r.spawn_id,
             image: r.image,

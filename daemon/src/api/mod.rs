@@ -1,6 +1,7 @@
 //! The gRPC surface: the Spawner and Admin services, the edge conversions and the error-to-status mapping.
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod spawner;
 pub mod status;

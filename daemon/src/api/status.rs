@@ -26,6 +26,7 @@ impl From<Error> for Status {
             },
             Error::Store(_) => Code::Unavailable,
             Error::Draining { .. } => Code::FailedPrecondition,
+            Error::Policy(_) => Code::PermissionDenied,
             Error::Capacity(_) | Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::QueueTimeout { .. } => Code::DeadlineExceeded,
             Error::StateConflict { .. } => Code::Aborted,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessageTypeEnum,
-    HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
+    EventMessageTypeEnum, HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
     PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -140,11 +140,25 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         .map(|m| DockerMount {
             target: Some(m.target.clone()),
             source: Some(m.volume.clone()),
-            typ: Some(MountType::VOLUME),
+            typ: Some(if m.bind {
+                MountType::BIND
+            } else {
+                MountType::VOLUME
+            }),
             read_only: Some(m.read_only),
             ..Default::default()
         })
         .collect();
+    let devices = spec
+        .devices
+        .iter()
+        .map(|d| DeviceMapping {
+            path_on_host: Some(d.clone()),
+            path_in_container: Some(d.clone()),
+            cgroup_permissions: Some("rwm".to_owned()),
+        })
+        .collect();
+    let host = |on: bool| on.then(|| "host".to_owned());
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: spec.cmd.clone(),
@@ -152,7 +166,13 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         labels: Some(spec.labels.clone()),
         exposed_ports: Some(vec![port_key]),
         host_config: Some(HostConfig {
-            port_bindings: Some(bindings),
+            port_bindings: (!spec.host_network).then_some(bindings),
+            network_mode: host(spec.host_network),
+            pid_mode: host(spec.host_pid),
+            ipc_mode: host(spec.host_ipc),
+            privileged: Some(spec.privileged),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            devices: Some(devices),
             memory: spec.memory,
             memory_reservation: spec.memory_reservation,
             nano_cpus: spec.nano_cpus,

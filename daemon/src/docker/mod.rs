@@ -25,6 +25,8 @@ pub const LABEL_SPAWN_ID: &str = "berth.spawn-id";
 pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
 /// Label holding the comma-separated volumes the node created for this key.
 pub const LABEL_OWNED_VOLUMES: &str = "berth.owned-volumes";
+/// Label marking a container on the host's network (its port is the host's port).
+pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
 
@@ -89,11 +91,13 @@ pub struct ImageInfo {
     pub cmd: Vec<String>,
 }
 
-/// A named-volume mount.
+/// A mount: a named volume or (policy permitting) a host path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
-    /// Volume name.
+    /// Volume name, or the host path when `bind`.
     pub volume: String,
+    /// A bind mount of a host path.
+    pub bind: bool,
     /// Path inside the container.
     pub target: String,
     /// Read-only mount.
@@ -127,6 +131,18 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<i64>,
     /// Named volumes.
     pub mounts: Vec<Mount>,
+    /// Privileged container.
+    pub privileged: bool,
+    /// Host network namespace (no port publishing: the server uses the host's port).
+    pub host_network: bool,
+    /// Host PID namespace.
+    pub host_pid: bool,
+    /// Host IPC namespace.
+    pub host_ipc: bool,
+    /// Added capabilities.
+    pub cap_add: Vec<String>,
+    /// Host devices.
+    pub devices: Vec<String>,
 }
 
 /// Coarse lifecycle state reported by the engine.
@@ -217,8 +233,11 @@ impl ContainerInfo {
         self.labels.get(key).map(String::as_str)
     }
 
-    /// The host port that `container_port` is published on.
+    /// The host port that `container_port` is published on (itself on the host network).
     pub fn host_port(&self, container_port: u16) -> Option<u16> {
+        if self.label(LABEL_HOST_NETWORK) == Some("true") {
+            return Some(container_port);
+        }
         self.ports
             .iter()
             .find(|p| p.container_port == container_port && p.host_port != 0)

@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub spawn_queue_timeout: Duration,
     /// State directory (disk pressure, the drain marker).
     pub state_dir: std::path::PathBuf,
+    /// What a hub may ask of this node.
+    pub policy: crate::policy::Policy,
 }
 
 /// Why a lifecycle operation failed.
@@ -151,6 +153,9 @@ pub enum Error {
         /// The current version.
         current: u64,
     },
+    /// The node policy forbids the spec.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::Violation),
     /// The node refuses new servers.
     #[error("node {node:?} is draining ({reason}); start the server on another node")]
     Draining {
@@ -205,6 +210,7 @@ impl Error {
             Error::Engine(_) => "DockerError",
             Error::Store(_) => "StateStoreError",
             Error::Draining { .. } => "Draining",
+            Error::Policy(_) => "PolicyViolation",
             Error::Capacity(_) | Error::QueueFull { .. } | Error::QueueTimeout { .. } => "Capacity",
             Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
             Error::Internal(_) => "Internal",

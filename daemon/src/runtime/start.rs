@@ -10,9 +10,9 @@ use super::progress::{Event, Phase, Reporter};
 use super::view::WatchKind;
 use super::{Error, Runtime, Started, exit_reason, ready};
 use crate::docker::{
-    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_MANAGED,
-    LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH,
-    LABEL_USER, Mount, RunStatus,
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_HOST_NETWORK,
+    LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID,
+    LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
 };
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
@@ -22,6 +22,8 @@ impl<E: ContainerEngine> Runtime<E> {
     /// task, so a caller that gives up (hub timeout, dropped connection) never leaves a spawn
     /// half done; a retry with the same spawn id joins the result.
     pub async fn start(&self, spec: StartSpec) -> Result<Started, Error> {
+        // Before anything else, even for a retry: the policy may have changed.
+        self.inner.cfg.policy.check(&spec)?;
         let rt = self.clone();
         tokio::spawn(async move { rt.start_serialised(spec).await })
             .await
@@ -302,6 +304,14 @@ impl<E: ContainerEngine> Runtime<E> {
             (LABEL_SPEC_HASH, &spec.spec_hash()),
             (LABEL_PORT, &spec.port.to_string()),
             (LABEL_OWNED_VOLUMES, &owned_volumes(spec).join(",")),
+            (
+                LABEL_HOST_NETWORK,
+                if spec.host.host_network {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
@@ -325,11 +335,18 @@ impl<E: ContainerEngine> Runtime<E> {
                 .volumes
                 .iter()
                 .map(|v| Mount {
+                    bind: v.host_path,
                     volume: v.name.clone(),
                     target: v.target.clone(),
                     read_only: v.read_only,
                 })
                 .collect(),
+            privileged: spec.host.privileged,
+            host_network: spec.host.host_network,
+            host_pid: spec.host.host_pid,
+            host_ipc: spec.host.host_ipc,
+            cap_add: spec.host.cap_add.clone(),
+            devices: spec.host.devices.clone(),
         }
     }
 }
@@ -340,7 +357,7 @@ impl<E: ContainerEngine> Runtime<E> {
 fn owned_volumes(spec: &StartSpec) -> Vec<String> {
     spec.volumes
         .iter()
-        .filter(|v| v.per_server || (v.per_user && spec.key.server().is_empty()))
+        .filter(|v| !v.host_path && (v.per_server || (v.per_user && spec.key.server().is_empty())))
         .map(|v| v.name.clone())
         .collect()
 }

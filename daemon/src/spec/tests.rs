@@ -88,8 +88,10 @@ fn volumes_expand_templates_and_refuse_host_paths() {
     let v = VolumeSpec::new(0, &key, "home-{user}-{server}", "/home/jovyan", false)
         .expect("valid volume");
     assert_eq!(v.name, "home--41nn-lab");
+    let host = VolumeSpec::new(0, &key, "/srv/data", "/data", true).expect("host path parses");
+    assert!(host.host_path && host.name == "/srv/data");
     let cases = [
-        ("/etc", "/x", "volumes[0].source"),
+        ("/srv/../etc", "/x", "volumes[0].source"),
         ("../x", "/x", "volumes[0].source"),
         ("a b", "/x", "volumes[0].source"),
         ("", "/x", "volumes[0].source"),
@@ -160,6 +162,7 @@ proptest! {
             user_options: String::new(),
             ready_path: "/".into(),
             ready_timeout: None,
+            host: HostAccess::default(),
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

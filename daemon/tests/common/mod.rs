@@ -68,6 +68,7 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -76,12 +77,20 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         require_docker();
         let node_id = unique("node");
         let state_dir = std::env::temp_dir().join(unique("berth-state"));
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (child, addr) = Self::launch(&node_id, &state_dir, &extra, &log);
+        let (child, addr) = Self::launch(&node_id, &state_dir, &extra, &env, &log);
         Daemon {
             child,
             addr,
@@ -89,6 +98,7 @@ impl Daemon {
             state_dir,
             log,
             extra,
+            env,
         }
     }
 
@@ -100,7 +110,13 @@ impl Daemon {
 
     /// Starts berthd again with the same node id and state directory.
     pub fn respawn(&mut self) {
-        let (child, addr) = Self::launch(&self.node_id, &self.state_dir, &self.extra, &self.log);
+        let (child, addr) = Self::launch(
+            &self.node_id,
+            &self.state_dir,
+            &self.extra,
+            &self.env,
+            &self.log,
+        );
         self.child = child;
         self.addr = addr;
     }
@@ -109,6 +125,7 @@ impl Daemon {
         node_id: &str,
         state_dir: &PathBuf,
         extra: &[String],
+        env: &[(String, String)],
         log: &Arc<Mutex<Vec<String>>>,
     ) -> (Child, SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
@@ -117,6 +134,7 @@ impl Daemon {
             .arg(state_dir)
             .args(extra)
             .env("BERTH_LOG", "info,berthd=debug")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

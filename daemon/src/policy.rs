@@ -1,0 +1,342 @@
+//! The node policy: what a hub may ask of this node. Checked on every Start before anything is
+//! created; a violation names the rule.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::spec::StartSpec;
+
+/// `[policy]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Image references allowed, as globs (`*` any run of characters, `?` one).
+    pub allowed_images: Vec<String>,
+    /// Host directories under which bind mounts are allowed; empty = no host paths.
+    pub allowed_host_path_roots: Vec<PathBuf>,
+    /// Largest memory limit per server in bytes; 0 = no cap.
+    pub max_mem_limit_bytes: u64,
+    /// Largest CPU limit per server in cores; 0 = no cap.
+    pub max_cpu_limit: f64,
+    /// Every server must set a memory limit.
+    pub require_mem_limit: bool,
+    /// Allow privileged containers.
+    pub allow_privileged: bool,
+    /// Allow the host's network namespace.
+    pub allow_host_network: bool,
+    /// Allow the host's PID namespace.
+    pub allow_host_pid: bool,
+    /// Allow the host's IPC namespace.
+    pub allow_host_ipc: bool,
+    /// Capabilities that may be added (upper case, without `CAP_`).
+    pub allowed_capabilities: Vec<String>,
+    /// Host devices that may be passed through.
+    pub allowed_devices: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allowed_images: vec!["*".to_owned()],
+            allowed_host_path_roots: Vec::new(),
+            max_mem_limit_bytes: 0,
+            max_cpu_limit: 0.0,
+            require_mem_limit: false,
+            allow_privileged: false,
+            allow_host_network: false,
+            allow_host_pid: false,
+            allow_host_ipc: false,
+            allowed_capabilities: Vec::new(),
+            allowed_devices: Vec::new(),
+        }
+    }
+}
+
+/// A Start the policy forbids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node policy {rule}: {detail}")]
+pub struct Violation {
+    /// The policy key that forbids it.
+    pub rule: &'static str,
+    /// What was asked.
+    pub detail: String,
+}
+
+fn deny(rule: &'static str, detail: String) -> Result<(), Violation> {
+    Err(Violation { rule, detail })
+}
+
+/// Matches `text` against a glob of `*` and `?`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether `path` lies under `root`, comparing normalised components (no `..` escapes:
+/// request paths with `..` are refused before this).
+fn under(path: &Path, root: &Path) -> bool {
+    let norm = |p: &Path| -> Vec<String> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (p, r) = (norm(path), norm(root));
+    !r.is_empty() && p.starts_with(&r)
+}
+
+impl Policy {
+    /// Checks a validated spec against the policy.
+    pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
+        if !self
+            .allowed_images
+            .iter()
+            .any(|g| glob_match(g, &spec.image))
+        {
+            return deny(
+                "allowed_images",
+                format!("image {:?} is not in the node's allow-list", spec.image),
+            );
+        }
+        for v in spec.volumes.iter().filter(|v| v.host_path) {
+            if !self
+                .allowed_host_path_roots
+                .iter()
+                .any(|r| under(Path::new(&v.name), r))
+            {
+                return deny(
+                    "allowed_host_path_roots",
+                    format!("host path {} is not under an allowed root", v.name),
+                );
+            }
+        }
+        let r = spec.resources;
+        if self.require_mem_limit && r.mem_limit.is_none() {
+            return deny(
+                "require_mem_limit",
+                "the server must set a memory limit".to_owned(),
+            );
+        }
+        if self.max_mem_limit_bytes > 0 {
+            let asked = r.mem_limit.unwrap_or(u64::MAX);
+            if asked > self.max_mem_limit_bytes
+                || r.mem_guarantee.unwrap_or(0) > self.max_mem_limit_bytes
+            {
+                let shown = r
+                    .mem_limit
+                    .map_or_else(|| "no limit".to_owned(), |m| format!("{m} bytes"));
+                return deny(
+                    "max_mem_limit_bytes",
+                    format!(
+                        "{shown} asked; at most {} bytes per server",
+                        self.max_mem_limit_bytes
+                    ),
+                );
+            }
+        }
+        if self.max_cpu_limit > 0.0 {
+            let asked = r.cpu_limit.unwrap_or(f64::INFINITY);
+            if asked > self.max_cpu_limit || r.cpu_guarantee.unwrap_or(0.0) > self.max_cpu_limit {
+                return deny(
+                    "max_cpu_limit",
+                    format!(
+                        "{asked} cores asked; at most {} per server",
+                        self.max_cpu_limit
+                    ),
+                );
+            }
+        }
+        let h = &spec.host;
+        if h.privileged && !self.allow_privileged {
+            return deny(
+                "allow_privileged",
+                "privileged containers are not allowed".to_owned(),
+            );
+        }
+        if h.host_network && !self.allow_host_network {
+            return deny(
+                "allow_host_network",
+                "the host network namespace is not allowed".to_owned(),
+            );
+        }
+        if h.host_pid && !self.allow_host_pid {
+            return deny(
+                "allow_host_pid",
+                "the host PID namespace is not allowed".to_owned(),
+            );
+        }
+        if h.host_ipc && !self.allow_host_ipc {
+            return deny(
+                "allow_host_ipc",
+                "the host IPC namespace is not allowed".to_owned(),
+            );
+        }
+        if let Some(c) = h
+            .cap_add
+            .iter()
+            .find(|c| !self.allowed_capabilities.contains(c))
+        {
+            return deny(
+                "allowed_capabilities",
+                format!("capability {c} is not allowed"),
+            );
+        }
+        if let Some(d) = h.devices.iter().find(|d| !self.allowed_devices.contains(d)) {
+            return deny("allowed_devices", format!("device {d} is not allowed"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ServerKey;
+    use crate::spec::{Env, HostAccess, Resources, VolumeSpec};
+
+    fn spec() -> StartSpec {
+        StartSpec {
+            key: ServerKey::new("u", "").expect("valid"),
+            spawn_id: "s".into(),
+            image: "quay.io/jupyter/base-notebook:2025".into(),
+            cmd: vec![],
+            args: vec![],
+            env: Env::default(),
+            port: 8888,
+            resources: Resources::default(),
+            volumes: vec![],
+            labels: Default::default(),
+            user_options: String::new(),
+            ready_path: "/".into(),
+            ready_timeout: None,
+            host: HostAccess::default(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "anything/at:all"));
+        assert!(glob_match(
+            "quay.io/jupyter/*",
+            "quay.io/jupyter/base-notebook:2025"
+        ));
+        assert!(!glob_match("quay.io/jupyter/*", "docker.io/evil/image"));
+        assert!(glob_match("img:v?", "img:v1"));
+        assert!(!glob_match("img:v?", "img:v10"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("", "x"));
+    }
+
+    #[test]
+    fn each_rule_is_named() {
+        let strict = Policy {
+            allowed_images: vec!["quay.io/jupyter/*".into()],
+            allowed_host_path_roots: vec!["/srv/berth".into()],
+            max_mem_limit_bytes: 1 << 30,
+            max_cpu_limit: 2.0,
+            ..Policy::default()
+        };
+        let key = ServerKey::new("u", "").expect("valid");
+        let mut cases: Vec<(StartSpec, &str)> = Vec::new();
+        let mut s = spec();
+        s.image = "docker.io/evil:latest".into();
+        cases.push((s, "allowed_images"));
+        for bad in ["/", "/etc", "/srv/berthX", "/srv"] {
+            let mut s = spec();
+            s.volumes = vec![VolumeSpec::new(0, &key, bad, "/x", false).expect("parses")];
+            cases.push((s, "allowed_host_path_roots"));
+        }
+        let mut s = spec();
+        s.resources.mem_limit = Some(2 << 30);
+        cases.push((s, "max_mem_limit_bytes"));
+        cases.push((spec(), "max_mem_limit_bytes"));
+        let mut s = spec();
+        s.resources.mem_limit = Some(1 << 20);
+        s.resources.cpu_limit = Some(4.0);
+        cases.push((s, "max_cpu_limit"));
+        let ok_res = Resources {
+            mem_limit: Some(1 << 20),
+            cpu_limit: Some(1.0),
+            ..Resources::default()
+        };
+        for (host, rule) in [
+            (
+                HostAccess {
+                    privileged: true,
+                    ..HostAccess::default()
+                },
+                "allow_privileged",
+            ),
+            (
+                HostAccess {
+                    host_network: true,
+                    ..HostAccess::default()
+                },
+                "allow_host_network",
+            ),
+            (
+                HostAccess {
+                    host_pid: true,
+                    ..HostAccess::default()
+                },
+                "allow_host_pid",
+            ),
+            (
+                HostAccess {
+                    host_ipc: true,
+                    ..HostAccess::default()
+                },
+                "allow_host_ipc",
+            ),
+            (
+                HostAccess {
+                    cap_add: vec!["SYS_ADMIN".into()],
+                    ..HostAccess::default()
+                },
+                "allowed_capabilities",
+            ),
+            (
+                HostAccess {
+                    devices: vec!["/dev/fuse".into()],
+                    ..HostAccess::default()
+                },
+                "allowed_devices",
+            ),
+        ] {
+            let mut s = spec();
+            s.resources = ok_res;
+            s.host = host;
+            cases.push((s, rule));
+        }
+        for (s, rule) in cases {
+            let v = strict.check(&s).expect_err(rule);
+            assert_eq!(v.rule, rule, "{v}");
+        }
+        let mut fine = spec();
+        fine.resources = ok_res;
+        fine.volumes =
+            vec![VolumeSpec::new(0, &key, "/srv/berth/u", "/data", true).expect("parses")];
+        assert_eq!(strict.check(&fine), Ok(()));
+        assert_eq!(Policy::default().check(&spec()), Ok(()));
+    }
+}

@@ -56,6 +56,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// Activity reports to the hub.
+    pub activity: crate::reporter::ActivityConfig,
 }
 
 /// `[security]`
@@ -169,6 +171,7 @@ impl Default for Config {
             capacity: CapacityConfig::default(),
             security: SecurityConfig::default(),
             policy: crate::policy::Policy::default(),
+            activity: crate::reporter::ActivityConfig::default(),
         }
     }
 }
@@ -478,6 +481,9 @@ impl Config {
             ));
         }
         self.validate_security()?;
+        self.activity
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         let sock = self.admin_socket();
         if !sock.is_absolute() || sock.as_os_str().len() > 100 {
             return Err(invalid(

@@ -9,6 +9,7 @@
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
+//! - [`reporter`]: container activity (network, CPU) reported to the hub's activity API.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
 
@@ -19,6 +20,7 @@ pub mod docker;
 pub mod key;
 pub mod monitor;
 pub mod policy;
+pub mod reporter;
 pub mod runtime;
 pub mod serve;
 pub mod spec;

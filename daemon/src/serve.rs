@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::runtime::Runtime;
 use crate::state::FileStore;
+use berth_hub_client::HubClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -192,6 +193,28 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     let tasks = TaskTracker::new();
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
     tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
+    if cfg.activity.enabled {
+        let a = &cfg.activity;
+        let ca = (!a.ca_file.as_os_str().is_empty()).then_some(a.ca_file.as_path());
+        let hub = HubClient::new(
+            &a.hub_api_url,
+            &a.token_file,
+            ca,
+            berth_hub_client::DEFAULT_TIMEOUT,
+        )
+        .map_err(|e| {
+            ServeError::Config(ConfigError::Invalid {
+                key: "activity".to_owned(),
+                message: e.to_string(),
+            })
+        })?;
+        tasks.spawn(crate::reporter::run(
+            rt.clone(),
+            hub,
+            a.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let admin_path = cfg.admin_socket();
     let admin_listener = bind_admin_socket(&admin_path)?;

@@ -142,7 +142,7 @@ impl From<Status> for pb::ServerStatus {
             node_id: String::new(),
             image: s.image,
             health: s.health,
-            last_activity: None,
+            last_activity: s.last_activity.map(prost_types::Timestamp::from),
         }
     }
 }

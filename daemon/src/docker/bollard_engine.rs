@@ -13,7 +13,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions, StopContainerOptions,
     WaitContainerOptions,
 };
 use futures::StreamExt;
@@ -21,7 +21,7 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus,
+    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus, Usage,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -415,6 +415,41 @@ impl ContainerEngine for BollardEngine {
     async fn root_dir(&self) -> Result<String, EngineError> {
         let info = self.bounded("info", self.docker.info()).await?;
         Ok(info.docker_root_dir.unwrap_or_default())
+    }
+
+    async fn usage(&self, id: &str) -> Result<Usage, EngineError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker.stats(id, Some(options));
+        let stats = match tokio::time::timeout(self.timeout, stream.next()).await {
+            Err(_) => {
+                return Err(EngineError::Timeout {
+                    op: "stats",
+                    after: self.timeout,
+                });
+            }
+            Ok(None) => {
+                return Err(EngineError::Unavailable {
+                    op: "stats",
+                    message: "no stats returned".to_owned(),
+                });
+            }
+            Ok(Some(r)) => r.map_err(|e| classify("stats", e))?,
+        };
+        let cpu_ns = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let net_bytes = stats
+            .networks
+            .unwrap_or_default()
+            .values()
+            .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
+            .sum();
+        Ok(Usage { cpu_ns, net_bytes })
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {

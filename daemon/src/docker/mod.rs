@@ -214,6 +214,15 @@ pub struct ContainerInfo {
     pub restart_count: i64,
 }
 
+/// Cumulative counters of one container, for activity detection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Network bytes received and sent since the container started.
+    pub net_bytes: u64,
+}
+
 /// A container event from the engine.
 #[derive(Debug, Clone)]
 pub struct EngineEvent {
@@ -308,6 +317,8 @@ pub trait ContainerEngine: Send + Sync + 'static {
     fn images(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
     /// The engine's storage root directory.
     fn root_dir(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
+    /// One reading of the container's cumulative CPU and network counters.
+    fn usage(&self, id: &str) -> impl Future<Output = Result<Usage, EngineError>> + Send;
     /// Removes a named volume. Removing an absent volume succeeds.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Container events of containers carrying every one of `labels`, from `since` (seconds

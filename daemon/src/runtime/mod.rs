@@ -260,6 +260,8 @@ pub struct Status {
     pub image: String,
     /// Docker health status, "" without a HEALTHCHECK.
     pub health: String,
+    /// Newest activity the reporter saw.
+    pub last_activity: Option<std::time::SystemTime>,
 }
 
 /// A server that answers HTTP.

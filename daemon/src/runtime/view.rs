@@ -66,6 +66,8 @@ pub struct WatchEvent {
 /// The view and its broadcast.
 pub struct View {
     entries: Mutex<HashMap<ServerKey, Entry>>,
+    /// Newest activity seen by the reporter, per server (memory only).
+    activity: Mutex<HashMap<ServerKey, SystemTime>>,
     tx: broadcast::Sender<WatchEvent>,
     seq: AtomicU64,
     /// Serialises read-modify-persist of records, so a monitor update and a lifecycle update
@@ -77,6 +79,7 @@ impl Default for View {
     fn default() -> Self {
         Self {
             entries: Mutex::default(),
+            activity: Mutex::default(),
             tx: broadcast::channel(WATCH_BUFFER).0,
             seq: AtomicU64::new(0),
             save_lock: tokio::sync::Mutex::new(()),
@@ -138,6 +141,47 @@ impl<E: ContainerEngine> Runtime<E> {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
+    }
+
+    /// Running servers and their containers, for the activity reporter.
+    pub fn running_containers(&self) -> Vec<(ServerKey, String)> {
+        self.inner
+            .view
+            .lock()
+            .iter()
+            .filter_map(|(k, e)| {
+                e.live
+                    .as_ref()
+                    .filter(|c| c.status == RunStatus::Running)
+                    .map(|c| (k.clone(), c.id.clone()))
+            })
+            .collect()
+    }
+
+    /// Every key the node knows.
+    pub fn known_keys(&self) -> std::collections::HashSet<ServerKey> {
+        self.inner.view.lock().keys().cloned().collect()
+    }
+
+    /// One reading of a container's counters.
+    pub async fn usage(&self, id: &str) -> Result<crate::docker::Usage, Error> {
+        Ok(self.inner.engine.usage(id).await?)
+    }
+
+    /// Records activity of `key` (shown as `last_activity` in its status).
+    pub fn note_activity(&self, key: &ServerKey, at: SystemTime) {
+        let mut a = self
+            .inner
+            .view
+            .activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = self.inner.view.lock().contains_key(key);
+        if known {
+            a.insert(key.clone(), at);
+        }
+        let entries = self.inner.view.lock();
+        a.retain(|k, _| entries.contains_key(k));
     }
 
     /// A copy of `key`'s entry.
@@ -356,6 +400,14 @@ impl<E: ContainerEngine> Runtime<E> {
             spawn_id: String::new(),
             image: String::new(),
             health: String::new(),
+            last_activity: self
+                .inner
+                .view
+                .activity
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(key)
+                .copied(),
         };
         let Some(entry) = entry else {
             if op == Some(Op::Starting) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use berth_hub_client::{Activity, HubApi, HubError};
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +21,10 @@ use crate::docker::{ContainerEngine, Usage};
 use crate::key::ServerKey;
 use crate::runtime::Runtime;
 
-/// Longest pause between retries of a failed send.
+/// Longest pause between retries of a failed send (and never more than one interval).
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// Stats calls in flight during a pass.
+pub const STATS_CONCURRENCY: usize = 32;
 /// First pause after a failed send.
 pub const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -141,6 +144,9 @@ pub struct Reporter<H> {
     hub: Arc<H>,
     thresholds: Thresholds,
     max_concurrent: usize,
+    /// Retries never wait longer than one interval, so the newest value reaches a hub that
+    /// came back within an interval.
+    max_backoff: Duration,
     last: HashMap<String, (Usage, Instant)>,
     newest: HashMap<ServerKey, SystemTime>,
     delivered: HashMap<ServerKey, SystemTime>,
@@ -160,6 +166,7 @@ impl<H: HubApi> Reporter<H> {
                 cpu: has("cpu").then_some(cfg.cpu_threshold),
             },
             max_concurrent: cfg.max_concurrent_sends,
+            max_backoff: MAX_RETRY_BACKOFF.min(Duration::from_secs(cfg.interval_seconds)),
             last: HashMap::new(),
             newest: HashMap::new(),
             delivered: HashMap::new(),
@@ -260,7 +267,7 @@ impl<H: HubApi> Reporter<H> {
                     let attempts = self.retry.get(&user).map_or(0, |(a, _)| *a) + 1;
                     let backoff = FIRST_RETRY_BACKOFF
                         .saturating_mul(1 << attempts.min(6))
-                        .min(MAX_RETRY_BACKOFF);
+                        .min(self.max_backoff);
                     if attempts == 1 {
                         tracing::warn!(user = %user, error = %e, "cannot report activity to the hub; retrying with backoff");
                     }
@@ -316,14 +323,28 @@ pub async fn run<E: ContainerEngine, H: HubApi>(
         let now = Instant::now();
         if now >= next_pass {
             next_pass = now + interval;
-            let running = rt.running_containers();
-            let mut readings = Vec::with_capacity(running.len());
-            for (key, id) in running {
-                match rt.usage(&id).await {
-                    Ok(u) => readings.push((key, id, u)),
-                    Err(e) => tracing::debug!(container = %id, error = %e, "no stats this pass"),
+            // Docker 20.10 answers a one-shot stats call only at its next 1 s collection
+            // tick, so the pass asks for many containers at once (bounded).
+            let readings: Vec<(ServerKey, String, Usage)> = futures::stream::iter(
+                rt.running_containers(),
+            )
+            .map(|(key, id)| {
+                let rt = rt.clone();
+                async move {
+                    match rt.usage(&id).await {
+                        Ok(u) => Some((key, id, u)),
+                        Err(e) => {
+                            tracing::debug!(container = %id, error = %e, "no stats this pass");
+                            None
+                        }
+                    }
                 }
-            }
+            })
+            .buffer_unordered(STATS_CONCURRENCY)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+            tracing::debug!(servers = readings.len(), took = ?now.elapsed(), "stats pass");
             let wall = SystemTime::now();
             for key in reporter.observe(&readings, now, wall) {
                 rt.note_activity(&key, wall);

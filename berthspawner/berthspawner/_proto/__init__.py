@@ -1,0 +1,1 @@
+"""Python stubs of berth's gRPC API, generated from proto/ by berthspawner.gen_proto. Never edit."""

@@ -1,0 +1,80 @@
+"""Choosing a node for a new server: pure functions over the nodes' Capacity answers."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Candidate:
+    """What one node said about itself (None fields: the node did not answer)."""
+
+    name: str
+    error: str = ""
+    draining: bool = False
+    ready: bool = True
+    cpus: float = 0.0
+    memory_free: int = 0
+    cpu_free: float = 0.0
+    running: int = 0
+    max_servers: int = 0
+    images: list = field(default_factory=list)
+
+
+@dataclass
+class Demand:
+    """What the server will hold on its node."""
+
+    memory: int = 0
+    cpu: float = 0.0
+    image: str = ""
+
+
+def why_not(c, demand):
+    """Why the node cannot take the server, or '' when it can."""
+    if c.error:
+        return f"{c.name}: unreachable ({c.error})"
+    if c.draining:
+        return f"{c.name}: draining"
+    if not c.ready:
+        return f"{c.name}: not ready"
+    if c.max_servers and c.running >= c.max_servers:
+        return f"{c.name}: full ({c.running} of {c.max_servers} servers)"
+    if demand.memory > c.memory_free:
+        return f"{c.name}: not enough memory ({demand.memory} bytes asked, {c.memory_free} free)"
+    if demand.cpu > c.cpu_free + 1e-9:
+        return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
+    if demand.image and c.images and demand.image not in c.images:
+        return f"{c.name}: image {demand.image} not present"
+    return ""
+
+
+def spread(fits):
+    """Most free memory first: spreads servers over the nodes."""
+    return sorted(fits, key=lambda c: (-c.memory_free, c.running, c.name))
+
+
+def pack(fits):
+    """Least free memory first: fills one node before the next."""
+    return sorted(fits, key=lambda c: (c.memory_free, -c.running, c.name))
+
+
+POLICIES = {"spread": spread, "pack": pack}
+
+
+def rank(candidates, demand, policy="spread"):
+    """The nodes that fit, best first, and the reasons the others do not.
+
+    `policy` is "spread", "pack", or a callable taking the fitting candidates and the demand and
+    returning them in the order to try.
+    """
+    fits, reasons = [], []
+    for c in candidates:
+        reason = why_not(c, demand)
+        if reason:
+            reasons.append(reason)
+        else:
+            fits.append(c)
+    if callable(policy):
+        ordered = list(policy(fits, demand))
+    else:
+        ordered = POLICIES[policy](fits)
+    return ordered, reasons

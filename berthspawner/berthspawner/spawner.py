@@ -1,0 +1,294 @@
+"""BerthSpawner: JupyterHub single-user servers in Docker containers on berthd nodes."""
+
+import asyncio
+import json
+import uuid
+
+import grpc
+from jupyterhub.spawner import SpawnException, Spawner
+from traitlets import Any, Bool, Dict, Float, Integer, List, Unicode, Union, default
+
+from . import placement
+from ._proto.berth.v1 import spawner_pb2 as pb
+from .nodes import State, node_for
+
+def _try_next_node(e):
+    """Whether a refused Start may succeed on another node: the node is full, draining or
+    unreachable. A server that crashed or an image problem would fail anywhere."""
+    code = e.code()
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        return True
+    return code == grpc.StatusCode.FAILED_PRECONDITION and "is draining" in (e.details() or "")
+
+
+class BerthSpawner(Spawner):
+    """Runs each server as a Docker container on one of the configured berthd nodes."""
+
+    nodes = List(
+        Dict(),
+        config=True,
+        help="""The berthd nodes: a list of dicts with `address` ("host:port") and optionally
+        `name`, `ca_file` (CA of the node's TLS certificate), `cert_file`/`key_file` (this
+        hub's client certificate, for mutual TLS) and `token_file` (bearer token).""",
+    )
+    placement = Union(
+        [Unicode(), Any()],
+        default_value="spread",
+        config=True,
+        help="""How to choose among the nodes that fit: "spread" (most free memory first),
+        "pack" (least free memory first), or a callable(candidates, demand) -> ordered list.""",
+    )
+    image = Unicode("berth-test/singleuser:latest", config=True, help="Image of the servers.")
+    allowed_images = Union(
+        [List(Unicode()), Dict()],
+        default_value=[],
+        config=True,
+        help="Images a user may choose with user_options['image'] (list, or dict name -> image).",
+    )
+    volumes = Dict(
+        config=True,
+        help="""Named volumes: {source: target} or {source: {"bind": target, "mode": "ro"}};
+        `{user}` and `{server}` in a source are expanded (escaped) by the node.""",
+    )
+    remove = Bool(False, config=True, help="Delete the container when the server stops.")
+    container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
+    stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
+    unreachable_grace = Float(
+        120.0,
+        config=True,
+        help="""How long a node may fail to answer before poll() reports its servers gone.
+        The hub polls every 30 s by default: 120 s tolerates three missed polls, a daemon
+        restart or a short network cut, without ending a session that is likely still alive.""",
+    )
+    rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
+
+    node_name = Unicode("")
+    spawn_id = Unicode("")
+    container_id = Unicode("")
+
+    @default("ip")
+    def _ip(self):
+        # The bind address inside the container.
+        return "0.0.0.0"
+
+    @default("port")
+    def _port(self):
+        return self.container_port
+
+    # ---- nodes ------------------------------------------------------------------------------
+
+    def _nodes(self):
+        return [node_for(n) for n in self.nodes]
+
+    def _node(self, name):
+        for n in self._nodes():
+            if n.name == name:
+                return n
+        return None
+
+    def _key(self):
+        return pb.ServerKey(user=self.user.name, server_name=self.name or "")
+
+    def _on_status(self, status):
+        # A death seen on Watch: let the hub notice now, not at its next poll.
+        if status.state in (State.EXITED, State.ABSENT) and status.container_id == self.container_id:
+            asyncio.ensure_future(self.poll_and_notify())
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self.node_name:
+            state.update(node=self.node_name, spawn_id=self.spawn_id, container_id=self.container_id)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.node_name = state.get("node", "")
+        self.spawn_id = state.get("spawn_id", "")
+        self.container_id = state.get("container_id", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.node_name = self.spawn_id = self.container_id = ""
+
+    # ---- start ------------------------------------------------------------------------------
+
+    def _image(self):
+        choice = (self.user_options or {}).get("image")
+        if not choice:
+            return self.image
+        allowed = self.allowed_images
+        if isinstance(allowed, dict):
+            if choice in allowed:
+                return allowed[choice]
+        elif choice in allowed:
+            return choice
+        raise SpawnException(f"image {choice!r} is not allowed", reason="image", status_code=400)
+
+    def _volumes(self):
+        out = []
+        for source, spec in self.volumes.items():
+            if isinstance(spec, dict):
+                out.append(pb.Volume(source=source, target=spec["bind"], read_only=spec.get("mode") == "ro"))
+            else:
+                out.append(pb.Volume(source=source, target=spec))
+        return out
+
+    def _demand(self, image):
+        mem = self.mem_guarantee or self.mem_limit or 0
+        cpu = self.cpu_guarantee or self.cpu_limit or 0.0
+        return placement.Demand(memory=int(mem), cpu=float(cpu), image=image)
+
+    async def _capacity(self, node):
+        try:
+            c = await node.stub().Capacity(pb.CapacityRequest(), metadata=node.metadata(), timeout=self.rpc_timeout)
+        except Exception as e:
+            code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
+            return placement.Candidate(name=node.name, error=code)
+        conditions = {k.type: k.status for k in c.conditions}
+        return placement.Candidate(
+            name=node.name,
+            draining=c.draining,
+            ready=conditions.get("Ready", "True") == "True",
+            cpus=c.cpus,
+            memory_free=max(0, c.allocatable.memory_bytes - c.committed.memory_bytes),
+            cpu_free=max(0.0, c.allocatable.cpu - c.committed.cpu),
+            running=c.running_servers,
+            max_servers=c.max_servers,
+            images=list(c.images),
+        )
+
+    async def _candidates(self, demand):
+        nodes = self._nodes()
+        if not nodes:
+            raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
+        answers = await asyncio.gather(*(self._capacity(n) for n in nodes))
+        ordered, reasons = placement.rank(answers, demand, self.placement)
+        return [self._node(c.name) for c in ordered], reasons
+
+    def _start_request(self, image):
+        env = self.get_env()
+        return pb.StartRequest(
+            key=self._key(),
+            spawn_id=self.spawn_id,
+            image=image,
+            cmd=list(self.cmd or []) + self.get_args(),
+            env={k: str(v) for k, v in env.items()},
+            port=self.port,
+            resources=pb.Resources(
+                mem_limit_bytes=int(self.mem_limit or 0),
+                mem_guarantee_bytes=int(self.mem_guarantee or 0),
+                cpu_limit=float(self.cpu_limit or 0.0),
+                cpu_guarantee=float(self.cpu_guarantee or 0.0),
+            ),
+            volumes=self._volumes(),
+            user_options=json.dumps(self.user_options or {}, default=str),
+            ready_path=self.server.base_url + "api",
+            ready_timeout_seconds=int(self.start_timeout),
+        )
+
+    async def start(self):
+        image = self._image()
+        self.spawn_id = uuid.uuid4().hex
+        nodes, reasons = await self._candidates(self._demand(image))
+        request = self._start_request(image)
+        for node in nodes:
+            self.node_name = node.name
+            try:
+                resp = await node.stub().Start(
+                    request, metadata=node.metadata(), timeout=self.start_timeout + 10
+                )
+            except grpc.aio.AioRpcError as e:
+                if _try_next_node(e):
+                    reasons.append(f"{node.name}: {e.details()}")
+                    self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
+                    continue
+                self.node_name = ""
+                raise SpawnException(
+                    f"Your server could not start: {e.details()}", reason="start", status_code=500
+                ) from None
+            self.container_id = resp.container_id
+            node.listen(self.user.name, self.name or "", self._on_status)
+            self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
+            return resp.url
+        self.node_name = ""
+        why = "; ".join(reasons) or "no node answered"
+        raise SpawnException(
+            f"No node has room for your server right now ({why}). Try again later.",
+            reason="capacity",
+            status_code=503,
+        )
+
+    # ---- progress ---------------------------------------------------------------------------
+
+    async def progress(self):
+        # start() picks the node; wait for it (the hub calls progress() right after start()).
+        for _ in range(int(self.start_timeout * 10)):
+            if self.node_name and self.spawn_id:
+                break
+            await asyncio.sleep(0.1)
+        node = self._node(self.node_name)
+        if node is None:
+            return
+        req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
+        try:
+            async for ev in node.stub().Progress(req, metadata=node.metadata()):
+                out = {"progress": ev.progress, "message": ev.message}
+                if ev.failed:
+                    out["failed"] = True
+                yield out
+                if ev.ready or ev.failed:
+                    return
+        except grpc.aio.AioRpcError as e:
+            self.log.debug("berth: progress of %s ended: %s", self._log_name, e.details())
+
+    # ---- poll / stop ------------------------------------------------------------------------
+
+    async def poll(self):
+        node = self._node(self.node_name)
+        if node is None or not self.container_id:
+            return 0
+        node.listen(self.user.name, self.name or "", self._on_status)
+        k = (self.user.name, self.name or "")
+        status = node.statuses.get(k) if node.watching else None
+        if status is None:
+            try:
+                status = await node.stub().Poll(
+                    pb.PollRequest(key=self._key()), metadata=node.metadata(), timeout=self.rpc_timeout
+                )
+                node.note_success()
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    node.note_failure()
+                    if node.unreachable_for() < self.unreachable_grace:
+                        self.log.warning("berth: node %s unreachable; assuming %s still runs", node.name, self._log_name)
+                        return None
+                    return 1
+                raise
+        if status.container_id and status.container_id != self.container_id:
+            # The key runs another container now (a newer spawn): ours is gone.
+            return 0
+        if status.state in (State.RUNNING, State.STARTING, State.STOPPING):
+            return None
+        return int(status.exit_code) if status.HasField("exit_code") else 0
+
+    async def stop(self, now=False):
+        node = self._node(self.node_name)
+        if node is None:
+            return
+        node.unlisten(self.user.name, self.name or "")
+        req = pb.StopRequest(key=self._key(), now=now, grace_seconds=self.stop_grace, remove=self.remove)
+        await node.stub().Stop(req, metadata=node.metadata(), timeout=self.stop_grace + self.rpc_timeout)
+        self.log.info("berth: %s stopped on %s", self._log_name, node.name)
+
+    async def delete_forever(self):
+        # The server may have run on any node over time: ask them all.
+        key = self._key()
+        for node in self._nodes():
+            try:
+                await node.stub().DeleteForever(
+                    pb.DeleteForeverRequest(key=key), metadata=node.metadata(), timeout=self.rpc_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                self.log.warning("berth: delete_forever on %s: %s", node.name, e.details())

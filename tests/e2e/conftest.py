@@ -1,0 +1,245 @@
+"""End-to-end fixtures: real berthd nodes, a real JupyterHub (PyPI), the real proxy, real dockerd."""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BERTHD = os.environ.get("BERTHD", os.path.join(REPO, "target", "debug", "berthd"))
+IMAGE = "berth-test/singleuser:latest"
+TINY = "berth-test/tiny:latest"
+
+
+def docker(*args):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def require_docker():
+    ok = subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    assert ok, "these tests need a running Docker engine"
+    for image in (IMAGE, TINY):
+        assert docker("image", "inspect", "-f", "{{.Id}}", image), f"image {image} missing: run tests/images/"
+    assert os.path.exists(BERTHD), f"{BERTHD} missing: cargo build -p berthd"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bridge_ip():
+    ip = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
+    assert ip, "docker bridge network has no gateway"
+    return ip
+
+
+def wait_for(what, check, timeout=60, interval=0.2):
+    end = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Berthd:
+    """One berthd node process."""
+
+    def __init__(self, name, workdir, config=""):
+        self.name = f"e2e-{name}-{secrets.token_hex(3)}"
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.admin_socket = os.path.join(self.dir, "admin.sock")
+        cfg = os.path.join(self.dir, "config.toml")
+        with open(cfg, "w") as f:
+            f.write(config)
+        self.log = open(os.path.join(self.dir, "berthd.log"), "w+")
+        self.proc = subprocess.Popen(
+            [BERTHD, "serve", "--listen", "127.0.0.1:0", "--node-id", self.name, "--config", cfg,
+             "--state-dir", os.path.join(self.dir, "state"), "--admin-socket", self.admin_socket],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "BERTH_LOG": "info"},
+        )
+        line = ""
+        for line in self.proc.stderr:
+            self.log.write(line)
+            if "berthd listening" in line:
+                break
+        m = re.search(r"addr=(\S+)", line)
+        assert m, f"berthd {name} did not start"
+        self.address = m.group(1)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.write(line)
+            self.log.flush()
+
+    def containers(self, user=None, all=True):
+        args = ["ps", "-q", "--no-trunc", "--filter", f"label=berth.node={self.name}"]
+        if all:
+            args.insert(1, "-a")
+        if user is not None:
+            args += ["--filter", f"label=berth.user={user}"]
+        return [c for c in docker(*args).split() if c]
+
+    def admin(self, method, reason=""):
+        import grpc
+        from berthspawner._proto.berth.v1 import admin_pb2, admin_pb2_grpc
+
+        # grpc-python would send the socket path as :authority, which HTTP/2 servers refuse.
+        opts = [("grpc.default_authority", "localhost")]
+        with grpc.insecure_channel(f"unix://{self.admin_socket}", options=opts) as ch:
+            getattr(admin_pb2_grpc.AdminStub(ch), method)(admin_pb2.DrainRequest(reason=reason), timeout=10)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        ids = self.containers()
+        if ids:
+            docker("rm", "-f", *ids)
+
+
+class Hub:
+    """A JupyterHub process with berthspawner, the dummy authenticator and the proxy."""
+
+    def __init__(self, workdir, nodes, extra=""):
+        self.dir = os.path.join(workdir, "hub")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.api_port = free_port()
+        self.token = secrets.token_hex(24)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bridge = bridge_ip()
+        node_list = ",\n".join(f'    {{"name": "{n.name}", "address": "{n.address}"}}' for n in nodes)
+        self.config = os.path.join(self.dir, "jupyterhub_config.py")
+        with open(self.config, "w") as f:
+            f.write(f'''
+c.JupyterHub.spawner_class = "berth"
+c.BerthSpawner.nodes = [
+{node_list}
+]
+c.BerthSpawner.image = "{IMAGE}"
+c.BerthSpawner.allowed_images = ["{IMAGE}", "{TINY}"]
+c.BerthSpawner.remove = True
+c.JupyterHub.authenticator_class = "dummy"
+c.Authenticator.allow_all = True
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {self.port}
+c.JupyterHub.hub_ip = "{self.bridge}"
+c.JupyterHub.hub_port = {self.hub_port}
+c.JupyterHub.hub_connect_url = "http://{self.bridge}:{self.hub_port}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.db_url = "sqlite:///{self.dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{self.dir}/cookie_secret"
+c.JupyterHub.pid_file = "{self.dir}/hub.pid"
+c.ConfigurableHTTPProxy.pid_file = "{self.dir}/proxy.pid"
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 60
+c.JupyterHub.services = [{{"name": "e2e", "api_token": "{self.token}"}}]
+c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["admin:users", "admin:servers", "access:servers", "users:activity", "read:users"]}}]
+{extra}
+''')
+        self.log = open(os.path.join(self.dir, "hub.log"), "a")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["jupyterhub", "-f", self.config], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def up():
+            try:
+                return requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for("the hub to answer", up, timeout=60)
+
+    def kill(self):
+        """SIGKILL the hub alone (the proxy, a separate process, keeps routing)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{self.api_port}"], check=False)
+
+    def api(self, method, path, **kw):
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, timeout=30, **kw
+        )
+
+    def server(self, user, name=""):
+        r = self.api("GET", f"/users/{user}")
+        if r.status_code != 200:
+            return None
+        return r.json().get("servers", {}).get(name)
+
+    def spawn(self, user, name="", options=None, timeout=90):
+        self.api("POST", "/users", json={"usernames": [user]})
+        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
+        r = self.api("POST", path, json=options or {})
+        assert r.status_code in (201, 202), f"spawn {user}/{name}: {r.status_code} {r.text}"
+        return wait_for(f"{user}/{name} ready", lambda: (self.server(user, name) or {}).get("ready"), timeout)
+
+    def get_as(self, session, path):
+        """GET a single-user API path as a browser would: first open a page of the server
+        that needs a login (the server has no UI, so /files/), which sends the browser
+        through the hub's OAuth flow and sets the server's cookie; then the API path."""
+        prefix = path.split("/api/")[0] + "/"
+        first = session.get(f"{self.url}{prefix}files/", timeout=30)
+        r = session.get(f"{self.url}{path}", timeout=30)
+        r.first_visit = first
+        return r
+
+    def login(self, user):
+        s = requests.Session()
+        s.get(f"{self.url}/hub/login", timeout=10)
+        xsrf = s.cookies.get("_xsrf", "")
+        r = s.post(f"{self.url}/hub/login", data={"username": user, "password": "x", "_xsrf": xsrf}, timeout=30)
+        assert r.status_code == 200, r.text[:500]
+        return s
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    require_docker()
+    d = tempfile.mkdtemp(prefix="berth-e2e-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir):
+    """Two unlimited nodes and a hub using them."""
+    base = os.path.join(workdir, f"cluster-{secrets.token_hex(2)}")
+    nodes = [Berthd("a", base), Berthd("b", base)]
+    hub = Hub(base, nodes)
+    yield hub, nodes
+    hub.stop()
+    for n in nodes:
+        n.stop()

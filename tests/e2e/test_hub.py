@@ -1,0 +1,111 @@
+"""berthspawner end to end: a real JupyterHub drives real berthd nodes and real containers."""
+
+import os
+import time
+
+from conftest import Berthd, Hub, docker, wait_for
+
+
+def all_containers(nodes, user):
+    return [c for n in nodes for c in n.containers(user)]
+
+
+def test_login_goes_through_oauth_into_the_users_own_server(cluster):
+    hub, nodes = cluster
+    hub.spawn("alice")
+    ids = all_containers(nodes, "alice")
+    assert len(ids) == 1, "the server runs in one berthd container"
+    s = hub.login("alice")
+    r = hub.get_as(s, "/user/alice/api/status")
+    assert r.status_code == 200, r.text[:300]
+    assert "started" in r.json()
+    visited = " ".join(h.url for h in r.first_visit.history)
+    assert "/hub/api/oauth2/authorize" in visited and "oauth_callback" in visited, visited
+    # Another user's cookie does not open alice's server.
+    other = hub.login("mallory")
+    r = hub.get_as(other, "/user/alice/api/status")
+    assert r.status_code != 200, "mallory's cookie must not open alice's server"
+
+
+def test_stopping_through_the_hub_removes_the_container(cluster):
+    hub, nodes = cluster
+    hub.spawn("bob")
+    assert len(all_containers(nodes, "bob")) == 1
+    r = hub.api("DELETE", "/users/bob/server")
+    assert r.status_code in (202, 204)
+    wait_for("bob's server to stop", lambda: hub.server("bob") is None, 30)
+    wait_for("bob's container to be removed", lambda: not all_containers(nodes, "bob"), 30)
+
+
+def test_a_container_killed_outside_is_seen_by_the_hub_within_5_seconds(cluster):
+    hub, nodes = cluster
+    hub.spawn("carl")
+    (cid,) = all_containers(nodes, "carl")
+    t0 = time.monotonic()
+    docker("kill", cid)
+    wait_for("the hub to see carl's server stopped", lambda: hub.server("carl") is None, 5, 0.1)
+    print(f"hub saw the death after {time.monotonic() - t0:.2f}s")
+
+
+def test_a_restarted_hub_finds_its_running_servers(cluster):
+    hub, nodes = cluster
+    hub.spawn("dora")
+    before = all_containers(nodes, "dora")
+    session = hub.login("dora")
+    assert hub.get_as(session, "/user/dora/api/status").status_code == 200
+    hub.kill()
+    hub.start()
+    wait_for("dora still ready after the restart", lambda: (hub.server("dora") or {}).get("ready"), 30)
+    r = hub.get_as(session, "/user/dora/api/status")
+    assert r.status_code == 200, r.text[:300]
+    assert all_containers(nodes, "dora") == before, "the same container, no second one"
+
+
+def test_named_servers_run_side_by_side(cluster):
+    hub, nodes = cluster
+    hub.spawn("erin", "one")
+    hub.spawn("erin", "two")
+    assert len(all_containers(nodes, "erin")) == 2
+    s = hub.login("erin")
+    for name in ("one", "two"):
+        r = hub.get_as(s, f"/user/erin/{name}/api/status")
+        assert r.status_code == 200, (name, r.text[:300])
+
+
+def test_placement_spreads_skips_draining_and_full_nodes_and_says_503_when_no_room(workdir):
+    base = os.path.join(workdir, "placement")
+    a = Berthd("a", base, "[capacity]\nmax_servers = 4\n")
+    b = Berthd("b", base, "[capacity]\nmax_servers = 4\n")
+    # The tiny image runs its own command (an HTTP server), not jupyterhub-singleuser.
+    hub = Hub(base, [a, b], extra='c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]')
+    try:
+        tiny = {"image": "berth-test/tiny:latest"}
+        for i in range(6):
+            hub.spawn(f"u{i}", options=tiny)
+        on_a, on_b = len(a.containers()), len(b.containers())
+        assert (on_a, on_b) == (3, 3), f"spread over both nodes: {on_a}/{on_b}"
+
+        b.admin("Drain", "maintenance")
+        hub.spawn("u6", options=tiny)
+        assert len(b.containers()) == 3, "a draining node receives no new server"
+        assert len(a.containers()) == 4
+
+        # a is full (4 of 4) and b drains: no room anywhere.
+        hub.api("POST", "/users", json={"usernames": ["u7"]})
+        r = hub.api("POST", "/users/u7/server", json=tiny)
+        if r.status_code == 202:
+            wait_for("u7's spawn to fail", lambda: hub.server("u7") is None, 30)
+            r = hub.api("GET", "/users/u7")
+            assert not r.json()["servers"], "no server for u7"
+        else:
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert "room" in r.text or "capacity" in r.text, r.text
+        assert len(a.containers()) == 4 and len(b.containers()) == 3
+
+        b.admin("Undrain")
+        hub.spawn("u8", options=tiny)
+        assert len(b.containers()) == 4, "the full node was skipped for the one with room"
+    finally:
+        hub.stop()
+        a.stop()
+        b.stop()

@@ -247,6 +247,18 @@ fn cleanup(node: &str) {
     }
 }
 
+/// Docker's StartedAt of each container (changes when a container is restarted).
+fn started_at(ids: &[String]) -> Result<Vec<String>> {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.StartedAt}}"])
+        .args(ids)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
 async fn bench_poll_and_restart(n: usize) -> Result<()> {
     let tag = std::process::id();
     let node = format!("bench-many-{tag}");
@@ -291,20 +303,11 @@ async fn bench_poll_and_restart(n: usize) -> Result<()> {
             "{{.ID}} {{.Status}}",
         ])
         .output()?;
-    let before_started: Vec<String> = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.StartedAt}}"])
-        .args(
-            String::from_utf8_lossy(&before.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().next()),
-        )
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })?;
+    let ids: Vec<String> = String::from_utf8_lossy(&before.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let before_started = started_at(&ids)?;
     d.kill9();
     let t0 = Instant::now();
     let d2 = Berthd::start(&node, &state)?;
@@ -326,20 +329,7 @@ async fn bench_poll_and_restart(n: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let reconciled = t0.elapsed();
-    let after_started: Vec<String> = Command::new("docker")
-        .args(["inspect", "--format", "{{.State.StartedAt}}"])
-        .args(
-            String::from_utf8_lossy(&before.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().next()),
-        )
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })?;
+    let after_started = started_at(&ids)?;
     let restarted = before_started
         .iter()
         .zip(&after_started)

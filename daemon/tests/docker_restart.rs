@@ -8,7 +8,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use common::*;
 
@@ -120,25 +119,12 @@ async fn after_a_dockerd_restart_the_monitor_reconnects_and_poll_converges() {
             "{{.State.Status}} {{.State.ExitCode}}",
             id,
         ]);
-        let want_exited = !truth.starts_with("running");
-        let got = eventually(Duration::from_secs(5), || {
-            let mut c = c.clone();
-            let u = u.clone();
-            async move {
-                let p = c
-                    .poll(pb::PollRequest { key: key(&u, "") })
-                    .await
-                    .ok()?
-                    .into_inner();
-                let converged = if want_exited {
-                    state(&p) == State::Exited
-                } else {
-                    state(&p) == State::Running
-                };
-                converged.then_some(p)
-            }
-        })
-        .await;
+        let want = if truth.starts_with("running") {
+            State::Running
+        } else {
+            State::Exited
+        };
+        let got = wait_for_state(&c, u, "", want, Duration::from_secs(5)).await;
         assert!(
             got.is_some(),
             "{u}: Poll did not converge to Docker's {truth:?} within 5 s"
@@ -153,20 +139,9 @@ async fn after_a_dockerd_restart_the_monitor_reconnects_and_poll_converges() {
     let fresh = unique("dr3");
     let r = c.start(tiny_start(&fresh, "s")).await.unwrap().into_inner();
     docker(&["kill", &r.container_id]);
-    let seen = eventually(Duration::from_secs(5), || {
-        let mut c = c.clone();
-        let u = fresh.clone();
-        async move {
-            let p = c
-                .poll(pb::PollRequest { key: key(&u, "") })
-                .await
-                .ok()?
-                .into_inner();
-            (state(&p) == State::Exited).then_some(p)
-        }
-    })
-    .await
-    .expect("exit after the restart seen through the new event stream");
+    let seen = wait_for_state(&c, &fresh, "", State::Exited, Duration::from_secs(5))
+        .await
+        .expect("exit after the restart seen through the new event stream");
     assert_eq!(seen.exit_code, Some(137));
     assert!(
         d.log_text().contains("Docker event stream lost"),

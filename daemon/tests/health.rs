@@ -128,22 +128,9 @@ async fn an_oom_kill_is_reported_as_oomkilled_on_poll_and_watch() {
     .expect("an OOM event");
     let s = ev.status.unwrap();
     eprintln!("oom event status: {s:?}");
-    let p = eventually(Duration::from_secs(10), || {
-        let mut c = c.clone();
-        let user = user.clone();
-        async move {
-            let p = c
-                .poll(pb::PollRequest {
-                    key: key(&user, ""),
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (state(&p) == State::Exited).then_some(p)
-        }
-    })
-    .await
-    .expect("the server exited");
+    let p = wait_for_state(&c, &user, "", State::Exited, Duration::from_secs(10))
+        .await
+        .expect("the server exited");
     assert_eq!(p.reason, "OOMKilled", "{p:?}");
     assert_eq!(p.exit_code, Some(137));
 }

@@ -79,24 +79,9 @@ async fn a_container_killed_from_outside_is_exited_and_stop_still_succeeds() {
     let r = c.start(tiny_start(&user, "s1")).await.unwrap().into_inner();
 
     docker(&["kill", &r.container_id]);
-    let c2 = c.clone();
-    let u2 = user.clone();
-    let exited = eventually(Duration::from_secs(10), move || {
-        let mut c = c2.clone();
-        let user = u2.clone();
-        async move {
-            let p = c
-                .poll(pb::PollRequest {
-                    key: key(&user, ""),
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (state(&p) == State::Exited).then_some(p)
-        }
-    })
-    .await
-    .expect("poll reports EXITED after docker kill");
+    let exited = wait_for_state(&c, &user, "", State::Exited, Duration::from_secs(10))
+        .await
+        .expect("poll reports EXITED after docker kill");
     assert_eq!(exited.exit_code, Some(137));
     assert_eq!(exited.reason, "Killed");
     assert!(exited.finished_at.is_some());

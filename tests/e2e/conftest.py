@@ -58,8 +58,10 @@ def wait_for(what, check, timeout=60, interval=0.2):
 class Berthd:
     """One berthd node process."""
 
-    def __init__(self, name, workdir, config=""):
+    def __init__(self, name, workdir, config="", args=(), client=None):
         self.name = f"e2e-{name}-{secrets.token_hex(3)}"
+        # Extra keys of this node's entry in BerthSpawner.nodes (TLS files, token file).
+        self.client = client or {}
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.admin_socket = os.path.join(self.dir, "admin.sock")
@@ -69,7 +71,7 @@ class Berthd:
         self.log = open(os.path.join(self.dir, "berthd.log"), "w+")
         self.proc = subprocess.Popen(
             [BERTHD, "serve", "--listen", "127.0.0.1:0", "--node-id", self.name, "--config", cfg,
-             "--state-dir", os.path.join(self.dir, "state"), "--admin-socket", self.admin_socket],
+             "--state-dir", os.path.join(self.dir, "state"), "--admin-socket", self.admin_socket, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "BERTH_LOG": "info"},
         )
@@ -87,6 +89,13 @@ class Berthd:
         for line in self.proc.stderr:
             self.log.write(line)
             self.log.flush()
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
 
     def containers(self, user=None, all=True):
         args = ["ps", "-q", "--no-trunc", "--filter", f"label=berth.node={self.name}"]
@@ -116,16 +125,18 @@ class Berthd:
 class Hub:
     """A JupyterHub process with berthspawner, the dummy authenticator and the proxy."""
 
-    def __init__(self, workdir, nodes, extra=""):
+    def __init__(self, workdir, nodes, extra="", hub_port=None, token=None):
         self.dir = os.path.join(workdir, "hub")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
-        self.hub_port = free_port()
+        self.hub_port = hub_port or free_port()
         self.api_port = free_port()
-        self.token = secrets.token_hex(24)
+        self.token = token or secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
         self.bridge = bridge_ip()
-        node_list = ",\n".join(f'    {{"name": "{n.name}", "address": "{n.address}"}}' for n in nodes)
+        node_list = ",\n".join(
+            "    " + repr({"name": n.name, "address": n.address, **n.client}) for n in nodes
+        )
         self.config = os.path.join(self.dir, "jupyterhub_config.py")
         with open(self.config, "w") as f:
             f.write(f'''
@@ -173,6 +184,11 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
                 return False
 
         wait_for("the hub to answer", up, timeout=60)
+
+    def terminate(self):
+        """A clean hub shutdown (servers keep running: cleanup_servers is False)."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
 
     def kill(self):
         """SIGKILL the hub alone (the proxy, a separate process, keeps routing)."""

@@ -149,7 +149,8 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             ..Default::default()
         })
         .collect();
-    let devices = spec
+    let h = &spec.host;
+    let devices = h
         .devices
         .iter()
         .map(|d| DeviceMapping {
@@ -166,12 +167,12 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         labels: Some(spec.labels.clone()),
         exposed_ports: Some(vec![port_key]),
         host_config: Some(HostConfig {
-            port_bindings: (!spec.host_network).then_some(bindings),
-            network_mode: host(spec.host_network),
-            pid_mode: host(spec.host_pid),
-            ipc_mode: host(spec.host_ipc),
-            privileged: Some(spec.privileged),
-            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            port_bindings: (!h.host_network).then_some(bindings),
+            network_mode: host(h.host_network),
+            pid_mode: host(h.host_pid),
+            ipc_mode: host(h.host_ipc),
+            privileged: Some(h.privileged),
+            cap_add: (!h.cap_add.is_empty()).then(|| h.cap_add.clone()),
             devices: Some(devices),
             memory: spec.memory,
             memory_reservation: spec.memory_reservation,

@@ -131,18 +131,9 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<i64>,
     /// Named volumes.
     pub mounts: Vec<Mount>,
-    /// Privileged container.
-    pub privileged: bool,
-    /// Host network namespace (no port publishing: the server uses the host's port).
-    pub host_network: bool,
-    /// Host PID namespace.
-    pub host_pid: bool,
-    /// Host IPC namespace.
-    pub host_ipc: bool,
-    /// Added capabilities.
-    pub cap_add: Vec<String>,
-    /// Host devices.
-    pub devices: Vec<String>,
+    /// Privileges over the host (already allowed by the node policy). On the host network
+    /// no port is published: the server uses the host's port.
+    pub host: crate::spec::HostAccess,
 }
 
 /// Coarse lifecycle state reported by the engine.

@@ -341,12 +341,7 @@ impl<E: ContainerEngine> Runtime<E> {
                     read_only: v.read_only,
                 })
                 .collect(),
-            privileged: spec.host.privileged,
-            host_network: spec.host.host_network,
-            host_pid: spec.host.host_pid,
-            host_ipc: spec.host.host_ipc,
-            cap_add: spec.host.cap_add.clone(),
-            devices: spec.host.devices.clone(),
+            host: spec.host.clone(),
         }
     }
 }

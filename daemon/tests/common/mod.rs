@@ -270,3 +270,27 @@ where
 pub fn state(s: &pb::ServerStatus) -> pb::server_status::State {
     pb::server_status::State::try_from(s.state).unwrap_or(pb::server_status::State::Unspecified)
 }
+
+/// Polls `user`/`server` until it is in state `want`, for at most `limit`.
+pub async fn wait_for_state(
+    c: &SpawnerClient<Channel>,
+    user: &str,
+    server: &str,
+    want: pb::server_status::State,
+    limit: Duration,
+) -> Option<pb::ServerStatus> {
+    eventually(limit, || {
+        let mut c = c.clone();
+        async move {
+            let p = c
+                .poll(pb::PollRequest {
+                    key: key(user, server),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (state(&p) == want).then_some(p)
+        }
+    })
+    .await
+}

@@ -188,8 +188,34 @@ class BerthSpawner(Spawner):
             ready_timeout_seconds=int(self.start_timeout),
         )
 
+    async def _replace_orphans(self):
+        """A server of this key that the hub does not know (its state was lost, e.g. the hub
+        died during a long start) still runs on some node: stop and remove it, since it holds
+        an API token the hub no longer honours. Found by asking every node."""
+        known = self.container_id
+
+        async def check(node):
+            try:
+                st = await node.stub().Poll(
+                    pb.PollRequest(key=self._key()), metadata=node.metadata(), timeout=self.rpc_timeout
+                )
+            except grpc.aio.AioRpcError:
+                return
+            if st.state in (State.RUNNING, State.STARTING) and st.container_id != known:
+                self.log.warning(
+                    "berth: %s has a server unknown to the hub on %s (spawn %s); replacing it",
+                    self._log_name, node.name, st.spawn_id,
+                )
+                await node.stub().Stop(
+                    pb.StopRequest(key=self._key(), now=True, remove=True),
+                    metadata=node.metadata(), timeout=self.rpc_timeout,
+                )
+
+        await asyncio.gather(*(check(n) for n in self._nodes()))
+
     async def start(self):
         image = self._image()
+        await self._replace_orphans()
         self.spawn_id = uuid.uuid4().hex
         nodes, reasons = await self._candidates(self._demand(image))
         request = self._start_request(image)

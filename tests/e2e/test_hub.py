@@ -61,6 +61,27 @@ def test_a_restarted_hub_finds_its_running_servers(cluster):
     assert all_containers(nodes, "dora") == before, "the same container, no second one"
 
 
+def test_a_server_the_hub_lost_track_of_is_found_and_replaced(cluster):
+    import sqlite3
+
+    hub, nodes = cluster
+    hub.spawn("olga")
+    (orphan,) = all_containers(nodes, "olga")
+    # The hub dies and comes back without the server's state (as after a crash mid-start).
+    hub.kill()
+    db = sqlite3.connect(os.path.join(hub.dir, "jupyterhub.sqlite"))
+    db.execute("UPDATE spawners SET state = '{}' WHERE user_id = (SELECT id FROM users WHERE name = 'olga')")
+    db.commit()
+    db.close()
+    hub.start()
+    wait_for("the hub to drop the server it cannot see", lambda: hub.server("olga") is None, 60)
+    hub.spawn("olga")
+    ids = all_containers(nodes, "olga")
+    assert len(ids) == 1 and ids != [orphan], "the orphan was replaced, not doubled"
+    s = hub.login("olga")
+    assert hub.get_as(s, "/user/olga/api/status").status_code == 200
+
+
 def test_named_servers_run_side_by_side(cluster):
     hub, nodes = cluster
     hub.spawn("erin", "one")

@@ -1,4 +1,4 @@
-"""Connections to berthd nodes: one gRPC channel and one shared Watch stream per node."""
+"""Connections to berthd nodes: one gRPC channel and one shared Watch stream per node per hub."""
 
 import asyncio
 import logging
@@ -13,6 +13,19 @@ log = logging.getLogger("berthspawner")
 
 State = pb.ServerStatus.State
 
+# Reconnect backoff of the Watch stream: first retry, cap, and the retry interval of a daemon
+# that does not implement Watch yet (an older berthd may be upgraded under a running hub).
+WATCH_BACKOFF_FIRST = 0.2
+WATCH_BACKOFF_MAX = 5.0
+WATCH_UNIMPLEMENTED_RETRY = 60.0
+
+
+def _read(path):
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
 
 class Node:
     """One berthd: address, credentials, channel, and the Watch cache of its servers."""
@@ -24,30 +37,33 @@ class Node:
         self._token_file = token_file
         self._channel = None
         self._stub = None
+        # Newest status of each key seen on Watch; trusted only while `watching`.
         self.statuses = {}
         self.watching = False
         self._watch_task = None
         self._listeners = {}
-        self.first_failure = None
+        self._snapshot = {}
+        self._first_failure = None
+        # Starts this hub has sent and not yet seen answered: spawn id -> placement.Demand.
+        self.inflight = {}
 
     def metadata(self):
-        """Call metadata: the bearer token, read fresh so a rotated token is picked up."""
-        if not self._token_file:
+        """Call metadata: the bearer token, read fresh so a rotated token is picked up.
+        The token is never logged."""
+        token = _read(self._token_file)
+        if token is None:
             return ()
-        with open(self._token_file) as f:
-            token = f.read().strip()
-        return (("authorization", f"Bearer {token}"),)
+        return (("authorization", f"Bearer {token.decode().strip()}"),)
 
     def stub(self):
         """The Spawner stub (the channel is created on first use, in the running loop)."""
         if self._stub is None:
             opts = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
             if self._ca_file or self._cert_file:
-                read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
                 creds = grpc.ssl_channel_credentials(
-                    root_certificates=read(self._ca_file),
-                    private_key=read(self._key_file),
-                    certificate_chain=read(self._cert_file),
+                    root_certificates=_read(self._ca_file),
+                    private_key=_read(self._key_file),
+                    certificate_chain=_read(self._cert_file),
                 )
                 self._channel = grpc.aio.secure_channel(self.address, creds, options=opts)
             else:
@@ -55,8 +71,42 @@ class Node:
             self._stub = pb_grpc.SpawnerStub(self._channel)
         return self._stub
 
+    async def call(self, method, request, timeout):
+        """A unary call that records whether the node answered (for the unreachable grace)."""
+        try:
+            answer = await getattr(self.stub(), method)(request, metadata=self.metadata(), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.note_failure()
+            else:
+                self.note_success()
+            raise
+        self.note_success()
+        return answer
+
+    async def servers_of(self, user, timeout):
+        """The node's servers of `user` (List), or None when the node does not answer."""
+        try:
+            return list((await self.call("List", pb.ListRequest(user=user), timeout)).servers)
+        except grpc.aio.AioRpcError as e:
+            log.warning("berth: List on %s failed: %s", self.name, e.code().name)
+            return None
+
+    async def close(self):
+        """Ends the Watch stream and closes the channel."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = self._stub = self._watch_task = None
+        self.watching = False
+
+    # ---- Watch ------------------------------------------------------------------------------
+
     def listen(self, user, server, callback):
-        """Calls `callback(status)` when the server's status changes on this node."""
+        """Calls `callback(status)` when the server's status changes on this node, and
+        `callback(None)` when a fresh snapshot no longer holds the server."""
         self._listeners[(user, server)] = callback
         self.ensure_watch()
 
@@ -67,45 +117,82 @@ class Node:
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.ensure_future(self._watch())
 
+    def cached(self, user, server, container_id):
+        """The Watch cache's status of our container, or None when the cache cannot tell
+        (not watching, or the key last showed another container: ask Poll instead)."""
+        if not self.watching:
+            return None
+        status = self.statuses.get((user, server))
+        if status is None or status.container_id != container_id:
+            return None
+        return status
+
     async def _watch(self):
         """Keeps one Watch stream open, reconnecting with capped backoff."""
-        backoff = 0.2
+        backoff = WATCH_BACKOFF_FIRST
         while True:
+            self._snapshot = {}
             try:
                 stream = self.stub().Watch(pb.WatchRequest(snapshot=True), metadata=self.metadata())
                 async for ev in stream:
-                    backoff = 0.2
-                    if ev.kind == pb.WatchEvent.SNAPSHOT_END:
-                        self.watching = True
-                        continue
-                    s = ev.status
-                    k = (s.key.user, s.key.server_name)
-                    self.statuses[k] = s
-                    cb = self._listeners.get(k)
-                    if cb is not None and ev.kind != pb.WatchEvent.SNAPSHOT:
-                        try:
-                            cb(s)
-                        except Exception:
-                            log.exception("watch callback failed for %s on %s", k, self.name)
+                    backoff = WATCH_BACKOFF_FIRST
+                    self.note_success()
+                    self._on_event(ev)
                 raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "watch ended")
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if self.watching:
-                    log.warning("watch of node %s lost (%s); reconnecting", self.name, e)
                 self.watching = False
+                code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    # Degrade to Poll: the hub's own poll interval finds deaths.
+                    log.info("berth: node %s has no Watch; using Poll", self.name)
+                    await asyncio.sleep(WATCH_UNIMPLEMENTED_RETRY)
+                    continue
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self.note_failure()
+                log.warning("berth: watch of node %s lost (%s); retrying in %.1fs", self.name, code or e, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
+
+    def _on_event(self, ev):
+        if ev.kind == pb.WatchEvent.SNAPSHOT:
+            self._snapshot[(ev.status.key.user, ev.status.key.server_name)] = ev.status
+            return
+        if ev.kind == pb.WatchEvent.SNAPSHOT_END:
+            # The snapshot replaces what an earlier stream left: a server removed while the
+            # stream was down is no longer in the cache. Listeners re-check, as they may have
+            # missed their server's death.
+            self.statuses, self._snapshot = self._snapshot, {}
+            self.watching = True
+            for k, cb in list(self._listeners.items()):
+                self._notify(k, cb, self.statuses.get(k))
+            return
+        s = ev.status
+        k = (s.key.user, s.key.server_name)
+        self.statuses[k] = s
+        cb = self._listeners.get(k)
+        if cb is not None:
+            self._notify(k, cb, s)
+
+    def _notify(self, k, cb, status):
+        try:
+            cb(status)
+        except Exception:
+            log.exception("berth: watch callback failed for %s on %s", k, self.name)
+
+    # ---- reachability -----------------------------------------------------------------------
 
     def note_failure(self):
-        if self.first_failure is None:
-            self.first_failure = time.monotonic()
+        if self._first_failure is None:
+            self._first_failure = time.monotonic()
 
     def note_success(self):
-        self.first_failure = None
+        self._first_failure = None
 
     def unreachable_for(self):
-        return 0.0 if self.first_failure is None else time.monotonic() - self.first_failure
+        """Seconds since the node stopped answering (0 while it answers)."""
+        return 0.0 if self._first_failure is None else time.monotonic() - self._first_failure
 
 
 _NODES = {}
@@ -113,7 +200,7 @@ _NODES = {}
 
 def node_for(cfg):
     """The shared Node for a config entry (one channel and one Watch per node per hub)."""
-    key = (cfg["address"], cfg.get("token_file", ""), cfg.get("ca_file", ""), cfg.get("cert_file", ""))
+    key = tuple(cfg.get(k, "") for k in ("address", "name", "token_file", "ca_file", "cert_file", "key_file"))
     node = _NODES.get(key)
     if node is None:
         node = Node(
@@ -126,3 +213,11 @@ def node_for(cfg):
         )
         _NODES[key] = node
     return node
+
+
+async def close_nodes():
+    """Ends every shared Node's Watch and channel, and forgets them (hub shutdown, tests)."""
+    nodes = list(_NODES.values())
+    _NODES.clear()
+    for node in nodes:
+        await node.close()

@@ -5,10 +5,19 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Candidate:
-    """What one node said about itself (None fields: the node did not answer)."""
+    """What one node said about itself.
+
+    `error` is set when the node did not answer; `known` is False when it answered that it
+    cannot report capacity (Capacity unimplemented): such a node is assumed to fit, is tried
+    after the nodes that do report, and its own admission control has the last word.
+    `inflight`/`inflight_memory` count the starts this hub has sent to the node and not yet
+    seen answered: they order concurrent spawns but never refuse a node (the node counts
+    admitted spawns in its own answer already).
+    """
 
     name: str
     error: str = ""
+    known: bool = True
     draining: bool = False
     ready: bool = True
     cpus: float = 0.0
@@ -17,6 +26,8 @@ class Candidate:
     running: int = 0
     max_servers: int = 0
     images: list = field(default_factory=list)
+    inflight: int = 0
+    inflight_memory: int = 0
 
 
 @dataclass
@@ -32,6 +43,8 @@ def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
         return f"{c.name}: unreachable ({c.error})"
+    if not c.known:
+        return ""
     if c.draining:
         return f"{c.name}: draining"
     if not c.ready:
@@ -47,14 +60,22 @@ def why_not(c, demand):
     return ""
 
 
+def _free(c):
+    return c.memory_free - c.inflight_memory
+
+
+def _servers(c):
+    return c.running + c.inflight
+
+
 def spread(fits):
-    """Most free memory first: spreads servers over the nodes."""
-    return sorted(fits, key=lambda c: (-c.memory_free, c.running, c.name))
+    """Most free memory first (then fewest servers): spreads servers over the nodes."""
+    return sorted(fits, key=lambda c: (not c.known, -_free(c), _servers(c), c.name))
 
 
 def pack(fits):
-    """Least free memory first: fills one node before the next."""
-    return sorted(fits, key=lambda c: (c.memory_free, -c.running, c.name))
+    """Least free memory first (then most servers): fills one node before the next."""
+    return sorted(fits, key=lambda c: (not c.known, _free(c), -_servers(c), c.name))
 
 
 POLICIES = {"spread": spread, "pack": pack}

@@ -5,12 +5,14 @@ import json
 import uuid
 
 import grpc
+import jupyterhub
 from jupyterhub.spawner import SpawnException, Spawner
-from traitlets import Any, Bool, Dict, Float, Integer, List, Unicode, Union, default
+from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
 
 from . import placement
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
+
 
 def _try_next_node(e):
     """Whether a refused Start may succeed on another node: the node is full, draining or
@@ -38,7 +40,11 @@ class BerthSpawner(Spawner):
         help="""How to choose among the nodes that fit: "spread" (most free memory first),
         "pack" (least free memory first), or a callable(candidates, demand) -> ordered list.""",
     )
-    image = Unicode("berth-test/singleuser:latest", config=True, help="Image of the servers.")
+    image = Unicode(
+        config=True,
+        help="""Image of the servers; it must be present on the nodes (berthd does not pull).
+        Default: JupyterHub's single-user image of the hub's version.""",
+    )
     allowed_images = Union(
         [List(Unicode()), Dict()],
         default_value=[],
@@ -62,9 +68,23 @@ class BerthSpawner(Spawner):
     )
     rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
 
+    # Per-server state (get_state/load_state): where the server runs.
     node_name = Unicode("")
     spawn_id = Unicode("")
     container_id = Unicode("")
+    # Node attempts of the current start(), followed by progress().
+    _attempt = 0
+
+    @validate("placement")
+    def _check_placement(self, proposal):
+        value = proposal["value"]
+        if not callable(value) and value not in placement.POLICIES:
+            raise TraitError(f"BerthSpawner.placement must be one of {sorted(placement.POLICIES)} or a callable")
+        return value
+
+    @default("image")
+    def _default_image(self):
+        return f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}"
 
     @default("ip")
     def _ip(self):
@@ -90,9 +110,25 @@ class BerthSpawner(Spawner):
         return pb.ServerKey(user=self.user.name, server_name=self.name or "")
 
     def _on_status(self, status):
-        # A death seen on Watch: let the hub notice now, not at its next poll.
-        if status.state in (State.EXITED, State.ABSENT) and status.container_id == self.container_id:
+        # A death seen on Watch (or a server missing from a fresh snapshot): let the hub
+        # notice now, not at its next poll. poll() decides; a running server is left alone.
+        if self._spawn_pending or self._stop_pending or not self.container_id:
+            return
+        if status is None or (
+            status.container_id == self.container_id and status.state in (State.EXITED, State.ABSENT)
+        ):
             asyncio.ensure_future(self.poll_and_notify())
+
+    async def _find(self):
+        """This server's key on every node, through List: [(node, status)]."""
+        server = self.name or ""
+
+        async def on(node):
+            servers = await node.servers_of(self.user.name, self.rpc_timeout)
+            return [(node, s) for s in servers or () if s.key.server_name == server]
+
+        found = await asyncio.gather(*(on(n) for n in self._nodes()))
+        return [pair for pairs in found for pair in pairs]
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -142,10 +178,11 @@ class BerthSpawner(Spawner):
 
     async def _capacity(self, node):
         try:
-            c = await node.stub().Capacity(pb.CapacityRequest(), metadata=node.metadata(), timeout=self.rpc_timeout)
-        except Exception as e:
-            code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
-            return placement.Candidate(name=node.name, error=code)
+            c = await node.call("Capacity", pb.CapacityRequest(), self.rpc_timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return placement.Candidate(name=node.name, known=False)
+            return placement.Candidate(name=node.name, error=e.code().name)
         conditions = {k.type: k.status for k in c.conditions}
         return placement.Candidate(
             name=node.name,
@@ -164,8 +201,15 @@ class BerthSpawner(Spawner):
         if not nodes:
             raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
         answers = await asyncio.gather(*(self._capacity(n) for n in nodes))
+        # What this hub has in flight is read now, not when Capacity was asked: concurrent
+        # spawns that asked together see each other's choice. start() reserves its first
+        # choice before it next yields to the loop.
+        for node, c in zip(nodes, answers):
+            c.inflight = len(node.inflight)
+            c.inflight_memory = sum(d.memory for d in node.inflight.values())
         ordered, reasons = placement.rank(answers, demand, self.placement)
-        return [self._node(c.name) for c in ordered], reasons
+        by_name = {n.name: n for n in nodes}
+        return [by_name[c.name] for c in ordered], reasons
 
     def _start_request(self, image):
         env = self.get_env()
@@ -190,50 +234,42 @@ class BerthSpawner(Spawner):
 
     async def _replace_orphans(self):
         """A server of this key that the hub does not know (its state was lost, e.g. the hub
-        died during a long start) still runs on some node: stop and remove it, since it holds
-        an API token the hub no longer honours. Found by asking every node."""
-        known = self.container_id
-
-        async def check(node):
-            try:
-                st = await node.stub().Poll(
-                    pb.PollRequest(key=self._key()), metadata=node.metadata(), timeout=self.rpc_timeout
-                )
-            except grpc.aio.AioRpcError:
-                return
-            if st.state in (State.RUNNING, State.STARTING) and st.container_id != known:
+        died during a long start) may still run on some node: stop and remove it, since it
+        holds an API token the hub no longer honours. start() runs only for a server the hub
+        holds stopped, so every live one found is such an orphan."""
+        for node, st in await self._find():
+            if st.state in (State.RUNNING, State.STARTING):
                 self.log.warning(
                     "berth: %s has a server unknown to the hub on %s (spawn %s); replacing it",
                     self._log_name, node.name, st.spawn_id,
                 )
-                await node.stub().Stop(
-                    pb.StopRequest(key=self._key(), now=True, remove=True),
-                    metadata=node.metadata(), timeout=self.rpc_timeout,
-                )
-
-        await asyncio.gather(*(check(n) for n in self._nodes()))
+                await node.call("Stop", pb.StopRequest(key=self._key(), now=True, remove=True), self.rpc_timeout)
 
     async def start(self):
+        self._attempt = 0
         image = self._image()
         await self._replace_orphans()
         self.spawn_id = uuid.uuid4().hex
-        nodes, reasons = await self._candidates(self._demand(image))
+        demand = self._demand(image)
+        nodes, reasons = await self._candidates(demand)
         request = self._start_request(image)
         for node in nodes:
             self.node_name = node.name
+            self._attempt += 1
+            node.inflight[self.spawn_id] = demand
             try:
-                resp = await node.stub().Start(
-                    request, metadata=node.metadata(), timeout=self.start_timeout + 10
-                )
+                resp = await node.call("Start", request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
                 if _try_next_node(e):
                     reasons.append(f"{node.name}: {e.details()}")
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue
-                self.node_name = ""
+                await self._discard_failed(node)
                 raise SpawnException(
                     f"Your server could not start: {e.details()}", reason="start", status_code=500
                 ) from None
+            finally:
+                node.inflight.pop(self.spawn_id, None)
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
@@ -246,75 +282,107 @@ class BerthSpawner(Spawner):
             status_code=503,
         )
 
+    async def _discard_failed(self, node):
+        """After a failed Start: the hub will not call stop() (poll() says the server is not
+        running), so the node's exited container is dealt with here, per `remove`."""
+        try:
+            await node.call("Stop", pb.StopRequest(key=self._key(), now=True, remove=self.remove), self.rpc_timeout)
+        except grpc.aio.AioRpcError as e:
+            self.log.warning("berth: cleaning up the failed start of %s on %s: %s", self._log_name, node.name, e.details())
+        self.node_name = self.spawn_id = ""
+
     # ---- progress ---------------------------------------------------------------------------
 
     async def progress(self):
-        # start() picks the node; wait for it (the hub calls progress() right after start()).
-        for _ in range(int(self.start_timeout * 10)):
-            if self.node_name and self.spawn_id:
-                break
-            await asyncio.sleep(0.1)
-        node = self._node(self.node_name)
-        if node is None:
-            return
-        req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
-        try:
-            async for ev in node.stub().Progress(req, metadata=node.metadata()):
-                out = {"progress": ev.progress, "message": ev.message}
-                if ev.failed:
-                    out["failed"] = True
-                yield out
-                if ev.ready or ev.failed:
-                    return
-        except grpc.aio.AioRpcError as e:
-            self.log.debug("berth: progress of %s ended: %s", self._log_name, e.details())
+        # Follows start() from node to node: each attempt's Progress stream is relayed until it
+        # ends or start() moves on. Terminal events are the hub's to send (it knows whether the
+        # spawn as a whole succeeded), so ready/failed from a node are not relayed. The hub
+        # stops iterating when the spawn ends.
+        seen = 0
+        while True:
+            while self._attempt == seen:
+                await asyncio.sleep(0.1)
+            seen = self._attempt
+            node = self._node(self.node_name)
+            if node is None:
+                continue
+            yield {"message": f"Starting on node {node.name}"}
+            req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
+            try:
+                async for ev in node.stub().Progress(req, metadata=node.metadata()):
+                    if ev.ready or ev.failed or self._attempt != seen:
+                        break
+                    out = {"message": ev.message}
+                    if ev.progress:
+                        out["progress"] = ev.progress
+                    yield out
+            except grpc.aio.AioRpcError as e:
+                self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)
 
     # ---- poll / stop ------------------------------------------------------------------------
 
     async def poll(self):
-        node = self._node(self.node_name)
-        if node is None or not self.container_id:
+        if not (self.node_name and (self.container_id or self.spawn_id)):
             return 0
-        node.listen(self.user.name, self.name or "", self._on_status)
-        k = (self.user.name, self.name or "")
-        status = node.statuses.get(k) if node.watching else None
+        node = self._node(self.node_name) or await self._relocate()
+        if node is None:
+            return 0
+        user, server = self.user.name, self.name or ""
+        node.listen(user, server, self._on_status)
+        status = node.cached(user, server, self.container_id) if self.container_id else None
         if status is None:
             try:
-                status = await node.stub().Poll(
-                    pb.PollRequest(key=self._key()), metadata=node.metadata(), timeout=self.rpc_timeout
-                )
-                node.note_success()
+                status = await node.call("Poll", pb.PollRequest(key=self._key()), self.rpc_timeout)
             except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    node.note_failure()
-                    if node.unreachable_for() < self.unreachable_grace:
-                        self.log.warning("berth: node %s unreachable; assuming %s still runs", node.name, self._log_name)
-                        return None
-                    return 1
-                raise
-        if status.container_id and status.container_id != self.container_id:
-            # The key runs another container now (a newer spawn): ours is gone.
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                down = node.unreachable_for()
+                if down < self.unreachable_grace:
+                    self.log.warning(
+                        "berth: node %s unreachable for %.0fs; assuming %s still runs",
+                        node.name, down, self._log_name,
+                    )
+                    return None
+                self.log.error(
+                    "berth: node %s unreachable for %.0fs (unreachable_grace %.0fs); %s is taken as gone",
+                    node.name, down, self.unreachable_grace, self._log_name,
+                )
+                return 1
+        if status.state == State.ABSENT:
             return 0
         if status.state in (State.RUNNING, State.STARTING, State.STOPPING):
-            return None
+            # Still ours, unless another spawn took the key (then ours is gone).
+            ours = status.container_id == self.container_id if self.container_id else status.spawn_id == self.spawn_id
+            return None if ours else 0
         return int(status.exit_code) if status.HasField("exit_code") else 0
 
+    async def _relocate(self):
+        """The node of our container when the state names a node no longer configured under
+        that name (renamed in the config): found through List on every node."""
+        for node, st in await self._find():
+            if self.container_id and st.container_id == self.container_id:
+                self.log.info("berth: %s found on node %s (state said %s)", self._log_name, node.name, self.node_name)
+                self.node_name = node.name
+                return node
+        return None
+
     async def stop(self, now=False):
-        node = self._node(self.node_name)
+        node = self._node(self.node_name) or await self._relocate()
         if node is None:
             return
         node.unlisten(self.user.name, self.name or "")
         req = pb.StopRequest(key=self._key(), now=now, grace_seconds=self.stop_grace, remove=self.remove)
-        await node.stub().Stop(req, metadata=node.metadata(), timeout=self.stop_grace + self.rpc_timeout)
+        await node.call("Stop", req, self.stop_grace + self.rpc_timeout)
         self.log.info("berth: %s stopped on %s", self._log_name, node.name)
 
     async def delete_forever(self):
         # The server may have run on any node over time: ask them all.
         key = self._key()
-        for node in self._nodes():
+
+        async def on(node):
             try:
-                await node.stub().DeleteForever(
-                    pb.DeleteForeverRequest(key=key), metadata=node.metadata(), timeout=self.rpc_timeout
-                )
+                await node.call("DeleteForever", pb.DeleteForeverRequest(key=key), self.rpc_timeout)
             except grpc.aio.AioRpcError as e:
-                self.log.warning("berth: delete_forever on %s: %s", node.name, e.details())
+                self.log.warning("berth: delete_forever of %s on %s: %s", self._log_name, node.name, e.code().name)
+
+        await asyncio.gather(*(on(n) for n in self._nodes()))

@@ -1,0 +1,253 @@
+"""BerthSpawner's own logic against fake nodes (real gRPC on loopback, no hub, no Docker)."""
+
+import asyncio
+import functools
+import socket
+
+import grpc
+import pytest
+from fakes import GIB, FakeNode, State, spawner, wait_until
+from jupyterhub.spawner import SpawnException
+
+from berthspawner import nodes as nodes_mod
+
+
+_serving = []
+
+
+def run(test):
+    """Runs an async test in a fresh loop, then closes its fake nodes and shared nodes."""
+
+    async def body(*args, **kwargs):
+        try:
+            await asyncio.wait_for(test(*args, **kwargs), 30)
+        finally:
+            await nodes_mod.close_nodes()
+            while _serving:
+                await _serving.pop().close()
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        asyncio.run(body(*args, **kwargs))
+
+    return wrapper
+
+
+async def up(*fakes):
+    _serving.extend(fakes)
+    return [await f.serve() for f in fakes]
+
+
+def dead_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@run
+async def test_start_picks_the_node_with_most_free_memory_and_returns_its_url():
+    a, b = await up(FakeNode("a", memory_free=4 * GIB), FakeNode("b", memory_free=8 * GIB))
+    s = spawner([a, b])
+    url = await s.start()
+    assert url == "http://b:1"
+    assert s.get_state() == {"node": "b", "spawn_id": s.spawn_id, "container_id": s.container_id}
+    assert "Start" in b.calls and "Start" not in a.calls
+
+
+@run
+async def test_no_room_anywhere_is_a_503_that_names_each_nodes_reason():
+    full, draining = await up(FakeNode("full", max_servers=2, running=2), FakeNode("drain", draining=True))
+    s = spawner([full, draining, {"name": "gone", "address": dead_address()}], rpc_timeout=3)
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.status_code == 503 and e.value.reason == "capacity"
+    msg = str(e.value)
+    for why in ["full: full (2 of 2 servers)", "drain: draining", "gone: unreachable (UNAVAILABLE)"]:
+        assert why in msg, msg
+    assert s.get_state() == {}, "a failed spawn leaves no state"
+
+
+@run
+async def test_a_node_without_capacity_reporting_is_assumed_to_fit_but_tried_last():
+    old, new = await up(FakeNode("old", memory_free=64 * GIB), FakeNode("new", memory_free=1 * GIB))
+    old.fail["Capacity"] = (grpc.StatusCode.UNIMPLEMENTED, "")
+    assert await spawner([old, new]).start() == "http://new:1"
+    new.draining = True
+    assert await spawner([old, new], user="bob").start() == "http://old:1"
+
+
+@run
+async def test_a_node_that_refuses_at_start_hands_the_spawn_to_the_next():
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b", memory_free=4 * GIB))
+    a.fail["Start"] = (grpc.StatusCode.RESOURCE_EXHAUSTED, "not enough memory on node a")
+    s = spawner([a, b])
+    assert await s.start() == "http://b:1"
+    assert s.node_name == "b"
+
+
+@run
+async def test_a_server_that_fails_to_start_is_not_retried_elsewhere_and_is_cleaned_up():
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
+    a.fail["Start"] = (grpc.StatusCode.FAILED_PRECONDITION, "server exited during start with exit code 1")
+    s = spawner([a, b], remove=True)
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.status_code == 500 and "exit code 1" in str(e.value)
+    assert "Start" not in b.calls
+    assert a.calls[-1] == "Stop", "the failed container is handed to Stop (remove) at once"
+    assert await s.poll() == 0
+
+
+@run
+async def test_concurrent_spawns_are_spread_by_what_this_hub_has_in_flight():
+    a, b = await up(FakeNode("a", start_delay=0.3), FakeNode("b", start_delay=0.3))
+    spawners = [spawner([a, b], user=f"u{i}") for i in range(4)]
+    await asyncio.gather(*(s.start() for s in spawners))
+    assert sorted(s.node_name for s in spawners) == ["a", "a", "b", "b"]
+
+
+@run
+async def test_poll_answers_none_while_running_and_the_exit_code_after():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a])
+    assert await s.poll() == 0, "never started: 0"
+    await s.start()
+    assert await s.poll() is None
+    a.servers[("alice", "")].state = State.EXITED
+    a.servers[("alice", "")].exit_code = 3
+    assert await s.poll() == 3
+    a.servers.clear()
+    assert await s.poll() == 0
+
+
+@run
+async def test_poll_after_load_state_finds_the_server_and_a_newer_container_is_not_ours():
+    (a,) = await up(FakeNode("a"))
+    first = spawner([a])
+    await first.start()
+    restarted = spawner([a])
+    restarted.load_state(first.get_state())
+    assert await restarted.poll() is None
+    a.servers[("alice", "")].container_id = "someone-else"
+    assert await restarted.poll() == 0
+
+
+@run
+async def test_a_renamed_node_is_found_again_through_list():
+    (a,) = await up(FakeNode("a"))
+    first = spawner([a])
+    await first.start()
+    renamed = spawner([{"name": "a-renamed", "address": a.address}])
+    renamed.load_state(first.get_state())
+    assert await renamed.poll() is None
+    assert renamed.node_name == "a-renamed"
+
+
+@run
+async def test_an_unreachable_node_keeps_its_servers_for_the_grace_then_not():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a], unreachable_grace=60, rpc_timeout=2)
+    await s.start()
+    await a.close()
+    assert await s.poll() is None, "one missed call is not a death"
+    node = s._node("a")
+    node._first_failure -= 61  # as if the node had been silent for longer than the grace
+    assert await s.poll() == 1
+
+
+@run
+async def test_an_exit_on_watch_triggers_the_hubs_poll_and_notify():
+    (a,) = await up(FakeNode("a"))
+    a.watch = True
+    s = spawner([a])
+    await s.start()
+    notified = []
+
+    async def poll_and_notify():
+        notified.append(await s.poll())
+
+    s.poll_and_notify = poll_and_notify
+    node = s._node("a")
+    await wait_until("the watch snapshot", lambda: node.watching)
+    a.exit("alice", code=137)
+    await wait_until("poll_and_notify", lambda: notified)
+    assert notified == [137]
+    assert a.calls.count("Poll") == 0, "the exit came from the Watch cache, no Poll"
+
+
+@run
+async def test_without_watch_poll_asks_the_node():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a])
+    await s.start()
+    assert await s.poll() is None
+    await wait_until("the watch attempt", lambda: "Watch" in a.calls)
+    assert await s.poll() is None
+    assert a.calls.count("Poll") == 2
+
+
+@run
+async def test_a_new_start_replaces_a_server_the_hub_lost_track_of():
+    (a,) = await up(FakeNode("a"))
+    await spawner([a]).start()
+    orphan = a.servers[("alice", "")].container_id
+    s = spawner([a])  # fresh state, as after a hub crash mid-start
+    await s.start()
+    assert "Stop" in a.calls
+    assert s.container_id != orphan
+
+
+@run
+async def test_progress_relays_the_node_and_leaves_ready_to_the_hub():
+    (a,) = await up(FakeNode("a", start_delay=0.5))
+    s = spawner([a])
+    start = asyncio.ensure_future(s.start())
+    events = []
+    async for ev in s.progress():
+        events.append(ev)
+        if len(events) == 3:
+            break
+    await start
+    assert events == [
+        {"message": "Starting on node a"},
+        {"message": "creating", "progress": 20},
+        {"message": "waiting for HTTP", "progress": 60},
+    ]
+
+
+@run
+async def test_the_token_goes_in_metadata(tmp_path):
+    (a,) = await up(FakeNode("a"))
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    await spawner([{"name": "a", "address": a.address, "token_file": str(token)}]).start()
+    assert a.metadata and all(m.get("authorization") == "Bearer s3cret" for m in a.metadata)
+
+
+@run
+async def test_named_servers_of_one_user_are_separate_keys():
+    (a,) = await up(FakeNode("a"))
+    one, two = spawner([a], name="one"), spawner([a], name="two")
+    await one.start()
+    await two.start()
+    assert set(a.servers) == {("alice", "one"), ("alice", "two")}
+    await one.stop()
+    assert ("alice", "one") in a.servers and a.servers[("alice", "one")].state == State.EXITED
+    assert await one.poll() == 0 and await two.poll() is None
+
+
+def test_an_unknown_placement_policy_is_refused():
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError):
+        spawner([], placement="random")
+    spawner([], placement="pack")
+    spawner([], placement=lambda fits, demand: fits)
+
+
+def test_state_round_trips_and_clears():
+    s = spawner([])
+    s.load_state({"node": "n", "spawn_id": "sp", "container_id": "c"})
+    assert s.get_state() == {"node": "n", "spawn_id": "sp", "container_id": "c"}
+    s.clear_state()
+    assert s.get_state() == {}

@@ -31,6 +31,17 @@ c.BerthSpawner.nodes = [
 # Where new servers go: "spread" (most free memory first, the default), "pack" (fill one node
 # first), or a callable(candidates, demand) returning the candidates in the order to try.
 c.BerthSpawner.placement = "spread"
+# A callable gets the fitting nodes (berthspawner.placement.Candidate: name, memory_free,
+# cpu_free, running, max_servers, ...) and the demand (memory, cpu, image), e.g. to keep GPU
+# nodes for last:
+# c.BerthSpawner.placement = lambda fits, demand: sorted(fits, key=lambda c: c.name.startswith("gpu-"))
+
+# A node that stops answering keeps its servers for this long before the hub is told they are
+# gone (a berthd restart or a network cut must not end live sessions).
+c.BerthSpawner.unreachable_grace = 120
+# Deadline of the short calls (Capacity, Poll, List); SIGTERM-to-SIGKILL time on stop.
+c.BerthSpawner.rpc_timeout = 15
+c.BerthSpawner.stop_grace = 10
 
 # --- What a server is ----------------------------------------------------------------------
 # The image must be present on every node (berthd does not pull yet).

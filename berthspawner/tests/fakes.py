@@ -139,9 +139,10 @@ class HublessSpawner(BerthSpawner):
 
 
 def spawner(nodes, user="alice", name="", **kw):
-    """A spawner using the fake nodes (list of FakeNode or node config dicts)."""
-    cfgs = [n if isinstance(n, dict) else {"name": n.name, "address": n.address} for n in nodes]
-    s = HublessSpawner(user=SimpleNamespace(name=user, url=f"/user/{user}/"), nodes=cfgs, **kw)
+    """A spawner using the fake nodes (list of FakeNode or node config dicts; None: from config)."""
+    if nodes is not None:
+        kw["nodes"] = [n if isinstance(n, dict) else {"name": n.name, "address": n.address} for n in nodes]
+    s = HublessSpawner(user=SimpleNamespace(name=user, url=f"/user/{user}/"), **kw)
     s.server_name = name
     return s
 

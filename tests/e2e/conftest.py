@@ -125,10 +125,10 @@ class Berthd:
 class Hub:
     """A JupyterHub process with berthspawner, the dummy authenticator and the proxy."""
 
-    def __init__(self, workdir, nodes, extra="", hub_port=None, token=None):
+    def __init__(self, workdir, nodes, extra="", hub_port=None, token=None, port=None):
         self.dir = os.path.join(workdir, "hub")
         os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.hub_port = hub_port or free_port()
         self.api_port = free_port()
         self.token = token or secrets.token_hex(24)
@@ -202,11 +202,22 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{self.api_port}"], check=False)
+        # The proxy is the hub's child in its own session: end it by the pid the hub recorded.
+        try:
+            with open(os.path.join(self.dir, "proxy.pid")) as f:
+                os.kill(int(f.read().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
     def api(self, method, path, **kw):
         return requests.request(
             method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, timeout=30, **kw
+        )
+
+    def api_stream(self, path):
+        """A streamed GET of a hub API path (server-sent events)."""
+        return requests.get(
+            f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, stream=True, timeout=60
         )
 
     def server(self, user, name=""):
@@ -241,6 +252,21 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
         return s
 
 
+# Per-user variations for the shared cluster: "keep*" users keep their stopped container
+# (remove=False); "slow*" users run the tiny image with a server that answers after 3 s, so
+# a test can watch the spawn's progress while it is pending.
+CLUSTER_HOOK = f"""
+def _per_user(spawner):
+    name = spawner.user.name
+    if name.startswith("keep"):
+        spawner.remove = False
+    if name.startswith("slow"):
+        spawner.image = "{TINY}"
+        spawner.cmd = ["sh", "-c", "sleep 3; exec httpd -f -p 8888 -h /www"]
+c.Spawner.pre_spawn_hook = _per_user
+"""
+
+
 @pytest.fixture(scope="session")
 def workdir():
     require_docker()
@@ -254,7 +280,7 @@ def cluster(workdir):
     """Two unlimited nodes and a hub using them."""
     base = os.path.join(workdir, f"cluster-{secrets.token_hex(2)}")
     nodes = [Berthd("a", base), Berthd("b", base)]
-    hub = Hub(base, nodes)
+    hub = Hub(base, nodes, extra=CLUSTER_HOOK)
     yield hub, nodes
     hub.stop()
     for n in nodes:

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Builds berth-test/singleuser:latest with no registry: a Debian bookworm rootfs from
 # mmdebstrap, JupyterHub's single-user server pip-installed into it, imported with
-# `docker import`. Skips the build when the image exists (FORCE=1 rebuilds).
+# `docker import`. JupyterLab is included so a person trying ./scripts/demo lands in a UI.
+# Skips the build when the image exists and was built by this version of the script (its hash
+# is a label of the image); FORCE=1 rebuilds.
 set -euo pipefail
 tag=${1:-berth-test/singleuser:latest}
 hub_version=${JUPYTERHUB_VERSION:-6.1.1}
-if [ -z "${FORCE:-}" ] && docker image inspect "$tag" >/dev/null 2>&1; then
+recipe=$( (cat "$0"; echo "$hub_version") | sha256sum | cut -c1-16)
+have=$(docker image inspect -f '{{index .Config.Labels "berth.recipe"}}' "$tag" 2>/dev/null || true)
+if [ -z "${FORCE:-}" ] && [ "$have" = "$recipe" ]; then
   echo "build-singleuser: $tag exists" >&2
   exit 0
 fi
@@ -19,9 +23,9 @@ rootfs=$work/rootfs
 echo "build-singleuser: debootstrapping bookworm" >&2
 mmdebstrap --quiet --variant=apt --include=python3,ca-certificates bookworm "$rootfs"
 site=$rootfs/usr/local/lib/python3.11/dist-packages
-echo "build-singleuser: installing jupyterhub==$hub_version and jupyter-server" >&2
-python3 -m pip install --quiet --no-warn-script-location --target "$site" \
-  "jupyterhub==$hub_version" jupyter-server
+echo "build-singleuser: installing jupyterhub==$hub_version, jupyter-server and jupyterlab" >&2
+python3 -m pip install --quiet --no-warn-script-location --disable-pip-version-check --root-user-action=ignore --target "$site" \
+  "jupyterhub==$hub_version" jupyter-server jupyterlab
 # Console scripts land in <target>/bin with the build host's interpreter in their shebang.
 mkdir -p "$rootfs/usr/local/bin"
 for f in "$site"/bin/*; do
@@ -29,6 +33,15 @@ for f in "$site"/bin/*; do
   mv "$f" "$rootfs/usr/local/bin/"
 done
 rmdir "$site/bin"
+# Data files (JupyterLab's assets and its server-extension switch) land under <target>/share and
+# <target>/etc, where Jupyter does not look: move them to /usr/local, where it does.
+for d in share etc; do
+  if [ -d "$site/$d" ]; then
+    mkdir -p "$rootfs/usr/local/$d"
+    cp -a "$site/$d/." "$rootfs/usr/local/$d/"
+    rm -rf "${site:?}/$d"
+  fi
+done
 # An unprivileged user, as jupyter-server refuses to run as root.
 echo 'jovyan:x:1000:100:jovyan:/home/jovyan:/bin/sh' >> "$rootfs/etc/passwd"
 mkdir -p "$rootfs/home/jovyan"
@@ -38,5 +51,6 @@ tar -C "$rootfs" -c . | docker import \
   --change 'WORKDIR /home/jovyan' \
   --change 'ENV HOME=/home/jovyan PATH=/usr/local/bin:/usr/bin:/bin' \
   --change 'CMD ["jupyterhub-singleuser"]' \
+  --change "LABEL berth.recipe=$recipe" \
   - "$tag" >/dev/null
 echo "build-singleuser: built $tag" >&2

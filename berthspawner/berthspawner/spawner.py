@@ -217,7 +217,8 @@ class BerthSpawner(Spawner):
             key=self._key(),
             spawn_id=self.spawn_id,
             image=image,
-            cmd=list(self.cmd or []) + self.get_args(),
+            cmd=list(self.cmd or []),
+            args=self.get_args(),
             env={k: str(v) for k, v in env.items()},
             port=self.port,
             resources=pb.Resources(
@@ -285,11 +286,17 @@ class BerthSpawner(Spawner):
     async def _discard_failed(self, node):
         """After a failed Start: the hub will not call stop() (poll() says the server is not
         running), so the node's exited container is dealt with here, per `remove`."""
+        await self._remove_exited(node)
+        self.node_name = self.spawn_id = ""
+
+    async def _remove_exited(self, node):
+        """Stop(now) of a server that is already down, so that with `remove` its container goes
+        as stop() would have removed it. Safe against a newer start of the key: it runs before
+        the hub learns the server is gone, so before the hub can start it again."""
         try:
             await node.call("Stop", pb.StopRequest(key=self._key(), now=True, remove=self.remove), self.rpc_timeout)
         except grpc.aio.AioRpcError as e:
-            self.log.warning("berth: cleaning up the failed start of %s on %s: %s", self._log_name, node.name, e.details())
-        self.node_name = self.spawn_id = ""
+            self.log.warning("berth: cleaning up %s on %s: %s", self._log_name, node.name, e.details())
 
     # ---- progress ---------------------------------------------------------------------------
 
@@ -354,6 +361,8 @@ class BerthSpawner(Spawner):
             # Still ours, unless another spawn took the key (then ours is gone).
             ours = status.container_id == self.container_id if self.container_id else status.spawn_id == self.spawn_id
             return None if ours else 0
+        if self.remove:
+            await self._remove_exited(node)
         return int(status.exit_code) if status.HasField("exit_code") else 0
 
     async def _relocate(self):

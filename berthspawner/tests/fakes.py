@@ -106,7 +106,7 @@ class FakeNode(pb_grpc.SpawnerServicer):
         await self._enter("Watch", context)
         if not self.watch:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no Watch in this berthd")
-        for s in self.servers.values():
+        for s in list(self.servers.values()):
             yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, status=s)
         yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT_END)
         while True:

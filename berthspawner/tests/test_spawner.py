@@ -251,3 +251,30 @@ def test_state_round_trips_and_clears():
     assert s.get_state() == {"node": "n", "spawn_id": "sp", "container_id": "c"}
     s.clear_state()
     assert s.get_state() == {}
+
+
+@run
+async def test_a_server_that_died_is_removed_when_remove_is_set():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a], remove=True)
+    await s.start()
+    a.servers[("alice", "")].state = State.EXITED
+    assert await s.poll() == 0
+    assert ("alice", "") not in a.servers, "its container went with Stop(remove)"
+    kept = spawner([a], user="bob", remove=False)
+    await kept.start()
+    a.servers[("bob", "")].state = State.EXITED
+    assert await kept.poll() == 0
+    assert ("bob", "") in a.servers, "remove=False keeps it"
+
+
+@run
+async def test_all_spawners_of_the_hub_share_one_watch_per_node():
+    a, b = await up(FakeNode("a"), FakeNode("b"))
+    a.watch = b.watch = True
+    spawners = [spawner([a, b], user=f"u{i}") for i in range(4)]
+    await asyncio.gather(*(s.start() for s in spawners))
+    for s in spawners:
+        assert await s.poll() is None
+    await wait_until("both watches", lambda: all(s._node(n).watching for s in spawners for n in "ab"))
+    assert a.calls.count("Watch") == 1 and b.calls.count("Watch") == 1

@@ -234,21 +234,26 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
         return wait_for(f"{user}/{name} ready", lambda: (self.server(user, name) or {}).get("ready"), timeout)
 
     def get_as(self, session, path):
-        """GET a single-user API path as a browser would: first open a page of the server
-        that needs a login (the server has no UI, so /files/), which sends the browser
-        through the hub's OAuth flow and sets the server's cookie; then the API path."""
+        """GET a single-user API path as a browser would: first open the server's root page,
+        which needs a login and so sends the browser through the hub's OAuth flow, setting the
+        server's cookie; then the API path."""
         prefix = path.split("/api/")[0] + "/"
-        first = session.get(f"{self.url}{prefix}files/", timeout=30)
+        first = session.get(f"{self.url}{prefix}", timeout=30)
         r = session.get(f"{self.url}{path}", timeout=30)
         r.first_visit = first
         return r
 
     def login(self, user):
+        """Logs in at the hub (dummy authenticator); the session holds the hub's cookie only,
+        as the redirect after the login is not followed into the user's server."""
         s = requests.Session()
         s.get(f"{self.url}/hub/login", timeout=10)
         xsrf = s.cookies.get("_xsrf", "")
-        r = s.post(f"{self.url}/hub/login", data={"username": user, "password": "x", "_xsrf": xsrf}, timeout=30)
-        assert r.status_code == 200, r.text[:500]
+        r = s.post(
+            f"{self.url}/hub/login", data={"username": user, "password": "x", "_xsrf": xsrf},
+            timeout=30, allow_redirects=False,
+        )
+        assert r.status_code == 302, (r.status_code, r.text[:500])
         return s
 
 

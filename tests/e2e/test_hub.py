@@ -21,6 +21,7 @@ def test_login_goes_through_oauth_into_the_users_own_server(cluster):
     assert "started" in r.json()
     visited = " ".join(h.url for h in r.first_visit.history)
     assert "/hub/api/oauth2/authorize" in visited and "oauth_callback" in visited, visited
+    assert r.first_visit.url.startswith(f"{hub.url}/user/alice/"), "landed in alice's own server"
     # Another user's cookie does not open alice's server.
     other = hub.login("mallory")
     r = hub.get_as(other, "/user/alice/api/status")
@@ -93,6 +94,7 @@ def test_a_container_killed_outside_is_seen_by_the_hub_within_5_seconds(cluster)
     docker("kill", cid)
     wait_for("the hub to see carl's server stopped", lambda: hub.server("carl") is None, 5, 0.1)
     print(f"hub saw the death after {time.monotonic() - t0:.2f}s")
+    assert not all_containers(nodes, "carl"), "remove=True: the dead container is removed too"
 
 
 def test_a_restarted_hub_finds_its_running_servers(cluster):

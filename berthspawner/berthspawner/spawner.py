@@ -196,14 +196,10 @@ class BerthSpawner(Spawner):
             images=list(c.images),
         )
 
-    async def _candidates(self, demand):
-        nodes = self._nodes()
-        if not nodes:
-            raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
-        answers = await asyncio.gather(*(self._capacity(n) for n in nodes))
-        # What this hub has in flight is read now, not when Capacity was asked: concurrent
-        # spawns that asked together see each other's choice. start() reserves its first
-        # choice before it next yields to the loop.
+    def _rank(self, nodes, answers, demand):
+        """The nodes to try, best first, and why the others are left out. Synchronous, so that
+        start() reserves its first choice before any other spawn ranks: what this hub has in
+        flight is read now, not when Capacity was asked, and concurrent spawns see each other."""
         for node, c in zip(nodes, answers):
             c.inflight = len(node.inflight)
             c.inflight_memory = sum(d.memory for d in node.inflight.values())
@@ -249,10 +245,16 @@ class BerthSpawner(Spawner):
     async def start(self):
         self._attempt = 0
         image = self._image()
-        await self._replace_orphans()
-        self.spawn_id = uuid.uuid4().hex
         demand = self._demand(image)
-        nodes, reasons = await self._candidates(demand)
+        nodes = self._nodes()
+        if not nodes:
+            raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
+        # Both ask every node; together, a node that does not answer costs one timeout.
+        answers, _ = await asyncio.gather(
+            asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()
+        )
+        self.spawn_id = uuid.uuid4().hex
+        nodes, reasons = self._rank(nodes, answers, demand)
         request = self._start_request(image)
         for node in nodes:
             self.node_name = node.name
@@ -383,6 +385,26 @@ class BerthSpawner(Spawner):
         req = pb.StopRequest(key=self._key(), now=now, grace_seconds=self.stop_grace, remove=self.remove)
         await node.call("Stop", req, self.stop_grace + self.rpc_timeout)
         self.log.info("berth: %s stopped on %s", self._log_name, node.name)
+
+    async def rename(self, old_name, new_name):
+        # The hub renames only stopped servers. Nodes key servers by name and cannot rename:
+        # a volume named per server would stay behind under the old name, so that is refused
+        # (the hub shows the error); a stopped container kept under the old name is removed.
+        if any("{server}" in source for source in self.volumes):
+            raise SpawnException(
+                "This server's volumes are named after it and cannot follow a rename",
+                reason="rename",
+                status_code=400,
+            )
+        key = pb.ServerKey(user=self.user.name, server_name=old_name)
+
+        async def on(node):
+            try:
+                await node.call("Stop", pb.StopRequest(key=key, now=True, remove=True), self.rpc_timeout)
+            except grpc.aio.AioRpcError as e:
+                self.log.warning("berth: rename of %s: cleaning %s on %s: %s", self._log_name, old_name, node.name, e.code().name)
+
+        await asyncio.gather(*(on(n) for n in self._nodes()))
 
     async def delete_forever(self):
         # The server may have run on any node over time: ask them all.

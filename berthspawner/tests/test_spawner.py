@@ -278,3 +278,17 @@ async def test_all_spawners_of_the_hub_share_one_watch_per_node():
         assert await s.poll() is None
     await wait_until("both watches", lambda: all(s._node(n).watching for s in spawners for n in "ab"))
     assert a.calls.count("Watch") == 1 and b.calls.count("Watch") == 1
+
+
+@run
+async def test_rename_cleans_the_old_name_and_refuses_per_server_volumes():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a], name="old", remove=False)
+    await s.start()
+    await s.stop()
+    assert ("alice", "old") in a.servers
+    await s.rename("old", "new")
+    assert ("alice", "old") not in a.servers, "the kept container of the old name is removed"
+    with pytest.raises(SpawnException) as e:
+        await spawner([a], name="x", volumes={"data-{user}-{server}": "/data"}).rename("x", "y")
+    assert e.value.status_code == 400

@@ -18,6 +18,9 @@ State = pb.ServerStatus.State
 WATCH_BACKOFF_FIRST = 0.2
 WATCH_BACKOFF_MAX = 5.0
 WATCH_UNIMPLEMENTED_RETRY = 60.0
+# Keepalive pings on every node channel: interval, and how long an unanswered ping may wait.
+KEEPALIVE_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 
 
 def _read(path):
@@ -58,7 +61,16 @@ class Node:
     def stub(self):
         """The Spawner stub (the channel is created on first use, in the running loop)."""
         if self._stub is None:
-            opts = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+            opts = [
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # HTTP/2 pings: a node that vanishes without closing its connections (power
+                # loss, a network cut) ends the Watch stream within ~30 s, instead of leaving
+                # a silent stream whose cache would vouch for dead servers forever.
+                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
             if self._ca_file or self._cert_file:
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=_read(self._ca_file),
@@ -142,7 +154,7 @@ class Node:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.watching = False
+                was_watching, self.watching = self.watching, False
                 code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
                 if code == grpc.StatusCode.UNIMPLEMENTED:
                     # Degrade to Poll: the hub's own poll interval finds deaths.
@@ -151,7 +163,9 @@ class Node:
                     continue
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     self.note_failure()
-                log.warning("berth: watch of node %s lost (%s); retrying in %.1fs", self.name, code or e, backoff)
+                # Warn once per outage, not at every retry.
+                level = logging.WARNING if was_watching else logging.DEBUG
+                log.log(level, "berth: watch of node %s lost (%s); retrying", self.name, code or e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 

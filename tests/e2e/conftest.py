@@ -81,7 +81,9 @@ class Berthd:
             if "berthd listening" in line:
                 break
         m = re.search(r"addr=(\S+)", line)
-        assert m, f"berthd {name} did not start"
+        if not m:
+            self.stop()
+            raise AssertionError(f"berthd {name} did not start (log {self.log.name})")
         self.address = m.group(1)
         threading.Thread(target=self._drain, daemon=True).start()
 
@@ -120,6 +122,12 @@ class Berthd:
         ids = self.containers()
         if ids:
             docker("rm", "-f", *ids)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 class Hub:
@@ -183,7 +191,11 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
             except requests.RequestException:
                 return False
 
-        wait_for("the hub to answer", up, timeout=60)
+        try:
+            wait_for("the hub to answer", up, timeout=60)
+        except AssertionError:
+            self.stop()
+            raise
 
     def terminate(self):
         """A clean hub shutdown (servers keep running: cleanup_servers is False)."""
@@ -208,6 +220,12 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
                 os.kill(int(f.read().strip()), signal.SIGTERM)
         except (OSError, ValueError):
             pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def api(self, method, path, **kw):
         return requests.request(
@@ -284,9 +302,5 @@ def workdir():
 def cluster(workdir):
     """Two unlimited nodes and a hub using them."""
     base = os.path.join(workdir, f"cluster-{secrets.token_hex(2)}")
-    nodes = [Berthd("a", base), Berthd("b", base)]
-    hub = Hub(base, nodes, extra=CLUSTER_HOOK)
-    yield hub, nodes
-    hub.stop()
-    for n in nodes:
-        n.stop()
+    with Berthd("a", base) as a, Berthd("b", base) as b, Hub(base, [a, b], extra=CLUSTER_HOOK) as hub:
+        yield hub, [a, b]

@@ -145,11 +145,13 @@ def test_named_servers_run_side_by_side(cluster):
 
 def test_placement_spreads_skips_draining_and_full_nodes_and_says_503_when_no_room(workdir):
     base = os.path.join(workdir, "placement")
-    a = Berthd("a", base, "[capacity]\nmax_servers = 4\n")
-    b = Berthd("b", base, "[capacity]\nmax_servers = 4\n")
     # The tiny image runs its own command (an HTTP server), not jupyterhub-singleuser.
-    hub = Hub(base, [a, b], extra='c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]')
-    try:
+    tiny_cmd = 'c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]'
+    with (
+        Berthd("a", base, "[capacity]\nmax_servers = 4\n") as a,
+        Berthd("b", base, "[capacity]\nmax_servers = 4\n") as b,
+        Hub(base, [a, b], extra=tiny_cmd) as hub,
+    ):
         tiny = {"image": "berth-test/tiny:latest"}
         for i in range(6):
             hub.spawn(f"u{i}", options=tiny)
@@ -174,7 +176,3 @@ def test_placement_spreads_skips_draining_and_full_nodes_and_says_503_when_no_ro
         b.admin("Undrain")
         hub.spawn("u8", options=tiny)
         assert len(b.containers()) == 4, "the full node was skipped for the one with room"
-    finally:
-        hub.stop()
-        a.stop()
-        b.stop()

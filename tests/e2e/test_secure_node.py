@@ -63,20 +63,18 @@ def test_spawning_through_a_node_with_mutual_tls_and_a_token(workdir):
     token = os.path.join(d, "token")
     with open(token, "w") as f:
         f.write(secrets.token_hex(20))
-    node = Berthd(
-        "secure",
-        d,
-        args=["--tls-cert-file", files["srv_cert"], "--tls-key-file", files["srv_key"],
-              "--client-ca-file", files["ca"], "--token-file", token],
-        client={"ca_file": files["ca"], "cert_file": files["hub_cert"], "key_file": files["hub_key"],
-                "token_file": token},
-    )
-    hub = Hub(d, [node], extra='c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]')
-    try:
+    with (
+        Berthd(
+            "secure",
+            d,
+            args=["--tls-cert-file", files["srv_cert"], "--tls-key-file", files["srv_key"],
+                  "--client-ca-file", files["ca"], "--token-file", token],
+            client={"ca_file": files["ca"], "cert_file": files["hub_cert"], "key_file": files["hub_key"],
+                    "token_file": token},
+        ) as node,
+        Hub(d, [node], extra='c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]') as hub,
+    ):
         hub.spawn("tls-user", options={"image": TINY})
         assert len(node.containers("tls-user")) == 1
         r = hub.api("DELETE", "/users/tls-user/server")
         assert r.status_code in (202, 204)
-    finally:
-        hub.stop()
-        node.stop()

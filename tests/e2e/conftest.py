@@ -69,9 +69,15 @@ class Berthd:
         with open(cfg, "w") as f:
             f.write(config)
         self.log = open(os.path.join(self.dir, "berthd.log"), "w+")
+        self._args = ["--node-id", self.name, "--config", cfg, "--state-dir", os.path.join(self.dir, "state"),
+                      "--admin-socket", self.admin_socket, *args]
+        self.address = "127.0.0.1:0"
+        self._launch()
+
+    def _launch(self):
+        """Starts berthd on self.address (port 0: any) and learns the address it listens on."""
         self.proc = subprocess.Popen(
-            [BERTHD, "serve", "--listen", "127.0.0.1:0", "--node-id", self.name, "--config", cfg,
-             "--state-dir", os.path.join(self.dir, "state"), "--admin-socket", self.admin_socket, *args],
+            [BERTHD, "serve", "--listen", self.address, *self._args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "BERTH_LOG": "info"},
         )
@@ -83,12 +89,21 @@ class Berthd:
         m = re.search(r"addr=(\S+)", line)
         if not m:
             self.stop()
-            raise AssertionError(f"berthd {name} did not start (log {self.log.name})")
+            raise AssertionError(f"berthd {self.name} did not start (log {self.log.name})")
         self.address = m.group(1)
-        threading.Thread(target=self._drain, daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
 
-    def _drain(self):
-        for line in self.proc.stderr:
+    def kill_daemon(self):
+        """SIGKILL berthd alone: its containers keep running."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self):
+        """Starts berthd again at the same address with the same state."""
+        self._launch()
+
+    def _drain(self, proc):
+        for line in proc.stderr:
             self.log.write(line)
             self.log.flush()
 

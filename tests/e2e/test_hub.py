@@ -111,6 +111,28 @@ def test_a_restarted_hub_finds_its_running_servers(cluster):
     assert all_containers(nodes, "dora") == before, "the same container, no second one"
 
 
+def test_a_node_that_stops_answering_does_not_end_its_servers(workdir):
+    base = os.path.join(workdir, "outage")
+    # The hub polls every second here, so that many missed polls happen in a few seconds.
+    with Berthd("r", base) as node, Hub(base, [node], extra="c.Spawner.poll_interval = 1") as hub:
+        hub.spawn("rita")
+        (cid,) = node.containers("rita")
+        session = hub.login("rita")
+        assert hub.get_as(session, "/user/rita/api/status").status_code == 200
+        node.kill_daemon()
+
+        def missed_polls():
+            with open(os.path.join(hub.dir, "hub.log")) as f:
+                return f.read().count("unreachable for") >= 3
+
+        wait_for("three hub polls that found the node unreachable", missed_polls, 30)
+        assert (hub.server("rita") or {}).get("ready"), "the hub still counts rita's server as running"
+        node.restart()
+        r = hub.get_as(session, "/user/rita/api/status")
+        assert r.status_code == 200, r.text[:300]
+        assert node.containers("rita") == [cid], "the same container, never stopped"
+
+
 def test_a_server_the_hub_lost_track_of_is_found_and_replaced(cluster):
     import sqlite3
 

@@ -39,6 +39,23 @@ class Demand:
     image: str = ""
 
 
+def from_capacity(name, c):
+    """The Candidate for a node's NodeCapacity answer. Free = allocatable - committed; a node
+    without a Ready condition counts as Ready."""
+    conditions = {k.type: k.status for k in c.conditions}
+    return Candidate(
+        name=name,
+        draining=c.draining,
+        ready=conditions.get("Ready", "True") == "True",
+        cpus=c.cpus,
+        memory_free=max(0, c.allocatable.memory_bytes - c.committed.memory_bytes),
+        cpu_free=max(0.0, c.allocatable.cpu - c.committed.cpu),
+        running=c.running_servers,
+        max_servers=c.max_servers,
+        images=list(c.images),
+    )
+
+
 def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:

@@ -1,7 +1,6 @@
 """BerthSpawner: JupyterHub single-user servers in Docker containers on berthd nodes."""
 
 import asyncio
-import json
 import uuid
 
 import grpc
@@ -9,7 +8,7 @@ import jupyterhub
 from jupyterhub.spawner import SpawnException, Spawner
 from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
 
-from . import placement
+from . import placement, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
 
@@ -150,32 +149,6 @@ class BerthSpawner(Spawner):
 
     # ---- start ------------------------------------------------------------------------------
 
-    def _image(self):
-        choice = (self.user_options or {}).get("image")
-        if not choice:
-            return self.image
-        allowed = self.allowed_images
-        if isinstance(allowed, dict):
-            if choice in allowed:
-                return allowed[choice]
-        elif choice in allowed:
-            return choice
-        raise SpawnException(f"image {choice!r} is not allowed", reason="image", status_code=400)
-
-    def _volumes(self):
-        out = []
-        for source, spec in self.volumes.items():
-            if isinstance(spec, dict):
-                out.append(pb.Volume(source=source, target=spec["bind"], read_only=spec.get("mode") == "ro"))
-            else:
-                out.append(pb.Volume(source=source, target=spec))
-        return out
-
-    def _demand(self, image):
-        mem = self.mem_guarantee or self.mem_limit or 0
-        cpu = self.cpu_guarantee or self.cpu_limit or 0.0
-        return placement.Demand(memory=int(mem), cpu=float(cpu), image=image)
-
     async def _capacity(self, node):
         try:
             c = await node.call("Capacity", pb.CapacityRequest(), self.rpc_timeout)
@@ -183,18 +156,7 @@ class BerthSpawner(Spawner):
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return placement.Candidate(name=node.name, known=False)
             return placement.Candidate(name=node.name, error=e.code().name)
-        conditions = {k.type: k.status for k in c.conditions}
-        return placement.Candidate(
-            name=node.name,
-            draining=c.draining,
-            ready=conditions.get("Ready", "True") == "True",
-            cpus=c.cpus,
-            memory_free=max(0, c.allocatable.memory_bytes - c.committed.memory_bytes),
-            cpu_free=max(0.0, c.allocatable.cpu - c.committed.cpu),
-            running=c.running_servers,
-            max_servers=c.max_servers,
-            images=list(c.images),
-        )
+        return placement.from_capacity(node.name, c)
 
     def _rank(self, nodes, answers, demand):
         """The nodes to try, best first, and why the others are left out. Synchronous, so that
@@ -206,28 +168,6 @@ class BerthSpawner(Spawner):
         ordered, reasons = placement.rank(answers, demand, self.placement)
         by_name = {n.name: n for n in nodes}
         return [by_name[c.name] for c in ordered], reasons
-
-    def _start_request(self, image):
-        env = self.get_env()
-        return pb.StartRequest(
-            key=self._key(),
-            spawn_id=self.spawn_id,
-            image=image,
-            cmd=list(self.cmd or []),
-            args=self.get_args(),
-            env={k: str(v) for k, v in env.items()},
-            port=self.port,
-            resources=pb.Resources(
-                mem_limit_bytes=int(self.mem_limit or 0),
-                mem_guarantee_bytes=int(self.mem_guarantee or 0),
-                cpu_limit=float(self.cpu_limit or 0.0),
-                cpu_guarantee=float(self.cpu_guarantee or 0.0),
-            ),
-            volumes=self._volumes(),
-            user_options=json.dumps(self.user_options or {}, default=str),
-            ready_path=self.server.base_url + "api",
-            ready_timeout_seconds=int(self.start_timeout),
-        )
 
     async def _replace_orphans(self):
         """A server of this key that the hub does not know (its state was lost, e.g. the hub
@@ -244,8 +184,8 @@ class BerthSpawner(Spawner):
 
     async def start(self):
         self._attempt = 0
-        image = self._image()
-        demand = self._demand(image)
+        image = request.image(self)
+        demand = request.demand(self, image)
         nodes = self._nodes()
         if not nodes:
             raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
@@ -255,13 +195,13 @@ class BerthSpawner(Spawner):
         )
         self.spawn_id = uuid.uuid4().hex
         nodes, reasons = self._rank(nodes, answers, demand)
-        request = self._start_request(image)
+        start_request = request.start_request(self, image)
         for node in nodes:
             self.node_name = node.name
             self._attempt += 1
             node.inflight[self.spawn_id] = demand
             try:
-                resp = await node.call("Start", request, self.start_timeout + 10)
+                resp = await node.call("Start", start_request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
                 if _try_next_node(e):
                     reasons.append(f"{node.name}: {e.details()}")

@@ -1,0 +1,67 @@
+"""What a spawn asks of a node: the image, the placement demand and the StartRequest, built
+from a BerthSpawner's configuration and the user's options."""
+
+import json
+
+from jupyterhub.spawner import SpawnException
+
+from . import placement
+from ._proto.berth.v1 import spawner_pb2 as pb
+
+
+def image(spawner):
+    """The image: the configured one, or the user's choice among `allowed_images`."""
+    choice = (spawner.user_options or {}).get("image")
+    if not choice:
+        return spawner.image
+    allowed = spawner.allowed_images
+    if isinstance(allowed, dict):
+        if choice in allowed:
+            return allowed[choice]
+    elif choice in allowed:
+        return choice
+    raise SpawnException(f"image {choice!r} is not allowed", reason="image", status_code=400)
+
+
+def volumes(spec):
+    """DockerSpawner-style {source: target | {"bind": target, "mode": "ro"}} as proto Volumes."""
+    out = []
+    for source, target in spec.items():
+        if isinstance(target, dict):
+            out.append(pb.Volume(source=source, target=target["bind"], read_only=target.get("mode") == "ro"))
+        else:
+            out.append(pb.Volume(source=source, target=target))
+    return out
+
+
+def demand(spawner, image):
+    """What the server holds on its node: its guarantees, or its limits where none is set
+    (as the node counts it)."""
+    mem = spawner.mem_guarantee or spawner.mem_limit or 0
+    cpu = spawner.cpu_guarantee or spawner.cpu_limit or 0.0
+    return placement.Demand(memory=int(mem), cpu=float(cpu), image=image)
+
+
+def start_request(spawner, image):
+    """The StartRequest of the spawner's current spawn. Its env holds the server's API token:
+    never log it."""
+    env = spawner.get_env()
+    return pb.StartRequest(
+        key=pb.ServerKey(user=spawner.user.name, server_name=spawner.name or ""),
+        spawn_id=spawner.spawn_id,
+        image=image,
+        cmd=list(spawner.cmd or []),
+        args=spawner.get_args(),
+        env={k: str(v) for k, v in env.items()},
+        port=spawner.port,
+        resources=pb.Resources(
+            mem_limit_bytes=int(spawner.mem_limit or 0),
+            mem_guarantee_bytes=int(spawner.mem_guarantee or 0),
+            cpu_limit=float(spawner.cpu_limit or 0.0),
+            cpu_guarantee=float(spawner.cpu_guarantee or 0.0),
+        ),
+        volumes=volumes(spawner.volumes),
+        user_options=json.dumps(spawner.user_options or {}, default=str),
+        ready_path=spawner.server.base_url + "api",
+        ready_timeout_seconds=int(spawner.start_timeout),
+    )

@@ -1,0 +1,33 @@
+"""Building what a spawn asks of a node, from the spawner's configuration."""
+
+import pytest
+from fakes import spawner
+from jupyterhub.spawner import SpawnException
+
+from berthspawner import request
+
+
+def test_the_user_may_choose_only_an_allowed_image():
+    s = spawner([], image="base:1", allowed_images={"big": "big:2"})
+    assert request.image(s) == "base:1"
+    s.user_options = {"image": "big"}
+    assert request.image(s) == "big:2"
+    s.user_options = {"image": "evil:latest"}
+    with pytest.raises(SpawnException) as e:
+        request.image(s)
+    assert e.value.status_code == 400
+
+
+def test_start_request_carries_resources_volumes_and_the_ready_path():
+    s = spawner([], name="gpu", mem_limit="2G", mem_guarantee="1G", cpu_limit=2.0,
+                volumes={"home-{user}": "/home/jovyan", "data": {"bind": "/data", "mode": "ro"}})
+    s.spawn_id = "sp1"
+    r = request.start_request(s, "img:1")
+    assert (r.key.user, r.key.server_name, r.spawn_id, r.image, r.port) == ("alice", "gpu", "sp1", "img:1", 8888)
+    assert r.resources.mem_limit_bytes == 2 << 30 and r.resources.mem_guarantee_bytes == 1 << 30
+    assert r.resources.cpu_limit == 2.0
+    assert [(v.source, v.target, v.read_only) for v in r.volumes] == [
+        ("home-{user}", "/home/jovyan", False), ("data", "/data", True)]
+    assert r.ready_path == "/user/alice/gpu/api"
+    assert r.env["JUPYTERHUB_API_TOKEN"] == "secret-token"
+    assert request.demand(s, "img:1").memory == 1 << 30, "the guarantee, where one is set"

@@ -7,6 +7,8 @@
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
+//! - [`hostpath`]: host paths resolved beneath their allowed root by the kernel and pinned for
+//!   Docker (never checked as text).
 //! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
 //! - [`reporter`]: container activity (network, CPU) reported to the hub's activity API.
@@ -17,6 +19,7 @@ pub mod api;
 pub mod capacity;
 pub mod config;
 pub mod docker;
+pub mod hostpath;
 pub mod key;
 pub mod monitor;
 pub mod policy;

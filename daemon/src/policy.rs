@@ -5,13 +5,15 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::spec::StartSpec;
+use crate::spec::{StartSpec, normalize_image_glob};
 
 /// `[policy]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
-    /// Image references allowed, as globs (`*` any run of characters, `?` one).
+    /// Image references allowed, as globs (`*` any run of characters, `?` one), matched
+    /// against the full reference Docker resolves (`ubuntu` is
+    /// `docker.io/library/ubuntu:latest`); see [`crate::spec::normalize_image_glob`].
     pub allowed_images: Vec<String>,
     /// Host directories under which bind mounts are allowed; empty = no host paths.
     pub allowed_host_path_roots: Vec<PathBuf>,
@@ -111,7 +113,7 @@ impl Policy {
         if !self
             .allowed_images
             .iter()
-            .any(|g| glob_match(g, &spec.image))
+            .any(|g| glob_match(&normalize_image_glob(g), &spec.image))
         {
             return deny(
                 "allowed_images",
@@ -338,5 +340,33 @@ mod tests {
             vec![VolumeSpec::new(0, &key, "/srv/berth/u", "/data", true).expect("parses")];
         assert_eq!(strict.check(&fine), Ok(()));
         assert_eq!(Policy::default().check(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn image_globs_match_the_reference_docker_resolves() {
+        let hub = Policy {
+            allowed_images: vec!["docker.io/library/*".into()],
+            ..Policy::default()
+        };
+        let short = Policy {
+            allowed_images: vec!["jupyter/*".into(), "busybox".into()],
+            ..Policy::default()
+        };
+        let check = |p: &Policy, image: &str| {
+            let mut s = spec();
+            s.image = crate::spec::normalize_image(image);
+            p.check(&s).map_err(|v| v.rule)
+        };
+        assert_eq!(check(&hub, "ubuntu"), Ok(()));
+        assert_eq!(check(&hub, "ubuntu:22.04"), Ok(()));
+        assert_eq!(check(&hub, "evil.example/ubuntu"), Err("allowed_images"));
+        assert_eq!(check(&hub, "jupyter/base-notebook"), Err("allowed_images"));
+        assert_eq!(check(&short, "docker.io/jupyter/base-notebook:x"), Ok(()));
+        assert_eq!(check(&short, "busybox"), Ok(()));
+        assert_eq!(check(&short, "busybox:1.36"), Err("allowed_images"));
+        assert_eq!(
+            check(&short, "quay.io/jupyter/base-notebook"),
+            Err("allowed_images")
+        );
     }
 }

@@ -165,6 +165,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     };
     let tls = tls_config(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
+    // Pins live only while a container starts; any found now were left by a crash.
+    crate::hostpath::clear_staging(&cfg.state_dir);
     let store = FileStore::open(&cfg.state_dir)?;
     let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
     let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;

@@ -625,6 +625,95 @@ pub fn check_image(image: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Docker Hub's registry as Docker names it in a full reference.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// Splits a repository name into registry and path the way Docker does: the first component is
+/// a registry only if it holds `.` or `:` or is `localhost`.
+fn split_domain(name: &str) -> (&str, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first != first.to_lowercase() =>
+        {
+            (first, rest)
+        }
+        _ => (DOCKER_HUB, name),
+    }
+}
+
+/// The full reference Docker resolves a valid image reference to: `ubuntu` is
+/// `docker.io/library/ubuntu:latest`, `index.docker.io/x/y` is `docker.io/x/y:latest`. The
+/// policy matches this form and Docker is handed this form, so what is checked is what runs —
+/// and a short name can never be taken by Docker for an image id prefix.
+pub fn normalize_image(image: &str) -> String {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    let (domain, path) = split_domain(name);
+    let domain = if domain == "index.docker.io" {
+        DOCKER_HUB
+    } else {
+        domain
+    };
+    let library = if domain == DOCKER_HUB && !path.contains('/') {
+        "library/"
+    } else {
+        ""
+    };
+    let mut full = format!("{domain}/{library}{path}");
+    match (tag, digest) {
+        (Some(t), _) => {
+            full.push(':');
+            full.push_str(t);
+        }
+        (None, None) => full.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(d) = digest {
+        full.push('@');
+        full.push_str(d);
+    }
+    full
+}
+
+/// An `allowed_images` glob in the form [`normalize_image`] gives: a plain reference is
+/// normalised; a glob gets Docker Hub's registry (and `library/` for one component) unless it
+/// names a registry or starts with a wildcard, so `jupyter/*` means `docker.io/jupyter/*`.
+pub fn normalize_image_glob(glob: &str) -> String {
+    if !glob.contains(['*', '?']) {
+        return if check_image(glob).is_ok() {
+            normalize_image(glob)
+        } else {
+            glob.to_owned()
+        };
+    }
+    let first = glob.split('/').next().unwrap_or_default();
+    if first.contains(['*', '?']) && glob.contains('/') || first.starts_with('*') {
+        return glob.to_owned();
+    }
+    match glob.split_once('/') {
+        None => format!("{DOCKER_HUB}/library/{glob}"),
+        Some((first, rest)) => {
+            let (domain, path) = split_domain(glob);
+            if domain == DOCKER_HUB && first != DOCKER_HUB {
+                format!("{DOCKER_HUB}/{path}")
+            } else if first == "index.docker.io" {
+                format!("{DOCKER_HUB}/{rest}")
+            } else {
+                glob.to_owned()
+            }
+        }
+    }
+}
+
 fn domain_ok(d: &str) -> bool {
     let (host, port) = match d.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),

@@ -198,6 +198,30 @@ pub fn decode(bytes: &[u8]) -> Result<Record, String> {
     Ok(record)
 }
 
+/// Writes `bytes` to `path` through `tmp` (same directory, created new, mode 0600): fsync,
+/// rename, fsync of the directory. A crash leaves the old file or the new one, whole.
+pub fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(io("create", tmp))?;
+        f.write_all(bytes).map_err(io("write", tmp))?;
+        f.sync_all().map_err(io("fsync", tmp))?;
+        fs::rename(tmp, path).map_err(io("rename into", path))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
 impl FileStore {
     /// Opens (creating) `<state_dir>/servers`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
@@ -233,22 +257,7 @@ impl FileStore {
             file_name(&key),
             std::process::id()
         ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io("create", &tmp))?;
-            f.write_all(&encode(record)).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
-            self.sync_dir()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&tmp, &path, &encode(record))
     }
 
     /// Deletes `key`'s record; deleting an absent record succeeds.

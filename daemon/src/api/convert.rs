@@ -87,7 +87,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             host,
             key,
             spawn_id: r.spawn_id,
-            image: r.image,
+            image: spec::normalize_image(&r.image),
             cmd: r.cmd,
             args: r.args,
             env,

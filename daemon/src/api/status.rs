@@ -27,6 +27,8 @@ impl From<Error> for Status {
             Error::Store(_) => Code::Unavailable,
             Error::Draining { .. } => Code::FailedPrecondition,
             Error::Policy(_) => Code::PermissionDenied,
+            Error::HostPath(e) if e.is_policy() => Code::PermissionDenied,
+            Error::HostPath(_) => Code::FailedPrecondition,
             Error::Capacity(_) | Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::QueueTimeout { .. } => Code::DeadlineExceeded,
             Error::StateConflict { .. } => Code::Aborted,

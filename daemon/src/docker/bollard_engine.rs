@@ -263,6 +263,10 @@ fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
             .unwrap_or_default()
             .to_owned(),
         restart_count: c.restart_count.unwrap_or(0),
+        pid: state
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0),
     }
 }
 

@@ -94,7 +94,8 @@ pub struct ImageInfo {
 /// A mount: a named volume or (policy permitting) a host path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
-    /// Volume name, or the host path when `bind`.
+    /// Volume name, or when `bind` the staging path that pins the checked host path (see
+    /// [`crate::hostpath`]), never the path as the request wrote it.
     pub volume: String,
     /// A bind mount of a host path.
     pub bind: bool,
@@ -203,6 +204,8 @@ pub struct ContainerInfo {
     pub health: String,
     /// How often Docker restarted it.
     pub restart_count: i64,
+    /// Host PID of the container's first process while it runs.
+    pub pid: Option<u32>,
 }
 
 /// Cumulative counters of one container, for activity detection.

@@ -209,11 +209,14 @@ impl<E: ContainerEngine> Runtime<E> {
         } else {
             reason.trim()
         };
-        std::fs::write(&adm.drain_file, reason).map_err(|source| crate::state::StoreError::Io {
-            op: "write",
-            path: adm.drain_file.clone(),
-            source,
-        })?;
+        // Atomic like the records: a crash never leaves an empty marker (which would drain
+        // the node with no reason) or a torn one.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = adm
+            .drain_file
+            .with_extension(format!("tmp-{}-{n}", std::process::id()));
+        crate::state::write_atomic(&tmp, &adm.drain_file, reason.as_bytes())?;
         *lock(&adm.draining) = Some(reason.to_owned());
         tracing::warn!(
             reason,

@@ -156,6 +156,9 @@ pub enum Error {
     /// The node policy forbids the spec.
     #[error(transparent)]
     Policy(#[from] crate::policy::Violation),
+    /// A host path or device cannot be used as asked (link, escape, missing, unverified).
+    #[error(transparent)]
+    HostPath(#[from] crate::hostpath::HostPathError),
     /// The node refuses new servers.
     #[error("node {node:?} is draining ({reason}); start the server on another node")]
     Draining {
@@ -211,6 +214,8 @@ impl Error {
             Error::Store(_) => "StateStoreError",
             Error::Draining { .. } => "Draining",
             Error::Policy(_) => "PolicyViolation",
+            Error::HostPath(e) if e.is_policy() => "PolicyViolation",
+            Error::HostPath(_) => "HostPath",
             Error::Capacity(_) | Error::QueueFull { .. } | Error::QueueTimeout { .. } => "Capacity",
             Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
             Error::Internal(_) => "Internal",

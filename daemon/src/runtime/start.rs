@@ -14,8 +14,12 @@ use crate::docker::{
     LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID,
     LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
 };
+use crate::hostpath::{self, HostPathError, Pin};
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
+
+/// A pinned host path and where the container mounts it.
+type Pins = Vec<(String, Pin)>;
 
 impl<E: ContainerEngine> Runtime<E> {
     /// Starts the server of `spec` and returns once it answers HTTP. The work runs in its own
@@ -95,7 +99,11 @@ impl<E: ContainerEngine> Runtime<E> {
                     return self.await_ready(spec, &c, progress, cancel).await;
                 }
                 (true, RunStatus::Created) => {
-                    return self.launch(spec, &c.id, progress, cancel, None).await;
+                    let pins = match self.pin_host_paths(spec).await {
+                        Ok(pins) => pins,
+                        Err(e) => return Err(self.discard_unstarted(&c.id, e).await),
+                    };
+                    return self.launch(spec, &c.id, progress, cancel, None, pins).await;
                 }
                 (true, RunStatus::Exited | RunStatus::Dead) => {
                     return Err(self.exited_error(spec, &c).await);
@@ -131,6 +139,9 @@ impl<E: ContainerEngine> Runtime<E> {
                 self.spawn_slot().await?
             }
         };
+        // Host paths are resolved and pinned before anything is created: a refusal leaves
+        // nothing behind, and what Docker mounts is what was checked.
+        let pins = self.pin_host_paths(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let container = self.container_spec(spec, &image);
         // The record is durable before the container exists: a crash from here on leaves a
@@ -172,7 +183,73 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             return Err(e);
         }
-        self.launch(spec, &id, progress, cancel, Some(slot)).await
+        self.launch(spec, &id, progress, cancel, Some(slot), pins)
+            .await
+    }
+
+    /// Resolves every host path of `spec` beneath its allowed root and pins it at its staging
+    /// path, and checks its devices; off the async threads, as a network filesystem may be slow.
+    async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
+        let devices = spec.host.devices.clone();
+        let wanted: Vec<(usize, String, String)> = spec
+            .volumes
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.host_path)
+            .map(|(i, v)| (i, v.name.clone(), v.target.clone()))
+            .collect();
+        if wanted.is_empty() && devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let roots = self.inner.cfg.policy.allowed_host_path_roots.clone();
+        let state_dir = self.inner.cfg.state_dir.clone();
+        let name = spec.key.container_name();
+        let pinned = tokio::task::spawn_blocking(move || -> Result<Pins, HostPathError> {
+            for d in &devices {
+                hostpath::check_device(d)?;
+            }
+            wanted
+                .into_iter()
+                .map(|(i, path, target)| {
+                    let r = hostpath::resolve(&roots, &path)?;
+                    let pin = hostpath::pin(&r, &hostpath::staging_path(&state_dir, &name, i))?;
+                    Ok((target, pin))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("host path task failed: {e}")))??;
+        Ok(pinned)
+    }
+
+    /// Removes container `id`, which never started, because its spawn failed with `e`.
+    async fn discard_unstarted(&self, id: &str, e: Error) -> Error {
+        if let Err(rm) = self.inner.engine.remove(id).await {
+            tracing::warn!(container = %id, error = %rm, "cannot remove a container that never started");
+        }
+        e
+    }
+
+    /// Whether the running container `c` sees every pinned inode at its target; a container
+    /// that does not is killed.
+    async fn verify_pins(&self, c: &ContainerInfo, pins: &Pins) -> Result<(), Error> {
+        let Some(pid) = c.pid else {
+            // Not running (it crashed at once): it sees nothing; the exit is reported instead.
+            return Ok(());
+        };
+        for (target, pin) in pins {
+            if !hostpath::verify(pid, target, pin.dev, pin.ino) {
+                if let Err(e) = self.inner.engine.kill(&c.id).await {
+                    tracing::error!(container = %c.id, error = %e, "cannot kill a container whose mount is not the checked path");
+                }
+                return Err(HostPathError::NotVerified {
+                    path: pin.path.clone(),
+                    target: target.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Starts created container `id` and waits until it answers.
@@ -183,6 +260,7 @@ impl<E: ContainerEngine> Runtime<E> {
         progress: &Reporter,
         cancel: &CancellationToken,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        pins: Pins,
     ) -> Result<Started, Error> {
         progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
         let engine = &self.inner.engine;
@@ -202,6 +280,9 @@ impl<E: ContainerEngine> Runtime<E> {
             .inspect(id)
             .await?
             .ok_or_else(|| Error::Internal(format!("container {id} vanished right after start")))?;
+        self.verify_pins(&c, &pins).await?;
+        // The container's mount namespace holds its own copy now; the pins can go.
+        drop(pins);
         self.await_ready(spec, &c, progress, cancel).await
     }
 
@@ -334,9 +415,16 @@ impl<E: ContainerEngine> Runtime<E> {
             mounts: spec
                 .volumes
                 .iter()
-                .map(|v| Mount {
+                .enumerate()
+                .map(|(i, v)| Mount {
                     bind: v.host_path,
-                    volume: v.name.clone(),
+                    volume: if v.host_path {
+                        hostpath::staging_path(&cfg.state_dir, &spec.key.container_name(), i)
+                            .display()
+                            .to_string()
+                    } else {
+                        v.name.clone()
+                    },
                     target: v.target.clone(),
                     read_only: v.read_only,
                 })

@@ -37,6 +37,63 @@ fn image_references() {
 }
 
 #[test]
+fn image_references_normalise_as_docker_resolves_them() {
+    let h = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let cases = [
+        ("ubuntu", "docker.io/library/ubuntu:latest".to_owned()),
+        ("ubuntu:22.04", "docker.io/library/ubuntu:22.04".to_owned()),
+        (
+            "library/ubuntu",
+            "docker.io/library/ubuntu:latest".to_owned(),
+        ),
+        (
+            "docker.io/ubuntu",
+            "docker.io/library/ubuntu:latest".to_owned(),
+        ),
+        (
+            "index.docker.io/ubuntu",
+            "docker.io/library/ubuntu:latest".to_owned(),
+        ),
+        (
+            "jupyter/base-notebook",
+            "docker.io/jupyter/base-notebook:latest".to_owned(),
+        ),
+        ("quay.io/jupyter/x:1", "quay.io/jupyter/x:1".to_owned()),
+        ("localhost/x", "localhost/x:latest".to_owned()),
+        ("localhost:5000/x", "localhost:5000/x:latest".to_owned()),
+        ("127.0.0.1:5000/a/b:t", "127.0.0.1:5000/a/b:t".to_owned()),
+        (
+            "evil.example/ubuntu",
+            "evil.example/ubuntu:latest".to_owned(),
+        ),
+        // An image id prefix is a repository name to Docker's parser: full, it cannot be an id.
+        ("deadbeef", "docker.io/library/deadbeef:latest".to_owned()),
+        (&*format!("a@{h}"), format!("docker.io/library/a@{h}")),
+        (&*format!("a:t@{h}"), format!("docker.io/library/a:t@{h}")),
+    ];
+    for (given, want) in cases {
+        assert!(check_image(given).is_ok(), "{given}");
+        assert_eq!(normalize_image(given), want, "{given}");
+        // Normalising is idempotent: a full reference stays as it is.
+        assert_eq!(normalize_image(&want), want, "{want}");
+    }
+    let globs = [
+        ("*", "*"),
+        ("ubuntu", "docker.io/library/ubuntu:latest"),
+        ("ubuntu*", "docker.io/library/ubuntu*"),
+        ("jupyter/*", "docker.io/jupyter/*"),
+        ("docker.io/library/*", "docker.io/library/*"),
+        ("index.docker.io/library/*", "docker.io/library/*"),
+        ("quay.io/jupyter/*", "quay.io/jupyter/*"),
+        ("localhost:5000/*", "localhost:5000/*"),
+        ("*/jupyter/*", "*/jupyter/*"),
+    ];
+    for (glob, want) in globs {
+        assert_eq!(normalize_image_glob(glob), want, "{glob}");
+    }
+}
+
+#[test]
 fn resources_refuse_bad_numbers_naming_the_field() {
     let cases: [(i64, i64, f64, f64, &str); 8] = [
         (-1, 0, 0.0, 0.0, "resources.mem_limit_bytes"),

@@ -90,6 +90,16 @@ pub enum HostPathError {
         /// The path asked for.
         path: String,
     },
+    /// A named volume that is a bind mount of a host path, which Docker resolves by its text.
+    #[error(
+        "node policy {RULE}: named volume {name} is a bind mount of host path {device}; ask for a host path under an allowed root instead"
+    )]
+    BindVolume {
+        /// The volume.
+        name: String,
+        /// The host path it binds.
+        device: String,
+    },
     /// A device path is not a device node in a directory only root can change.
     #[error("node policy allowed_devices: {path}: {why}")]
     Device {
@@ -132,6 +142,7 @@ impl HostPathError {
                 | Self::Escapes { .. }
                 | Self::Kind { .. }
                 | Self::Device { .. }
+                | Self::BindVolume { .. }
         )
     }
 }

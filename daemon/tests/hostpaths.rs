@@ -316,3 +316,45 @@ async fn images_are_matched_and_run_in_the_form_docker_resolves() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_named_volume_that_binds_a_host_path_is_refused() {
+    let (dir, root, d) = setup("");
+    let mut c = d.client().await;
+    let name = unique("berth-bindvol");
+    docker(&[
+        "volume",
+        "create",
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        "device=/etc",
+        &name,
+    ]);
+    let user = unique("bindvol");
+    let mut req = tiny_start(&user, "s1");
+    req.volumes.push(pb::Volume {
+        source: name.clone(),
+        target: "/data".into(),
+        read_only: false,
+    });
+    let err = c.start(req.clone()).await.expect_err("a bind volume");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("allowed_host_path_roots") && err.message().contains("/etc"),
+        "{}",
+        err.message()
+    );
+    assert!(d.containers().is_empty());
+    docker(&["volume", "rm", &name]);
+    // An ordinary named volume (created on first use) still works.
+    req.volumes[0].source = format!("{name}-plain");
+    c.start(req).await.expect("a plain named volume");
+    stop_remove(&mut c, &user).await;
+    docker(&["volume", "rm", &format!("{name}-plain")]);
+    drop(d);
+    let _ = root;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -21,7 +21,7 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus, Usage,
+    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -455,6 +455,20 @@ impl ContainerEngine for BollardEngine {
             .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
             .sum();
         Ok(Usage { cpu_ns, net_bytes })
+    }
+
+    async fn volume(&self, name: &str) -> Result<Option<VolumeInfo>, EngineError> {
+        match self
+            .bounded("inspect volume", self.docker.inspect_volume(name))
+            .await
+        {
+            Ok(v) => Ok(Some(VolumeInfo {
+                driver: v.driver,
+                options: v.options,
+            })),
+            Err(EngineError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {

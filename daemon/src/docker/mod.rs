@@ -208,6 +208,30 @@ pub struct ContainerInfo {
     pub pid: Option<u32>,
 }
 
+/// What berthd needs to know of a named volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Volume driver (`local` for Docker's own).
+    pub driver: String,
+    /// Driver options (for `local`: `type`, `o`, `device`, as `mount(8)` takes them).
+    pub options: HashMap<String, String>,
+}
+
+impl VolumeInfo {
+    /// The host path a `local` volume bind-mounts (`type=none` or `o=bind` with a `device`),
+    /// which Docker resolves by its text, links and all, when the container starts.
+    pub fn bind_source(&self) -> Option<&str> {
+        if self.driver != "local" {
+            return None;
+        }
+        let device = self.options.get("device")?;
+        let o = self.options.get("o").map_or("", String::as_str);
+        let bind = self.options.get("type").is_some_and(|t| t == "none")
+            || o.split(',').any(|f| f == "bind" || f == "rbind");
+        bind.then_some(device.as_str())
+    }
+}
+
 /// Cumulative counters of one container, for activity detection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -313,6 +337,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
     fn root_dir(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// One reading of the container's cumulative CPU and network counters.
     fn usage(&self, id: &str) -> impl Future<Output = Result<Usage, EngineError>> + Send;
+    /// The named volume's driver and driver options, or `None` when it does not exist.
+    fn volume(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<VolumeInfo>, EngineError>> + Send;
     /// Removes a named volume. Removing an absent volume succeeds.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Container events of containers carrying every one of `labels`, from `since` (seconds

@@ -188,8 +188,21 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Resolves every host path of `spec` beneath its allowed root and pins it at its staging
-    /// path, and checks its devices; off the async threads, as a network filesystem may be slow.
+    /// path, and checks its devices (off the async threads, as a network filesystem may be
+    /// slow); refuses a named volume that is a bind mount of a host path, which would bypass
+    /// both.
     async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
+        for v in spec.volumes.iter().filter(|v| !v.host_path) {
+            if let Some(info) = self.inner.engine.volume(&v.name).await?
+                && let Some(device) = info.bind_source()
+            {
+                return Err(HostPathError::BindVolume {
+                    name: v.name.clone(),
+                    device: device.to_owned(),
+                }
+                .into());
+            }
+        }
         let devices = spec.host.devices.clone();
         let wanted: Vec<(usize, String, String)> = spec
             .volumes

@@ -165,13 +165,9 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // Subscribe before the snapshot so no change between the two is lost.
-        let rx = self.rt.subscribe();
-        let snapshot = if request.get_ref().snapshot {
-            self.rt.snapshot()
-        } else {
-            Vec::new()
-        };
+        // One point of the event sequence: no change is lost between the snapshot and the
+        // live events, and numbers only increase.
+        let (rx, snapshot) = self.rt.watch(request.get_ref().snapshot);
         let node = self.node_id();
         let n1 = node.clone();
         let live = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |ev| match ev {

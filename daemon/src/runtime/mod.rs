@@ -29,7 +29,7 @@ pub use stop::StopSpec;
 
 use keys::KeyTable;
 use progress::ProgressRegistry;
-use view::{View, WatchEvent};
+use view::View;
 
 pub use reconcile::ReconcileReport;
 
@@ -339,11 +339,6 @@ impl<E: ContainerEngine> Runtime<E> {
                 admission: admission::Admission::new(&cfg_for_admission),
             }),
         }
-    }
-
-    /// Every status change from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WatchEvent> {
-        self.inner.view.subscribe()
     }
 
     /// The configuration.

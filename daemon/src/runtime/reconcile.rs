@@ -1,7 +1,7 @@
 //! Reconciliation: rebuild the view from the records on disk and the containers Docker runs.
 //! It never starts, stops, restarts or recreates a container.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::view::WatchKind;
 use super::{Error, Runtime};
@@ -42,13 +42,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let mut view = self.inner.view.lock();
         for r in records {
             if let Some(key) = r.key() {
-                view.insert(
-                    key,
-                    super::view::Entry {
-                        record: r,
-                        live: None,
-                    },
-                );
+                view.insert(key, super::view::Entry::new(r));
             }
         }
         Ok(problems.len())
@@ -57,6 +51,15 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Relists this node's containers and brings records and view in line with them.
     pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
         let node = self.inner.cfg.node_id.clone();
+        // What each key looked like before the list: a key whose view or record changed
+        // since (a Start that created a container after the list) is not judged by it.
+        let before: HashMap<ServerKey, (u64, String)> = self
+            .inner
+            .view
+            .lock()
+            .iter()
+            .map(|(k, e)| (k.clone(), (e.generation, e.record.container_id.clone())))
+            .collect();
         let ids = self
             .inner
             .engine
@@ -90,15 +93,23 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
                 Some(_) => report.adopted += 1,
             }
+            // Read before the list, so anything applied since wins over this relist.
+            let seen = before.get(&key).map_or(0, |b| b.0);
             let id = c.id.clone();
-            self.observe(&key, &id, Some(c), WatchKind::Changed).await;
+            self.observe(&key, &id, Some(c), seen, WatchKind::Changed)
+                .await;
         }
         let gone: Vec<(ServerKey, String, bool)> = self
             .inner
             .view
             .lock()
             .iter()
-            .filter(|(k, _)| !seen.contains(*k))
+            .filter(|(k, e)| {
+                !seen.contains(*k)
+                    && before.get(*k).is_some_and(|(generation, id)| {
+                        *generation == e.generation && *id == e.record.container_id
+                    })
+            })
             .map(|(k, e)| {
                 let was_live = e.live.is_some()
                     || matches!(
@@ -121,7 +132,9 @@ impl<E: ContainerEngine> Runtime<E> {
                 tracing::warn!(user = key.user(), server = key.server(), container = %id, "the server's container is gone");
                 report.vanished += 1;
             }
-            self.observe(&key, &id, None, WatchKind::Changed).await;
+            let seen = before.get(&key).map_or(0, |b| b.0);
+            self.observe(&key, &id, None, seen, WatchKind::Changed)
+                .await;
         }
         Ok(report)
     }
@@ -135,19 +148,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let Ok(key) = ServerKey::new(user, server) else {
             return;
         };
-        let info = if ev.action == "destroy" {
-            None
+        let kind = super::view::kind_of_action(&ev.action, None);
+        if ev.action == "destroy" {
+            let seen = self.generation(&key);
+            self.observe(&key, &ev.container_id, None, seen, kind).await;
         } else {
-            match self.inner.engine.inspect(&ev.container_id).await {
-                Ok(info) => info,
-                Err(e) => {
-                    tracing::warn!(container = %ev.container_id, error = %e, "cannot inspect after an event; the next relist will catch up");
-                    return;
-                }
-            }
-        };
-        let kind = super::view::kind_of_action(&ev.action, info.as_ref());
-        self.observe(&key, &ev.container_id, info, kind).await;
+            self.observe_fresh(&key, Some(&ev.container_id), kind).await;
+        }
     }
 
     /// The engine's container events (for the monitor).

@@ -15,6 +15,7 @@ use crate::docker::{
     LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
 };
 use crate::hostpath::{self, HostPathError, Pin};
+use crate::key::ServerKey;
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
 
@@ -101,7 +102,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 (true, RunStatus::Created) => {
                     let pins = match self.pin_host_paths(spec).await {
                         Ok(pins) => pins,
-                        Err(e) => return Err(self.discard_unstarted(&c.id, e).await),
+                        Err(e) => return Err(self.discard_unstarted(&spec.key, &c.id, e).await),
                     };
                     return self.launch(spec, &c.id, progress, cancel, None, pins).await;
                 }
@@ -111,6 +112,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
                     tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
                     engine.remove(&c.id).await?;
+                    self.removed(&spec.key, &c.id);
                 }
                 _ => {
                     return Err(Error::AlreadyRunning {
@@ -178,8 +180,11 @@ impl<E: ContainerEngine> Runtime<E> {
             .await;
         if let Err(e) = saved {
             // Without its id in the record the container must not run; take it back.
-            if let Err(rm) = engine.remove(&id).await {
-                tracing::error!(container = %id, error = %rm, "cannot remove a container whose record failed");
+            match engine.remove(&id).await {
+                Ok(()) => self.removed(&spec.key, &id),
+                Err(rm) => {
+                    tracing::error!(container = %id, error = %rm, "cannot remove a container whose record failed");
+                }
             }
             return Err(e);
         }
@@ -236,9 +241,12 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Removes container `id`, which never started, because its spawn failed with `e`.
-    async fn discard_unstarted(&self, id: &str, e: Error) -> Error {
-        if let Err(rm) = self.inner.engine.remove(id).await {
-            tracing::warn!(container = %id, error = %rm, "cannot remove a container that never started");
+    async fn discard_unstarted(&self, key: &ServerKey, id: &str, e: Error) -> Error {
+        match self.inner.engine.remove(id).await {
+            Ok(()) => self.removed(key, id),
+            Err(rm) => {
+                tracing::warn!(container = %id, error = %rm, "cannot remove a container that never started");
+            }
         }
         e
     }

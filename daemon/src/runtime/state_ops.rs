@@ -84,6 +84,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let mut deleted = Deleted::default();
         if let Some(c) = self.container_of(key).await? {
             engine.remove(&c.id).await?;
+            self.removed(key, &c.id);
             deleted.container = true;
         }
         let owned = self

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::keys::Op;
-use super::view::WatchKind;
+use super::view::{Applied, WatchKind};
 use super::{Error, Runtime, State, Status};
 use crate::docker::{ContainerEngine, RunStatus};
 use crate::key::ServerKey;
@@ -53,14 +53,16 @@ impl<E: ContainerEngine> Runtime<E> {
                 engine.stop(&c.id, grace).await?;
             }
         }
+        let seen = self.generation(key);
         let after = engine.inspect(&c.id).await?;
         let exit_code = after.as_ref().and_then(|a| a.exit_code);
         if spec.remove {
             engine.remove(&c.id).await?;
+            self.removed(key, &c.id);
+        } else if self.apply(key, &c.id, after, seen) == Applied::Stale {
+            self.refresh(key).await;
         }
-        let live = if spec.remove { None } else { after };
         if self.entry(key).is_some() {
-            self.apply(key, &c.id, live);
             self.save(key, |r| {
                 r.container_id.clone_from(&c.id);
                 r.status = if spec.remove {

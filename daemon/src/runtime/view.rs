@@ -1,6 +1,25 @@
 //! The in-memory view of every server (its durable record and the container as Docker last
 //! reported it), the status derived from it, and the Watch broadcast of its changes.
 //! Poll and List read only this view: no Docker call.
+//!
+//! **The view never goes back in time.** Docker answers inspects in any order and late (an
+//! inspect begun before a Stop removed the container can land after it), so every report of a
+//! container is ordered against the key's *generation*, a counter bumped each time the key's
+//! container view changes:
+//! - an observation (an inspect, a relist, an event) reads the generation before its Docker call
+//!   and is applied only if the generation is still the same; otherwise something newer was
+//!   applied meanwhile and the observation is dropped and taken again ([`Runtime::observe`]
+//!   retries with a fresh inspect);
+//! - a removal berthd itself made is final for that container id: it is applied at once and the
+//!   id is remembered, so no later report of that container is taken.
+//!
+//! **Watch numbers only increase.** Publishing (numbering, then sending) and subscribing with a
+//! snapshot both hold the publish lock, so a snapshot is numbered and taken at one point of the
+//! event sequence: everything before it is in the snapshot, everything after arrives live with
+//! a higher number.
+//!
+//! Lock order: `publish` → `entries` → `activity`; the key table's lock is taken alone. The
+//! async `save_lock` is never taken while a std lock is held.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +34,14 @@ use crate::docker::{ContainerEngine, ContainerInfo, LABEL_PORT, RunStatus};
 use crate::key::ServerKey;
 use crate::state::{Record, RecordStatus, now_ms};
 
+/// How often an observation overtaken by a newer change is taken again.
+const OBSERVE_ATTEMPTS: usize = 3;
+
 /// Events a Watch subscriber may fall behind by before it is cut off.
 pub const WATCH_BUFFER: usize = 4096;
+
+/// Container ids berthd removed that each key remembers, newest last.
+const REMOVED_REMEMBERED: usize = 8;
 
 /// One server as berthd knows it.
 #[derive(Debug, Clone)]
@@ -25,6 +50,34 @@ pub struct Entry {
     pub record: Record,
     /// Its container as Docker last reported it; `None` when there is none.
     pub live: Option<ContainerInfo>,
+    /// Bumped on every change of `live`; observations are ordered by it.
+    pub generation: u64,
+    /// Containers berthd removed itself: no later report of them is taken.
+    pub removed: Vec<String>,
+}
+
+impl Entry {
+    /// An entry for `record` with no container seen yet.
+    pub fn new(record: Record) -> Self {
+        Self {
+            record,
+            live: None,
+            generation: 0,
+            removed: Vec::new(),
+        }
+    }
+}
+
+/// What became of an observation handed to [`Runtime::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The view now holds it.
+    Taken,
+    /// Something newer was applied since the observation began: take it again.
+    Stale,
+    /// It does not concern the key's container (another container, a removed one, an unknown
+    /// key).
+    Ignored,
 }
 
 /// What kind of change a Watch event reports.
@@ -70,6 +123,8 @@ pub struct View {
     activity: Mutex<HashMap<ServerKey, SystemTime>>,
     tx: broadcast::Sender<WatchEvent>,
     seq: AtomicU64,
+    /// Held while an event is numbered and sent, and while a subscriber takes its snapshot.
+    publish: Mutex<()>,
     /// Serialises read-modify-persist of records, so a monitor update and a lifecycle update
     /// never overwrite each other's fields.
     pub(super) save_lock: tokio::sync::Mutex<()>,
@@ -82,6 +137,7 @@ impl Default for View {
             activity: Mutex::default(),
             tx: broadcast::channel(WATCH_BUFFER).0,
             seq: AtomicU64::new(0),
+            publish: Mutex::new(()),
             save_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -94,9 +150,10 @@ impl View {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A receiver of every change from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
-        self.tx.subscribe()
+    fn publishing(&self) -> MutexGuard<'_, ()> {
+        self.publish
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn next_seq(&self) -> u64 {
@@ -221,45 +278,74 @@ impl<E: ContainerEngine> Runtime<E> {
             .await
             .map_err(|e| Error::Internal(format!("state write task failed: {e}")))??;
         let mut view = self.inner.view.lock();
-        let entry = view.entry(key.clone()).or_insert_with(|| Entry {
-            record: record.clone(),
-            live: None,
-        });
+        let entry = view
+            .entry(key.clone())
+            .or_insert_with(|| Entry::new(record.clone()));
         entry.record = record.clone();
         Ok(record)
     }
 
-    /// Records what Docker says of `key`'s container in memory. A container that exists under
-    /// the key's name is the key's container by definition (names are unique), so it is
-    /// adopted even when the record still points at an older one (a create that dockerd
-    /// finished after berthd died). A report that a container is gone only counts for the
-    /// container the view holds. Returns whether the report was taken.
+    /// The generation of `key`'s container view, to be read before a Docker call whose answer
+    /// is then applied with [`Runtime::apply`].
+    pub(super) fn generation(&self, key: &ServerKey) -> u64 {
+        self.inner.view.lock().get(key).map_or(0, |e| e.generation)
+    }
+
+    /// Records what Docker said of `key`'s container, if nothing newer was applied since
+    /// generation `seen` was read. A container that exists under the key's name is the key's
+    /// container by definition (names are unique), so it is adopted even when the record still
+    /// points at an older one (a create that dockerd finished after berthd died). A report
+    /// that a container is gone only counts for the container the view holds.
     pub(super) fn apply(
         &self,
         key: &ServerKey,
         container_id: &str,
         info: Option<ContainerInfo>,
-    ) -> bool {
+        seen: u64,
+    ) -> Applied {
         let mut view = self.inner.view.lock();
         let Some(entry) = view.get_mut(key) else {
-            return false;
+            return Applied::Ignored;
         };
+        let about = info.as_ref().map_or(container_id, |c| c.id.as_str());
+        if entry.removed.iter().any(|r| r == about) {
+            return Applied::Ignored;
+        }
+        if entry.generation != seen {
+            return Applied::Stale;
+        }
         match info {
-            Some(c) if c.name == key.container_name() => {
-                entry.live = Some(c);
-                true
-            }
-            Some(_) => false,
+            Some(c) if c.name == key.container_name() => entry.live = Some(c),
+            Some(_) => return Applied::Ignored,
             None => {
                 let held = entry.live.as_ref().map(|c| c.id.as_str());
                 if held == Some(container_id) || entry.record.container_id == container_id {
                     entry.live = None;
-                    true
                 } else {
-                    false
+                    return Applied::Ignored;
                 }
             }
         }
+        entry.generation += 1;
+        Applied::Taken
+    }
+
+    /// Records that berthd removed container `id` of `key`: final for that container, whatever
+    /// Docker reports of it later.
+    pub(super) fn removed(&self, key: &ServerKey, id: &str) {
+        let mut view = self.inner.view.lock();
+        let Some(entry) = view.get_mut(key) else {
+            return;
+        };
+        if entry.live.as_ref().is_some_and(|c| c.id == id) {
+            entry.live = None;
+        }
+        if !entry.removed.iter().any(|r| r == id) {
+            entry.removed.push(id.to_owned());
+            let excess = entry.removed.len().saturating_sub(REMOVED_REMEMBERED);
+            entry.removed.drain(..excess);
+        }
+        entry.generation += 1;
     }
 
     /// Makes the record follow the container: its id, and exited with its code.
@@ -304,18 +390,21 @@ impl<E: ContainerEngine> Runtime<E> {
         }
     }
 
-    /// Takes a Docker report of `key`'s container, keeps the record in step and tells Watch
-    /// subscribers when the status changed (or always, for kinds other than Changed).
+    /// Takes a Docker report of `key`'s container, read at generation `seen`, keeps the record
+    /// in step and tells Watch subscribers when the status changed (or always, for kinds other
+    /// than Changed).
     pub(super) async fn observe(
         &self,
         key: &ServerKey,
         container_id: &str,
         info: Option<ContainerInfo>,
+        seen: u64,
         kind: WatchKind,
-    ) {
+    ) -> Applied {
         let before = self.poll(key);
-        if !self.apply(key, container_id, info) {
-            return;
+        let applied = self.apply(key, container_id, info, seen);
+        if applied != Applied::Taken {
+            return applied;
         }
         self.follow_record(key).await;
         let after = self.poll(key);
@@ -326,33 +415,56 @@ impl<E: ContainerEngine> Runtime<E> {
         if kind != WatchKind::Changed || changed {
             self.publish(key, kind);
         }
+        Applied::Taken
     }
 
-    /// Brings `key`'s view up to date with Docker (one inspect).
-    pub(super) async fn refresh(&self, key: &ServerKey) {
-        match self.container_of(key).await {
-            Ok(Some(c)) => {
-                let id = c.id.clone();
-                if self.apply(key, &id, Some(c)) {
-                    self.follow_record(key).await;
+    /// Inspects `id` (or, with `None`, the key's container by name) and takes the answer into
+    /// the view; an answer overtaken by a newer change is taken again, a few times.
+    pub(super) async fn observe_fresh(&self, key: &ServerKey, id: Option<&str>, kind: WatchKind) {
+        for _ in 0..OBSERVE_ATTEMPTS {
+            let seen = self.generation(key);
+            let found = match id {
+                Some(id) => self.inner.engine.inspect(id).await.map_err(Error::from),
+                None => self.container_of(key).await,
+            };
+            let (about, info) = match found {
+                Ok(Some(c)) => (c.id.clone(), Some(c)),
+                Ok(None) => (
+                    id.map(str::to_owned)
+                        .or_else(|| self.entry(key).map(|e| e.record.container_id))
+                        .unwrap_or_default(),
+                    None,
+                ),
+                Err(e) => {
+                    tracing::warn!(user = key.user(), server = key.server(), error = %e, "cannot inspect a server's container; the next relist will catch up");
+                    return;
                 }
-            }
-            Ok(None) => {
-                if let Some(mut e) = self.entry(key) {
-                    let id = std::mem::take(&mut e.record.container_id);
-                    let _ = self.apply(key, &id, None);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(user = key.user(), server = key.server(), error = %e, "cannot refresh the view of a server");
+            };
+            let kind = match (kind, &info) {
+                (WatchKind::Exited, Some(c)) if c.oom_killed => WatchKind::Oom,
+                (k, _) => k,
+            };
+            if self.observe(key, &about, info, seen, kind).await != Applied::Stale {
+                return;
             }
         }
+        tracing::debug!(
+            user = key.user(),
+            server = key.server(),
+            "view changed under every inspect; the next event or relist will catch up"
+        );
+    }
+
+    /// Brings `key`'s view up to date with Docker (one inspect, again if overtaken).
+    pub(super) async fn refresh(&self, key: &ServerKey) {
+        self.observe_fresh(key, None, WatchKind::Changed).await;
     }
 
     /// Sends `key`'s current status to Watch subscribers.
     pub(super) fn publish(&self, key: &ServerKey, kind: WatchKind) {
-        let status = self.poll(key);
         let view = &self.inner.view;
+        let _numbering = view.publishing();
+        let status = self.poll(key);
         // No subscriber is not an error.
         let _ = view.tx.send(WatchEvent {
             kind,
@@ -362,10 +474,17 @@ impl<E: ContainerEngine> Runtime<E> {
         });
     }
 
-    /// The current status of every known server, for a Watch snapshot.
-    pub fn snapshot(&self) -> Vec<WatchEvent> {
-        let keys: Vec<ServerKey> = self.inner.view.lock().keys().cloned().collect();
+    /// A receiver of every change from now on and, when `snapshot`, the current status of
+    /// every known server followed by SnapshotEnd — numbered at the same point of the event
+    /// sequence as the subscription, so numbers only increase along the stream.
+    pub fn watch(&self, snapshot: bool) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
         let view = &self.inner.view;
+        let _numbering = view.publishing();
+        let rx = view.tx.subscribe();
+        if !snapshot {
+            return (rx, Vec::new());
+        }
+        let keys: Vec<ServerKey> = view.lock().keys().cloned().collect();
         let mut out: Vec<WatchEvent> = keys
             .iter()
             .map(|k| WatchEvent {
@@ -381,7 +500,7 @@ impl<E: ContainerEngine> Runtime<E> {
             seq: view.next_seq(),
             at: SystemTime::now(),
         });
-        out
+        (rx, out)
     }
 
     /// The status of `key` from its entry and the operation under way.
@@ -420,6 +539,10 @@ impl<E: ContainerEngine> Runtime<E> {
         s.image.clone_from(&r.image);
         s.container_id.clone_from(&r.container_id);
         let Some(c) = &entry.live else {
+            if op == Some(Op::Starting) && r.status != RecordStatus::Starting {
+                // The record still names an earlier spawn's container; this spawn has none yet.
+                s.container_id.clear();
+            }
             (s.state, s.reason, s.message) = match (op, r.status) {
                 (Some(Op::Starting), _) => (State::Starting, String::new(), String::new()),
                 (_, RecordStatus::Running | RecordStatus::Starting | RecordStatus::Stopping)

@@ -8,18 +8,9 @@ import jupyterhub
 from jupyterhub.spawner import SpawnException, Spawner
 from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
 
-from . import placement, request
+from . import errors, placement, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
-
-
-def _try_next_node(e):
-    """Whether a refused Start may succeed on another node: the node is full, draining or
-    unreachable. A server that crashed or an image problem would fail anywhere."""
-    code = e.code()
-    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
-        return True
-    return code == grpc.StatusCode.FAILED_PRECONDITION and "is draining" in (e.details() or "")
 
 
 class BerthSpawner(Spawner):
@@ -203,7 +194,7 @@ class BerthSpawner(Spawner):
             try:
                 resp = await node.call("Start", start_request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
-                if _try_next_node(e):
+                if errors.try_another_node(e):
                     reasons.append(f"{node.name}: {e.details()}")
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import grpc
 
-from berthspawner import BerthSpawner
+from berthspawner import BerthSpawner, errors
 from berthspawner._proto.berth.v1 import spawner_pb2 as pb
 from berthspawner._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
 
@@ -16,7 +16,8 @@ State = pb.ServerStatus.State
 
 class FakeNode(pb_grpc.SpawnerServicer):
     """One fake node. Methods not overridden here answer UNIMPLEMENTED, as an older berthd
-    does. `fail` maps a method name to a (code, details) it answers instead."""
+    does. `fail` maps a method name to a (code, details[, reason[, metadata]]) it answers
+    instead; with a reason, the answer carries it as berthd's ErrorInfo."""
 
     def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0):
         self.name = name
@@ -49,7 +50,13 @@ class FakeNode(pb_grpc.SpawnerServicer):
         self.calls.append(method)
         self.metadata.append(dict(context.invocation_metadata()))
         if method in self.fail:
-            await context.abort(*self.fail[method])
+            code, message, *why = self.fail[method]
+            trailer = ()
+            if why:
+                # As berthd sends it: a google.rpc.Status with an ErrorInfo of the reason.
+                details = errors.encode_details(code.value[0], message, *why)
+                trailer = ((errors.DETAILS_KEY, details),)
+            await context.abort(code, message, trailing_metadata=trailer)
 
     def status(self, user, server=""):
         return self.servers.get((user, server))

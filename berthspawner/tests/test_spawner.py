@@ -79,16 +79,46 @@ async def test_a_node_without_capacity_reporting_is_assumed_to_fit_but_tried_las
 @run
 async def test_a_node_that_refuses_at_start_hands_the_spawn_to_the_next():
     a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b", memory_free=4 * GIB))
-    a.fail["Start"] = (grpc.StatusCode.RESOURCE_EXHAUSTED, "not enough memory on node a")
+    a.fail["Start"] = (grpc.StatusCode.RESOURCE_EXHAUSTED, "not enough memory on node a", "INSUFFICIENT_MEMORY")
     s = spawner([a, b])
     assert await s.start() == "http://b:1"
     assert s.node_name == "b"
 
 
 @run
+async def test_a_node_that_started_draining_after_capacity_hands_the_spawn_on_by_its_reason():
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b", memory_free=4 * GIB))
+    a.fail["Start"] = (grpc.StatusCode.FAILED_PRECONDITION, "node a is busy", "NODE_DRAINING", {"node": "a"})
+    s = spawner([a, b])
+    assert await s.start() == "http://b:1"
+
+
+@run
+async def test_decisions_follow_the_reason_never_the_message():
+    # A crash whose output happens to say "is draining" is still a crash: not retried elsewhere.
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
+    a.fail["Start"] = (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "server exited during start; last output: node is draining",
+        "EXITED_DURING_START",
+    )
+    with pytest.raises(SpawnException):
+        await spawner([a, b]).start()
+    assert "Start" not in b.calls
+    # A policy refusal would fail anywhere, even with a resource-exhausted code.
+    c, d = await up(FakeNode("c", memory_free=8 * GIB), FakeNode("d"))
+    c.fail["Start"] = (grpc.StatusCode.PERMISSION_DENIED, "node policy allowed_images", "POLICY_DENIED")
+    with pytest.raises(SpawnException):
+        await spawner([c, d]).start()
+    assert "Start" not in d.calls
+
+
+@run
 async def test_a_server_that_fails_to_start_is_not_retried_elsewhere_and_is_cleaned_up():
     a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
-    a.fail["Start"] = (grpc.StatusCode.FAILED_PRECONDITION, "server exited during start with exit code 1")
+    a.fail["Start"] = (
+        grpc.StatusCode.FAILED_PRECONDITION, "server exited during start with exit code 1", "EXITED_DURING_START"
+    )
     s = spawner([a, b], remove=True)
     with pytest.raises(SpawnException) as e:
         await s.start()

@@ -27,9 +27,10 @@ impl<E: ContainerEngine> Admin for AdminService<E> {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let reason = &request.get_ref().reason;
         if reason.len() > 1024 || reason.chars().any(char::is_control) {
-            return Err(Status::invalid_argument(
-                "reason: at most 1024 bytes without control characters",
-            ));
+            return Err(super::status::invalid(crate::spec::SpecError::new(
+                "reason",
+                "at most 1024 bytes without control characters",
+            )));
         }
         self.rt.drain(reason)?;
         Ok(Response::new(pb::DrainResponse { draining: true }))

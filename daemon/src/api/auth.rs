@@ -88,8 +88,11 @@ impl tonic::service::Interceptor for BearerAuth {
         if self.check(header) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated(
-                "missing or invalid bearer token: send `authorization: Bearer <token>`",
+            Err(super::status::with_reason(
+                tonic::Code::Unauthenticated,
+                "missing or invalid bearer token: send `authorization: Bearer <token>`".to_owned(),
+                "UNAUTHENTICATED",
+                vec![],
             ))
         }
     }

@@ -4,10 +4,10 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::spawner_server::Spawner;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::convert;
-use super::status::invalid;
+use super::status::{invalid, with_reason};
 use crate::docker::ContainerEngine;
 use crate::runtime::Runtime;
 use crate::spec::StartSpec;
@@ -126,7 +126,12 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         let key = convert::key(r.key.as_ref()).map_err(invalid)?;
         let spawn_id = if r.spawn_id.is_empty() {
             self.rt.progress().newest(&key).ok_or_else(|| {
-                Status::not_found(format!("no spawn of server {key} is known to this node"))
+                with_reason(
+                    Code::NotFound,
+                    format!("no spawn of server {key} is known to this node"),
+                    "SPAWN_NOT_FOUND",
+                    vec![],
+                )
             })?
         } else {
             crate::spec::check_spawn_id(&r.spawn_id).map_err(invalid)?;
@@ -134,9 +139,12 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         };
         let stream = self.rt.progress().subscribe(&key, &spawn_id).map(move |e| {
             e.map(pb::ProgressEvent::from).ok_or_else(|| {
-                Status::not_found(format!(
-                    "spawn {spawn_id:?} of server {key} did not begin on this node"
-                ))
+                with_reason(
+                    Code::NotFound,
+                    format!("spawn {spawn_id:?} of server {key} did not begin on this node"),
+                    "SPAWN_NOT_FOUND",
+                    vec![],
+                )
             })
         });
         Ok(Response::new(stream.boxed()))
@@ -173,9 +181,14 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         let live = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |ev| match ev {
             Ok(ev) => Ok(convert::watch_event(ev, &n1)),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                Err(Status::data_loss(format!(
-                    "this Watch fell {n} events behind; subscribe again with snapshot=true"
-                )))
+                Err(with_reason(
+                    Code::DataLoss,
+                    format!(
+                        "this Watch fell {n} events behind; subscribe again with snapshot=true"
+                    ),
+                    "WATCH_LAGGED",
+                    vec![("missed", n.to_string())],
+                ))
             }
         });
         // A lagging subscriber gets the error and then the stream ends.

@@ -315,3 +315,34 @@ async fn a_lost_record_is_rebuilt_from_the_labels_without_a_second_container() {
     );
     assert_eq!(fake.container_ids().len(), 1);
 }
+
+#[tokio::test]
+async fn after_an_engine_outage_the_monitor_catches_up_with_what_happened_meanwhile() {
+    let node = FakeNode::start().await;
+    for user in ["ann", "bob"] {
+        node.client()
+            .start(start_req(user, "s", SERVE))
+            .await
+            .unwrap();
+    }
+    let subscriptions = node.fake.calls("events");
+    node.fake.go_away();
+    // The monitor saw its stream end and tried (and failed) to subscribe again.
+    eventually(LIMIT, || async {
+        (node.fake.calls("events") > subscriptions).then_some(())
+    })
+    .await
+    .expect("the monitor retries while the engine is away");
+    node.fake.exit(&FakeNode::container_name("ann"), 0);
+    assert_eq!(
+        state(&poll(&node.client, "ann", "").await),
+        State::Running,
+        "Poll answers from memory while the engine is away"
+    );
+    node.fake.come_back();
+    let p = wait_for_state(&node.client, "ann", "", State::Exited, LIMIT)
+        .await
+        .expect("the exit during the outage is seen once the engine is back");
+    assert_eq!(p.reason, "Completed");
+    assert_eq!(state(&poll(&node.client, "bob", "").await), State::Running);
+}

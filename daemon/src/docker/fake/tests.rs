@@ -4,7 +4,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::*;
-use crate::docker::{LABEL_USER, RunStatus};
+use crate::docker::{
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, LABEL_USER, RunStatus,
+};
 
 fn spec(name: &str, image: &str) -> ContainerSpec {
     ContainerSpec {

@@ -1,6 +1,6 @@
 //! Races over the fake engine, through the real Spawner service: admission against the
-//! server and memory limits, the compare-and-swap of the hub's state blob, and a stale
-//! inspect. No Docker engine is used.
+//! server and memory limits, the compare-and-swap of the hub's state blob, and inspects that
+//! answer after the container changed. No Docker engine is used.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -11,9 +11,12 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use common::fake_node::{FakeNode, SERVE, engine, start_req};
 use common::{key, poll, state, stop};
+use futures::StreamExt;
 use tonic::Code;
 
 const STARTS: usize = 8;
+/// Generous for in-memory work; only a hang ever reaches it.
+const LIMIT: Duration = Duration::from_secs(5);
 const FIT: usize = 3;
 
 /// `STARTS` Starts of different users at once; returns how many succeeded and the refusals.
@@ -166,20 +169,71 @@ async fn a_reconcile_racing_a_removing_stop_does_not_resurrect_the_server() {
         async move { rt.reconcile().await }
     });
     node.fake.wait_delayed_inspects(1).await;
-    let stopped = node
-        .client()
+    assert_eq!(state(&remove_now(&node, "ann").await), State::Absent);
+    assert!(node.fake.container(&ann.container_id).is_none());
+    reconcile.await.unwrap().unwrap();
+    let p = poll(&node.client, "ann", "").await;
+    assert_eq!(state(&p), State::Absent, "{p:?}");
+}
+
+/// Stops and removes `user`'s server at once.
+async fn remove_now(node: &FakeNode, user: &str) -> pb::ServerStatus {
+    node.client()
         .stop(pb::StopRequest {
-            key: key("ann", ""),
+            key: key(user, ""),
             now: true,
             remove: true,
             ..Default::default()
         })
         .await
         .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "bug: the monitor's inspect after a Docker event (here health_status) may answer \
+            with a snapshot taken before a concurrent Stop{remove} finished; observe()/apply() \
+            take it, so after Stop answered ABSENT and Watch sent REMOVED, Watch sends the \
+            server RUNNING again (and Poll says RUNNING) until the monitor handles the later \
+            kill/die/destroy events"]
+async fn a_slow_event_inspect_does_not_report_a_removed_server_running_again() {
+    let node = FakeNode::start().await;
+    let ann = node
+        .client()
+        .start(start_req("ann", "s", SERVE))
+        .await
+        .unwrap()
         .into_inner();
-    assert_eq!(state(&stopped.status.unwrap()), State::Absent);
-    assert!(node.fake.container(&ann.container_id).is_none());
-    reconcile.await.unwrap().unwrap();
-    let p = poll(&node.client, "ann", "").await;
-    assert_eq!(state(&p), State::Absent, "{p:?}");
+    let mut watch = node
+        .client()
+        .watch(pb::WatchRequest { snapshot: false })
+        .await
+        .unwrap()
+        .into_inner();
+    node.fake
+        .delay_inspects(Some(&ann.container_id), Duration::from_millis(300), 1);
+    node.fake.set_health(&ann.container_id, "healthy");
+    node.fake.wait_delayed_inspects(1).await;
+    assert_eq!(state(&remove_now(&node, "ann").await), State::Absent);
+    // Stop's own REMOVED, then the monitor's once it handled the destroy event.
+    let mut removed = 0;
+    let mut seen = Vec::new();
+    while removed < 2 {
+        let ev = tokio::time::timeout(LIMIT, watch.next())
+            .await
+            .expect("the monitor handles the destroy event")
+            .unwrap()
+            .unwrap();
+        let kind = pb::watch_event::Kind::try_from(ev.kind).unwrap();
+        if kind == pb::watch_event::Kind::Removed {
+            removed += 1;
+        }
+        seen.push((kind, state(ev.status.as_ref().unwrap())));
+    }
+    assert!(
+        seen.iter().all(|(_, s)| *s != State::Running),
+        "a removed server showed as running again: {seen:?}"
+    );
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use berthd::docker::RunStatus;
+use berthd::docker::fake::Behaviour;
 use common::fake_node::{FakeNode, SERVE, SILENT, engine, start_req};
 use common::{eventually, key, poll, state, stop, wait_for_state};
 use futures::StreamExt;
@@ -345,4 +346,52 @@ async fn after_an_engine_outage_the_monitor_catches_up_with_what_happened_meanwh
         .expect("the exit during the outage is seen once the engine is back");
     assert_eq!(p.reason, "Completed");
     assert_eq!(state(&poll(&node.client, "bob", "").await), State::Running);
+}
+
+#[tokio::test]
+async fn start_failures_are_reported_at_once_with_their_cause() {
+    let node = FakeNode::start().await;
+    let crash = |after| Behaviour::Exit {
+        code: 3,
+        output: "starting\nno config found".to_owned(),
+        after,
+    };
+    node.fake.add_image("crash/now", crash(Duration::ZERO));
+    node.fake
+        .add_image("crash/later", crash(Duration::from_millis(50)));
+    node.fake.add_image(
+        "broken",
+        Behaviour::RefuseStart {
+            message: "exec: \"jupyterhub-singleuser\": executable file not found".to_owned(),
+        },
+    );
+    let table = [
+        ("crash/now", Code::FailedPrecondition, "no config found"),
+        ("crash/later", Code::FailedPrecondition, "no config found"),
+        (
+            "broken",
+            Code::FailedPrecondition,
+            "executable file not found",
+        ),
+        ("absent/image", Code::NotFound, "not present on node"),
+    ];
+    for (i, (image, code, says)) in table.into_iter().enumerate() {
+        let err = tokio::time::timeout(
+            LIMIT,
+            node.client().start(start_req(&format!("u{i}"), "s", image)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{image}: the start did not fail at once"))
+        .unwrap_err();
+        assert_eq!(err.code(), code, "{image}: {err:?}");
+        assert!(err.message().contains(says), "{image}: {}", err.message());
+        if image.starts_with("crash") {
+            assert!(err.message().contains("exit code 3"), "{}", err.message());
+        }
+    }
+    assert_eq!(
+        node.fake.calls("create"),
+        3,
+        "a missing image creates nothing"
+    );
 }

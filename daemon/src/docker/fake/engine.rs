@@ -40,27 +40,28 @@ impl ContainerEngine for FakeEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        let exits = {
+        let (id, plan) = {
             let mut world = self.enter("start")?;
             let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
-            world.start(&id)?.map(|e| (id, e))
+            let plan = world.start(&id)?;
+            (id, plan)
         };
-        match exits {
-            Some((id, (_, code, after))) if after.is_zero() => {
-                self.world().terminate(&id, code, false);
-            }
-            Some((id, (run, code, after))) => {
-                let fake = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let mut world = fake.world();
-                    if world.containers.get(&id).is_some_and(|c| c.run == run) {
-                        world.terminate(&id, code, false);
-                    }
-                });
-            }
-            None => {}
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        if plan.after.is_zero() {
+            self.world().terminate(&id, plan.code, false);
+            return Ok(());
         }
+        let fake = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(plan.after).await;
+            let mut world = fake.world();
+            // A later run of the same container (restarted meanwhile) is not this one.
+            if world.containers.get(&id).is_some_and(|c| c.run == plan.run) {
+                world.terminate(&id, plan.code, false);
+            }
+        });
         Ok(())
     }
 

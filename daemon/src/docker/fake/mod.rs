@@ -5,11 +5,13 @@
 //! [`Behaviour`]; the test drives the rest: exits, OOM kills, an engine that goes away and
 //! comes back, slow inspects that answer with a stale snapshot, and a count of calls per method.
 //!
-//! Not modelled: pulls, networks other than published ports on 127.0.0.1 (host networking
-//! publishes nothing reachable), restart policies, HEALTHCHECK probes (a test sets the health
-//! status), pause, image commands, exec, and
-//! the deadline on calls (a fake call never times out; an armed delay or a graceful stop of a
-//! container that ignores SIGTERM is the only wait).
+//! Not modelled: pulls; networks (a server always listens on 127.0.0.1, whatever `host_ip`,
+//! and host networking publishes nothing reachable); resource enforcement (limits are only
+//! recorded; an OOM kill happens when a test says so); restart policies and restart counts;
+//! HEALTHCHECK probes (a test sets the status); pause; what an image's command does; id
+//! prefixes in lookups; events other than containers'; dockerd losing its event log when it
+//! restarts (the history is kept for good); and call deadlines (no fake call times out: an
+//! armed inspect delay and the grace of a SIGTERM-ignoring container are the only waits).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -70,6 +72,7 @@ impl Default for FakeEngine {
         Self::new()
     }
 }
+
 impl FakeEngine {
     /// An engine with no images, containers or volumes, reachable.
     pub fn new() -> Self {

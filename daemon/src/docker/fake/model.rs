@@ -101,6 +101,14 @@ pub(super) struct World {
     pub(super) events: broadcast::Sender<EngineEvent>,
 }
 
+/// A run that ends by itself: run number `run` of the container exits with `code` after
+/// `after`.
+pub(super) struct ExitPlan {
+    pub(super) run: u64,
+    pub(super) code: i64,
+    pub(super) after: Duration,
+}
+
 /// A slow inspect armed by [`super::FakeEngine::delay_inspects`].
 pub(super) struct InspectDelay {
     pub(super) target: Option<String>,
@@ -242,8 +250,8 @@ impl World {
     }
 
     /// Makes created (or exited) container `id` run: binds its HTTP server and publishes it.
-    /// Returns the run number when the container is to exit by itself after `after`.
-    pub(super) fn start(&mut self, id: &str) -> Result<Option<(u64, i64, Duration)>, EngineError> {
+    /// Returns how the run ends by itself, if it does.
+    pub(super) fn start(&mut self, id: &str) -> Result<Option<ExitPlan>, EngineError> {
         let Some(c) = self.containers.get_mut(id) else {
             return Err(EngineError::NotFound {
                 what: format!("No such container: {id}"),
@@ -302,7 +310,11 @@ impl World {
                     c.logs.push(chunk.clone());
                     let _ = c.log_tx.send(chunk);
                 }
-                Some((c.run, *code, *after))
+                Some(ExitPlan {
+                    run: c.run,
+                    code: *code,
+                    after: *after,
+                })
             }
             _ => None,
         };

@@ -11,7 +11,7 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use berthd::docker::RunStatus;
 use berthd::docker::fake::Behaviour;
-use common::fake_node::{FakeNode, SERVE, SILENT, engine, start_req};
+use common::fake_node::{FakeNode, SERVE, SILENT, engine, start_req, state_dir};
 use common::{eventually, key, poll, state, stop, wait_for_state};
 use futures::StreamExt;
 use tonic::Code;
@@ -293,8 +293,7 @@ async fn a_restarted_node_adopts_its_containers_and_never_restarts_or_recreates_
 #[tokio::test]
 async fn a_lost_record_is_rebuilt_from_the_labels_without_a_second_container() {
     let fake = engine();
-    let dir = std::env::temp_dir().join(common::unique("berth-fake"));
-    let node = FakeNode::start_on(fake.clone(), dir, |_| {}).await;
+    let node = FakeNode::start_on(fake.clone(), state_dir(), |_| {}).await;
     let ann = node
         .client()
         .start(start_req("ann", "s1", SERVE))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
-use common::fake_node::{FakeNode, SERVE, engine, start_req};
+use common::fake_node::{FakeNode, SERVE, engine, start_req, state_dir};
 use common::{key, poll, state, stop};
 use futures::StreamExt;
 use tonic::Code;
@@ -42,8 +42,7 @@ async fn start_all(
 }
 
 async fn node_with(tune: impl FnOnce(&mut berthd::runtime::RuntimeConfig)) -> FakeNode {
-    let dir = std::env::temp_dir().join(common::unique("berth-fake"));
-    FakeNode::start_on(engine(), dir, |cfg| {
+    FakeNode::start_on(engine(), state_dir(), |cfg| {
         // Room for every spawn at once: only the limit under test may refuse.
         cfg.max_concurrent_spawns = 64;
         cfg.spawn_queue_limit = 64;

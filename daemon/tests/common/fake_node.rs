@@ -22,6 +22,11 @@ pub const SERVE: &str = "fake/serve:1";
 /// An image whose containers run but answer nothing until `FakeEngine::set_answering`.
 pub const SILENT: &str = "fake/silent:1";
 
+/// A state directory no other node uses (removed when the node that ends with it drops).
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(super::unique("berth-fake"))
+}
+
 /// The fake engine every node of a test starts from: [`SERVE`] and [`SILENT`] present.
 pub fn engine() -> FakeEngine {
     let fake = FakeEngine::new();
@@ -42,8 +47,7 @@ pub struct FakeNode {
 impl FakeNode {
     /// A node over a fresh [`engine`] and state directory, with the default configuration.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(super::unique("berth-fake"));
-        Self::start_on(engine(), dir, |_| {}).await
+        Self::start_on(engine(), state_dir(), |_| {}).await
     }
 
     /// A node over `fake` keeping its records in `state_dir`, started as `serve` does:

@@ -121,8 +121,18 @@ impl Drop for FakeNode {
         for t in &self.tasks {
             t.abort();
         }
-        if !self.state_dir.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.state_dir);
+        if self.state_dir.as_os_str().is_empty() {
+            return;
+        }
+        // A record write already handed to a blocking thread may land in the directory while
+        // it is being removed; no new one can start, as the node's tasks no longer run.
+        for _ in 0..100 {
+            match std::fs::remove_dir_all(&self.state_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                _ => return,
+            }
         }
     }
 }

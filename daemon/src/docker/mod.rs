@@ -8,6 +8,8 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 pub mod bollard_engine;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 
 pub use bollard_engine::BollardEngine;
 

@@ -254,10 +254,12 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Whether the running container `c` sees every pinned inode at its target; a container
     /// that does not is killed.
     async fn verify_pins(&self, c: &ContainerInfo, pins: &Pins) -> Result<(), Error> {
-        let Some(pid) = c.pid else {
+        if pins.is_empty() || !matches!(c.status, RunStatus::Running | RunStatus::Paused) {
             // Not running (it crashed at once): it sees nothing; the exit is reported instead.
             return Ok(());
-        };
+        }
+        // A running container without a process id cannot be checked: fail closed.
+        let pid = c.pid.unwrap_or(0);
         for (target, pin) in pins {
             if !hostpath::verify(pid, target, pin.dev, pin.ino) {
                 if let Err(e) = self.inner.engine.kill(&c.id).await {

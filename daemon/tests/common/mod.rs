@@ -1,5 +1,8 @@
-//! Test harness: runs the real berthd binary against the real Docker engine.
+//! Test harness: runs the real berthd binary against the real Docker engine, or (in
+//! `fake_node`) the runtime in-process over the fake engine; and the helpers both share.
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+pub mod fake_node;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -7,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::spawner_client::SpawnerClient;
@@ -249,18 +252,19 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (code, text)
 }
 
-/// Polls `f` until it returns Some or `limit` passes.
+/// Polls `f` until it returns Some or `limit` passes. On tokio's clock, so under a paused
+/// clock the limit is virtual time and the pauses between tries cost nothing.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + limit;
+    let end = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
             return Some(v);
         }
-        if Instant::now() > end {
+        if tokio::time::Instant::now() > end {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -293,4 +297,34 @@ pub async fn wait_for_state(
         }
     })
     .await
+}
+
+/// The status of `user`/`server`.
+pub async fn poll(c: &SpawnerClient<Channel>, user: &str, server: &str) -> pb::ServerStatus {
+    c.clone()
+        .poll(pb::PollRequest {
+            key: key(user, server),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Stops `user`/`server`: killed when `now`, else SIGTERM and `grace_seconds`.
+pub async fn stop(
+    c: &SpawnerClient<Channel>,
+    user: &str,
+    server: &str,
+    now: bool,
+    grace_seconds: u32,
+) -> Result<pb::ServerStatus, tonic::Status> {
+    c.clone()
+        .stop(pb::StopRequest {
+            key: key(user, server),
+            now,
+            grace_seconds,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().status.unwrap())
 }

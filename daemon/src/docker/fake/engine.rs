@@ -1,0 +1,294 @@
+//! [`ContainerEngine`] for [`FakeEngine`]: every call is counted and fails while the engine
+//! is away; event and log streams end with it.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::broadcast;
+
+use super::model::{EXIT_SIGKILL, EXIT_SIGTERM, normalise};
+use super::{Delayed, FakeEngine, matches};
+use crate::docker::VolumeInfo;
+use crate::docker::{
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
+    ImageInfo, LogChunk, Usage,
+};
+
+impl ContainerEngine for FakeEngine {
+    async fn version(&self) -> Result<EngineVersion, EngineError> {
+        drop(self.enter("version")?);
+        Ok(EngineVersion {
+            version: "fake".to_owned(),
+            api_version: "1.41".to_owned(),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.enter("ping").map(drop)
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let world = self.enter("image")?;
+        Ok(world.images.get(&normalise(reference)).map(|i| ImageInfo {
+            id: i.id.clone(),
+            cmd: vec!["fake-server".to_owned()],
+        }))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        self.enter("create")?.create(spec)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        let (id, plan) = {
+            let mut world = self.enter("start")?;
+            let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+            let plan = world.start(&id)?;
+            (id, plan)
+        };
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        if plan.after.is_zero() {
+            self.world().terminate(&id, plan.code, false);
+            return Ok(());
+        }
+        let fake = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(plan.after).await;
+            let mut world = fake.world();
+            // A later run of the same container (restarted meanwhile) is not this one.
+            if world.containers.get(&id).is_some_and(|c| c.run == plan.run) {
+                world.terminate(&id, plan.code, false);
+            }
+        });
+        Ok(())
+    }
+
+    async fn inspect(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let (snapshot, delay) = {
+            let mut world = self.enter("inspect")?;
+            let snapshot = world.get(name_or_id).map(|c| c.info.clone());
+            (snapshot, world.take_inspect_delay(name_or_id))
+        };
+        if let Some(delay) = delay {
+            self.shared.delayed.send_modify(|d| *d += 1);
+            let _counted = Delayed(&self.shared.delayed);
+            tokio::time::sleep(delay).await;
+        }
+        Ok(snapshot)
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<String>, EngineError> {
+        let world = self.enter("list")?;
+        Ok(world
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                world
+                    .containers
+                    .get(id)
+                    .is_some_and(|c| labels.iter().all(|(k, v)| c.info.label(k) == Some(*v)))
+            })
+            .collect())
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let mut world = self.enter("kill")?;
+        let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+        world.kill(&id);
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
+        let (mut exit, id) = {
+            let mut world = self.enter("stop")?;
+            let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+            let Some(c) = world.containers.get(&id) else {
+                return Err(Self::not_found(&id));
+            };
+            if !c.running() {
+                return Ok(());
+            }
+            let ignores = c.ignores_sigterm;
+            let exit = c.exit.subscribe();
+            world.emit(&id, "kill", &[("signal", "15".to_owned())]);
+            if !ignores {
+                world.terminate(&id, EXIT_SIGTERM, false);
+                world.emit(&id, "stop", &[]);
+                return Ok(());
+            }
+            (exit, id)
+        };
+        // It ignores SIGTERM: dockerd waits out the grace (or an exit), then kills.
+        let ended = tokio::select! {
+            r = exit.wait_for(Option::is_some) => r.is_ok(),
+            () = tokio::time::sleep(grace) => false,
+        };
+        let mut world = self.world();
+        if !ended {
+            world.kill(&id);
+        }
+        world.emit(&id, "stop", &[]);
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let mut world = self.enter("remove")?;
+        if let Some(id) = world.resolve(id) {
+            world.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn wait_exit(&self, id: &str) -> Result<i64, EngineError> {
+        let mut exit = {
+            let world = self.enter("wait_exit")?;
+            world
+                .get(id)
+                .ok_or_else(|| Self::not_found(id))?
+                .exit
+                .subscribe()
+        };
+        tokio::select! {
+            r = exit.wait_for(Option::is_some) => match r {
+                Ok(code) => Ok((*code).unwrap_or(0)),
+                // Removed while waiting: it was killed first, so this is a race we lost.
+                Err(_) => Ok(EXIT_SIGKILL),
+            },
+            e = self.outage("wait") => Err(e),
+        }
+    }
+
+    async fn images(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.enter("images")?.images.keys().cloned().collect())
+    }
+
+    async fn root_dir(&self) -> Result<String, EngineError> {
+        Ok(self.enter("root_dir")?.root_dir.clone())
+    }
+
+    async fn usage(&self, id: &str) -> Result<Usage, EngineError> {
+        let world = self.enter("usage")?;
+        Ok(world.get(id).ok_or_else(|| Self::not_found(id))?.usage)
+    }
+
+    async fn volume(&self, name: &str) -> Result<Option<VolumeInfo>, EngineError> {
+        let world = self.enter("volume")?;
+        // Every fake volume is a plain local one (no driver options).
+        Ok(world.volumes.contains(name).then(|| VolumeInfo {
+            driver: "local".to_owned(),
+            options: std::collections::HashMap::new(),
+        }))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        let mut world = self.enter("remove_volume")?;
+        if let Some(user) = world.volume_in_use(name) {
+            return Err(EngineError::Conflict {
+                message: format!("remove {name}: volume is in use - [{user}]"),
+            });
+        }
+        world.volumes.remove(name);
+        Ok(())
+    }
+
+    fn events(
+        &self,
+        labels: &[(&str, &str)],
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        let labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        // Replay and subscription under one lock: nothing is missed or seen twice.
+        let (replay, rx) = match self.enter("events") {
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+            Ok(world) => {
+                let replay: Vec<EngineEvent> = since.map_or_else(Vec::new, |s| {
+                    let from = s.saturating_mul(1_000_000_000);
+                    world
+                        .history
+                        .iter()
+                        .filter(|e| e.time_nano >= from && matches(e, &labels))
+                        .cloned()
+                        .collect()
+                });
+                (replay, world.events.subscribe())
+            }
+        };
+        let fake = self.clone();
+        let live =
+            futures::stream::unfold((rx, fake, labels), |(mut rx, fake, labels)| async move {
+                loop {
+                    let next = tokio::select! {
+                        // Events sent before the outage still arrive, then the stream ends.
+                        biased;
+                        r = rx.recv() => r,
+                        // The stream ends when the engine goes away, as dockerd's does.
+                        _ = fake.outage("events") => return None,
+                    };
+                    match next {
+                        Ok(ev) if matches(&ev, &labels) => {
+                            return Some((Ok(ev), (rx, fake, labels)));
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let e = EngineError::Unavailable {
+                                op: "events",
+                                message: "the subscriber fell behind".to_owned(),
+                            };
+                            return Some((Err(e), (rx, fake, labels)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+        futures::stream::iter(replay.into_iter().map(Ok))
+            .chain(live)
+            .boxed()
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u32>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        let found = self.enter("logs").and_then(|world| {
+            let c = world.get(id).ok_or_else(|| Self::not_found(id))?;
+            let skip = tail.map_or(0, |n| c.logs.len().saturating_sub(n as usize));
+            let past: Vec<LogChunk> = c.logs[skip..].to_vec();
+            let live = (follow && c.running()).then(|| (c.log_tx.subscribe(), c.exit.subscribe()));
+            Ok((past, live))
+        });
+        let (past, live) = match found {
+            Ok(v) => v,
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        let past = futures::stream::iter(past.into_iter().map(Ok));
+        let Some((rx, exit)) = live else {
+            return past.boxed();
+        };
+        let fake = self.clone();
+        let live = futures::stream::unfold(Some((rx, exit, fake)), |state| async move {
+            let (mut rx, mut exit, fake) = state?;
+            // Ok(None): the follow ends; Err: the engine went away.
+            let next: Result<Option<LogChunk>, EngineError> = tokio::select! {
+                biased;
+                r = rx.recv() => Ok(r.ok()),
+                // Following ends when the container stops, as with dockerd.
+                _ = exit.wait_for(Option::is_some) => Ok(None),
+                e = fake.outage("logs") => Err(e),
+            };
+            match next {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some((rx, exit, fake)))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        past.chain(live).boxed()
+    }
+}

@@ -32,8 +32,9 @@ pub async fn run<E: ContainerEngine>(rt: Runtime<E>, since: i64, shutdown: Cance
     let mut backoff = FIRST_RECONNECT;
     let mut reconnecting = false;
     loop {
-        let mut events =
-            rt.engine_events(&[(LABEL_MANAGED, "true"), (LABEL_NODE, &node)], Some(since));
+        let mut events = rt
+            .engine()
+            .events(&[(LABEL_MANAGED, "true"), (LABEL_NODE, &node)], Some(since));
         if reconnecting {
             // dockerd may have restarted and lost its event log: relist to catch up.
             match rt.reconcile().await {

@@ -326,12 +326,12 @@ pub async fn run<E: ContainerEngine, H: HubApi>(
             // Docker 20.10 answers a one-shot stats call only at its next 1 s collection
             // tick, so the pass asks for many containers at once (bounded).
             let readings: Vec<(ServerKey, String, Usage)> = futures::stream::iter(
-                rt.running_containers(),
+                rt.view().running_containers(),
             )
             .map(|(key, id)| {
                 let rt = rt.clone();
                 async move {
-                    match rt.usage(&id).await {
+                    match rt.engine().usage(&id).await {
                         Ok(u) => Some((key, id, u)),
                         Err(e) => {
                             tracing::debug!(container = %id, error = %e, "no stats this pass");
@@ -347,9 +347,9 @@ pub async fn run<E: ContainerEngine, H: HubApi>(
             tracing::debug!(servers = readings.len(), took = ?now.elapsed(), "stats pass");
             let wall = SystemTime::now();
             for key in reporter.observe(&readings, now, wall) {
-                rt.note_activity(&key, wall);
+                rt.view().note_activity(&key, wall);
             }
-            reporter.retain(&rt.known_keys());
+            reporter.retain(&rt.view().keys().into_iter().collect());
         }
         reporter.flush(Instant::now(), jitter).await;
         if reporter.metrics != last_logged {

@@ -231,7 +231,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
             tracing::error!(error = %e, "Admin service failed");
         }
     });
-    let docker_root = rt.engine_root().await;
 
     tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
     if !addr.ip().is_loopback() && !cfg.security.tls() {
@@ -241,8 +240,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let spawner = SpawnerServer::new(SpawnerService::new(rt, docker_root))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let spawner =
+        SpawnerServer::new(SpawnerService::new(rt)).max_decoding_message_size(MAX_REQUEST_BYTES);
     let server = builder
         .add_service(health_service)
         .add_service(InterceptedService::new(spawner, auth))
@@ -272,7 +271,7 @@ async fn watch_docker<E: ContainerEngine>(
 ) {
     let mut was_up = None;
     loop {
-        let up = match rt.engine_ping().await {
+        let up = match rt.engine().ping().await {
             Ok(()) => true,
             Err(e) => {
                 if was_up != Some(false) {

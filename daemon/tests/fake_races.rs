@@ -71,7 +71,7 @@ async fn concurrent_starts_against_max_servers_admit_exactly_the_limit() {
     );
 
     // A stopped server frees its place.
-    let running = node.rt.running_containers();
+    let running = node.rt.view().running_containers();
     let user = running[0].0.user().to_owned();
     stop(&node.client, &user, "", true, 0).await.unwrap();
     node.client()

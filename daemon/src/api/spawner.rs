@@ -26,13 +26,12 @@ pub const FEATURES: &[&str] = &[
 /// The Spawner service over a runtime.
 pub struct SpawnerService<E> {
     rt: Runtime<E>,
-    docker_root: Option<String>,
 }
 
 impl<E: ContainerEngine> SpawnerService<E> {
-    /// A service answering from `rt`; `docker_root` is watched for disk pressure.
-    pub fn new(rt: Runtime<E>, docker_root: Option<String>) -> Self {
-        Self { rt, docker_root }
+    /// A service answering from `rt`.
+    pub fn new(rt: Runtime<E>) -> Self {
+        Self { rt }
     }
 
     fn node_id(&self) -> String {
@@ -52,7 +51,12 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         &self,
         _request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
-        let engine = self.rt.engine_version().await?;
+        let engine = self
+            .rt
+            .engine()
+            .version()
+            .await
+            .map_err(crate::runtime::Error::from)?;
         Ok(Response::new(pb::VersionResponse {
             api_version: "v1".to_owned(),
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -252,7 +256,7 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         &self,
         _request: Request<pb::CapacityRequest>,
     ) -> Result<Response<pb::NodeCapacity>, Status> {
-        let c = self.rt.capacity(self.docker_root.as_deref()).await;
+        let c = self.rt.capacity().await;
         Ok(Response::new(convert::node_capacity(c, self.node_id())))
     }
 }

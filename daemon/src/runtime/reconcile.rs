@@ -29,25 +29,6 @@ pub fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
 }
 
 impl<E: ContainerEngine> Runtime<E> {
-    /// Loads every record into the view; corrupt ones are logged and moved aside. Returns how
-    /// many were corrupt.
-    pub async fn load_records(&self) -> Result<usize, Error> {
-        let rt = self.clone();
-        let (records, problems) = tokio::task::spawn_blocking(move || rt.inner.store.load_all())
-            .await
-            .map_err(|e| Error::Internal(format!("state load task failed: {e}")))??;
-        for p in &problems {
-            tracing::error!(error = %p, "corrupt state record moved aside; it will be rebuilt from the container's labels if one exists");
-        }
-        let mut view = self.inner.view.lock();
-        for r in records {
-            if let Some(key) = r.key() {
-                view.insert(key, super::view::Entry::new(r));
-            }
-        }
-        Ok(problems.len())
-    }
-
     /// Relists this node's containers and brings records and view in line with them.
     pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
         let node = self.inner.cfg.node_id.clone();
@@ -80,7 +61,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 continue;
             }
             seen.insert(key.clone());
-            match self.entry(&key) {
+            match self.inner.view.get(&key) {
                 None => {
                     tracing::warn!(user = key.user(), server = key.server(), container = %c.id, "no record for a running berth container; rebuilding it from the container's labels");
                     self.rebuild(&key, &c).await?;
@@ -150,50 +131,40 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         let kind = super::view::kind_of_action(&ev.action, None);
         if ev.action == "destroy" {
-            let seen = self.generation(&key);
+            let seen = self.inner.view.generation(&key);
             self.observe(&key, &ev.container_id, None, seen, kind).await;
         } else {
             self.observe_fresh(&key, Some(&ev.container_id), kind).await;
         }
     }
 
-    /// The engine's container events (for the monitor).
-    pub fn engine_events(
-        &self,
-        labels: &[(&str, &str)],
-        since: Option<i64>,
-    ) -> futures::stream::BoxStream<
-        'static,
-        Result<crate::docker::EngineEvent, crate::docker::EngineError>,
-    > {
-        self.inner.engine.events(labels, since)
-    }
-
     async fn rebuild(&self, key: &ServerKey, c: &ContainerInfo) -> Result<(), Error> {
         let label = |k| c.label(k).unwrap_or_default().to_owned();
         let running = !matches!(c.status, RunStatus::Exited | RunStatus::Dead);
-        self.save(key, |r| {
-            r.spawn_id = label(LABEL_SPAWN_ID);
-            r.spec_hash = label(LABEL_SPEC_HASH);
-            r.container_id.clone_from(&c.id);
-            r.status = if running {
-                RecordStatus::Running
-            } else {
-                RecordStatus::Exited
-            };
-            r.exit_code = c.exit_code;
-            r.image.clone_from(&c.image);
-            r.port = c
-                .label(LABEL_PORT)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(crate::spec::DEFAULT_PORT);
-            r.owned_volumes = label(LABEL_OWNED_VOLUMES)
-                .split(',')
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-                .collect();
-        })
-        .await
-        .map(drop)
+        self.inner
+            .records
+            .save(key, |r| {
+                r.spawn_id = label(LABEL_SPAWN_ID);
+                r.spec_hash = label(LABEL_SPEC_HASH);
+                r.container_id.clone_from(&c.id);
+                r.status = if running {
+                    RecordStatus::Running
+                } else {
+                    RecordStatus::Exited
+                };
+                r.exit_code = c.exit_code;
+                r.image.clone_from(&c.image);
+                r.port = c
+                    .label(LABEL_PORT)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(crate::spec::DEFAULT_PORT);
+                r.owned_volumes = label(LABEL_OWNED_VOLUMES)
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            })
+            .await
+            .map(drop)
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{blocking, detached};
 use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
 use super::view::WatchKind;
@@ -30,9 +31,7 @@ impl<E: ContainerEngine> Runtime<E> {
         // Before anything else, even for a retry: the policy may have changed.
         self.inner.cfg.policy.check(&spec)?;
         let rt = self.clone();
-        tokio::spawn(async move { rt.start_serialised(spec).await })
-            .await
-            .map_err(|e| Error::Internal(format!("start task failed: {e}")))?
+        detached("start", async move { rt.start_serialised(spec).await }).await
     }
 
     async fn start_serialised(&self, spec: StartSpec) -> Result<Started, Error> {
@@ -43,9 +42,11 @@ impl<E: ContainerEngine> Runtime<E> {
         // would see a record without its container; then the admitted share is handed over
         // to the container (or freed).
         self.refresh(&spec.key).await;
-        self.release(&spec.key);
+        self.inner.admission.release(&spec.key);
         if result.is_ok()
             && let Err(e) = self
+                .inner
+                .records
                 .save(&spec.key, |r| r.status = RecordStatus::Running)
                 .await
         {
@@ -83,16 +84,20 @@ impl<E: ContainerEngine> Runtime<E> {
         if let Some(c) = self.container_of(&spec.key).await? {
             let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
             if self
-                .entry(&spec.key)
+                .inner
+                .view
+                .get(&spec.key)
                 .is_none_or(|e| e.record.container_id != c.id)
             {
                 // The record lost track of this container (e.g. a crash right after create).
                 let id = c.id.clone();
-                self.save(&spec.key, |r| {
-                    r.container_id = id;
-                    r.spawn_id = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
-                })
-                .await?;
+                self.inner
+                    .records
+                    .save(&spec.key, |r| {
+                        r.container_id = id;
+                        r.spawn_id = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
+                    })
+                    .await?;
             }
             match (same_spawn, c.status) {
                 // A retry of a spawn that got this far: carry on from where it is.
@@ -112,7 +117,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
                     tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
                     engine.remove(&c.id).await?;
-                    self.removed(&spec.key, &c.id);
+                    self.inner.view.removed(&spec.key, &c.id);
                 }
                 _ => {
                     return Err(Error::AlreadyRunning {
@@ -122,7 +127,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
             }
         }
-        self.admit(spec)?;
+        self.inner.admission.admit(&self.inner.view, spec)?;
         let image = engine
             .image(&spec.image)
             .await?
@@ -130,7 +135,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 image: spec.image.clone(),
                 node: self.inner.cfg.node_id.clone(),
             })?;
-        let slot = match self.spawn_slot_now() {
+        let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {
                 progress.emit(Event::new(
@@ -138,7 +143,7 @@ impl<E: ContainerEngine> Runtime<E> {
                     5,
                     "waiting for a free spawn slot on the node",
                 ));
-                self.spawn_slot().await?
+                self.inner.admission.slot().await?
             }
         };
         // Host paths are resolved and pinned before anything is created: a refusal leaves
@@ -149,21 +154,23 @@ impl<E: ContainerEngine> Runtime<E> {
         // The record is durable before the container exists: a crash from here on leaves a
         // record to reconcile against, never an unaccounted container.
         let owned = owned_volumes(spec);
-        self.save(&spec.key, |r| {
-            r.spawn_id.clone_from(&spec.spawn_id);
-            r.spec_hash = spec.spec_hash();
-            r.container_id.clear();
-            r.status = RecordStatus::Starting;
-            r.exit_code = None;
-            r.image.clone_from(&spec.image);
-            r.port = spec.port;
-            for v in owned {
-                if !r.owned_volumes.contains(&v) {
-                    r.owned_volumes.push(v);
+        self.inner
+            .records
+            .save(&spec.key, |r| {
+                r.spawn_id.clone_from(&spec.spawn_id);
+                r.spec_hash = spec.spec_hash();
+                r.container_id.clear();
+                r.status = RecordStatus::Starting;
+                r.exit_code = None;
+                r.image.clone_from(&spec.image);
+                r.port = spec.port;
+                for v in owned {
+                    if !r.owned_volumes.contains(&v) {
+                        r.owned_volumes.push(v);
+                    }
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
         let id = match engine.create(&container).await {
             Ok(id) => id,
             // Someone else created a container of this name between our inspect and create.
@@ -176,12 +183,14 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %id, image = %spec.image, "container created");
         let saved = self
+            .inner
+            .records
             .save(&spec.key, |r| r.container_id.clone_from(&id))
             .await;
         if let Err(e) = saved {
             // Without its id in the record the container must not run; take it back.
             match engine.remove(&id).await {
-                Ok(()) => self.removed(&spec.key, &id),
+                Ok(()) => self.inner.view.removed(&spec.key, &id),
                 Err(rm) => {
                     tracing::error!(container = %id, error = %rm, "cannot remove a container whose record failed");
                 }
@@ -222,7 +231,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let roots = self.inner.cfg.policy.allowed_host_path_roots.clone();
         let state_dir = self.inner.cfg.state_dir.clone();
         let name = spec.key.container_name();
-        let pinned = tokio::task::spawn_blocking(move || -> Result<Pins, HostPathError> {
+        let pinned = blocking("host path", move || -> Result<Pins, HostPathError> {
             for d in &devices {
                 hostpath::check_device(d)?;
             }
@@ -235,15 +244,14 @@ impl<E: ContainerEngine> Runtime<E> {
                 })
                 .collect()
         })
-        .await
-        .map_err(|e| Error::Internal(format!("host path task failed: {e}")))??;
+        .await??;
         Ok(pinned)
     }
 
     /// Removes container `id`, which never started, because its spawn failed with `e`.
     async fn discard_unstarted(&self, key: &ServerKey, id: &str, e: Error) -> Error {
         match self.inner.engine.remove(id).await {
-            Ok(()) => self.removed(key, id),
+            Ok(()) => self.inner.view.removed(key, id),
             Err(rm) => {
                 tracing::warn!(container = %id, error = %rm, "cannot remove a container that never started");
             }

@@ -30,7 +30,7 @@ pub struct Deleted {
 impl<E: ContainerEngine> Runtime<E> {
     /// The blob of `key`, from memory.
     pub fn get_state(&self, key: &ServerKey) -> Blob {
-        self.entry(key).map_or(
+        self.inner.view.get(key).map_or(
             Blob {
                 data: Vec::new(),
                 version: 0,
@@ -57,6 +57,8 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         let hexed = hex::encode(&data);
         let r = self
+            .inner
+            .records
             .try_save(key, |r| {
                 if r.blob_version != expected {
                     return Err(Error::StateConflict {
@@ -84,11 +86,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let mut deleted = Deleted::default();
         if let Some(c) = self.container_of(key).await? {
             engine.remove(&c.id).await?;
-            self.removed(key, &c.id);
+            self.inner.view.removed(key, &c.id);
             deleted.container = true;
         }
         let owned = self
-            .entry(key)
+            .inner
+            .view
+            .get(key)
             .map(|e| e.record.owned_volumes)
             .unwrap_or_default();
         for v in owned {
@@ -98,14 +102,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 Err(e) => tracing::warn!(volume = %v, error = %e, "volume not removed"),
             }
         }
-        let _serial = self.inner.view.save_lock.lock().await;
-        let rt = self.clone();
-        let k = key.clone();
-        deleted.record = tokio::task::spawn_blocking(move || rt.inner.store.delete(&k))
-            .await
-            .map_err(|e| Error::Internal(format!("state delete task failed: {e}")))??;
-        self.inner.view.lock().remove(key);
-        drop(_serial);
+        deleted.record = self.inner.records.delete(key).await?;
         drop(guard);
         self.publish(key, WatchKind::Removed);
         tracing::info!(user = key.user(), server = key.server(), container = deleted.container, volumes = ?deleted.volumes, "server deleted forever");

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::error::detached;
 use super::keys::Op;
 use super::view::{Applied, WatchKind};
 use super::{Error, Runtime, State, Status};
@@ -27,9 +28,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let rt = self.clone();
         let key = key.clone();
         // Like Start, a Stop runs to completion even if the caller goes away.
-        tokio::spawn(async move { rt.stop_serialised(&key, spec).await })
-            .await
-            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?
+        detached("stop", async move { rt.stop_serialised(&key, spec).await }).await
     }
 
     async fn stop_serialised(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
@@ -38,10 +37,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let engine = &self.inner.engine;
         let Some(c) = self.container_of(key).await? else {
             drop(guard);
-            if self.entry(key).is_some() {
+            if self.inner.view.get(key).is_some() {
                 // The container is gone (removed outside berthd): the record says so now.
                 self.refresh(key).await;
-                self.save(key, |r| r.status = RecordStatus::Absent).await?;
+                self.inner
+                    .records
+                    .save(key, |r| r.status = RecordStatus::Absent)
+                    .await?;
             }
             return Ok(self.poll(key));
         };
@@ -53,26 +55,28 @@ impl<E: ContainerEngine> Runtime<E> {
                 engine.stop(&c.id, grace).await?;
             }
         }
-        let seen = self.generation(key);
+        let seen = self.inner.view.generation(key);
         let after = engine.inspect(&c.id).await?;
         let exit_code = after.as_ref().and_then(|a| a.exit_code);
         if spec.remove {
             engine.remove(&c.id).await?;
-            self.removed(key, &c.id);
-        } else if self.apply(key, &c.id, after, seen) == Applied::Stale {
+            self.inner.view.removed(key, &c.id);
+        } else if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
             self.refresh(key).await;
         }
-        if self.entry(key).is_some() {
-            self.save(key, |r| {
-                r.container_id.clone_from(&c.id);
-                r.status = if spec.remove {
-                    RecordStatus::Absent
-                } else {
-                    RecordStatus::Exited
-                };
-                r.exit_code = exit_code;
-            })
-            .await?;
+        if self.inner.view.get(key).is_some() {
+            self.inner
+                .records
+                .save(key, |r| {
+                    r.container_id.clone_from(&c.id);
+                    r.status = if spec.remove {
+                        RecordStatus::Absent
+                    } else {
+                        RecordStatus::Exited
+                    };
+                    r.exit_code = exit_code;
+                })
+                .await?;
         }
         drop(guard);
         self.publish(

@@ -147,7 +147,7 @@ async fn serve_in_memory(
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(SpawnerServer::new(SpawnerService::new(rt, None)))
+            .add_service(SpawnerServer::new(SpawnerService::new(rt)))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
             .unwrap();

@@ -1,0 +1,56 @@
+//! Poll, List and Watch: answered from the view, no Docker call; and the one place a status
+//! change is published.
+
+use tokio::sync::broadcast;
+
+use super::Runtime;
+use super::status::{self, State, Status};
+use super::view::{Entry, WatchEvent, WatchKind};
+use crate::docker::ContainerEngine;
+use crate::key::ServerKey;
+
+impl<E: ContainerEngine> Runtime<E> {
+    fn status_of(&self, key: &ServerKey, entry: Option<&Entry>) -> Status {
+        let inner = &self.inner;
+        status::derive(
+            key,
+            entry,
+            inner.keys.current(key),
+            inner.view.last_activity(key),
+            &inner.cfg.advertise_host,
+        )
+    }
+
+    /// The status of `key`, from memory.
+    pub fn poll(&self, key: &ServerKey) -> Status {
+        self.status_of(key, self.inner.view.get(key).as_ref())
+    }
+
+    /// Every server with a container (or a vanished one), optionally of one user, from memory.
+    pub fn list(&self, user: Option<&str>) -> Vec<Status> {
+        let mut out: Vec<Status> = self
+            .inner
+            .view
+            .entries(user)
+            .iter()
+            .map(|(k, e)| self.status_of(k, Some(e)))
+            .filter(|s| s.state != State::Absent)
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Every change from now on and, with `snapshot`, first the status of every known server
+    /// (see [`super::view::View::subscribe`] for why the numbers only increase).
+    pub fn watch(&self, snapshot: bool) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
+        let poll = |k: &ServerKey| self.poll(k);
+        self.inner
+            .view
+            .subscribe(snapshot.then_some(&poll as &dyn Fn(&ServerKey) -> Status))
+    }
+
+    /// Sends `key`'s current status to Watch subscribers.
+    pub(super) fn publish(&self, key: &ServerKey, kind: WatchKind) {
+        self.inner.view.publish(kind, || self.poll(key));
+    }
+}

@@ -1,0 +1,201 @@
+//! The node's capacity report: host readings, what servers hold, and the conditions the hub
+//! places by (Ready, DockerDown, MemoryPressure, DiskPressure, Draining).
+
+use std::path::PathBuf;
+
+use super::Runtime;
+use crate::capacity::{self, Alloc, Host};
+use crate::docker::ContainerEngine;
+
+/// Memory pressure: less than this share of memory available.
+pub const MEMORY_PRESSURE_RATIO: f64 = 0.10;
+/// Disk pressure: less than this share of a disk free.
+pub const DISK_PRESSURE_RATIO: f64 = 0.10;
+
+/// One condition of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// Ready, DockerDown, MemoryPressure, DiskPressure, Draining.
+    pub kind: &'static str,
+    /// "True", "False" or "Unknown".
+    pub status: &'static str,
+    /// CamelCase cause.
+    pub reason: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// The node's capacity report.
+#[derive(Debug, Clone)]
+pub struct NodeCapacity {
+    /// Host readings.
+    pub host: Host,
+    /// Capacity minus the reservation.
+    pub allocatable: Alloc,
+    /// Held by running (and admitted) servers.
+    pub committed: Alloc,
+    /// Running (and admitted) servers.
+    pub running: u32,
+    /// 0 = no limit.
+    pub max_servers: u32,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+    /// Whether the node refuses new servers.
+    pub draining: bool,
+    /// Images present.
+    pub images: Vec<String>,
+}
+
+fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
+    Condition {
+        kind,
+        status: match on {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        },
+        reason: reason.to_owned(),
+        message,
+    }
+}
+
+/// `true` = "True"; `None` = "Unknown". The reason is the first of `reasons` when on, the
+/// second when off.
+fn flag(kind: &'static str, on: Option<bool>, reasons: [&str; 2], message: String) -> Condition {
+    let reason = if on == Some(true) {
+        reasons[0]
+    } else {
+        reasons[1]
+    };
+    condition(kind, on, reason, message)
+}
+
+/// Disks under pressure (one message each), and whether every disk could be read.
+fn disk_pressure(disks: &[(&str, PathBuf)]) -> (Vec<String>, bool) {
+    let mut msgs = Vec::new();
+    let mut known = true;
+    for (what, path) in disks {
+        match capacity::disk_of(path) {
+            #[allow(clippy::cast_precision_loss)]
+            Some((free, total)) if (free as f64) < (total as f64) * DISK_PRESSURE_RATIO => {
+                msgs.push(format!(
+                    "{what} {} has {free} of {total} bytes free",
+                    path.display()
+                ));
+            }
+            Some(_) => {}
+            None => known = false,
+        }
+    }
+    (msgs, known)
+}
+
+/// The conditions of a node with these readings.
+fn conditions(
+    host: &Host,
+    docker_up: bool,
+    disks: &[(&str, PathBuf)],
+    draining: Option<&str>,
+) -> Vec<Condition> {
+    #[allow(clippy::cast_precision_loss)]
+    let mem_ratio = host.memory_available as f64 / host.memory_total.max(1) as f64;
+    let low_memory = mem_ratio < MEMORY_PRESSURE_RATIO;
+    let (disk_msgs, disk_known) = disk_pressure(disks);
+    let disk_on = if disk_msgs.is_empty() && !disk_known {
+        None
+    } else {
+        Some(!disk_msgs.is_empty())
+    };
+    vec![
+        flag(
+            "Ready",
+            Some(docker_up),
+            ["DockerReachable", "DockerDown"],
+            String::new(),
+        ),
+        flag(
+            "DockerDown",
+            Some(!docker_up),
+            ["PingFailed", "DockerReachable"],
+            String::new(),
+        ),
+        flag(
+            "MemoryPressure",
+            Some(low_memory),
+            ["LowMemory", "SufficientMemory"],
+            format!(
+                "{} of {} bytes available",
+                host.memory_available, host.memory_total
+            ),
+        ),
+        flag(
+            "DiskPressure",
+            disk_on,
+            ["LowDisk", "SufficientDisk"],
+            disk_msgs.join("; "),
+        ),
+        flag(
+            "Draining",
+            Some(draining.is_some()),
+            ["DrainedByOperator", "NotDraining"],
+            draining.unwrap_or_default().to_owned(),
+        ),
+    ]
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// The capacity report: host readings, arithmetic and conditions.
+    pub async fn capacity(&self) -> NodeCapacity {
+        let inner = &self.inner;
+        let host = capacity::read_host();
+        let limits = inner.cfg.limits;
+        let (committed, running) = inner.admission.held(&inner.view);
+        let docker_up = inner.engine.ping().await.is_ok();
+        let images = if docker_up {
+            inner.engine.images().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut disks = vec![("state directory", inner.cfg.state_dir.clone())];
+        if let Some(root) = self.docker_root().await {
+            disks.push(("Docker root", PathBuf::from(root)));
+        }
+        let draining = inner.admission.draining();
+        NodeCapacity {
+            host,
+            allocatable: capacity::allocatable(host, limits),
+            committed,
+            running,
+            max_servers: limits.max_servers,
+            conditions: conditions(&host, docker_up, &disks, draining.as_deref()),
+            draining: draining.is_some(),
+            images,
+        }
+    }
+
+    /// Docker's storage root, asked once it answers.
+    async fn docker_root(&self) -> Option<String> {
+        self.inner
+            .docker_root
+            .get_or_try_init(|| async { self.inner.engine.root_dir().await.map(Some) })
+            .await
+            .ok()
+            .cloned()
+            .flatten()
+    }
+
+    /// Refuses new Starts from now on (and after restarts) until [`Runtime::undrain`].
+    pub fn drain(&self, reason: &str) -> Result<(), super::Error> {
+        self.inner.admission.drain(reason)
+    }
+
+    /// Accepts new Starts again.
+    pub fn undrain(&self) -> Result<(), super::Error> {
+        self.inner.admission.undrain()
+    }
+
+    /// Why the node is draining, if it is.
+    pub fn draining(&self) -> Option<String> {
+        self.inner.admission.draining()
+    }
+}

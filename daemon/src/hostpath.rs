@@ -221,6 +221,7 @@ pub fn resolve(roots: &[PathBuf], path: &str) -> Result<Resolved, HostPathError>
 }
 
 /// [`resolve`] for any path, names that are not UTF-8 included.
+// Long: the resolution and each errno's meaning read best in one place.
 pub fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, HostPathError> {
     let shown = p.display().to_string();
     let path = shown.as_str();

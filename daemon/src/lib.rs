@@ -3,17 +3,39 @@
 //!
 //! - [`config`]: the typed configuration (defaults < TOML < `BERTH_*` env < flags).
 //! - [`key`] and [`spec`]: validated domain types of a request (names, images, resources, env).
-//! - [`docker`]: the narrow [`docker::ContainerEngine`] trait and its bollard implementation.
+//! - [`docker`]: the narrow [`docker::ContainerEngine`] trait, its bollard implementation and
+//!   (feature `test-util`) an in-memory fake for fast lifecycle tests.
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`hostpath`]: host paths resolved beneath their allowed root by the kernel and pinned for
 //!   Docker (never checked as text).
-//! - [`runtime`]: the lifecycle: per-key serialisation, start with readiness, stop, poll, progress.
+//! - [`runtime`]: the lifecycle, as parts that own their state (view, records, keys,
+//!   admission, progress) with start, stop, reconcile and reads on top; its module docs give
+//!   the table of parts and the lock order.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
 //! - [`reporter`]: container activity (network, CPU) reported to the hub's activity API.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
+//!
+//! Dependencies point one way: `api` → `runtime` → (`docker`, `state`, `capacity`, `policy`,
+//! `hostpath`); `monitor` and `reporter` feed and read `runtime`; nothing depends on `api`;
+//! only `serve` names bollard.
+//!
+//! Where a change goes, in one sentence each:
+//! - **A new RPC**: the message and method in `proto/berth/v1/*.proto` (errors: a reason in the
+//!   list at its top), a thin handler in `api/spawner.rs` (or `api/admin.rs`) converting with
+//!   `api/convert.rs`, the work as a `Runtime` method in the `runtime/` file of its kind
+//!   (`read.rs` for a read of the view, its own file for a new operation), and a new error as a
+//!   `runtime::Error` variant classified once in `api/status.rs`.
+//! - **A new container option**: the field in `StartRequest`, validated into `spec::StartSpec`
+//!   by `api/convert.rs` (the checks themselves in `spec.rs`, a node rule in `policy.rs`),
+//!   carried into `docker::ContainerSpec` by `runtime/start.rs::container_spec`, and translated
+//!   for Docker in `docker/bollard_engine.rs::to_create_body` (and modelled in `docker/fake`).
+//! - **A new Docker call**: a method on `docker::ContainerEngine` (bounded by the call deadline,
+//!   Docker's 404/409 as typed `EngineError`s), implemented in `docker/bollard_engine.rs` and in
+//!   `docker/fake/engine.rs`, and called from the runtime through `self.inner.engine` (from the
+//!   monitor or reporter through `Runtime::engine()`).
 
 pub mod api;
 pub mod capacity;

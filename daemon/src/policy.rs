@@ -132,7 +132,11 @@ impl Policy {
                 );
             }
         }
-        let r = spec.resources;
+        self.check_resources(spec.resources)?;
+        self.check_host(&spec.host)
+    }
+
+    fn check_resources(&self, r: crate::spec::Resources) -> Result<(), Violation> {
         if self.require_mem_limit && r.mem_limit.is_none() {
             return deny(
                 "require_mem_limit",
@@ -168,30 +172,40 @@ impl Policy {
                 );
             }
         }
-        let h = &spec.host;
-        if h.privileged && !self.allow_privileged {
-            return deny(
+        Ok(())
+    }
+
+    fn check_host(&self, h: &crate::spec::HostAccess) -> Result<(), Violation> {
+        let namespaces = [
+            (
+                h.privileged,
+                self.allow_privileged,
                 "allow_privileged",
-                "privileged containers are not allowed".to_owned(),
-            );
-        }
-        if h.host_network && !self.allow_host_network {
-            return deny(
+                "privileged containers are",
+            ),
+            (
+                h.host_network,
+                self.allow_host_network,
                 "allow_host_network",
-                "the host network namespace is not allowed".to_owned(),
-            );
-        }
-        if h.host_pid && !self.allow_host_pid {
-            return deny(
+                "the host network namespace is",
+            ),
+            (
+                h.host_pid,
+                self.allow_host_pid,
                 "allow_host_pid",
-                "the host PID namespace is not allowed".to_owned(),
-            );
-        }
-        if h.host_ipc && !self.allow_host_ipc {
-            return deny(
+                "the host PID namespace is",
+            ),
+            (
+                h.host_ipc,
+                self.allow_host_ipc,
                 "allow_host_ipc",
-                "the host IPC namespace is not allowed".to_owned(),
-            );
+                "the host IPC namespace is",
+            ),
+        ];
+        for (asked, allowed, rule, what) in namespaces {
+            if asked && !allowed {
+                return deny(rule, format!("{what} not allowed"));
+            }
         }
         if let Some(c) = h
             .cap_add

@@ -300,6 +300,7 @@ fn log_rejected(user: &str, e: &HubError) {
 }
 
 /// Runs the reporter until `shutdown`.
+// Long: the reporter's one loop (stats pass, delivery, metrics) reads best whole.
 pub async fn run<E: ContainerEngine, H: HubApi>(
     rt: Runtime<E>,
     hub: H,

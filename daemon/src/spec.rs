@@ -241,6 +241,7 @@ pub struct VolumeSpec {
 }
 
 impl VolumeSpec {
+    // Long: host path and volume name are two forms of one field, checked side by side.
     /// Expands `{user}`/`{server}` in `source` with the escaped names of `key` and checks the
     /// result is a Docker volume name; host paths are refused (the node policy comes later).
     pub fn new(
@@ -555,6 +556,7 @@ pub fn port(port: u32) -> Result<u16, SpecError> {
 
 /// Checks an image reference against Docker's grammar:
 /// `[domain[:port]/]path[:tag][@algo:hex]`, path components lowercase.
+// Long: Docker's reference grammar, part by part, in one place.
 pub fn check_image(image: &str) -> Result<(), SpecError> {
     let bad = |why: &str| {
         Err(SpecError::new(

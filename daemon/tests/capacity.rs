@@ -162,14 +162,7 @@ async fn capacity_agrees_with_the_host_and_committed_moves_by_the_guarantee() {
     assert!((both.cpu - committed.cpu - 0.5).abs() < 1e-9);
 
     for u in [&user, &limited] {
-        c.stop(pb::StopRequest {
-            key: key(u, ""),
-            now: true,
-            remove: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        stop_remove(&c, u).await;
     }
     let end = capacity(&mut c).await;
     assert_eq!(end.committed.unwrap().memory_bytes, base.memory_bytes);
@@ -248,17 +241,11 @@ async fn admission_refuses_what_does_not_fit_and_drain_refuses_everything_new() 
     })
     .await
     .unwrap();
-    c.stop(pb::StopRequest {
-        key: key(&b, ""),
-        now: true,
-        remove: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    stop_remove(&c, &b).await;
     let err = c.start(tiny_start(&unique("new"), "s")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("draining"), "{}", err.message());
+    let info = tonic_types::StatusExt::get_details_error_info(&err).expect("a reason");
+    assert_eq!(info.reason, "NODE_DRAINING", "{}", err.message());
     let cap = capacity(&mut c).await;
     assert!(cap.draining);
     let drain = condition(&cap, "Draining");

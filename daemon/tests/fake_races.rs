@@ -172,18 +172,7 @@ async fn a_reconcile_racing_a_removing_stop_does_not_resurrect_the_server() {
 
 /// Stops and removes `user`'s server at once.
 async fn remove_now(node: &FakeNode, user: &str) -> pb::ServerStatus {
-    node.client()
-        .stop(pb::StopRequest {
-            key: key(user, ""),
-            now: true,
-            remove: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
+    common::stop_remove(&node.client, user).await
 }
 
 #[tokio::test]

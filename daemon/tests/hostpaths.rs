@@ -18,7 +18,7 @@ use tonic::Code;
 /// A fresh directory (the allowed root lives inside it) and a berthd whose policy allows only
 /// `<dir>/root` for host paths, plus whatever `extra` policy lines say.
 fn setup(extra: &str) -> (PathBuf, PathBuf, Daemon) {
-    let dir = std::env::temp_dir().join(unique("berth-hostpaths"));
+    let dir = common::temp_dir("berth-hostpaths");
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("real")).unwrap();
     std::fs::write(root.join("real/marker"), b"checked").unwrap();
@@ -53,20 +53,6 @@ fn assert_nothing_created(d: &Daemon, what: &str) {
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{what}: pins left behind: {left:?}");
-}
-
-async fn stop_remove(
-    c: &mut pb::spawner_client::SpawnerClient<tonic::transport::Channel>,
-    user: &str,
-) {
-    c.stop(pb::StopRequest {
-        key: common::key(user, ""),
-        now: true,
-        remove: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]
@@ -129,7 +115,7 @@ async fn a_real_directory_and_a_file_beneath_the_root_are_mounted() {
     );
     // The pin is gone once the container runs; the container keeps its mount.
     assert_nothing_created_but(&d, &r.container_id);
-    stop_remove(&mut c, &user).await;
+    common::stop_remove(&c, &user).await;
     drop(d);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -199,14 +185,14 @@ async fn a_path_swapped_for_a_link_during_the_spawn_never_reaches_the_container(
             }
             // Between the rename and the link the path briefly does not exist.
             Err(e)
-                if e.code() == Code::FailedPrecondition
-                    && e.message().contains("does not exist") =>
+                if tonic_types::StatusExt::get_details_error_info(&e)
+                    .is_some_and(|i| i.reason == "HOST_PATH_MISSING") =>
             {
                 missing += 1;
             }
             Err(e) => panic!("spawn {n}: unexpected {e:?}"),
         }
-        stop_remove(&mut c, &user).await;
+        common::stop_remove(&c, &user).await;
     }
     stop.store(true, Ordering::Relaxed);
     let swaps = racer.join().unwrap();
@@ -224,8 +210,7 @@ async fn a_path_swapped_for_a_link_during_the_spawn_never_reaches_the_container(
 
 #[tokio::test]
 async fn devices_in_user_writable_directories_are_refused() {
-    let dir = std::env::temp_dir().join(unique("berth-dev"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("berth-dev");
     // /dev/shm is writable by every user: a name there can be swapped after any check.
     let planted = PathBuf::from("/dev/shm").join(unique("berth-null"));
     symlink("/dev/null", &planted).unwrap();
@@ -259,7 +244,7 @@ async fn devices_in_user_writable_directories_are_refused() {
         ..Default::default()
     });
     c.start(req).await.expect("a real device node in /dev");
-    stop_remove(&mut c, &user).await;
+    common::stop_remove(&c, &user).await;
     drop(d);
     std::fs::remove_file(planted).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
@@ -274,8 +259,7 @@ async fn images_are_matched_and_run_in_the_form_docker_resolves() {
     }
     let id = docker(&["image", "inspect", "-f", "{{.Id}}", TINY]);
     let short_id = id.trim_start_matches("sha256:")[..12].to_owned();
-    let dir = std::env::temp_dir().join(unique("berth-images"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("berth-images");
     let cfg = dir.join("config.toml");
     std::fs::write(
         &cfg,
@@ -291,7 +275,7 @@ async fn images_are_matched_and_run_in_the_form_docker_resolves() {
     c.start(req.clone())
         .await
         .expect("ubuntu is docker.io/library/ubuntu");
-    stop_remove(&mut c, &user).await;
+    common::stop_remove(&c, &user).await;
 
     req.spawn_id = "s2".into();
     req.image = "evil.example/ubuntu:berth-test".into();
@@ -352,7 +336,7 @@ async fn a_named_volume_that_binds_a_host_path_is_refused() {
     // An ordinary named volume (created on first use) still works.
     req.volumes[0].source = format!("{name}-plain");
     c.start(req).await.expect("a plain named volume");
-    stop_remove(&mut c, &user).await;
+    common::stop_remove(&c, &user).await;
     docker(&["volume", "rm", &format!("{name}-plain")]);
     drop(d);
     let _ = root;

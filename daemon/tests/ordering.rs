@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use common::{Daemon, key, state, tiny_start, unique};
+use common::{Daemon, Stop, key, state, stop_as, tiny_start, unique};
 use futures::StreamExt;
 use pb::server_status::State;
 
@@ -33,22 +33,15 @@ async fn churn(d: &Daemon, worker: usize) -> usize {
             .unwrap()
             .into_inner();
         let remove = cycle % 2 == 0;
-        let stopped = c
-            .stop(pb::StopRequest {
-                key: key(&user, ""),
-                now: cycle % 4 < 2,
-                grace_seconds: 1,
-                remove,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let how = match (remove, cycle % 4 < 2) {
+            (true, true) => Stop::Remove,
+            (true, false) => Stop::GracefulRemove,
+            (false, true) => Stop::Now,
+            (false, false) => Stop::Graceful(1),
+        };
+        let stopped = stop_as(&c, &user, "", how).await.unwrap();
         let want = if remove { State::Absent } else { State::Exited };
-        assert_eq!(
-            state(stopped.status.as_ref().unwrap()),
-            want,
-            "Stop's own answer"
-        );
+        assert_eq!(state(&stopped), want, "Stop's own answer");
         for i in 0..POLLS_PER_STOP {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(30)).await;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,18 +15,6 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("berth-sec"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn with_auth<T>(mut req: tonic::Request<T>, header: &str, value: &str) -> tonic::Request<T> {
     let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> = header.parse().unwrap();
     req.metadata_mut()
@@ -37,9 +24,9 @@ fn with_auth<T>(mut req: tonic::Request<T>, header: &str, value: &str) -> tonic:
 
 #[tokio::test]
 async fn without_the_right_bearer_token_nothing_is_done() {
-    let dir = temp_dir();
+    let dir = common::temp_dir("berth-sec");
     let token = format!("tok-{}-0123456789", unique("t"));
-    let file = write(&dir, "token", &format!("{token}\n"));
+    let file = common::write_file(&dir, "token", &format!("{token}\n"));
     let d = Daemon::start_with(&["--token-file", file.to_str().unwrap()]);
     let mut c = d.client().await;
     let user = unique("auth");
@@ -79,8 +66,8 @@ async fn without_the_right_bearer_token_nothing_is_done() {
 
 #[test]
 fn a_short_or_missing_token_file_is_a_config_error() {
-    let dir = temp_dir();
-    let short = write(&dir, "short", "abc\n");
+    let dir = common::temp_dir("berth-sec");
+    let short = common::write_file(&dir, "short", "abc\n");
     for (file, needle) in [(short, "at least 16"), (dir.join("missing"), "cannot read")] {
         let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
             .args([
@@ -118,8 +105,8 @@ fn plaintext_on_a_non_loopback_address_is_refused() {
     );
 
     // TLS without any client authentication is refused on the network too.
-    let dir = temp_dir();
-    let cfg = write(
+    let dir = common::temp_dir("berth-sec");
+    let cfg = common::write_file(
         &dir,
         "c.toml",
         "listen = \"0.0.0.0:50999\"\n[security]\ntls_cert_file = \"/x.pem\"\ntls_key_file = \"/x.key\"\n",
@@ -132,7 +119,7 @@ fn plaintext_on_a_non_loopback_address_is_refused() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("security.token_file"), "{err}");
 
-    let cfg = write(
+    let cfg = common::write_file(
         &dir,
         "i.toml",
         "listen = \"0.0.0.0:50999\"\n[security]\ninsecure_plaintext_on_network = true\n",
@@ -216,11 +203,11 @@ async fn tls_client(
 #[tokio::test]
 async fn mutual_tls_refuses_missing_foreign_and_expired_client_certificates() {
     let p = pki();
-    let dir = temp_dir();
+    let dir = common::temp_dir("berth-sec");
     let (ca, cert, key) = (
-        write(&dir, "ca.pem", &p.ca_pem),
-        write(&dir, "server.pem", &p.server_cert),
-        write(&dir, "server.key", &p.server_key),
+        common::write_file(&dir, "ca.pem", &p.ca_pem),
+        common::write_file(&dir, "server.pem", &p.server_cert),
+        common::write_file(&dir, "server.key", &p.server_key),
     );
     let d = Daemon::start_with(&[
         "--tls-cert-file",
@@ -270,8 +257,8 @@ async fn mutual_tls_refuses_missing_foreign_and_expired_client_certificates() {
 
 #[tokio::test]
 async fn hostile_specs_are_refused_naming_the_rule_and_create_nothing() {
-    let dir = temp_dir();
-    let cfg = write(
+    let dir = common::temp_dir("berth-sec");
+    let cfg = common::write_file(
         &dir,
         "policy.toml",
         "[policy]\nallowed_images = [\"berth-test/*\"]\nallowed_host_path_roots = [\"/srv/berth-test\"]\nmax_mem_limit_bytes = 1073741824\n",

@@ -86,43 +86,16 @@ async fn a_container_killed_from_outside_is_exited_and_stop_still_succeeds() {
     assert_eq!(exited.reason, "Killed");
     assert!(exited.finished_at.is_some());
 
-    let stopped = c
-        .stop(pb::StopRequest {
-            key: key(&user, ""),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let stopped = stop_as(&c, &user, "", Stop::Graceful(0)).await.unwrap();
     assert_eq!(state(&stopped), State::Exited);
     assert_eq!(stopped.exit_code, Some(137));
 
-    let unknown = c
-        .stop(pb::StopRequest {
-            key: key(&unique("nobody"), "x"),
-            now: true,
-            ..Default::default()
-        })
+    let unknown = stop_as(&c, &unique("nobody"), "x", Stop::Now)
         .await
-        .unwrap()
-        .into_inner()
-        .status
         .unwrap();
     assert_eq!(state(&unknown), State::Absent);
 
-    let removed = c
-        .stop(pb::StopRequest {
-            key: key(&user, ""),
-            remove: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let removed = stop_as(&c, &user, "", Stop::GracefulRemove).await.unwrap();
     assert_eq!(state(&removed), State::Absent);
     assert!(d.containers().is_empty(), "remove deletes the container");
 }
@@ -135,17 +108,7 @@ async fn graceful_stop_and_immediate_stop() {
     c.start(tiny_start(&u1, "a")).await.unwrap();
     c.start(tiny_start(&u2, "b")).await.unwrap();
 
-    let graceful = c
-        .stop(pb::StopRequest {
-            key: key(&u1, ""),
-            grace_seconds: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let graceful = stop_as(&c, &u1, "", Stop::Graceful(5)).await.unwrap();
     assert_eq!(state(&graceful), State::Exited);
     // busybox httpd under tini ends on SIGTERM, long before the grace runs out.
     assert_ne!(
@@ -154,17 +117,7 @@ async fn graceful_stop_and_immediate_stop() {
         "SIGTERM was enough: {graceful:?}"
     );
 
-    let killed = c
-        .stop(pb::StopRequest {
-            key: key(&u2, ""),
-            now: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let killed = stop_as(&c, &u2, "", Stop::Now).await.unwrap();
     assert_eq!(state(&killed), State::Exited);
     assert_eq!(killed.exit_code, Some(137));
 

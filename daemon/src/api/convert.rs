@@ -28,6 +28,8 @@ pub fn key(key: Option<&pb::ServerKey>) -> Result<ServerKey, SpecError> {
 impl TryFrom<pb::StartRequest> for StartSpec {
     type Error = SpecError;
 
+    // Long: one check per request field, in the order of the message, so a reader can see
+    // that every field is validated.
     fn try_from(r: pb::StartRequest) -> Result<Self, SpecError> {
         let key = key(r.key.as_ref())?;
         spec::check_spawn_id(&r.spawn_id)?;

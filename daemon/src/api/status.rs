@@ -87,7 +87,8 @@ fn host_path(e: &HostPathError) -> (Code, &'static str, Vec<(&'static str, Strin
     }
 }
 
-/// The code, reason and metadata of `e`.
+/// The code, reason and metadata of `e`. One flat table, one arm per error, kept whole (not
+/// split) so that a new error variant has exactly one place to be classified.
 fn classify(e: &Error) -> (Code, &'static str, Vec<(&'static str, String)>) {
     match e {
         Error::ImageMissing { image, node } => (

@@ -12,6 +12,9 @@ use crate::docker::{
 use crate::key::ServerKey;
 use crate::state::RecordStatus;
 
+/// Each key's generation and record's container id, read before the list.
+type Before = HashMap<ServerKey, (u64, String)>;
+
 /// What a reconciliation found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -34,7 +37,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let node = self.inner.cfg.node_id.clone();
         // What each key looked like before the list: a key whose view or record changed
         // since (a Start that created a container after the list) is not judged by it.
-        let before: HashMap<ServerKey, (u64, String)> = self
+        let before: Before = self
             .inner
             .view
             .lock()
@@ -49,37 +52,61 @@ impl<E: ContainerEngine> Runtime<E> {
         let mut report = ReconcileReport::default();
         let mut seen = HashSet::new();
         for id in ids {
-            let Some(c) = self.inner.engine.inspect(&id).await? else {
-                continue;
-            };
-            let Some(key) = key_of(&c) else {
-                tracing::warn!(container = %c.id, "container has berth labels that are not a valid key; leaving it alone");
-                continue;
-            };
-            if c.name != key.container_name() {
-                tracing::warn!(container = %c.id, name = %c.name, "container's name does not match its key; leaving it alone");
-                continue;
+            if let Some(key) = self.adopt(&id, &before, &mut report).await? {
+                seen.insert(key);
             }
-            seen.insert(key.clone());
-            match self.inner.view.get(&key) {
-                None => {
-                    tracing::warn!(user = key.user(), server = key.server(), container = %c.id, "no record for a running berth container; rebuilding it from the container's labels");
-                    self.rebuild(&key, &c).await?;
-                    report.rebuilt += 1;
-                }
-                Some(e) if e.record.container_id != c.id => {
-                    // observe() below adopts it: the key's name makes it the key's container.
-                    tracing::info!(user = key.user(), server = key.server(), container = %c.id, "record now points at the key's container");
-                    report.adopted += 1;
-                }
-                Some(_) => report.adopted += 1,
-            }
-            // Read before the list, so anything applied since wins over this relist.
-            let seen = before.get(&key).map_or(0, |b| b.0);
-            let id = c.id.clone();
-            self.observe(&key, &id, Some(c), seen, WatchKind::Changed)
-                .await;
         }
+        self.forget_vanished(&seen, &before, &mut report).await;
+        Ok(report)
+    }
+
+    /// Takes listed container `id` into the view (rebuilding its record if need be); returns
+    /// its key, or `None` for a container that is not a valid server of this node.
+    async fn adopt(
+        &self,
+        id: &str,
+        before: &Before,
+        report: &mut ReconcileReport,
+    ) -> Result<Option<ServerKey>, Error> {
+        let Some(c) = self.inner.engine.inspect(id).await? else {
+            return Ok(None);
+        };
+        let Some(key) = key_of(&c) else {
+            tracing::warn!(container = %c.id, "container has berth labels that are not a valid key; leaving it alone");
+            return Ok(None);
+        };
+        if c.name != key.container_name() {
+            tracing::warn!(container = %c.id, name = %c.name, "container's name does not match its key; leaving it alone");
+            return Ok(None);
+        }
+        match self.inner.view.get(&key) {
+            None => {
+                tracing::warn!(user = key.user(), server = key.server(), container = %c.id, "no record for a running berth container; rebuilding it from the container's labels");
+                self.rebuild(&key, &c).await?;
+                report.rebuilt += 1;
+            }
+            Some(e) if e.record.container_id != c.id => {
+                // observe() below adopts it: the key's name makes it the key's container.
+                tracing::info!(user = key.user(), server = key.server(), container = %c.id, "record now points at the key's container");
+                report.adopted += 1;
+            }
+            Some(_) => report.adopted += 1,
+        }
+        // Read before the list, so anything applied since wins over this relist.
+        let generation = before.get(&key).map_or(0, |b| b.0);
+        let id = c.id.clone();
+        self.observe(&key, &id, Some(c), generation, WatchKind::Changed)
+            .await;
+        Ok(Some(key))
+    }
+
+    /// Marks gone the containers of keys the list did not show and that nothing touched since.
+    async fn forget_vanished(
+        &self,
+        seen: &HashSet<ServerKey>,
+        before: &Before,
+        report: &mut ReconcileReport,
+    ) {
         let gone: Vec<(ServerKey, String, bool)> = self
             .inner
             .view
@@ -97,27 +124,24 @@ impl<E: ContainerEngine> Runtime<E> {
                         e.record.status,
                         RecordStatus::Running | RecordStatus::Starting
                     );
-                (
-                    k.clone(),
-                    e.record.container_id.clone(),
-                    was_live && !e.record.container_id.is_empty(),
-                )
+                let id = e.record.container_id.clone();
+                let vanished = was_live && !id.is_empty();
+                (k.clone(), id, vanished)
             })
             .collect();
-        for (key, id, was_live) in gone {
+        for (key, id, vanished) in gone {
             if self.inner.keys.current(&key).is_some() {
                 // A Start or Stop holds the key; it keeps the view up to date itself.
                 continue;
             }
-            if was_live {
+            if vanished {
                 tracing::warn!(user = key.user(), server = key.server(), container = %id, "the server's container is gone");
                 report.vanished += 1;
             }
-            let seen = before.get(&key).map_or(0, |b| b.0);
-            self.observe(&key, &id, None, seen, WatchKind::Changed)
+            let generation = before.get(&key).map_or(0, |b| b.0);
+            self.observe(&key, &id, None, generation, WatchKind::Changed)
                 .await;
         }
-        Ok(report)
     }
 
     /// Takes one Docker event of this node's containers into the view.

@@ -80,61 +80,21 @@ impl<E: ContainerEngine> Runtime<E> {
         progress: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<Started, Error> {
-        let engine = &self.inner.engine;
-        if let Some(c) = self.container_of(&spec.key).await? {
-            let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
-            if self
-                .inner
-                .view
-                .get(&spec.key)
-                .is_none_or(|e| e.record.container_id != c.id)
-            {
-                // The record lost track of this container (e.g. a crash right after create).
-                let id = c.id.clone();
-                self.inner
-                    .records
-                    .save(&spec.key, |r| {
-                        r.container_id = id;
-                        r.spawn_id = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
-                    })
-                    .await?;
-            }
-            match (same_spawn, c.status) {
-                // A retry of a spawn that got this far: carry on from where it is.
-                (true, RunStatus::Running) => {
-                    return self.await_ready(spec, &c, progress, cancel).await;
-                }
-                (true, RunStatus::Created) => {
-                    let pins = match self.pin_host_paths(spec).await {
-                        Ok(pins) => pins,
-                        Err(e) => return Err(self.discard_unstarted(&spec.key, &c.id, e).await),
-                    };
-                    return self.launch(spec, &c.id, progress, cancel, None, pins).await;
-                }
-                (true, RunStatus::Exited | RunStatus::Dead) => {
-                    return Err(self.exited_error(spec, &c).await);
-                }
-                (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
-                    tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
-                    engine.remove(&c.id).await?;
-                    self.inner.view.removed(&spec.key, &c.id);
-                }
-                _ => {
-                    return Err(Error::AlreadyRunning {
-                        key: spec.key.clone(),
-                        spawn_id: c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned(),
-                    });
-                }
-            }
+        if let Some(c) = self.container_of(&spec.key).await?
+            && let Some(done) = self.carry_on(spec, c, progress, cancel).await
+        {
+            return done;
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
-        let image = engine
-            .image(&spec.image)
-            .await?
-            .ok_or_else(|| Error::ImageMissing {
-                image: spec.image.clone(),
-                node: self.inner.cfg.node_id.clone(),
-            })?;
+        let image =
+            self.inner
+                .engine
+                .image(&spec.image)
+                .await?
+                .ok_or_else(|| Error::ImageMissing {
+                    image: spec.image.clone(),
+                    node: self.inner.cfg.node_id.clone(),
+                })?;
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {
@@ -150,9 +110,67 @@ impl<E: ContainerEngine> Runtime<E> {
         // nothing behind, and what Docker mounts is what was checked.
         let pins = self.pin_host_paths(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
-        let container = self.container_spec(spec, &image);
-        // The record is durable before the container exists: a crash from here on leaves a
-        // record to reconcile against, never an unaccounted container.
+        let id = self.create(spec, &image).await?;
+        self.launch(spec, &id, progress, cancel, Some(slot), pins)
+            .await
+    }
+
+    /// What to do with the key's existing container `c`: finish a retried spawn that got this
+    /// far, or clear the way for a new one (`None`: go on and create).
+    async fn carry_on(
+        &self,
+        spec: &StartSpec,
+        c: ContainerInfo,
+        progress: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Option<Result<Started, Error>> {
+        let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
+        if self
+            .inner
+            .view
+            .get(&spec.key)
+            .is_none_or(|e| e.record.container_id != c.id)
+        {
+            // The record lost track of this container (e.g. a crash right after create).
+            let id = c.id.clone();
+            let spawn = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
+            let saved = self.inner.records.save(&spec.key, |r| {
+                r.container_id = id;
+                r.spawn_id = spawn;
+            });
+            if let Err(e) = saved.await {
+                return Some(Err(e));
+            }
+        }
+        Some(match (same_spawn, c.status) {
+            // A retry of a spawn that got this far: carry on from where it is.
+            (true, RunStatus::Running) => self.await_ready(spec, &c, progress, cancel).await,
+            (true, RunStatus::Created) => match self.pin_host_paths(spec).await {
+                Ok(pins) => self.launch(spec, &c.id, progress, cancel, None, pins).await,
+                Err(e) => Err(self.discard_unstarted(&spec.key, &c.id, e).await),
+            },
+            (true, RunStatus::Exited | RunStatus::Dead) => Err(self.exited_error(spec, &c).await),
+            (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
+                tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
+                if let Err(e) = self.inner.engine.remove(&c.id).await {
+                    return Some(Err(e.into()));
+                }
+                self.inner.view.removed(&spec.key, &c.id);
+                return None;
+            }
+            _ => Err(Error::AlreadyRunning {
+                key: spec.key.clone(),
+                spawn_id: c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned(),
+            }),
+        })
+    }
+
+    /// Writes the spawn's record, then creates its container; the record is durable before
+    /// the container exists, so a crash from here on leaves a record to reconcile against,
+    /// never an unaccounted container.
+    async fn create(&self, spec: &StartSpec, image: &ImageInfo) -> Result<String, Error> {
+        let engine = &self.inner.engine;
+        let container = self.container_spec(spec, image);
         let owned = owned_volumes(spec);
         self.inner
             .records
@@ -189,16 +207,9 @@ impl<E: ContainerEngine> Runtime<E> {
             .await;
         if let Err(e) = saved {
             // Without its id in the record the container must not run; take it back.
-            match engine.remove(&id).await {
-                Ok(()) => self.inner.view.removed(&spec.key, &id),
-                Err(rm) => {
-                    tracing::error!(container = %id, error = %rm, "cannot remove a container whose record failed");
-                }
-            }
-            return Err(e);
+            return Err(self.discard_unstarted(&spec.key, &id, e).await);
         }
-        self.launch(spec, &id, progress, cancel, Some(slot), pins)
-            .await
+        Ok(id)
     }
 
     /// Resolves every host path of `spec` beneath its allowed root and pins it at its staging
@@ -399,6 +410,7 @@ impl<E: ContainerEngine> Runtime<E> {
         }
     }
 
+    // Long: a field-by-field translation of the spec into the engine's, clearer whole.
     fn container_spec(&self, spec: &StartSpec, image: &ImageInfo) -> ContainerSpec {
         let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
             (true, true) => None,

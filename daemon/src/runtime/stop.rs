@@ -6,7 +6,7 @@ use super::error::detached;
 use super::keys::Op;
 use super::view::{Applied, WatchKind};
 use super::{Error, Runtime, State, Status};
-use crate::docker::{ContainerEngine, RunStatus};
+use crate::docker::{ContainerEngine, ContainerInfo, RunStatus};
 use crate::key::ServerKey;
 use crate::state::RecordStatus;
 
@@ -22,31 +22,15 @@ pub struct StopSpec {
 }
 
 impl<E: ContainerEngine> Runtime<E> {
-    /// Stops `key`'s server. A Start under way is cancelled first. Stopping an absent or
-    /// stopped server succeeds. Returns the status after the stop.
-    pub async fn stop(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
-        let rt = self.clone();
-        let key = key.clone();
-        // Like Start, a Stop runs to completion even if the caller goes away.
-        detached("stop", async move { rt.stop_serialised(&key, spec).await }).await
-    }
-
-    async fn stop_serialised(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
-        self.inner.keys.cancel_start(key);
-        let guard = self.inner.keys.acquire(key, Op::Stopping).await;
+    /// Ends container `c` of `key` as `spec` asks and takes the outcome into the view; returns
+    /// its exit code.
+    async fn halt(
+        &self,
+        key: &ServerKey,
+        c: &ContainerInfo,
+        spec: StopSpec,
+    ) -> Result<Option<i64>, Error> {
         let engine = &self.inner.engine;
-        let Some(c) = self.container_of(key).await? else {
-            drop(guard);
-            if self.inner.view.get(key).is_some() {
-                // The container is gone (removed outside berthd): the record says so now.
-                self.refresh(key).await;
-                self.inner
-                    .records
-                    .save(key, |r| r.status = RecordStatus::Absent)
-                    .await?;
-            }
-            return Ok(self.poll(key));
-        };
         if !matches!(c.status, RunStatus::Exited | RunStatus::Dead) {
             if spec.now {
                 engine.kill(&c.id).await?;
@@ -64,6 +48,34 @@ impl<E: ContainerEngine> Runtime<E> {
         } else if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
             self.refresh(key).await;
         }
+        Ok(exit_code)
+    }
+
+    /// Stops `key`'s server. A Start under way is cancelled first. Stopping an absent or
+    /// stopped server succeeds. Returns the status after the stop.
+    pub async fn stop(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
+        let rt = self.clone();
+        let key = key.clone();
+        // Like Start, a Stop runs to completion even if the caller goes away.
+        detached("stop", async move { rt.stop_serialised(&key, spec).await }).await
+    }
+
+    async fn stop_serialised(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {
+        self.inner.keys.cancel_start(key);
+        let guard = self.inner.keys.acquire(key, Op::Stopping).await;
+        let Some(c) = self.container_of(key).await? else {
+            drop(guard);
+            if self.inner.view.get(key).is_some() {
+                // The container is gone (removed outside berthd): the record says so now.
+                self.refresh(key).await;
+                self.inner
+                    .records
+                    .save(key, |r| r.status = RecordStatus::Absent)
+                    .await?;
+            }
+            return Ok(self.poll(key));
+        };
+        let exit_code = self.halt(key, &c, spec).await?;
         if self.inner.view.get(key).is_some() {
             self.inner
                 .records

@@ -310,6 +310,62 @@ pub async fn poll(c: &SpawnerClient<Channel>, user: &str, server: &str) -> pb::S
         .into_inner()
 }
 
+/// Stops `user`'s default server at once and removes its container; the status after.
+pub async fn stop_remove(c: &SpawnerClient<Channel>, user: &str) -> pb::ServerStatus {
+    stop_as(c, user, "", Stop::Remove).await.unwrap()
+}
+
+/// How a test stops a server.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// SIGTERM, then SIGKILL after this many seconds (0: the node's default); kept.
+    Graceful(u32),
+    /// SIGKILL; kept.
+    Now,
+    /// SIGKILL, then the container is removed.
+    Remove,
+    /// SIGTERM with the node's default grace, then removed.
+    GracefulRemove,
+}
+
+/// Stops `user`/`server` as `how` says; the status after, or the refusal.
+pub async fn stop_as(
+    c: &SpawnerClient<Channel>,
+    user: &str,
+    server: &str,
+    how: Stop,
+) -> Result<pb::ServerStatus, tonic::Status> {
+    let (now, grace_seconds, remove) = match how {
+        Stop::Graceful(g) => (false, g, false),
+        Stop::Now => (true, 0, false),
+        Stop::Remove => (true, 0, true),
+        Stop::GracefulRemove => (false, 0, true),
+    };
+    c.clone()
+        .stop(pb::StopRequest {
+            key: key(user, server),
+            now,
+            grace_seconds,
+            remove,
+        })
+        .await
+        .map(|r| r.into_inner().status.unwrap())
+}
+
+/// A fresh directory under the system's temp dir, its name from `tag` and unique to the call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Stops `user`/`server`: killed when `now`, else SIGTERM and `grace_seconds`.
 pub async fn stop(
     c: &SpawnerClient<Channel>,

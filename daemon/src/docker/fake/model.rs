@@ -249,6 +249,7 @@ impl World {
 
     /// Makes created (or exited) container `id` run: binds its HTTP server and publishes it.
     /// Returns how the run ends by itself, if it does.
+    // Long: every way a fake start can go (refused, exits, serves) in one place.
     pub(super) fn start(&mut self, id: &str) -> Result<Option<ExitPlan>, EngineError> {
         let Some(c) = self.containers.get_mut(id) else {
             return Err(EngineError::NotFound {

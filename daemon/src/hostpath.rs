@@ -42,10 +42,10 @@ use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
 /// The rule named in every refusal.
-pub const RULE: &str = "allowed_host_path_roots";
+pub(crate) const RULE: &str = "allowed_host_path_roots";
 
 /// Name of the staging directory inside the state directory.
-pub const STAGING_DIR: &str = "mounts";
+pub(crate) const STAGING_DIR: &str = "mounts";
 
 /// Why a host path cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,7 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(Errno) -> HostPathError 
 
 /// A host path opened beneath its root: the descriptor names the inode that was checked.
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     fd: OwnedFd,
     /// The path as asked for, for messages.
     pub path: String,
@@ -216,13 +216,13 @@ fn kind_name(t: FileType) -> &'static str {
 
 /// Opens `path` beneath the allowed root it names, refusing links, escapes and anything but a
 /// directory or regular file. Blocking (it may touch a network filesystem).
-pub fn resolve(roots: &[PathBuf], path: &str) -> Result<Resolved, HostPathError> {
+pub(crate) fn resolve(roots: &[PathBuf], path: &str) -> Result<Resolved, HostPathError> {
     resolve_path(roots, Path::new(path))
 }
 
 /// [`resolve`] for any path, names that are not UTF-8 included.
 // Long: the resolution and each errno's meaning read best in one place.
-pub fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, HostPathError> {
+pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, HostPathError> {
     let shown = p.display().to_string();
     let path = shown.as_str();
     let not_under = || HostPathError::NotUnderRoot {
@@ -290,7 +290,7 @@ pub fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, HostPathErr
 }
 
 /// Where the pin of mount `index` of container `name` lives.
-pub fn staging_path(state_dir: &Path, container: &str, index: usize) -> PathBuf {
+pub(crate) fn staging_path(state_dir: &Path, container: &str, index: usize) -> PathBuf {
     state_dir
         .join(STAGING_DIR)
         .join(container)
@@ -299,7 +299,7 @@ pub fn staging_path(state_dir: &Path, container: &str, index: usize) -> PathBuf 
 
 /// A resolved host path bind-mounted at its staging path; unmounted when dropped.
 #[derive(Debug)]
-pub struct Pin {
+pub(crate) struct Pin {
     /// The staging path handed to Docker.
     pub staging: PathBuf,
     /// The host path as asked for.
@@ -312,7 +312,7 @@ pub struct Pin {
 
 /// Bind-mounts the inode `r` holds at `staging` (created, a directory or an empty file to
 /// match), private so that it propagates nowhere.
-pub fn pin(r: &Resolved, staging: &Path) -> Result<Pin, HostPathError> {
+pub(crate) fn pin(r: &Resolved, staging: &Path) -> Result<Pin, HostPathError> {
     release_path(staging);
     if let Some(parent) = staging.parent() {
         fs::create_dir_all(parent).map_err(|source| HostPathError::Io {
@@ -370,7 +370,7 @@ fn release_path(staging: &Path) {
 }
 
 /// Removes every pin a crashed berthd left under `<state_dir>/mounts`.
-pub fn clear_staging(state_dir: &Path) {
+pub(crate) fn clear_staging(state_dir: &Path) {
     let base = state_dir.join(STAGING_DIR);
     let Ok(containers) = fs::read_dir(&base) else {
         return;
@@ -388,7 +388,7 @@ pub fn clear_staging(state_dir: &Path) {
 
 /// Whether the process `pid` (a container's init) sees inode (`dev`, `ino`) at `target`,
 /// resolved inside the container's own root.
-pub fn verify(pid: u32, target: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn verify(pid: u32, target: &str, dev: u64, ino: u64) -> bool {
     let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
     let Ok(root) = rustix::fs::open(
         &proc_root,
@@ -414,7 +414,7 @@ pub fn verify(pid: u32, target: &str, dev: u64, ino: u64) -> bool {
 /// Checks that `path` is a device node, not a link, in a directory that only root can change
 /// (Docker reads the device when the container is created, so nobody else must be able to swap
 /// it after this check).
-pub fn check_device(path: &str) -> Result<(), HostPathError> {
+pub(crate) fn check_device(path: &str) -> Result<(), HostPathError> {
     let bad = |why: String| HostPathError::Device {
         path: path.to_owned(),
         why,

@@ -22,11 +22,11 @@ use crate::key::ServerKey;
 use crate::runtime::Runtime;
 
 /// Longest pause between retries of a failed send (and never more than one interval).
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// Stats calls in flight during a pass.
-pub const STATS_CONCURRENCY: usize = 32;
+pub(crate) const STATS_CONCURRENCY: usize = 32;
 /// First pause after a failed send.
-pub const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `[activity]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -110,7 +110,7 @@ impl ActivityConfig {
 
 /// What counts as activity between two readings.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Network bytes per interval; `None` = network does not count.
     pub net_bytes: Option<u64>,
     /// Cores on average; `None` = CPU does not count.
@@ -118,7 +118,7 @@ pub struct Thresholds {
 }
 
 /// Whether the change from `before` to `now` over `elapsed` is activity.
-pub fn is_active(before: Usage, now: Usage, elapsed: Duration, t: Thresholds) -> bool {
+pub(crate) fn is_active(before: Usage, now: Usage, elapsed: Duration, t: Thresholds) -> bool {
     let net = now.net_bytes.saturating_sub(before.net_bytes);
     let cpu_ns = now.cpu_ns.saturating_sub(before.cpu_ns);
     #[allow(clippy::cast_precision_loss)]
@@ -128,7 +128,7 @@ pub fn is_active(before: Usage, now: Usage, elapsed: Duration, t: Thresholds) ->
 
 /// Counters for operators.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Users' activity delivered.
     pub sent: u64,
     /// Sends that failed and will be retried.
@@ -140,7 +140,7 @@ pub struct Metrics {
 }
 
 /// The reporter's state: O(servers).
-pub struct Reporter<H> {
+pub(crate) struct Reporter<H> {
     hub: Arc<H>,
     thresholds: Thresholds,
     max_concurrent: usize,
@@ -157,7 +157,7 @@ pub struct Reporter<H> {
 
 impl<H: HubApi> Reporter<H> {
     /// A reporter sending to `hub`.
-    pub fn new(hub: H, cfg: &ActivityConfig) -> Self {
+    pub(crate) fn new(hub: H, cfg: &ActivityConfig) -> Self {
         let has = |s: &str| cfg.signals.iter().any(|x| x == s);
         Self {
             hub: Arc::new(hub),
@@ -176,7 +176,7 @@ impl<H: HubApi> Reporter<H> {
     }
 
     /// Takes one reading of each running server; returns the keys found active.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         readings: &[(ServerKey, String, Usage)],
         at: Instant,
@@ -205,7 +205,7 @@ impl<H: HubApi> Reporter<H> {
     }
 
     /// Forgets servers that no longer exist on the node.
-    pub fn retain(&mut self, known: &HashSet<ServerKey>) {
+    pub(crate) fn retain(&mut self, known: &HashSet<ServerKey>) {
         self.newest.retain(|k, _| known.contains(k));
         self.delivered.retain(|k, _| known.contains(k));
     }
@@ -230,12 +230,12 @@ impl<H: HubApi> Reporter<H> {
     }
 
     /// When the next retry is due, if any.
-    pub fn next_retry(&self) -> Option<Instant> {
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
         self.retry.values().map(|(_, at)| *at).min()
     }
 
     /// Sends what is pending and due; `jitter` spreads the sends.
-    pub async fn flush(&mut self, now: Instant, jitter: Duration) {
+    pub(crate) async fn flush(&mut self, now: Instant, jitter: Duration) {
         let due: Vec<(String, Activity)> = self
             .pending()
             .into_iter()
@@ -247,7 +247,8 @@ impl<H: HubApi> Reporter<H> {
             let hub = self.hub.clone();
             let sem = sem.clone();
             // Spread evenly over the jitter window, so a thousand users are not one burst.
-            let delay = jitter.mul_f64(i as f64 / n as f64);
+            let delay = jitter * u32::try_from(i).unwrap_or(u32::MAX)
+                / u32::try_from(n).unwrap_or(u32::MAX);
             async move {
                 tokio::time::sleep(delay).await;
                 let _permit = sem.acquire().await;
@@ -301,7 +302,7 @@ fn log_rejected(user: &str, e: &HubError) {
 
 /// Runs the reporter until `shutdown`.
 // Long: the reporter's one loop (stats pass, delivery, metrics) reads best whole.
-pub async fn run<E: ContainerEngine, H: HubApi>(
+pub(crate) async fn run<E: ContainerEngine, H: HubApi>(
     rt: Runtime<E>,
     hub: H,
     cfg: ActivityConfig,

@@ -38,8 +38,7 @@ fn nproc() -> u32 {
 }
 
 fn within_5_percent(a: u64, b: u64) -> bool {
-    let (a, b) = (a as f64, b as f64);
-    (a - b).abs() <= 0.05 * b
+    u128::from(a.abs_diff(b)) * 20 <= u128::from(b)
 }
 
 fn config_file(name: &str, text: &str) -> PathBuf {

@@ -60,7 +60,7 @@ fn assert_refusals(refused: &[tonic::Status], resource: &str) {
 
 #[tokio::test]
 async fn concurrent_starts_against_max_servers_admit_exactly_the_limit() {
-    let node = node_with(|cfg| cfg.limits.max_servers = FIT as u32).await;
+    let node = node_with(|cfg| cfg.limits.max_servers = u32::try_from(FIT).unwrap()).await;
     let (ok, refused) = start_all(&node, |_| {}).await;
     assert_eq!((ok, refused.len()), (FIT, STARTS - FIT), "{refused:?}");
     assert_refusals(&refused, "servers");
@@ -95,7 +95,7 @@ async fn concurrent_starts_against_memory_admit_exactly_what_fits() {
     .await;
     let (ok, refused) = start_all(&node, |req| {
         req.resources = Some(pb::Resources {
-            mem_guarantee_bytes: GUARANTEE as i64,
+            mem_guarantee_bytes: i64::try_from(GUARANTEE).unwrap(),
             ..Default::default()
         });
     })

@@ -454,7 +454,7 @@ impl Lcg {
         ];
         let n = (self.next() % 12) as usize;
         (0..n)
-            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize])
+            .map(|_| alphabet[usize::try_from(self.next()).unwrap_or(0) % alphabet.len()])
             .collect()
     }
 }
@@ -490,7 +490,8 @@ async fn random_requests_never_take_the_daemon_down() {
             read_only: false,
         });
         req.resources = Some(pb::Resources {
-            mem_limit_bytes: g.next() as i64 - (1 << 52),
+            // Any bit pattern: negative, zero, absurd.
+            mem_limit_bytes: i64::from_ne_bytes(g.next().to_ne_bytes()).wrapping_sub(1 << 52),
             cpu_limit: f64::from_bits(g.next()),
             ..Default::default()
         });

@@ -27,7 +27,7 @@ pub struct ReconcileReport {
 }
 
 /// The key a container's labels name.
-pub fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
+pub(super) fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
     ServerKey::new(c.label(LABEL_USER)?, c.label(LABEL_SERVER)?).ok()
 }
 

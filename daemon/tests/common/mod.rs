@@ -1,6 +1,7 @@
 //! Test harness: runs the real berthd binary against the real Docker engine, or (in
 //! `fake_node`) the runtime in-process over the fake engine; and the helpers both share.
-#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+// Shared by test crates that each `mod common;` it privately, so `pub` means "to the tests".
+#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod fake_node;
 

@@ -289,6 +289,81 @@ pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, Host
     })
 }
 
+/// Who owns a directory berthd makes for a templated host path, and its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewDir {
+    /// Owner uid and gid; `None` = root's.
+    pub(crate) owner: Option<(u32, u32)>,
+    /// Permission bits.
+    pub(crate) mode: u32,
+}
+
+/// Makes the directories of `path` that do not exist, beneath the allowed root it names, one
+/// component at a time with no link followed (the same rules as [`resolve`]); new directories
+/// get `new`'s owner and mode. For templated host paths (`/srv/homes/{user}`) on first use.
+pub(crate) fn ensure_dir(roots: &[PathBuf], path: &str, new: NewDir) -> Result<(), HostPathError> {
+    let p = Path::new(path);
+    let (root, rel) = split_root(roots, p).ok_or_else(|| HostPathError::NotUnderRoot {
+        path: path.to_owned(),
+    })?;
+    let mut dir = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(io_err("open the allowed root", root))?;
+    let refuse = |e: Errno| match e {
+        Errno::LOOP => HostPathError::Symlink {
+            path: path.to_owned(),
+            root: root.display().to_string(),
+        },
+        Errno::XDEV => HostPathError::Escapes {
+            path: path.to_owned(),
+            root: root.display().to_string(),
+        },
+        e => io_err("create", p)(e),
+    };
+    let step = |at: &OwnedFd, name: &OsStr| {
+        rustix::fs::openat2(
+            at,
+            name,
+            OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    for name in rel.iter() {
+        let next = match step(&dir, name) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(refuse(e)),
+                }
+                let made = step(&dir, name).map_err(refuse)?;
+                let file = fs::File::from(made);
+                if let Some((uid, gid)) = new.owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|source| {
+                        HostPathError::Io {
+                            op: "chown",
+                            path: path.to_owned(),
+                            source,
+                        }
+                    })?;
+                }
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(new.mode & 0o7777))
+                    .map_err(|source| HostPathError::Io {
+                        op: "chmod",
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                tracing::info!(path, owner = ?new.owner, mode = format!("{:o}", new.mode), "created a templated host path");
+                OwnedFd::from(file)
+            }
+            Err(e) => return Err(refuse(e)),
+        };
+        dir = next;
+    }
+    Ok(())
+}
+
 /// Where the pin of mount `index` of container `name` lives.
 pub(crate) fn staging_path(state_dir: &Path, container: &str, index: usize) -> PathBuf {
     state_dir

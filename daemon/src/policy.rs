@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::spec::{StartSpec, normalize_image_glob};
 
+/// Mode of a directory made for a templated host path: its owner only.
+pub const DEFAULT_HOST_PATH_MODE: u32 = 0o700;
+
 /// `[policy]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,6 +20,13 @@ pub struct Policy {
     pub allowed_images: Vec<String>,
     /// Host directories under which bind mounts are allowed; empty = no host paths.
     pub allowed_host_path_roots: Vec<PathBuf>,
+    /// Owner uid of the directories made for templated host paths (`/srv/homes/{user}`) on
+    /// first use; with `host_path_gid`. Unset: root's.
+    pub host_path_uid: Option<u32>,
+    /// Owner gid of those directories.
+    pub host_path_gid: Option<u32>,
+    /// Permission bits of those directories.
+    pub host_path_mode: u32,
     /// Largest memory limit per server in bytes; 0 = no cap.
     pub max_mem_limit_bytes: u64,
     /// Largest CPU limit per server in cores; 0 = no cap.
@@ -42,6 +52,9 @@ impl Default for Policy {
         Self {
             allowed_images: vec!["*".to_owned()],
             allowed_host_path_roots: Vec::new(),
+            host_path_uid: None,
+            host_path_gid: None,
+            host_path_mode: DEFAULT_HOST_PATH_MODE,
             max_mem_limit_bytes: 0,
             max_cpu_limit: 0.0,
             require_mem_limit: false,
@@ -108,6 +121,16 @@ fn under(path: &Path, root: &Path) -> bool {
 }
 
 impl Policy {
+    /// Owner and mode of the directories made for templated host paths.
+    pub(crate) fn new_dir(&self) -> crate::hostpath::NewDir {
+        crate::hostpath::NewDir {
+            owner: self
+                .host_path_uid
+                .map(|uid| (uid, self.host_path_gid.unwrap_or(uid))),
+            mode: self.host_path_mode,
+        }
+    }
+
     /// Checks a validated spec against the policy.
     pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
         if !self

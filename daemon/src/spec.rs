@@ -238,6 +238,10 @@ pub struct VolumeSpec {
     pub per_user: bool,
     /// The source was templated with `{server}`.
     pub per_server: bool,
+    /// Named volumes: the Docker volume driver ("" = local).
+    pub driver: String,
+    /// Named volumes: the driver's options.
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 impl VolumeSpec {
@@ -252,9 +256,14 @@ impl VolumeSpec {
         read_only: bool,
     ) -> Result<Self, SpecError> {
         let field = |f: &str| format!("volumes[{index}].{f}");
+        let per_user = source.contains("{user}");
+        let per_server = source.contains("{server}");
         if source.starts_with('/') {
-            if source.contains('\0') || source.len() > 4096 || source.split('/').any(|c| c == "..")
-            {
+            // Escaped names are [a-z0-9-] only: a user name cannot add a `/` or a `..`.
+            let path = source
+                .replace("{user}", &escape(key.user()))
+                .replace("{server}", &escape(key.server()));
+            if path.contains('\0') || path.len() > 4096 || path.split('/').any(|c| c == "..") {
                 return Err(SpecError::new(
                     field("source"),
                     "a host path must be absolute, without '..', at most 4096 bytes",
@@ -262,12 +271,14 @@ impl VolumeSpec {
             }
             check_target(index, target)?;
             return Ok(Self {
-                name: source.to_owned(),
+                name: path,
                 host_path: true,
                 target: target.to_owned(),
                 read_only,
-                per_user: false,
-                per_server: false,
+                per_user,
+                per_server,
+                driver: String::new(),
+                driver_opts: BTreeMap::new(),
             });
         }
         if source.starts_with('.') {
@@ -301,9 +312,54 @@ impl VolumeSpec {
             host_path: false,
             target: target.to_owned(),
             read_only,
-            per_user: source.contains("{user}"),
-            per_server: source.contains("{server}"),
+            per_user,
+            per_server,
+            driver: String::new(),
+            driver_opts: BTreeMap::new(),
         })
+    }
+
+    /// Sets the Docker volume driver and its options (named volumes only); refuses options
+    /// that make the volume a bind mount of a host path.
+    pub fn with_driver(
+        mut self,
+        index: usize,
+        driver: &str,
+        opts: BTreeMap<String, String>,
+    ) -> Result<Self, SpecError> {
+        let field = |f: &str| format!("volumes[{index}].{f}");
+        if driver.is_empty() && opts.is_empty() {
+            return Ok(self);
+        }
+        if self.host_path {
+            return Err(SpecError::new(
+                field("driver"),
+                "a host path takes no volume driver",
+            ));
+        }
+        let name_ok = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 255
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
+        };
+        if !driver.is_empty() && !name_ok(driver) {
+            return Err(SpecError::new(field("driver"), "not a driver name"));
+        }
+        if opts.len() > 64 {
+            return Err(SpecError::new(field("driver_opts"), "at most 64 options"));
+        }
+        for (k, v) in &opts {
+            if !name_ok(k) || v.contains('\0') || v.len() > 4096 {
+                return Err(SpecError::new(
+                    format!("volumes[{index}].driver_opts[{}]", printable(k)),
+                    "key must be a plain name, value without NUL and at most 4096 bytes",
+                ));
+            }
+        }
+        self.driver = driver.to_owned();
+        self.driver_opts = opts;
+        Ok(self)
     }
 }
 

@@ -76,6 +76,14 @@ pub struct Record {
     pub blob_hex: String,
     /// 0 = no blob yet.
     pub blob_version: u64,
+    /// The named volumes the current spawn mounts (records written before this field have
+    /// none).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// When the current spawn's container was created, milliseconds since the epoch (0 =
+    /// never).
+    #[serde(default)]
+    pub started_ms: u64,
 }
 
 /// Now in milliseconds since the epoch.
@@ -106,6 +114,8 @@ impl Record {
             updated_ms: now,
             blob_hex: String::new(),
             blob_version: 0,
+            volumes: Vec::new(),
+            started_ms: 0,
         }
     }
 

@@ -41,6 +41,7 @@ fn mounting(user: &str, spawn_id: &str, source: &Path) -> pb::StartRequest {
         source: source.display().to_string(),
         target: "/data".into(),
         read_only: false,
+        ..Default::default()
     });
     r
 }
@@ -97,6 +98,7 @@ async fn a_real_directory_and_a_file_beneath_the_root_are_mounted() {
         source: format!("{}//file", root.display()),
         target: "/one".into(),
         read_only: true,
+        ..Default::default()
     });
     let r = c.start(req).await.unwrap().into_inner();
     let seen = docker(&["exec", &r.container_id, "cat", "/data/marker", "/one"]);
@@ -323,6 +325,7 @@ async fn a_named_volume_that_binds_a_host_path_is_refused() {
         source: name.clone(),
         target: "/data".into(),
         read_only: false,
+        ..Default::default()
     });
     let err = c.start(req.clone()).await.expect_err("a bind volume");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

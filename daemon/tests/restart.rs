@@ -472,11 +472,13 @@ async fn delete_forever_removes_container_record_and_owned_volumes() {
         source: "berth-test-home-{user}".into(),
         target: "/home/u".into(),
         read_only: false,
+        ..Default::default()
     });
     req.volumes.push(pb::Volume {
         source: "berth-test-shared".into(),
         target: "/shared".into(),
         read_only: true,
+        ..Default::default()
     });
     c.start(req).await.unwrap();
     c.put_state(pb::PutStateRequest {

@@ -280,6 +280,7 @@ async fn hostile_specs_are_refused_naming_the_rule_and_create_nothing() {
                 source: src.into(),
                 target: "/mnt".into(),
                 read_only: false,
+                ..Default::default()
             })
         })
     };
@@ -488,6 +489,7 @@ async fn random_requests_never_take_the_daemon_down() {
             source: g.string(),
             target: g.string(),
             read_only: false,
+            ..Default::default()
         });
         req.resources = Some(pb::Resources {
             // Any bit pattern: negative, zero, absurd.

@@ -334,6 +334,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_creates_nothing() {
                     source: "/srv/../etc".into(),
                     target: "/x".into(),
                     read_only: false,
+                    ..Default::default()
                 });
             }),
         ),
@@ -533,6 +534,7 @@ async fn named_servers_and_named_volumes() {
         source: "berth-test-{user}_{server}".into(),
         target: "/home/data".into(),
         read_only: false,
+        ..Default::default()
     });
     let ra = c.start(a).await.unwrap().into_inner();
     let rb = c.start(tiny_start(&user, "s")).await.unwrap().into_inner();

@@ -52,7 +52,13 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             .volumes
             .iter()
             .enumerate()
-            .map(|(i, v)| VolumeSpec::new(i, &key, &v.source, &v.target, v.read_only))
+            .map(|(i, v)| {
+                VolumeSpec::new(i, &key, &v.source, &v.target, v.read_only)?.with_driver(
+                    i,
+                    &v.driver,
+                    v.driver_opts.clone().into_iter().collect(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut targets: Vec<&str> = volumes.iter().map(|v| v.target.as_str()).collect();
         targets.sort_unstable();
@@ -243,5 +249,20 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
             .collect(),
         draining: c.draining,
         images: c.images,
+    }
+}
+
+impl From<crate::runtime::volumes::UserVolume> for pb::UserVolume {
+    fn from(v: crate::runtime::volumes::UserVolume) -> Self {
+        Self {
+            name: v.name,
+            owner: Some(pb::ServerKey {
+                user: v.owner.user().to_owned(),
+                server_name: v.owner.server().to_owned(),
+            }),
+            driver: v.driver,
+            size_bytes: v.size.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            last_used: v.last_used.map(prost_types::Timestamp::from),
+        }
     }
 }

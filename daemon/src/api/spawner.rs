@@ -259,4 +259,17 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         let c = self.rt.capacity().await;
         Ok(Response::new(convert::node_capacity(c, self.node_id())))
     }
+
+    async fn list_volumes(
+        &self,
+        request: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let r = request.into_inner();
+        let user = (!r.user.is_empty()).then_some(r.user.as_str());
+        let volumes = self.rt.list_volumes(user, r.sizes).await?;
+        Ok(Response::new(pb::ListVolumesResponse {
+            node_id: self.node_id(),
+            volumes: volumes.into_iter().map(pb::UserVolume::from).collect(),
+        }))
+    }
 }

@@ -9,19 +9,19 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
     EventMessageTypeEnum, HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
-    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum,
+    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions, StopContainerOptions,
-    WaitContainerOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, PortBinding, RunStatus, Usage, VolumeInfo,
+    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -189,6 +189,16 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+fn volume_info(v: bollard::models::Volume) -> VolumeInfo {
+    VolumeInfo {
+        name: v.name,
+        driver: v.driver,
+        options: v.options,
+        labels: v.labels,
+        mountpoint: v.mountpoint,
     }
 }
 
@@ -464,13 +474,42 @@ impl ContainerEngine for BollardEngine {
             .bounded("inspect volume", self.docker.inspect_volume(name))
             .await
         {
-            Ok(v) => Ok(Some(VolumeInfo {
-                driver: v.driver,
-                options: v.options,
-            })),
+            Ok(v) => Ok(Some(volume_info(v))),
             Err(EngineError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn create_volume(&self, v: &NewVolume) -> Result<(), EngineError> {
+        let req = VolumeCreateRequest {
+            name: Some(v.name.clone()),
+            driver: (!v.driver.is_empty()).then(|| v.driver.clone()),
+            driver_opts: Some(v.options.clone()),
+            labels: Some(v.labels.clone()),
+            cluster_volume_spec: None,
+        };
+        self.bounded("create volume", self.docker.create_volume(req))
+            .await
+            .map(drop)
+    }
+
+    async fn list_volumes(&self, labels: &[(&str, &str)]) -> Result<Vec<VolumeInfo>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let options = ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let listed = self
+            .bounded("list volumes", self.docker.list_volumes(Some(options)))
+            .await?;
+        Ok(listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(volume_info)
+            .collect())
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {

@@ -29,6 +29,8 @@ pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
 pub const LABEL_OWNED_VOLUMES: &str = "berth.owned-volumes";
 /// Label marking a container on the host's network (its port is the host's port).
 pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
+/// Label on a volume berthd made: `user` (from `{user}` alone) or `server` (`{server}`).
+pub const LABEL_VOLUME_SCOPE: &str = "berth.volume-scope";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
 
@@ -213,10 +215,29 @@ pub struct ContainerInfo {
 /// What berthd needs to know of a named volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeInfo {
+    /// Its name.
+    pub name: String,
     /// Volume driver (`local` for Docker's own).
     pub driver: String,
     /// Driver options (for `local`: `type`, `o`, `device`, as `mount(8)` takes them).
     pub options: HashMap<String, String>,
+    /// Labels given when it was created.
+    pub labels: HashMap<String, String>,
+    /// Where the local driver keeps its data on the host ("" for other drivers).
+    pub mountpoint: String,
+}
+
+/// A volume to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewVolume {
+    /// Its name.
+    pub name: String,
+    /// Driver, "" for local.
+    pub driver: String,
+    /// Driver options.
+    pub options: HashMap<String, String>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
 }
 
 impl VolumeInfo {
@@ -344,6 +365,13 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<VolumeInfo>, EngineError>> + Send;
+    /// Creates a named volume; creating one that exists succeeds and changes nothing.
+    fn create_volume(&self, v: &NewVolume) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Named volumes carrying every one of `labels`.
+    fn list_volumes(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Vec<VolumeInfo>, EngineError>> + Send;
     /// Removes a named volume. Removing an absent volume succeeds.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Container events of containers carrying every one of `labels`, from `since` (seconds

@@ -13,7 +13,8 @@
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
-//! `logs.rs`; readiness probing in `ready.rs`; errors in `error.rs`.
+//! `logs.rs`, the user volumes (`volumes.rs`); readiness probing in `ready.rs`; errors in
+//! `error.rs`.
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
 //! (`admission`); never the reverse, and no std lock is held across an await. Std locks are
@@ -44,6 +45,7 @@ pub mod state_ops;
 pub mod status;
 mod stop;
 pub mod view;
+pub mod volumes;
 
 pub use error::Error;
 pub use logs::LogLine;

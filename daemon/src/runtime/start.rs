@@ -106,9 +106,11 @@ impl<E: ContainerEngine> Runtime<E> {
                 self.inner.admission.slot().await?
             }
         };
-        // Host paths are resolved and pinned before anything is created: a refusal leaves
-        // nothing behind, and what Docker mounts is what was checked.
+        // Host paths are resolved and pinned, and volumes checked and made, before the
+        // container is created: a refusal leaves no container behind, and what Docker mounts
+        // is what was checked.
         let pins = self.pin_host_paths(spec).await?;
+        self.prepare_volumes(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let id = self.create(spec, &image).await?;
         self.launch(spec, &id, progress, cancel, Some(slot), pins)
@@ -182,6 +184,13 @@ impl<E: ContainerEngine> Runtime<E> {
                 r.exit_code = None;
                 r.image.clone_from(&spec.image);
                 r.port = spec.port;
+                r.started_ms = crate::state::now_ms();
+                r.volumes = spec
+                    .volumes
+                    .iter()
+                    .filter(|v| !v.host_path)
+                    .map(|v| v.name.clone())
+                    .collect();
                 for v in owned {
                     if !r.owned_volumes.contains(&v) {
                         r.owned_volumes.push(v);
@@ -212,29 +221,20 @@ impl<E: ContainerEngine> Runtime<E> {
         Ok(id)
     }
 
-    /// Resolves every host path of `spec` beneath its allowed root and pins it at its staging
-    /// path, and checks its devices (off the async threads, as a network filesystem may be
-    /// slow); refuses a named volume that is a bind mount of a host path, which would bypass
-    /// both.
+    /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
+    /// first use) and pins it at its staging path, and checks its devices; off the async
+    /// threads, as a network filesystem may be slow.
     async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
-        for v in spec.volumes.iter().filter(|v| !v.host_path) {
-            if let Some(info) = self.inner.engine.volume(&v.name).await?
-                && let Some(device) = info.bind_source()
-            {
-                return Err(HostPathError::BindVolume {
-                    name: v.name.clone(),
-                    device: device.to_owned(),
-                }
-                .into());
-            }
-        }
         let devices = spec.host.devices.clone();
-        let wanted: Vec<(usize, String, String)> = spec
+        let wanted: Vec<(usize, String, String, bool)> = spec
             .volumes
             .iter()
             .enumerate()
             .filter(|(_, v)| v.host_path)
-            .map(|(i, v)| (i, v.name.clone(), v.target.clone()))
+            .map(|(i, v)| {
+                let templated = v.per_user || v.per_server;
+                (i, v.name.clone(), v.target.clone(), templated)
+            })
             .collect();
         if wanted.is_empty() && devices.is_empty() {
             return Ok(Vec::new());
@@ -242,13 +242,17 @@ impl<E: ContainerEngine> Runtime<E> {
         let roots = self.inner.cfg.policy.allowed_host_path_roots.clone();
         let state_dir = self.inner.cfg.state_dir.clone();
         let name = spec.key.container_name();
+        let new_dir = self.inner.cfg.policy.new_dir();
         let pinned = blocking("host path", move || -> Result<Pins, HostPathError> {
             for d in &devices {
                 hostpath::check_device(d)?;
             }
             wanted
                 .into_iter()
-                .map(|(i, path, target)| {
+                .map(|(i, path, target, templated)| {
+                    if templated {
+                        hostpath::ensure_dir(&roots, &path, new_dir)?;
+                    }
                     let r = hostpath::resolve(&roots, &path)?;
                     let pin = hostpath::pin(&r, &hostpath::staging_path(&state_dir, &name, i))?;
                     Ok((target, pin))

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::model::{EXIT_SIGKILL, Image, InspectDelay, normalise};
 use super::{Behaviour, FakeEngine};
-use crate::docker::{ContainerInfo, ContainerSpec, EngineEvent, LogChunk, LogStream, Usage};
+use crate::docker::{
+    ContainerInfo, ContainerSpec, EngineEvent, LogChunk, LogStream, Usage, VolumeInfo,
+};
 
 impl FakeEngine {
     /// Makes `reference` present (`name` means `name:latest`, as in Docker).
@@ -92,12 +94,19 @@ impl FakeEngine {
 
     /// Makes a named volume exist, as `docker volume create` would.
     pub fn add_volume(&self, name: &str) {
-        self.world().volumes.insert(name.to_owned());
+        self.world().volumes.insert(
+            name.to_owned(),
+            VolumeInfo {
+                name: name.to_owned(),
+                driver: "local".to_owned(),
+                ..VolumeInfo::default()
+            },
+        );
     }
 
     /// Names of the volumes present, sorted.
     pub fn volumes(&self) -> Vec<String> {
-        self.world().volumes.iter().cloned().collect()
+        self.world().volumes.keys().cloned().collect()
     }
 
     /// The engine goes away: every call fails with `Unavailable`, event streams, log

@@ -9,11 +9,11 @@ use tokio::sync::broadcast;
 
 use super::model::{EXIT_SIGKILL, EXIT_SIGTERM, normalise};
 use super::{Delayed, FakeEngine, matches};
-use crate::docker::VolumeInfo;
 use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
     ImageInfo, LogChunk, Usage,
 };
+use crate::docker::{NewVolume, VolumeInfo};
 
 impl ContainerEngine for FakeEngine {
     async fn version(&self) -> Result<EngineVersion, EngineError> {
@@ -176,11 +176,40 @@ impl ContainerEngine for FakeEngine {
 
     async fn volume(&self, name: &str) -> Result<Option<VolumeInfo>, EngineError> {
         let world = self.enter("volume")?;
-        // Every fake volume is a plain local one (no driver options).
-        Ok(world.volumes.contains(name).then(|| VolumeInfo {
-            driver: "local".to_owned(),
-            options: std::collections::HashMap::new(),
-        }))
+        Ok(world.volumes.get(name).cloned())
+    }
+
+    async fn create_volume(&self, v: &NewVolume) -> Result<(), EngineError> {
+        let mut world = self.enter("create_volume")?;
+        world
+            .volumes
+            .entry(v.name.clone())
+            .or_insert_with(|| VolumeInfo {
+                name: v.name.clone(),
+                driver: if v.driver.is_empty() {
+                    "local".to_owned()
+                } else {
+                    v.driver.clone()
+                },
+                options: v.options.clone(),
+                labels: v.labels.clone(),
+                mountpoint: String::new(),
+            });
+        Ok(())
+    }
+
+    async fn list_volumes(&self, labels: &[(&str, &str)]) -> Result<Vec<VolumeInfo>, EngineError> {
+        let world = self.enter("list_volumes")?;
+        Ok(world
+            .volumes
+            .values()
+            .filter(|v| {
+                labels
+                    .iter()
+                    .all(|(k, want)| v.labels.get(*k).is_some_and(|got| got == want))
+            })
+            .cloned()
+            .collect())
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {

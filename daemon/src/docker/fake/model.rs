@@ -1,7 +1,7 @@
 //! The fake engine's world: images, containers, volumes and the event log, behind one lock,
 //! and the tiny HTTP server a "running" container is.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use super::Behaviour;
 use crate::docker::{
     ContainerInfo, ContainerSpec, EngineError, EngineEvent, LogChunk, LogStream, PortBinding,
-    RunStatus, Usage,
+    RunStatus, Usage, VolumeInfo,
 };
 
 /// Buffered events a live subscriber may fall behind by; far more than any test produces.
@@ -87,7 +87,7 @@ impl Container {
 pub(super) struct World {
     pub(super) images: BTreeMap<String, Image>,
     pub(super) containers: HashMap<String, Container>,
-    pub(super) volumes: BTreeSet<String>,
+    pub(super) volumes: BTreeMap<String, VolumeInfo>,
     pub(super) history: Vec<EngineEvent>,
     pub(super) calls: BTreeMap<&'static str, u64>,
     pub(super) inspect_delays: Vec<InspectDelay>,
@@ -117,7 +117,7 @@ impl World {
         Self {
             images: BTreeMap::new(),
             containers: HashMap::new(),
-            volumes: BTreeSet::new(),
+            volumes: BTreeMap::new(),
             history: Vec::new(),
             calls: BTreeMap::new(),
             inspect_delays: Vec::new(),
@@ -205,7 +205,14 @@ impl World {
         self.next_seq += 1;
         let id = container_id(&spec.name, self.next_seq);
         for m in spec.mounts.iter().filter(|m| !m.bind) {
-            self.volumes.insert(m.volume.clone());
+            // Docker makes a missing volume on create: local, unlabelled.
+            self.volumes
+                .entry(m.volume.clone())
+                .or_insert_with(|| VolumeInfo {
+                    name: m.volume.clone(),
+                    driver: "local".to_owned(),
+                    ..VolumeInfo::default()
+                });
         }
         let info = ContainerInfo {
             id: id.clone(),

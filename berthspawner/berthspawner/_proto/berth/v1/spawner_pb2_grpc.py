@@ -95,6 +95,11 @@ class SpawnerStub:
                 request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.CapacityRequest.SerializeToString,
                 response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.NodeCapacity.FromString,
                 _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/berth.v1.Spawner/ListVolumes',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
 
 
 class SpawnerServicer:
@@ -187,6 +192,14 @@ class SpawnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVolumes(self, request, context):
+        """The user volumes this node holds: those it made from `{user}`/`{server}` templates, with
+        their owner, so the hub can place a user where their files are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpawnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +262,11 @@ def add_SpawnerServicer_to_server(servicer, server):
                     servicer.Capacity,
                     request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.CapacityRequest.FromString,
                     response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.NodeCapacity.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +594,33 @@ class Spawner:
             '/berth.v1.Spawner/Capacity',
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.CapacityRequest.SerializeToString,
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.NodeCapacity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.v1.Spawner/ListVolumes',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.FromString,
             options,
             channel_credentials,
             insecure,

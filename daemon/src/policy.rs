@@ -3,12 +3,12 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::{StartSpec, normalize_image_glob};
 
 /// `[policy]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Image references allowed, as globs (`*` any run of characters, `?` one), matched

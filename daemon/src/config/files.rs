@@ -78,11 +78,11 @@ pub fn read_token(key: &str, path: &Path, min: usize) -> Result<String, ConfigEr
             ),
         ));
     }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+    if !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(bad_file(
             key,
             path,
-            "the token holds spaces or characters an HTTP header cannot carry",
+            "the token holds characters an HTTP header cannot carry (only printable ASCII)",
         ));
     }
     Ok(token.to_owned())

@@ -301,6 +301,7 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     let token = write(&dir, "token", "0123456789abcdef-secret\n");
     let short = write(&dir, "short", "abc\n");
     let spaced = write(&dir, "spaced", "0123456789 abcdef-secret\n");
+    let control = write(&dir, "control", "0123456789\x07abcdef-secret\n");
     let empty = write(&dir, "empty", "\n");
     let garbage = write(&dir, "garbage.pem", "not a certificate\n");
     let missing = dir.join("missing");
@@ -361,9 +362,10 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
             mtls(&cert, &key, &cert, &short),
             Some(("security.token_file", &short)),
         ),
+        (mtls(&cert, &key, &cert, &spaced), None),
         (
-            mtls(&cert, &key, &cert, &spaced),
-            Some(("security.token_file", &spaced)),
+            mtls(&cert, &key, &cert, &control),
+            Some(("security.token_file", &control)),
         ),
         (
             activity(&missing, ""),

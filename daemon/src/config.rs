@@ -1,16 +1,28 @@
 //! The daemon's one typed configuration: embedded defaults < TOML file < `BERTH_*` env < flags,
-//! validated once before anything binds.
+//! validated once (files it names included) before anything binds.
+//!
+//! Every key is declared once, in a `section!` below: its doc line (also the flag's help), its
+//! type, its default and, for the keys the command line may set, its `BERTH_*` variable and
+//! flag. The structs, their defaults, the env layer, the flags ([`Overrides`]) and the tests are
+//! all derived from those declarations.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::RuntimeConfig;
 
+mod files;
+mod layers;
+mod validate;
+
+pub use files::{read_certificates, read_private_key, read_token};
+pub use layers::{CONFIG_ENV, EnvSource, Overrides, ProcessEnv, Setting, settings};
+
 /// gRPC listen address of the embedded default: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 /// State directory of the embedded default.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 /// The local Docker engine.
@@ -34,47 +46,132 @@ pub const DEFAULT_SPAWN_QUEUE_LIMIT: u32 = 32;
 /// How long a spawn may wait for a slot.
 pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
-/// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// This node's id: stable, unique among the hub's nodes. Default: the host name.
-    pub node_id: String,
-    /// gRPC listen address.
-    pub listen: SocketAddr,
-    /// Where durable state lives.
-    pub state_dir: PathBuf,
-    /// The Docker engine.
-    pub docker: DockerConfig,
-    /// Unix socket of the Admin service; "" = `<state_dir>/admin.sock`.
-    pub admin_socket: PathBuf,
-    /// Spawn behaviour.
-    pub spawn: SpawnConfig,
-    /// Capacity and admission.
-    pub capacity: CapacityConfig,
-    /// Who may drive this node.
-    pub security: SecurityConfig,
-    /// What a hub may ask of this node.
-    pub policy: crate::policy::Policy,
-    /// Activity reports to the hub.
-    pub activity: crate::reporter::ActivityConfig,
+/// Declares one section of the file: `/// help` then `key: Type = default` and, for a key the
+/// command line may set, `, env "BERTH_X", flag "x"`. Generates the struct (serde,
+/// `deny_unknown_fields`, missing keys default), its `Default` and its `OVERRIDABLE` settings.
+macro_rules! section {
+    (
+        $(#[doc = $section_doc:literal])*
+        pub struct $name:ident at $prefix:literal {
+            $(
+                #[doc = $doc:literal]
+                $field:ident : $ty:ty = $default:expr $(, env $env:literal, flag $flag:literal)? ;
+            )*
+        }
+    ) => {
+        $(#[doc = $section_doc])*
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( #[doc = $doc] pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            /// The keys of this section that a `BERTH_*` variable and a flag may set too.
+            pub const OVERRIDABLE: &'static [Setting] = &[
+                $( $( Setting {
+                    key: concat!($prefix, stringify!($field)),
+                    env: $env,
+                    flag: $flag,
+                    help: $doc,
+                }, )? )*
+            ];
+        }
+    };
 }
 
-/// `[security]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SecurityConfig {
-    /// File holding the bearer token the hub must send (`authorization: Bearer <token>`).
-    pub token_file: PathBuf,
-    /// Server certificate (PEM) for TLS.
-    pub tls_cert_file: PathBuf,
-    /// Server private key (PEM) for TLS.
-    pub tls_key_file: PathBuf,
-    /// CA (PEM) whose client certificates are accepted: mutual TLS.
-    pub client_ca_file: PathBuf,
-    /// Serve plaintext gRPC on a non-loopback address. Anyone who reaches the port then
-    /// controls the node's Docker engine: only for networks that are trusted end to end.
-    pub insecure_plaintext_on_network: bool,
+section! {
+    /// The whole configuration.
+    pub struct Config at "" {
+        /// This node's id: stable, unique among the hub's nodes (default: the host name).
+        node_id: String = default_node_id(), env "BERTH_NODE_ID", flag "node-id";
+        /// gRPC listen address, e.g. 127.0.0.1:50051.
+        listen: SocketAddr = DEFAULT_LISTEN, env "BERTH_LISTEN", flag "listen";
+        /// Where durable state lives.
+        state_dir: PathBuf = PathBuf::from(DEFAULT_STATE_DIR), env "BERTH_STATE_DIR", flag "state-dir";
+        /// Unix socket of the Admin service; "" = <state_dir>/admin.sock.
+        admin_socket: PathBuf = PathBuf::new(), env "BERTH_ADMIN_SOCKET", flag "admin-socket";
+        /// The Docker engine.
+        docker: DockerConfig = DockerConfig::default();
+        /// Spawn behaviour.
+        spawn: SpawnConfig = SpawnConfig::default();
+        /// Capacity and admission.
+        capacity: CapacityConfig = CapacityConfig::default();
+        /// Who may drive this node.
+        security: SecurityConfig = SecurityConfig::default();
+        /// What a hub may ask of this node.
+        policy: crate::policy::Policy = crate::policy::Policy::default();
+        /// Activity reports to the hub.
+        activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+    }
+}
+
+section! {
+    /// `[docker]`
+    pub struct DockerConfig at "docker." {
+        /// Docker engine address, unix:///path/docker.sock or tcp://host:port.
+        host: String = DEFAULT_DOCKER_HOST.to_owned(), env "BERTH_DOCKER_HOST", flag "docker-host";
+        /// Deadline of one Docker API call.
+        timeout_seconds: u64 = DEFAULT_DOCKER_TIMEOUT_SECONDS;
+        /// Host address that container ports are published on.
+        publish_host_ip: IpAddr = DEFAULT_PUBLISH_HOST_IP, env "BERTH_PUBLISH_HOST_IP", flag "publish-host-ip";
+        /// Host name or address put in server URLs; "" = publish_host_ip.
+        advertise_host: String = String::new(), env "BERTH_ADVERTISE_HOST", flag "advertise-host";
+    }
+}
+
+section! {
+    /// `[spawn]`
+    pub struct SpawnConfig at "spawn." {
+        /// Readiness deadline when a Start gives none.
+        ready_timeout_seconds: u64 = DEFAULT_READY_TIMEOUT_SECONDS;
+        /// Longest readiness deadline a Start may ask for.
+        max_ready_timeout_seconds: u64 = DEFAULT_MAX_READY_TIMEOUT_SECONDS;
+        /// Grace between SIGTERM and SIGKILL when a Stop gives none.
+        stop_grace_seconds: u64 = DEFAULT_STOP_GRACE_SECONDS;
+        /// Output lines quoted when a server dies during start.
+        failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES;
+    }
+}
+
+section! {
+    /// `[capacity]`
+    pub struct CapacityConfig at "capacity." {
+        /// Most servers at once; 0 = no limit.
+        max_servers: u32 = 0;
+        /// Cores held back for the system.
+        reserved_cpu: f64 = 0.0;
+        /// Memory held back for the system, in bytes.
+        reserved_memory_bytes: u64 = 0;
+        /// Docker create+start operations at once.
+        max_concurrent_spawns: u32 = DEFAULT_MAX_CONCURRENT_SPAWNS;
+        /// Spawns that may wait for a slot.
+        spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT;
+        /// How long a spawn may wait for a slot.
+        spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
+    }
+}
+
+section! {
+    /// `[security]`
+    pub struct SecurityConfig at "security." {
+        /// File with the bearer token the hub must present (`authorization: Bearer <token>`).
+        token_file: PathBuf = PathBuf::new(), env "BERTH_TOKEN_FILE", flag "token-file";
+        /// TLS server certificate (chain), PEM.
+        tls_cert_file: PathBuf = PathBuf::new(), env "BERTH_TLS_CERT_FILE", flag "tls-cert-file";
+        /// TLS server private key, PEM.
+        tls_key_file: PathBuf = PathBuf::new(), env "BERTH_TLS_KEY_FILE", flag "tls-key-file";
+        /// CA of accepted client certificates (mutual TLS), PEM.
+        client_ca_file: PathBuf = PathBuf::new(), env "BERTH_CLIENT_CA_FILE", flag "client-ca-file";
+        /// Serve plaintext gRPC on a non-loopback address: whoever reaches the port controls the node's Docker engine, so only for networks trusted end to end.
+        insecure_plaintext_on_network: bool = false;
+    }
 }
 
 impl SecurityConfig {
@@ -95,106 +192,6 @@ impl SecurityConfig {
     /// Client certificates are required.
     pub fn mutual_tls(&self) -> bool {
         Self::set(&self.client_ca_file)
-    }
-}
-
-/// `[capacity]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CapacityConfig {
-    /// Most servers at once; 0 = no limit.
-    pub max_servers: u32,
-    /// Cores held back for the system.
-    pub reserved_cpu: f64,
-    /// Memory held back for the system, in bytes.
-    pub reserved_memory_bytes: u64,
-    /// Docker create+start operations at once.
-    pub max_concurrent_spawns: u32,
-    /// Spawns that may wait for a slot.
-    pub spawn_queue_limit: u32,
-    /// How long a spawn may wait for a slot.
-    pub spawn_queue_timeout_seconds: u64,
-}
-
-impl Default for CapacityConfig {
-    fn default() -> Self {
-        Self {
-            max_servers: 0,
-            reserved_cpu: 0.0,
-            reserved_memory_bytes: 0,
-            max_concurrent_spawns: DEFAULT_MAX_CONCURRENT_SPAWNS,
-            spawn_queue_limit: DEFAULT_SPAWN_QUEUE_LIMIT,
-            spawn_queue_timeout_seconds: DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS,
-        }
-    }
-}
-
-/// `[docker]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DockerConfig {
-    /// `unix:///path/docker.sock` or `tcp://host:port`.
-    pub host: String,
-    /// Deadline of one Docker API call.
-    pub timeout_seconds: u64,
-    /// Host address that container ports are published on.
-    pub publish_host_ip: IpAddr,
-    /// Host name or address put in server URLs; "" = `publish_host_ip`.
-    pub advertise_host: String,
-}
-
-/// `[spawn]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpawnConfig {
-    /// Readiness deadline when a Start gives none.
-    pub ready_timeout_seconds: u64,
-    /// Longest readiness deadline a Start may ask for.
-    pub max_ready_timeout_seconds: u64,
-    /// Grace between SIGTERM and SIGKILL when a Stop gives none.
-    pub stop_grace_seconds: u64,
-    /// Output lines quoted when a server dies during start.
-    pub failure_log_lines: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node_id: default_node_id(),
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051))),
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            docker: DockerConfig::default(),
-            admin_socket: PathBuf::new(),
-            spawn: SpawnConfig::default(),
-            capacity: CapacityConfig::default(),
-            security: SecurityConfig::default(),
-            policy: crate::policy::Policy::default(),
-            activity: crate::reporter::ActivityConfig::default(),
-        }
-    }
-}
-
-impl Default for DockerConfig {
-    fn default() -> Self {
-        Self {
-            host: DEFAULT_DOCKER_HOST.to_owned(),
-            timeout_seconds: DEFAULT_DOCKER_TIMEOUT_SECONDS,
-            publish_host_ip: DEFAULT_PUBLISH_HOST_IP,
-            advertise_host: String::new(),
-        }
-    }
-}
-
-impl Default for SpawnConfig {
-    fn default() -> Self {
-        Self {
-            ready_timeout_seconds: DEFAULT_READY_TIMEOUT_SECONDS,
-            max_ready_timeout_seconds: DEFAULT_MAX_READY_TIMEOUT_SECONDS,
-            stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
-            failure_log_lines: DEFAULT_FAILURE_LOG_LINES,
-        }
     }
 }
 
@@ -246,71 +243,18 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where environment variables come from (the process env, or a map in tests).
-pub trait EnvSource {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl<const N: usize> EnvSource for [(&str, &str); N] {
-    fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
-}
-
-/// Settings given on the command line; each wins over file and env.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--config`
-    pub config: Option<PathBuf>,
-    /// `--listen`
-    pub listen: Option<String>,
-    /// `--state-dir`
-    pub state_dir: Option<PathBuf>,
-    /// `--node-id`
-    pub node_id: Option<String>,
-    /// `--docker-host`
-    pub docker_host: Option<String>,
-    /// `--publish-host-ip`
-    pub publish_host_ip: Option<String>,
-    /// `--advertise-host`
-    pub advertise_host: Option<String>,
-    /// `--admin-socket`
-    pub admin_socket: Option<PathBuf>,
-    /// `--token-file`
-    pub token_file: Option<PathBuf>,
-    /// `--tls-cert-file`
-    pub tls_cert_file: Option<PathBuf>,
-    /// `--tls-key-file`
-    pub tls_key_file: Option<PathBuf>,
-    /// `--client-ca-file`
-    pub client_ca_file: Option<PathBuf>,
-}
-
 impl Config {
-    /// Builds the configuration from its layers and validates it.
+    /// Builds the configuration from its layers and validates it, files included.
     pub fn load(env: &dyn EnvSource, flags: &Overrides) -> Result<Self, ConfigError> {
         let file = flags
             .config
             .clone()
-            .or_else(|| env.var("BERTH_CONFIG").map(PathBuf::from));
-        let mut cfg = match file {
+            .or_else(|| env.var(CONFIG_ENV).map(PathBuf::from));
+        let cfg = match file {
             Some(path) => Self::from_file(&path)?,
             None => Self::default(),
         };
-        cfg.apply_env(env)?;
-        cfg.apply_flags(flags)?;
+        let cfg = layers::apply(cfg, env, flags)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -332,204 +276,10 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), ConfigError> {
-        if let Some(v) = env.var("BERTH_NODE_ID") {
-            self.node_id = v;
-        }
-        if let Some(v) = env.var("BERTH_LISTEN") {
-            self.listen = parse("BERTH_LISTEN", &v)?;
-        }
-        if let Some(v) = env.var("BERTH_STATE_DIR") {
-            self.state_dir = PathBuf::from(v);
-        }
-        if let Some(v) = env.var("BERTH_DOCKER_HOST") {
-            self.docker.host = v;
-        }
-        if let Some(v) = env.var("BERTH_PUBLISH_HOST_IP") {
-            self.docker.publish_host_ip = parse("BERTH_PUBLISH_HOST_IP", &v)?;
-        }
-        if let Some(v) = env.var("BERTH_ADVERTISE_HOST") {
-            self.docker.advertise_host = v;
-        }
-        if let Some(v) = env.var("BERTH_ADMIN_SOCKET") {
-            self.admin_socket = PathBuf::from(v);
-        }
-        if let Some(v) = env.var("BERTH_TOKEN_FILE") {
-            self.security.token_file = PathBuf::from(v);
-        }
-        Ok(())
-    }
-
-    fn apply_flags(&mut self, f: &Overrides) -> Result<(), ConfigError> {
-        if let Some(v) = &f.node_id {
-            self.node_id.clone_from(v);
-        }
-        if let Some(v) = &f.listen {
-            self.listen = parse("--listen", v)?;
-        }
-        if let Some(v) = &f.state_dir {
-            self.state_dir.clone_from(v);
-        }
-        if let Some(v) = &f.docker_host {
-            self.docker.host.clone_from(v);
-        }
-        if let Some(v) = &f.publish_host_ip {
-            self.docker.publish_host_ip = parse("--publish-host-ip", v)?;
-        }
-        if let Some(v) = &f.advertise_host {
-            self.docker.advertise_host.clone_from(v);
-        }
-        if let Some(v) = &f.admin_socket {
-            self.admin_socket.clone_from(v);
-        }
-        let sec = &mut self.security;
-        for (flag, field) in [
-            (&f.token_file, &mut sec.token_file),
-            (&f.tls_cert_file, &mut sec.tls_cert_file),
-            (&f.tls_key_file, &mut sec.tls_key_file),
-            (&f.client_ca_file, &mut sec.client_ca_file),
-        ] {
-            if let Some(v) = flag {
-                field.clone_from(v);
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks every value; the error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let id_ok = !self.node_id.is_empty()
-            && self.node_id.len() <= 63
-            && self
-                .node_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-        if !id_ok {
-            return Err(invalid(
-                "node_id",
-                format!(
-                    "{:?} must be 1-63 characters of [A-Za-z0-9._-]",
-                    self.node_id
-                ),
-            ));
-        }
-        if !self.state_dir.is_absolute() {
-            return Err(invalid("state_dir", "must be an absolute path"));
-        }
-        let host = &self.docker.host;
-        if !(host.starts_with("unix:///")
-            || host.starts_with("tcp://")
-            || host.starts_with("http://"))
-        {
-            return Err(invalid(
-                "docker.host",
-                format!("{host:?} must start with unix:///, tcp:// or http://"),
-            ));
-        }
-        if self.docker.timeout_seconds == 0 || self.docker.timeout_seconds > 3600 {
-            return Err(invalid("docker.timeout_seconds", "must be 1-3600"));
-        }
-        let adv = &self.docker.advertise_host;
-        if adv
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "/?#@".contains(c))
-        {
-            return Err(invalid(
-                "docker.advertise_host",
-                format!("{adv:?} must be a bare host name or address"),
-            ));
-        }
-        let s = &self.spawn;
-        if s.ready_timeout_seconds == 0 || s.ready_timeout_seconds > s.max_ready_timeout_seconds {
-            return Err(invalid(
-                "spawn.ready_timeout_seconds",
-                "must be at least 1 and at most spawn.max_ready_timeout_seconds",
-            ));
-        }
-        if s.max_ready_timeout_seconds > 86_400 {
-            return Err(invalid(
-                "spawn.max_ready_timeout_seconds",
-                "must be at most 86400",
-            ));
-        }
-        if s.stop_grace_seconds > 3600 {
-            return Err(invalid("spawn.stop_grace_seconds", "must be at most 3600"));
-        }
-        if s.failure_log_lines > 1000 {
-            return Err(invalid("spawn.failure_log_lines", "must be at most 1000"));
-        }
-        let c = &self.capacity;
-        if !c.reserved_cpu.is_finite() || c.reserved_cpu < 0.0 {
-            return Err(invalid(
-                "capacity.reserved_cpu",
-                "must be a number of cores, 0 or more",
-            ));
-        }
-        if c.max_concurrent_spawns == 0 || c.max_concurrent_spawns > 1024 {
-            return Err(invalid("capacity.max_concurrent_spawns", "must be 1-1024"));
-        }
-        if c.spawn_queue_limit > 100_000 {
-            return Err(invalid(
-                "capacity.spawn_queue_limit",
-                "must be at most 100000",
-            ));
-        }
-        if c.spawn_queue_timeout_seconds == 0 || c.spawn_queue_timeout_seconds > 3600 {
-            return Err(invalid(
-                "capacity.spawn_queue_timeout_seconds",
-                "must be 1-3600",
-            ));
-        }
-        self.validate_security()?;
-        self.activity
-            .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
-        let sock = self.admin_socket();
-        if !sock.is_absolute() || sock.as_os_str().len() > 100 {
-            return Err(invalid(
-                "admin_socket",
-                format!(
-                    "{} must be an absolute path of at most 100 bytes",
-                    sock.display()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_security(&self) -> Result<(), ConfigError> {
-        let sec = &self.security;
-        if sec.tls() != SecurityConfig::set(&sec.tls_key_file) {
-            return Err(invalid(
-                "security.tls_key_file",
-                "tls_cert_file and tls_key_file go together",
-            ));
-        }
-        if sec.mutual_tls() && !sec.tls() {
-            return Err(invalid(
-                "security.client_ca_file",
-                "mutual TLS needs tls_cert_file and tls_key_file too",
-            ));
-        }
-        if self.listen.ip().is_loopback() || sec.insecure_plaintext_on_network {
-            return Ok(());
-        }
-        if !sec.tls() {
-            return Err(invalid(
-                "listen",
-                format!(
-                    "refusing to serve plaintext gRPC on the non-loopback address {}: whoever reaches it controls this node's Docker engine. Set security.tls_cert_file and security.tls_key_file (and security.client_ca_file), or, on a network trusted end to end, security.insecure_plaintext_on_network = true",
-                    self.listen
-                ),
-            ));
-        }
-        if !sec.token() && !sec.mutual_tls() {
-            return Err(invalid(
-                "security.token_file",
-                "a node on the network needs security.token_file or security.client_ca_file to know the hub",
-            ));
-        }
-        Ok(())
+    /// The configuration as TOML, every key written out. It holds paths, never file contents,
+    /// so no secret is in it.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| invalid("(all)", e.to_string()))
     }
 
     /// The Admin socket path.
@@ -576,85 +326,5 @@ impl Config {
     }
 }
 
-fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    v.parse()
-        .map_err(|e: T::Err| invalid(key, format!("{v:?}: {e}")))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layers_apply_in_order() {
-        let file = Config::from_toml(
-            "node_id = \"from-file\"\nlisten = \"127.0.0.1:1\"\n[docker]\nadvertise_host = \"file.example\"\n",
-        )
-        .expect("valid toml");
-        assert_eq!(file.node_id, "from-file");
-        assert_eq!(file.spawn, SpawnConfig::default());
-
-        let dir = std::env::temp_dir().join(format!("berth-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let path = dir.join("c.toml");
-        std::fs::write(&path, "node_id = \"from-file\"\nlisten = \"127.0.0.1:1\"\n")
-            .expect("write");
-        let env = [
-            ("BERTH_LISTEN", "127.0.0.1:2"),
-            ("BERTH_NODE_ID", "from-env"),
-        ];
-        let flags = Overrides {
-            config: Some(path),
-            node_id: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let cfg = Config::load(&env, &flags).expect("valid config");
-        assert_eq!(cfg.node_id, "from-flag");
-        assert_eq!(cfg.listen.port(), 2);
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn embedded_default_is_valid() {
-        let cfg = Config::load(&[("X", "y")], &Overrides::default()).expect("default valid");
-        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(cfg.advertise_host(), "127.0.0.1");
-    }
-
-    #[test]
-    fn bad_values_name_their_key() {
-        let cases = [
-            ("lisen = \"x\"", "lisen"),
-            ("[docker]\ntimeout_seconds = \"x\"", "timeout_seconds"),
-            ("[spawn]\nbogus = 1", "bogus"),
-        ];
-        for (text, key) in cases {
-            let err = Config::from_toml(text).expect_err(text);
-            assert!(err.contains(key), "{err:?} should name {key}");
-        }
-        let mut cfg = Config::default();
-        cfg.docker.timeout_seconds = 0;
-        assert!(
-            cfg.validate()
-                .expect_err("zero")
-                .to_string()
-                .contains("docker.timeout_seconds")
-        );
-        let cfg = Config {
-            node_id: "no spaces".into(),
-            ..Default::default()
-        };
-        assert!(
-            cfg.validate()
-                .expect_err("space")
-                .to_string()
-                .contains("node_id")
-        );
-        let err =
-            Config::load(&[("BERTH_LISTEN", "nope")], &Overrides::default()).expect_err("bad env");
-        assert!(err.to_string().contains("BERTH_LISTEN"), "{err}");
-    }
-}
+mod tests;

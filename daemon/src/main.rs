@@ -1,6 +1,6 @@
 //! The `berthd` binary: parse flags, load config, run the daemon until SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::process::ExitCode;
 
 use berthd::config::{Config, Overrides, ProcessEnv};
@@ -34,68 +34,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC spawner API (with no flags: the embedded default configuration).
-    Serve(ServeArgs),
-    /// Load and validate the configuration, print it, and exit.
-    CheckConfig(ServeArgs),
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// TOML configuration file (also BERTH_CONFIG).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// gRPC listen address, e.g. 127.0.0.1:50051 (also BERTH_LISTEN).
-    #[arg(long)]
-    listen: Option<String>,
-    /// State directory (also BERTH_STATE_DIR).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// This node's id (also BERTH_NODE_ID).
-    #[arg(long)]
-    node_id: Option<String>,
-    /// Docker engine address, unix:///path or tcp://host:port (also BERTH_DOCKER_HOST).
-    #[arg(long)]
-    docker_host: Option<String>,
-    /// Host address container ports are published on (also BERTH_PUBLISH_HOST_IP).
-    #[arg(long)]
-    publish_host_ip: Option<String>,
-    /// Host name put in server URLs (also BERTH_ADVERTISE_HOST).
-    #[arg(long)]
-    advertise_host: Option<String>,
-    /// Unix socket of the Admin service (also BERTH_ADMIN_SOCKET); default <state-dir>/admin.sock.
-    #[arg(long)]
-    admin_socket: Option<PathBuf>,
-    /// File with the bearer token the hub must present (also BERTH_TOKEN_FILE).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// TLS server certificate, PEM.
-    #[arg(long)]
-    tls_cert_file: Option<PathBuf>,
-    /// TLS server key, PEM.
-    #[arg(long)]
-    tls_key_file: Option<PathBuf>,
-    /// CA of accepted client certificates (mutual TLS), PEM.
-    #[arg(long)]
-    client_ca_file: Option<PathBuf>,
-}
-
-impl From<ServeArgs> for Overrides {
-    fn from(a: ServeArgs) -> Self {
-        Overrides {
-            config: a.config,
-            listen: a.listen,
-            state_dir: a.state_dir,
-            node_id: a.node_id,
-            docker_host: a.docker_host,
-            publish_host_ip: a.publish_host_ip,
-            advertise_host: a.advertise_host,
-            admin_socket: a.admin_socket,
-            token_file: a.token_file,
-            tls_cert_file: a.tls_cert_file,
-            tls_key_file: a.tls_key_file,
-            client_ca_file: a.client_ca_file,
-        }
-    }
+    Serve(Overrides),
+    /// Load and validate the configuration and the files it names, print it as TOML, and exit.
+    CheckConfig(Overrides),
 }
 
 fn main() -> ExitCode {
@@ -119,7 +60,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => (a, false),
         Command::CheckConfig(a) => (a, true),
     };
-    let cfg = match Config::load(&ProcessEnv, &args.into()) {
+    let cfg = match Config::load(&ProcessEnv, &args) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("berthd: configuration error: {e}");
@@ -127,8 +68,7 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        eprintln!("berthd: configuration is valid:\n{cfg:#?}");
-        return ExitCode::SUCCESS;
+        return print_config(&cfg);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -149,6 +89,24 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `check-config`'s answer: the effective configuration as TOML on stdout (paths, never the
+/// contents of token or key files), the verdict on stderr.
+fn print_config(cfg: &Config) -> ExitCode {
+    let text = match cfg.to_toml() {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        eprintln!("berthd: cannot print the configuration: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("berthd: configuration is valid");
+    ExitCode::SUCCESS
 }
 
 async fn on_signal(shutdown: CancellationToken) {

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::{StartSpec, normalize_image_glob};
 
@@ -11,7 +11,7 @@ use crate::spec::{StartSpec, normalize_image_glob};
 pub const DEFAULT_HOST_PATH_MODE: u32 = 0o700;
 
 /// `[policy]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Image references allowed, as globs (`*` any run of characters, `?` one), matched

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use berth_hub_client::{Activity, HubApi, HubError};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,7 @@ pub(crate) const STATS_CONCURRENCY: usize = 32;
 pub(crate) const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `[activity]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActivityConfig {
     /// Report activity to the hub.

@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::auth::BearerAuth;
 use crate::api::{AdminService, SpawnerService};
-use crate::config::{Config, ConfigError};
+use crate::config::{self, Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::runtime::Runtime;
 use crate::state::FileStore;
@@ -103,25 +103,18 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
 /// Largest request accepted, in bytes (a Start with its env is far smaller).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// The TLS configuration, if any: server identity and, for mutual TLS, the client CA.
+/// The TLS configuration, if any: server identity and, for mutual TLS, the client CA. The
+/// files are read by the same checks as `Config::validate`, so `check-config` agrees with this.
 fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
     let sec = &cfg.security;
     if !sec.tls() {
         return Ok(None);
     }
-    let read = |key: &str, path: &Path| {
-        std::fs::read(path).map_err(|e| {
-            ServeError::Config(ConfigError::Invalid {
-                key: key.to_owned(),
-                message: format!("cannot read {}: {e}", path.display()),
-            })
-        })
-    };
-    let cert = read("security.tls_cert_file", &sec.tls_cert_file)?;
-    let key = read("security.tls_key_file", &sec.tls_key_file)?;
+    let cert = config::read_certificates("security.tls_cert_file", &sec.tls_cert_file)?;
+    let key = config::read_private_key("security.tls_key_file", &sec.tls_key_file)?;
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
     if sec.mutual_tls() {
-        let ca = read("security.client_ca_file", &sec.client_ca_file)?;
+        let ca = config::read_certificates("security.client_ca_file", &sec.client_ca_file)?;
         tls = tls.client_ca_root(Certificate::from_pem(ca));
     }
     Ok(Some(tls))
@@ -154,12 +147,11 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let auth = if cfg.security.token() {
-        BearerAuth::from_file(&cfg.security.token_file).map_err(|e| {
-            ServeError::Config(ConfigError::Invalid {
-                key: "security.token_file".to_owned(),
-                message: e.to_string(),
-            })
-        })?
+        BearerAuth::with_token(&config::read_token(
+            "security.token_file",
+            &cfg.security.token_file,
+            crate::api::auth::MIN_TOKEN_BYTES,
+        )?)
     } else {
         BearerAuth::open()
     };

@@ -4,6 +4,12 @@
 use std::process::Command;
 
 fn berthd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, _, err) = berthd_out(args, env);
+    (code, err)
+}
+
+/// Exit code, stdout and stderr.
+fn berthd_out(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
         .args(args)
         .envs(env.iter().copied())
@@ -11,6 +17,7 @@ fn berthd(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .expect("run berthd");
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -79,4 +86,60 @@ fn an_unusable_state_dir_is_reported_with_its_path() {
     );
     assert_eq!(code, 73, "{err}");
     assert!(err.contains(dir.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn check_config_and_serve_both_refuse_a_missing_tls_or_token_file_naming_key_and_file() {
+    let missing = std::env::temp_dir().join("berth-cli-no-such-file.pem");
+    let missing = missing.to_str().unwrap();
+    // (flags, the key and the file the error must name)
+    let cases: [(&[&str], &str, &str); 3] = [
+        (
+            &["--tls-cert-file", missing, "--tls-key-file", missing],
+            "security.tls_cert_file",
+            missing,
+        ),
+        (&["--token-file", missing], "security.token_file", missing),
+        (
+            &["--token-file", "/dev/null"],
+            "security.token_file",
+            "/dev/null",
+        ),
+    ];
+    for (flags, key, file) in cases {
+        for command in ["check-config", "serve"] {
+            let mut args = vec![command, "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(flags);
+            // A state directory serve cannot create: had the file passed, serve would exit 73.
+            args.extend_from_slice(&["--state-dir", "/proc/berth-cli-state"]);
+            let (code, err) = berthd(&args, &[]);
+            assert_eq!(code, 64, "{command} {flags:?}: {err}");
+            assert!(err.contains(key), "{command} {flags:?} names {key}: {err}");
+            assert!(
+                err.contains(file),
+                "{command} {flags:?} names {file}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_prints_toml_with_paths_and_never_a_token() {
+    let token = temp_file("token-print", "0123456789abcdef-very-secret\n");
+    let (code, out, err) = berthd_out(
+        &["check-config", "--token-file", token.to_str().unwrap()],
+        &[("BERTH_NODE_ID", "printed-node")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: toml::Table = toml::from_str(&out).expect("stdout is TOML");
+    assert_eq!(printed["node_id"].as_str(), Some("printed-node"));
+    assert_eq!(
+        printed["security"]["token_file"].as_str(),
+        token.to_str(),
+        "{out}"
+    );
+    assert!(
+        !out.contains("very-secret") && !err.contains("very-secret"),
+        "{out}{err}"
+    );
 }

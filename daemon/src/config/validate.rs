@@ -1,0 +1,161 @@
+//! The checks a configuration must pass before anything binds; each error names its key.
+
+use super::{Config, ConfigError, SecurityConfig, files, invalid};
+
+impl Config {
+    /// Checks every value and then every file the configuration names (readable, parses, key
+    /// matches certificate), exactly as `serve` will use them; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_values()?;
+        self.validate_security()?;
+        self.activity
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        let sock = self.admin_socket();
+        if !sock.is_absolute() || sock.as_os_str().len() > 100 {
+            return Err(invalid(
+                "admin_socket",
+                format!(
+                    "{} must be an absolute path of at most 100 bytes",
+                    sock.display()
+                ),
+            ));
+        }
+        files::check(self)
+    }
+
+    fn validate_values(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.node_id.is_empty()
+            && self.node_id.len() <= 63
+            && self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !id_ok {
+            return Err(invalid(
+                "node_id",
+                format!(
+                    "{:?} must be 1-63 characters of [A-Za-z0-9._-]",
+                    self.node_id
+                ),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        self.validate_docker()?;
+        self.validate_spawn()?;
+        self.validate_capacity()
+    }
+
+    fn validate_docker(&self) -> Result<(), ConfigError> {
+        let host = &self.docker.host;
+        if !(host.starts_with("unix:///")
+            || host.starts_with("tcp://")
+            || host.starts_with("http://"))
+        {
+            return Err(invalid(
+                "docker.host",
+                format!("{host:?} must start with unix:///, tcp:// or http://"),
+            ));
+        }
+        if self.docker.timeout_seconds == 0 || self.docker.timeout_seconds > 3600 {
+            return Err(invalid("docker.timeout_seconds", "must be 1-3600"));
+        }
+        let adv = &self.docker.advertise_host;
+        if adv
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/?#@".contains(c))
+        {
+            return Err(invalid(
+                "docker.advertise_host",
+                format!("{adv:?} must be a bare host name or address"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_spawn(&self) -> Result<(), ConfigError> {
+        let s = &self.spawn;
+        if s.ready_timeout_seconds == 0 || s.ready_timeout_seconds > s.max_ready_timeout_seconds {
+            return Err(invalid(
+                "spawn.ready_timeout_seconds",
+                "must be at least 1 and at most spawn.max_ready_timeout_seconds",
+            ));
+        }
+        if s.max_ready_timeout_seconds > 86_400 {
+            return Err(invalid(
+                "spawn.max_ready_timeout_seconds",
+                "must be at most 86400",
+            ));
+        }
+        if s.stop_grace_seconds > 3600 {
+            return Err(invalid("spawn.stop_grace_seconds", "must be at most 3600"));
+        }
+        if s.failure_log_lines > 1000 {
+            return Err(invalid("spawn.failure_log_lines", "must be at most 1000"));
+        }
+        Ok(())
+    }
+
+    fn validate_capacity(&self) -> Result<(), ConfigError> {
+        let c = &self.capacity;
+        if !c.reserved_cpu.is_finite() || c.reserved_cpu < 0.0 {
+            return Err(invalid(
+                "capacity.reserved_cpu",
+                "must be a number of cores, 0 or more",
+            ));
+        }
+        if c.max_concurrent_spawns == 0 || c.max_concurrent_spawns > 1024 {
+            return Err(invalid("capacity.max_concurrent_spawns", "must be 1-1024"));
+        }
+        if c.spawn_queue_limit > 100_000 {
+            return Err(invalid(
+                "capacity.spawn_queue_limit",
+                "must be at most 100000",
+            ));
+        }
+        if c.spawn_queue_timeout_seconds == 0 || c.spawn_queue_timeout_seconds > 3600 {
+            return Err(invalid(
+                "capacity.spawn_queue_timeout_seconds",
+                "must be 1-3600",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let sec = &self.security;
+        if sec.tls() != SecurityConfig::set(&sec.tls_key_file) {
+            return Err(invalid(
+                "security.tls_key_file",
+                "tls_cert_file and tls_key_file go together",
+            ));
+        }
+        if sec.mutual_tls() && !sec.tls() {
+            return Err(invalid(
+                "security.client_ca_file",
+                "mutual TLS needs tls_cert_file and tls_key_file too",
+            ));
+        }
+        if self.listen.ip().is_loopback() || sec.insecure_plaintext_on_network {
+            return Ok(());
+        }
+        if !sec.tls() {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "refusing to serve plaintext gRPC on the non-loopback address {}: whoever reaches it controls this node's Docker engine. Set security.tls_cert_file and security.tls_key_file (and security.client_ca_file), or, on a network trusted end to end, security.insecure_plaintext_on_network = true",
+                    self.listen
+                ),
+            ));
+        }
+        if !sec.token() && !sec.mutual_tls() {
+            return Err(invalid(
+                "security.token_file",
+                "a node on the network needs security.token_file or security.client_ca_file to know the hub",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -11,7 +11,7 @@ use crate::api::auth::MIN_TOKEN_BYTES;
 
 /// Longest token accepted: far above any real one, low enough that a wrong file (a log, an
 /// image) is caught rather than sent as a header.
-pub const MAX_TOKEN_BYTES: usize = 4096;
+pub(super) const MAX_TOKEN_BYTES: usize = 4096;
 
 fn bad_file(key: &str, path: &Path, message: impl std::fmt::Display) -> ConfigError {
     invalid(key, format!("{}: {message}", path.display()))

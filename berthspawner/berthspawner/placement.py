@@ -1,5 +1,6 @@
 """Choosing a node for a new server: pure functions over the nodes' Capacity answers."""
 
+import inspect
 from dataclasses import dataclass, field
 
 
@@ -98,11 +99,12 @@ def pack(fits):
 POLICIES = {"spread": spread, "pack": pack}
 
 
-def rank(candidates, demand, policy="spread"):
+def rank(candidates, demand, policy="spread", spawner=None):
     """The nodes that fit, best first, and the reasons the others do not.
 
-    `policy` is "spread", "pack", or a callable taking the fitting candidates and the demand and
-    returning them in the order to try.
+    `policy` is "spread", "pack", or a callable taking the fitting candidates and the demand
+    (and, if it takes a third argument, the spawner: its user, name and user_options, so a
+    deployment can pin groups or profiles to nodes) and returning them in the order to try.
     """
     fits, reasons = [], []
     for c in candidates:
@@ -112,7 +114,8 @@ def rank(candidates, demand, policy="spread"):
         else:
             fits.append(c)
     if callable(policy):
-        ordered = list(policy(fits, demand))
+        takes_spawner = len(inspect.signature(policy).parameters) >= 3
+        ordered = list(policy(fits, demand, spawner) if takes_spawner else policy(fits, demand))
     else:
         ordered = POLICIES[policy](fits)
     return ordered, reasons

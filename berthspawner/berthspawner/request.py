@@ -24,14 +24,38 @@ def image(spawner):
 
 
 def volumes(spec):
-    """DockerSpawner-style {source: target | {"bind": target, "mode": "ro"}} as proto Volumes."""
+    """DockerSpawner-style {source: target | {"bind": target, "mode": "ro"}} as proto Volumes; a
+    dict target may also give the Docker volume "driver" and its "driver_opts"."""
     out = []
     for source, target in spec.items():
         if isinstance(target, dict):
-            out.append(pb.Volume(source=source, target=target["bind"], read_only=target.get("mode") == "ro"))
+            out.append(
+                pb.Volume(
+                    source=source,
+                    target=target["bind"],
+                    read_only=target.get("mode") == "ro",
+                    driver=target.get("driver", ""),
+                    driver_opts={k: str(v) for k, v in (target.get("driver_opts") or {}).items()},
+                )
+            )
         else:
             out.append(pb.Volume(source=source, target=target))
     return out
+
+
+# Docker local-driver mount types whose data lives elsewhere than the node.
+_SHARED_TYPES = {"nfs", "nfs4", "cifs", "smb"}
+
+
+def node_local_volumes(spec):
+    """Whether a volume in `spec` keeps a user's files on one node: a named volume (not a host
+    path) templated with {user} or {server}, on Docker's local driver, not a network mount."""
+    for v in volumes(spec):
+        if v.source.startswith("/") or not ("{user}" in v.source or "{server}" in v.source):
+            continue
+        if v.driver in ("", "local") and v.driver_opts.get("type", "") not in _SHARED_TYPES:
+            return True
+    return False
 
 
 def demand(spawner, image):

@@ -1,6 +1,7 @@
 """BerthSpawner: JupyterHub single-user servers in Docker containers on berthd nodes."""
 
 import asyncio
+import json
 import uuid
 
 import grpc
@@ -46,6 +47,17 @@ class BerthSpawner(Spawner):
         help="""Named volumes: {source: target} or {source: {"bind": target, "mode": "ro"}};
         `{user}` and `{server}` in a source are expanded (escaped) by the node.""",
     )
+    volume_affinity = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Where a user's server goes once their files are on a node. "required": only that
+        node; when it cannot take the server the spawn fails with a 503 naming the node and why
+        (never an empty home elsewhere). "preferred": that node first, another node with a fresh
+        volume when it cannot (the progress bar says so). "none": any node (shared storage).
+        Default: "required" when `volumes` has a node-local named volume templated with {user} or
+        {server}, else "none".""",
+    )
     remove = Bool(False, config=True, help="Delete the container when the server stops.")
     container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
     stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
@@ -58,10 +70,14 @@ class BerthSpawner(Spawner):
     )
     rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
 
-    # Per-server state (get_state/load_state): where the server runs.
+    # Per-server state (get_state/load_state): where the server runs, and where its files are
+    # (kept across stops; also found again by asking the nodes when the hub's state is lost).
     node_name = Unicode("")
     spawn_id = Unicode("")
     container_id = Unicode("")
+    home_node = Unicode("")
+    # Said once on the progress stream of the current start (e.g. "a fresh volume").
+    _notice = ""
     # Node attempts of the current start(), followed by progress().
     _attempt = 0
 
@@ -70,6 +86,13 @@ class BerthSpawner(Spawner):
         value = proposal["value"]
         if not callable(value) and value not in placement.POLICIES:
             raise TraitError(f"BerthSpawner.placement must be one of {sorted(placement.POLICIES)} or a callable")
+        return value
+
+    @validate("volume_affinity")
+    def _check_affinity(self, proposal):
+        value = proposal["value"]
+        if value not in (None, "required", "preferred", "none"):
+            raise TraitError('BerthSpawner.volume_affinity must be "required", "preferred" or "none"')
         return value
 
     @default("image")
@@ -126,6 +149,8 @@ class BerthSpawner(Spawner):
         state = super().get_state()
         if self.node_name:
             state.update(node=self.node_name, spawn_id=self.spawn_id, container_id=self.container_id)
+        if self.home_node:
+            state.update(home_node=self.home_node)
         return state
 
     def load_state(self, state):
@@ -133,10 +158,83 @@ class BerthSpawner(Spawner):
         self.node_name = state.get("node", "")
         self.spawn_id = state.get("spawn_id", "")
         self.container_id = state.get("container_id", "")
+        self.home_node = state.get("home_node", "")
 
     def clear_state(self):
+        # The hub clears the state when the server stops; where the files are outlives that.
+        home = self.home_node
         super().clear_state()
         self.node_name = self.spawn_id = self.container_id = ""
+        self.home_node = home
+
+    # ---- where the files are ----------------------------------------------------------------
+
+    def _affinity(self):
+        if self.volume_affinity is not None:
+            return self.volume_affinity
+        return "required" if request.node_local_volumes(self.volumes) else "none"
+
+    async def _find_home(self, nodes):
+        """The node holding this server's volumes, asked of every node (the hub's state may have
+        been lost): the one used last, or "" when no node has any."""
+        server = self.name or ""
+
+        async def on(node):
+            try:
+                r = await node.call("ListVolumes", pb.ListVolumesRequest(user=self.user.name), self.rpc_timeout)
+            except grpc.aio.AioRpcError:
+                return None
+            mine = [v for v in r.volumes if v.owner.server_name in ("", server)]
+            if not mine:
+                return None
+            return max(v.last_used.seconds if v.HasField("last_used") else 0 for v in mine), node.name
+
+        found = [f for f in await asyncio.gather(*(on(n) for n in nodes)) if f]
+        return max(found)[1] if found else ""
+
+    def _follow_data(self, affinity, nodes, reasons):
+        """The ranked nodes, narrowed to (required) or led by (preferred) the node with the
+        user's files. Raises the 503 of a required home node that cannot take the server."""
+        home = self.home_node if affinity != "none" else ""
+        if not home:
+            return nodes
+        at_home = [n for n in nodes if n.name == home]
+        if at_home:
+            rest = [] if affinity == "required" else [n for n in nodes if n.name != home]
+            return at_home + rest
+        prefix = f"{home}: "
+        why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "not one of this hub's nodes")
+        self._away_from_home(affinity, home, why)
+        return nodes
+
+    def _away_from_home(self, affinity, home, why):
+        """The home node cannot take the server: a 503 (required) or a notice (preferred)."""
+        if affinity == "required":
+            raise SpawnException(
+                f"Your files are on {home}, which cannot take your server right now ({why}). "
+                "Try again later, or ask an admin to move your files to another node.",
+                reason="affinity",
+                status_code=503,
+            )
+        self._notice = (
+            f"Your files are on {home}, which cannot take your server right now ({why}): this "
+            "server starts on another node with a fresh, empty volume."
+        )
+        self.log.warning("berth: %s starts away from its files on %s (%s)", self._log_name, home, why)
+
+    async def _remember(self, node):
+        """Keeps where the files are in the node's per-server state blob, so that a hub whose
+        database was reset still finds them (with the user's last options). Best effort."""
+        blob = {"home_node": self.home_node, "user_options": self.user_options or {}}
+        try:
+            cur = await node.call("GetState", pb.GetStateRequest(key=self._key()), self.rpc_timeout)
+            await node.call(
+                "PutState",
+                pb.PutStateRequest(key=self._key(), blob=json.dumps(blob, default=str).encode(), expected_version=cur.version),
+                self.rpc_timeout,
+            )
+        except grpc.aio.AioRpcError as e:
+            self.log.warning("berth: cannot keep %s's home node on %s: %s", self._log_name, node.name, e.code().name)
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -156,7 +254,7 @@ class BerthSpawner(Spawner):
         for node, c in zip(nodes, answers):
             c.inflight = len(node.inflight)
             c.inflight_memory = sum(d.memory for d in node.inflight.values())
-        ordered, reasons = placement.rank(answers, demand, self.placement)
+        ordered, reasons = placement.rank(answers, demand, self.placement, spawner=self)
         by_name = {n.name: n for n in nodes}
         return [by_name[c.name] for c in ordered], reasons
 
@@ -180,14 +278,22 @@ class BerthSpawner(Spawner):
         nodes = self._nodes()
         if not nodes:
             raise SpawnException("BerthSpawner.nodes is empty", reason="config", status_code=500)
-        # Both ask every node; together, a node that does not answer costs one timeout.
-        answers, _ = await asyncio.gather(
-            asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()
-        )
+        affinity = self._affinity()
+        self._notice = ""
+        # All ask every node; together, a node that does not answer costs one timeout.
+        asks = [asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()]
+        if affinity != "none" and not self.home_node:
+            asks.append(self._find_home(nodes))
+        answers, _, *home = await asyncio.gather(*asks)
+        if home and home[0]:
+            self.home_node = home[0]
         self.spawn_id = uuid.uuid4().hex
         nodes, reasons = self._rank(nodes, answers, demand)
+        nodes = self._follow_data(affinity, nodes, reasons)
         start_request = request.start_request(self, image)
         for node in nodes:
+            if self.home_node and node.name != self.home_node and affinity == "preferred" and not self._notice:
+                self._away_from_home(affinity, self.home_node, "it refused the server")
             self.node_name = node.name
             self._attempt += 1
             node.inflight[self.spawn_id] = demand
@@ -207,8 +313,15 @@ class BerthSpawner(Spawner):
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
+            if affinity != "none":
+                self.home_node = self.home_node or node.name
+                await self._remember(node)
             return resp.url
         self.node_name = ""
+        if affinity == "required" and self.home_node:
+            prefix = f"{self.home_node}: "
+            why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "it refused the server")
+            self._away_from_home(affinity, self.home_node, why)
         why = "; ".join(reasons) or "no node answered"
         raise SpawnException(
             f"No node has room for your server right now ({why}). Try again later.",
@@ -246,6 +359,8 @@ class BerthSpawner(Spawner):
             node = self._node(self.node_name)
             if node is None:
                 continue
+            if self._notice:
+                yield {"message": self._notice}
             yield {"message": f"Starting on node {node.name}"}
             req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
             try:

@@ -5,6 +5,7 @@ import asyncio
 from types import SimpleNamespace
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from berthspawner import BerthSpawner, errors
 from berthspawner._proto.berth.v1 import spawner_pb2 as pb
@@ -30,6 +31,9 @@ class FakeNode(pb_grpc.SpawnerServicer):
         self.watch = False
         self.events = asyncio.Queue()
         self.servers = {}
+        # Named volumes made from {user}/{server} templates: name -> (user, server, last start).
+        self.volumes = {}
+        self.blobs = {}
         self.calls = []
         self.metadata = []
         self.server = None
@@ -82,7 +86,42 @@ class FakeNode(pb_grpc.SpawnerServicer):
             key=request.key, state=State.RUNNING, container_id=cid, spawn_id=request.spawn_id, node_id=self.name
         )
         self.running += 1
+        for v in request.volumes:
+            if not v.source.startswith("/") and ("{user}" in v.source or "{server}" in v.source):
+                name = v.source.replace("{user}", request.key.user).replace("{server}", request.key.server_name)
+                server = request.key.server_name if "{server}" in v.source else ""
+                self.volumes[name] = (request.key.user, server, len(self.calls))
         return pb.StartResponse(url=f"http://{self.name}:1", container_id=cid, node_id=self.name, spawn_id=request.spawn_id)
+
+    async def ListVolumes(self, request, context):
+        await self._enter("ListVolumes", context)
+        out = []
+        for name, (user, server, used) in sorted(self.volumes.items()):
+            if request.user in ("", user):
+                out.append(
+                    pb.UserVolume(
+                        name=name,
+                        owner=pb.ServerKey(user=user, server_name=server),
+                        driver="local",
+                        size_bytes=-1,
+                        last_used=Timestamp(seconds=used),
+                    )
+                )
+        return pb.ListVolumesResponse(node_id=self.name, volumes=out)
+
+    async def GetState(self, request, context):
+        await self._enter("GetState", context)
+        blob, version = self.blobs.get((request.key.user, request.key.server_name), (b"", 0))
+        return pb.StateRecord(key=request.key, blob=blob, version=version)
+
+    async def PutState(self, request, context):
+        await self._enter("PutState", context)
+        key = (request.key.user, request.key.server_name)
+        _, version = self.blobs.get(key, (b"", 0))
+        if version != request.expected_version:
+            await context.abort(grpc.StatusCode.ABORTED, "stale version")
+        self.blobs[key] = (request.blob, version + 1)
+        return pb.StateRecord(key=request.key, blob=request.blob, version=version + 1)
 
     async def Poll(self, request, context):
         await self._enter("Poll", context)

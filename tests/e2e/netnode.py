@@ -122,21 +122,19 @@ def _container_pids(node=None):
     return pids
 
 
-def _kill(pids, what, timeout=15, signals=(signal.SIGTERM, signal.SIGKILL)):
-    """SIGTERM, then SIGKILL whatever is left after `timeout`."""
-    for sig in signals:
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+def _kill(pids, what, timeout=15):
+    """SIGKILL and wait until they are gone (or zombies). Leftovers need no grace: what they
+    held (mounts, cgroups, the netns) is removed after them; and a container's pid 1 ignores
+    SIGTERM unless it handles it."""
+    for pid in pids:
         try:
-            wait_for(f"{what} to exit", lambda: not any(os.path.exists(f"/proc/{p}") and not _zombie(p) for p in pids),
-                     timeout=timeout)
-            return
-        except AssertionError:
-            if sig == signal.SIGKILL:
-                raise SetupError(f"{what} (pids {sorted(pids)}) survive SIGKILL") from None
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        wait_for(f"{what} to exit", lambda: all(_zombie(p) for p in pids), timeout=timeout)
+    except AssertionError:
+        raise SetupError(f"{what} (pids {sorted(pids)}) survive SIGKILL after {timeout}s") from None
 
 
 def _zombie(pid):
@@ -175,10 +173,9 @@ def _links():
 
 def sweep_node(name):
     """Removes everything of node `name`: its containers, processes, mounts, namespace, link,
-    cgroups and directories, whoever made them."""
+    cgroups and directories, whoever made them (after a clean Engine.stop little is left)."""
     ns = f"{PREFIX}-{name}"
-    # A container's pid 1 ignores SIGTERM unless it handles it: test containers get SIGKILL.
-    _kill(_container_pids(name), f"containers of {ns}", signals=(signal.SIGKILL,))
+    _kill(_container_pids(name), f"containers of {ns}")
     _kill(_pids_in_netns(ns), f"processes in netns {ns}")
     _unmount(os.path.join(RUN_DIR, name), os.path.join(DATA_DIR, name), f"/run/netns/{ns}")
     quiet("ip", "netns", "delete", ns)
@@ -200,7 +197,7 @@ def sweep():
             names.update(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
     for name in sorted(names):
         sweep_node(name)
-    _kill(_container_pids(), "containers of earlier e2e engines", signals=(signal.SIGKILL,))
+    _kill(_container_pids(), "containers of earlier e2e engines")
     for link in _links():
         quiet("ip", "link", "delete", link)
     _unmount(RUN_DIR, DATA_DIR)

@@ -399,6 +399,7 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
+        t0 = time.monotonic()
         errors = []
         for node in self.nodes:
             try:
@@ -409,6 +410,7 @@ class Cluster:
             sweep()
         finally:
             self._lock.close()
+        log(f"{len(self.nodes)} nodes removed in {time.monotonic() - t0:.1f}s")
         if errors:
             raise errors[0]
 

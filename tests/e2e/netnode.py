@@ -34,8 +34,10 @@ NET = "10.213.0"
 HUB_IP = f"{NET}.1"
 # Exec roots and engine sockets: short paths (a unix socket path holds at most 107 bytes).
 RUN_DIR = f"/run/{PREFIX}"
-# Engine data roots and the image tarballs: on disk, not in memory.
+# Engine data roots and the image tarballs.
 DATA_DIR = "/var/lib/berth-e2e"
+# A tmpfs, about 0.55 GB per node with the test images, plus their tarballs while loading.
+DATA_SIZE = "4g"
 LOCK_FILE = "/run/berth-e2e.lock"
 NODES = 2
 IMAGES = (TINY, IMAGE)
@@ -175,18 +177,30 @@ def sweep_node(name):
     """Removes everything of node `name`: its containers, processes, mounts, namespace, link,
     cgroups and directories, whoever made them (after a clean Engine.stop little is left)."""
     ns = f"{PREFIX}-{name}"
-    _kill(_container_pids(name), f"containers of {ns}")
-    _kill(_pids_in_netns(ns), f"processes in netns {ns}")
-    _unmount(os.path.join(RUN_DIR, name), os.path.join(DATA_DIR, name), f"/run/netns/{ns}")
-    quiet("ip", "netns", "delete", ns)
-    quiet("ip", "link", "delete", f"{ns}-h")
-    for d in _cgroup_dirs(name):
+    run, data = os.path.join(RUN_DIR, name), os.path.join(DATA_DIR, name)
+    steps = [
+        ("kill containers", lambda: _kill(_container_pids(name), f"containers of {ns}")),
+        ("kill processes", lambda: _kill(_pids_in_netns(ns), f"processes in netns {ns}")),
+        ("unmount", lambda: _unmount(run, data, f"/run/netns/{ns}")),
+        ("delete netns", lambda: quiet("ip", "netns", "delete", ns)),
+        ("delete link", lambda: quiet("ip", "link", "delete", f"{ns}-h")),
+        ("remove cgroups", lambda: _rmdirs(_cgroup_dirs(name))),
+        ("remove directories", lambda: (shutil.rmtree(run, ignore_errors=True),
+                                        shutil.rmtree(data, ignore_errors=True))),
+    ]
+    for what, step in steps:
+        t0 = time.monotonic()
+        step()
+        if time.monotonic() - t0 > 3:
+            log(f"{name}: {what} took {time.monotonic() - t0:.1f}s")
+
+
+def _rmdirs(dirs):
+    for d in dirs:
         try:
             os.rmdir(d)
         except OSError:
             pass
-    shutil.rmtree(os.path.join(RUN_DIR, name), ignore_errors=True)
-    shutil.rmtree(os.path.join(DATA_DIR, name), ignore_errors=True)
 
 
 def sweep():
@@ -194,7 +208,7 @@ def sweep():
     names = {ns[len(PREFIX) + 1:] for ns in _netns_names()}
     for base in (RUN_DIR, DATA_DIR):
         if os.path.isdir(base):
-            names.update(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+            names.update(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)) and d != "pki")
     for name in sorted(names):
         sweep_node(name)
     _kill(_container_pids(), "containers of earlier e2e engines")
@@ -209,6 +223,13 @@ def sweep():
 
 
 # --- building nodes ------------------------------------------------------------------------
+
+def mount_data_dir():
+    """The engines' data roots in memory: loading the images and removing them afterwards
+    then cost no disk I/O (the machine's disk is shared and slow under load)."""
+    os.makedirs(DATA_DIR, mode=0o700, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={DATA_SIZE},mode=0700", "berth-e2e", DATA_DIR)
+
 
 def make_bridge():
     """The hub's side of the links: a bridge holding HUB_IP."""
@@ -327,11 +348,14 @@ class NetNode:
         return self.berthd.admin_socket
 
     def close(self):
+        t0 = time.monotonic()
         if self.berthd:
             self.berthd.proc.kill()
             self.berthd.proc.wait()
         self.engine.stop()
+        t1 = time.monotonic()
         sweep_node(self.name)
+        log(f"{self.name}: engine stopped in {t1 - t0:.1f}s, swept in {time.monotonic() - t1:.1f}s")
 
 
 class Cluster:
@@ -355,6 +379,7 @@ class Cluster:
             if not shutil.which(cmd):
                 raise SetupError(f"{cmd} is not installed (tests/e2e/setup installs it)")
         driver = sh("docker", "info", "-f", "{{.Driver}}").strip()
+        mount_data_dir()
         make_bridge()
         pki = Pki(os.path.join(DATA_DIR, "pki"))
         for i in range(1, n + 1):
@@ -370,11 +395,13 @@ class Cluster:
 
     def _load_images(self):
         """Saves each test image once, loads it into every engine (in parallel)."""
+        t0 = time.monotonic()
         tarballs = []
         for image in IMAGES:
             path = os.path.join(DATA_DIR, image.replace("/", "_").replace(":", "_") + ".tar")
             sh("docker", "save", "-o", path, image, timeout=300)
             tarballs.append(path)
+        log(f"images saved in {time.monotonic() - t0:.1f}s")
         errors = []
 
         def load(node):

@@ -288,7 +288,11 @@ class Engine:
     def _answers(self):
         if self.proc.poll() is not None:
             raise SetupError(f"dockerd of {self.name} exited {self.proc.returncode}:\n{self._tail()}")
-        return subprocess.run(["docker", "-H", self.host, "info"], capture_output=True, timeout=10).returncode == 0
+        try:
+            r = subprocess.run(["docker", "-H", self.host, "info"], capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 0
 
     def _tail(self):
         with open(self.log) as f:
@@ -317,8 +321,8 @@ class Engine:
 
 class NetNode:
     """One node: name, ip, netns, its engine (`docker_host`, `engine.docker(...)`) and its
-    berthd (`berthd`: address, admin socket, containers(), admin()); `client` is its entry in
-    BerthSpawner.nodes."""
+    berthd (`berthd`: a conftest.Berthd with address, admin_socket, containers(), admin(), and
+    `client`, the TLS and token keys of its BerthSpawner.nodes entry)."""
 
     def __init__(self, name, index, driver, pki):
         self.name = name

@@ -39,14 +39,23 @@ def _on_host_engine(user):
     return docker("ps", "-aq", "--filter", f"label=berth.user={user}")
 
 
-def test_a_server_on_the_far_node_reaches_the_hub_and_the_proxy_reaches_it(far_hub, net_nodes):
-    hub, (n1, n2) = far_hub, net_nodes
-    user = "far"
-    n1.berthd.admin("Drain", "e2e: place on n2")
+def spawn_on(hub, nodes, target, user):
+    """Starts the user's server on `target`: the other nodes are drained (through their Admin
+    sockets, which reach into the namespaces as files) while the hub places it."""
+    others = [n for n in nodes if n is not target]
+    for n in others:
+        n.berthd.admin("Drain", f"e2e: place {user} on {target.name}")
     try:
         hub.spawn(user)
     finally:
-        n1.berthd.admin("Undrain")
+        for n in others:
+            n.berthd.admin("Undrain")
+
+
+def test_a_server_on_the_far_node_reaches_the_hub_and_the_proxy_reaches_it(far_hub, net_nodes):
+    hub, (n1, n2) = far_hub, net_nodes
+    user = "far"
+    spawn_on(hub, net_nodes, n2, user)
     (cid,) = n2.berthd.containers(user)
     assert not n1.berthd.containers(user), "the server must not be on the drained node"
     assert not _on_host_engine(user), "nor on the host engine"
@@ -63,8 +72,9 @@ def test_a_server_on_the_far_node_reaches_the_hub_and_the_proxy_reaches_it(far_h
 
 def test_stopping_the_far_server_removes_it_from_its_node(far_hub, net_nodes):
     hub, (n1, n2) = far_hub, net_nodes
-    user = "far"
-    assert n2.berthd.containers(user), "the previous test left the server running on n2"
+    user = "far2"
+    spawn_on(hub, net_nodes, n2, user)
+    assert n2.berthd.containers(user) and not n1.berthd.containers(user)
     r = hub.api("DELETE", f"/users/{user}/server")
     assert r.status_code in (202, 204)
     wait_for(f"{user}'s server to stop", lambda: hub.server(user) is None, 30)

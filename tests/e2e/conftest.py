@@ -20,8 +20,10 @@ IMAGE = "berth-test/singleuser:latest"
 TINY = "berth-test/tiny:latest"
 
 
-def docker(*args):
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout.strip()
+def docker(*args, host=None):
+    """Output of a docker command against the host engine, or the engine at `host`."""
+    pre = ["docker"] + (["-H", host] if host else [])
+    return subprocess.run([*pre, *args], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def require_docker():
@@ -56,9 +58,14 @@ def wait_for(what, check, timeout=60, interval=0.2):
 
 
 class Berthd:
-    """One berthd node process."""
+    """One berthd node process.
 
-    def __init__(self, name, workdir, config="", args=(), client=None):
+    By default it runs on the host engine and loopback. A node on its own machine
+    (netnode.py) passes `netns` (berthd runs inside that network namespace), `listen`
+    (its address there) and `docker_host` (its own engine)."""
+
+    def __init__(self, name, workdir, config="", args=(), client=None, netns=None, listen="127.0.0.1:0",
+                 docker_host=None):
         self.name = f"e2e-{name}-{secrets.token_hex(3)}"
         # Extra keys of this node's entry in BerthSpawner.nodes (TLS files, token file).
         self.client = client or {}
@@ -69,15 +76,19 @@ class Berthd:
         with open(cfg, "w") as f:
             f.write(config)
         self.log = open(os.path.join(self.dir, "berthd.log"), "w+")
+        self.docker_host = docker_host
+        self._prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        if docker_host:
+            args = [*args, "--docker-host", docker_host]
         self._args = ["--node-id", self.name, "--config", cfg, "--state-dir", os.path.join(self.dir, "state"),
                       "--admin-socket", self.admin_socket, *args]
-        self.address = "127.0.0.1:0"
+        self.address = listen
         self._launch()
 
     def _launch(self):
         """Starts berthd on self.address (port 0: any) and learns the address it listens on."""
         self.proc = subprocess.Popen(
-            [BERTHD, "serve", "--listen", self.address, *self._args],
+            [*self._prefix, BERTHD, "serve", "--listen", self.address, *self._args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "BERTH_LOG": "info"},
         )
@@ -120,7 +131,7 @@ class Berthd:
             args.insert(1, "-a")
         if user is not None:
             args += ["--filter", f"label=berth.user={user}"]
-        return [c for c in docker(*args).split() if c]
+        return [c for c in docker(*args, host=self.docker_host).split() if c]
 
     def admin(self, method, reason=""):
         import grpc
@@ -136,7 +147,7 @@ class Berthd:
         self.proc.wait()
         ids = self.containers()
         if ids:
-            docker("rm", "-f", *ids)
+            docker("rm", "-f", *ids, host=self.docker_host)
 
     def __enter__(self):
         return self
@@ -148,7 +159,9 @@ class Berthd:
 class Hub:
     """A JupyterHub process with berthspawner, the dummy authenticator and the proxy."""
 
-    def __init__(self, workdir, nodes, extra="", hub_port=None, token=None, port=None):
+    def __init__(self, workdir, nodes, extra="", hub_port=None, token=None, port=None, hub_ip=None):
+        """`hub_ip`: where the hub listens for the servers (default: the host engine's bridge
+        gateway, which its containers reach)."""
         self.dir = os.path.join(workdir, "hub")
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
@@ -156,7 +169,7 @@ class Hub:
         self.api_port = free_port()
         self.token = token or secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.bridge = bridge_ip()
+        self.bridge = hub_ip or bridge_ip()
         node_list = ",\n".join(
             "    " + repr({"name": n.name, "address": n.address, **n.client}) for n in nodes
         )
@@ -319,3 +332,7 @@ def cluster(workdir):
     base = os.path.join(workdir, f"cluster-{secrets.token_hex(2)}")
     with Berthd("a", base) as a, Berthd("b", base) as b, Hub(base, [a, b], extra=CLUSTER_HOOK) as hub:
         yield hub, [a, b]
+
+
+# Real other nodes (own netns, dockerd, berthd): the `net_nodes` session fixture.
+pytest_plugins = ["netnode"]

@@ -113,6 +113,13 @@ class Berthd:
         """Starts berthd again at the same address with the same state."""
         self._launch()
 
+    def restart_with_config(self, config):
+        """Restarts berthd (its servers keep running) with `config` as its configuration file."""
+        self.kill_daemon()
+        with open(os.path.join(self.dir, "config.toml"), "w") as f:
+            f.write(config)
+        self._launch()
+
     def _drain(self, proc):
         for line in proc.stderr:
             self.log.write(line)

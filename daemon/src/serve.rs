@@ -156,22 +156,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         BearerAuth::open()
     };
     let tls = tls_config(&cfg)?;
-    prepare_state_dir(&cfg.state_dir)?;
-    // Pins live only while a container starts; any found now were left by a crash.
-    crate::hostpath::clear_staging(&cfg.state_dir);
-    let store = FileStore::open(&cfg.state_dir)?;
-    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
-    let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
-    let rt = Runtime::new(engine, cfg.runtime(), store);
-    let corrupt = rt.load_records().await?;
-    // Adopt what runs before answering anyone: a restart never stops or recreates a container.
-    let since = crate::monitor::now_secs();
-    match rt.reconcile().await {
-        Ok(report) => tracing::info!(?report, corrupt, "reconciled with Docker"),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reconcile with Docker yet; the monitor retries")
-        }
-    }
+    let (rt, since) = runtime(&cfg).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -182,48 +167,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         addr: cfg.listen,
         source,
     })?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     let tasks = TaskTracker::new();
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
     tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
-    if cfg.activity.enabled {
-        let a = &cfg.activity;
-        let ca = (!a.ca_file.as_os_str().is_empty()).then_some(a.ca_file.as_path());
-        let hub = HubClient::new(
-            &a.hub_api_url,
-            &a.token_file,
-            ca,
-            berth_hub_client::DEFAULT_TIMEOUT,
-        )
-        .map_err(|e| {
-            ServeError::Config(ConfigError::Invalid {
-                key: "activity".to_owned(),
-                message: e.to_string(),
-            })
-        })?;
-        tasks.spawn(crate::reporter::run(
-            rt.clone(),
-            hub,
-            a.clone(),
-            shutdown.clone(),
-        ));
-    }
-
+    spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
     let admin_path = cfg.admin_socket();
-    let admin_listener = bind_admin_socket(&admin_path)?;
-    let admin = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminService::new(rt.clone())))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(admin_listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    tasks.spawn(async move {
-        if let Err(e) = admin.await {
-            tracing::error!(error = %e, "Admin service failed");
-        }
-    });
-
+    spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
     tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
     if !addr.ip().is_loopback() && !cfg.security.tls() {
         tracing::warn!(%addr, "SERVING PLAINTEXT gRPC ON THE NETWORK (security.insecure_plaintext_on_network): anyone who reaches this port controls Docker on this node");
@@ -255,7 +205,82 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     Ok(())
 }
 
-/// Keeps the health service in line with the Docker engine: NOT_SERVING while it is down.
+/// The runtime over Docker, its records loaded and reconciled with what runs (a restart never
+/// stops or recreates a container), and the time the monitor's events start from.
+async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64), ServeError> {
+    prepare_state_dir(&cfg.state_dir)?;
+    // Pins live only while a container starts; any found now were left by a crash.
+    crate::hostpath::clear_staging(&cfg.state_dir);
+    let store = FileStore::open(&cfg.state_dir)?;
+    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
+    let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
+    let rt = Runtime::new(engine, cfg.runtime(), store);
+    let corrupt = rt.load_records().await?;
+    let since = crate::monitor::now_secs();
+    match rt.reconcile().await {
+        Ok(report) => tracing::info!(?report, corrupt, "reconciled with Docker"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reconcile with Docker yet; the monitor retries")
+        }
+    }
+    Ok((rt, since))
+}
+
+/// The activity reporter, when `[activity]` is enabled.
+fn spawn_reporter(
+    cfg: &Config,
+    rt: &Runtime<BollardEngine>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    if !cfg.activity.enabled {
+        return Ok(());
+    }
+    let a = &cfg.activity;
+    let ca = (!a.ca_file.as_os_str().is_empty()).then_some(a.ca_file.as_path());
+    let hub = HubClient::new(
+        &a.hub_api_url,
+        &a.token_file,
+        ca,
+        berth_hub_client::DEFAULT_TIMEOUT,
+    )
+    .map_err(|e| {
+        ServeError::Config(ConfigError::Invalid {
+            key: "activity".to_owned(),
+            message: e.to_string(),
+        })
+    })?;
+    tasks.spawn(crate::reporter::run(
+        rt.clone(),
+        hub,
+        a.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// The Admin service on its Unix socket.
+fn spawn_admin(
+    path: &Path,
+    rt: &Runtime<BollardEngine>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let listener = bind_admin_socket(path)?;
+    let admin = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminService::new(rt.clone())))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tasks.spawn(async move {
+        if let Err(e) = admin.await {
+            tracing::error!(error = %e, "Admin service failed");
+        }
+    });
+    Ok(())
+}
+
 async fn watch_docker<E: ContainerEngine>(
     rt: Runtime<E>,
     health: tonic_health::server::HealthReporter,

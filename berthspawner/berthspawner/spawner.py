@@ -174,22 +174,28 @@ class BerthSpawner(Spawner):
             return self.volume_affinity
         return "required" if request.node_local_volumes(self.volumes) else "none"
 
-    async def _find_home(self, nodes):
-        """The node holding this server's volumes, asked of every node (the hub's state may have
-        been lost): the one used last, or "" when no node has any."""
+    async def _volumes_on(self, node):
+        """(newest use, node name) of this server's volumes on `node`; None when it has none,
+        "unknown" when it did not answer."""
         server = self.name or ""
+        try:
+            r = await node.call("ListVolumes", pb.ListVolumesRequest(user=self.user.name), self.rpc_timeout)
+        except grpc.aio.AioRpcError:
+            return "unknown"
+        mine = [v for v in r.volumes if v.owner.server_name in ("", server)]
+        if not mine:
+            return None
+        return max(v.last_used.seconds if v.HasField("last_used") else 0 for v in mine), node.name
 
-        async def on(node):
-            try:
-                r = await node.call("ListVolumes", pb.ListVolumesRequest(user=self.user.name), self.rpc_timeout)
-            except grpc.aio.AioRpcError:
-                return None
-            mine = [v for v in r.volumes if v.owner.server_name in ("", server)]
-            if not mine:
-                return None
-            return max(v.last_used.seconds if v.HasField("last_used") else 0 for v in mine), node.name
-
-        found = [f for f in await asyncio.gather(*(on(n) for n in nodes)) if f]
+    async def _find_home(self, nodes):
+        """The node holding this server's volumes: the one the state names if it still has them
+        (one RPC), else asked of every node (the hub's state was lost, or an operator moved the
+        volumes): the one used last, or "" when no node has any."""
+        known = self._node(self.home_node) if self.home_node else None
+        if known is not None and (await self._volumes_on(known)) is not None:
+            # Still there, or the node is down: keep it (a down home node is a 503, not a move).
+            return self.home_node
+        found = [f for f in await asyncio.gather(*(self._volumes_on(n) for n in nodes)) if isinstance(f, tuple)]
         return max(found)[1] if found else ""
 
     def _follow_data(self, affinity, nodes, reasons):
@@ -282,10 +288,10 @@ class BerthSpawner(Spawner):
         self._notice = ""
         # All ask every node; together, a node that does not answer costs one timeout.
         asks = [asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()]
-        if affinity != "none" and not self.home_node:
+        if affinity != "none":
             asks.append(self._find_home(nodes))
         answers, _, *home = await asyncio.gather(*asks)
-        if home and home[0]:
+        if home:
             self.home_node = home[0]
         self.spawn_id = uuid.uuid4().hex
         nodes, reasons = self._rank(nodes, answers, demand)

@@ -38,6 +38,7 @@ async def test_the_user_goes_back_to_the_node_with_their_files_every_time():
 @run
 async def test_required_home_node_draining_is_a_503_naming_it_and_nothing_starts():
     a, b = await up(FakeNode("a"), FakeNode("b", draining=True))
+    b.volumes["jupyterhub-user-alice"] = ("alice", "", 1)
     s = spawner([a, b], volumes=HOME)
     s.home_node = "b"
     with pytest.raises(SpawnException) as e:
@@ -50,6 +51,7 @@ async def test_required_home_node_draining_is_a_503_naming_it_and_nothing_starts
 @run
 async def test_preferred_starts_elsewhere_and_says_the_volume_is_fresh():
     a, b = await up(FakeNode("a"), FakeNode("b", draining=True))
+    b.volumes["jupyterhub-user-alice"] = ("alice", "", 1)
     s = spawner([a, b], volumes=HOME, volume_affinity="preferred")
     s.home_node = "b"
     assert await s.start() == "http://a:1"
@@ -75,6 +77,18 @@ async def test_a_lost_hub_state_finds_the_home_node_by_asking_the_nodes():
     await first.stop()
     assert await fresh.start() == "http://b:1", "spread would pick a (more memory)"
     assert fresh.home_node == "b"
+
+
+@run
+async def test_volumes_moved_by_an_operator_are_followed_to_their_new_node():
+    a, b = await up(FakeNode("a"), FakeNode("b"))
+    # The state says b, but an operator moved the volume to a (python -m berthspawner.move).
+    a.volumes["jupyterhub-user-alice"] = ("alice", "", 1)
+    s = spawner([a, b], volumes=HOME, placement=local_first)
+    s.home_node = "b"
+    assert await s.start() == "http://a:1"
+    assert s.home_node == "a"
+    assert "Start" not in b.calls
 
 
 @run

@@ -9,7 +9,8 @@ the whole stream; this process checks the same checksum on the bytes it forwarde
 the source volume removed (RemoveVolume), unless --keep-source. Refused while a server of the
 user runs on the source (VOLUME_IN_USE). Safe to run again after an interruption: an unfinished
 import of the same move is wiped and started over; volumes already moved are no longer listed
-on the source.
+on the source; a volume copied by a run that failed before removing the source is found
+identical on the target (same checksum) and its move completed.
 
 Exit status: 0 moved (or nothing to move), 1 refused or failed (the message says which volume
 and why; a source volume is never removed unless its copy was verified), 2 bad arguments.
@@ -155,6 +156,36 @@ def check_not_running(source, user, server):
             )
 
 
+def checksum(node, name, log):
+    """The trailer of a whole export of `name` from `node`, after checking it."""
+    export = node.stub.ExportVolume(pb.ExportVolumeRequest(name=name), metadata=node.metadata())
+    forward = Forward(name, export, log)
+    for _ in forward:
+        pass
+    if forward.error is not None:
+        raise MoveError(f"{name}: export failed: {describe(node, forward.error)}")
+    sent = forward.trailer
+    if sent is None or sent.sha256 != forward.hash.hexdigest() or sent.bytes != forward.bytes:
+        raise MoveError(f"{name}: the export from {node.node_id} did not verify")
+    return sent
+
+
+def earlier_copy(source, target, name, log):
+    """The target already holds `name`: an earlier run that copied it and failed before removing
+    the source, if both export to the same bytes (the stream is a function of the tree);
+    anything else is refused, both copies kept."""
+    log(f"move: {name}: already on {target.node_id}; comparing it with the source")
+    theirs = checksum(target, name, log)
+    ours = checksum(source, name, log)
+    if (theirs.sha256, theirs.bytes) != (ours.sha256, ours.bytes):
+        raise MoveError(
+            f"{name}: a different volume of that name is already on {target.node_id} (VOLUME_EXISTS); "
+            "both copies are kept: decide which is current and remove the other"
+        )
+    log(f"move: {name}: the copy on {target.node_id} is identical (an earlier run made it)")
+    return pb.ImportVolumeResponse(node_id=target.node_id, name=name, sha256=theirs.sha256, bytes=theirs.bytes)
+
+
 def move_one(source, target, name, keep_source, log):
     export = source.stub.ExportVolume(pb.ExportVolumeRequest(name=name), metadata=source.metadata())
     forward = Forward(name, export, log)
@@ -165,20 +196,17 @@ def move_one(source, target, name, keep_source, log):
         if forward.error is not None:
             raise MoveError(f"{name}: export failed: {describe(source, forward.error)}") from e
         why, _ = errors.reason(e)
-        hint = ""
-        if why == "VOLUME_EXISTS":
-            hint = (
-                f"; it is on both nodes now: if a previous move copied it and then failed, check which copy is"
-                f" current and remove the other (the source keeps {name} until you do)"
+        if why != "VOLUME_EXISTS":
+            raise MoveError(f"{name}: import failed: {describe(target, e)}") from e
+        done = earlier_copy(source, target, name, log)
+    else:
+        ours = forward.hash.hexdigest()
+        sent = forward.trailer
+        if sent is None or not (ours == sent.sha256 == done.sha256 and forward.bytes == sent.bytes == done.bytes):
+            raise MoveError(
+                f"{name}: checksums differ (source {sent.sha256 if sent else 'none'}, forwarded {ours},"
+                f" target {done.sha256}); the source is kept, remove the target copy before trying again"
             )
-        raise MoveError(f"{name}: import failed: {describe(target, e)}{hint}") from e
-    ours = forward.hash.hexdigest()
-    sent = forward.trailer
-    if sent is None or not (ours == sent.sha256 == done.sha256 and forward.bytes == sent.bytes == done.bytes):
-        raise MoveError(
-            f"{name}: checksums differ (source {sent.sha256 if sent else 'none'}, forwarded {ours},"
-            f" target {done.sha256}); the source is kept, remove the target copy before trying again"
-        )
     log(f"move: {name}: {mib(done.bytes)} verified on {target.node_id} (sha256 {done.sha256})")
     if keep_source:
         log(f"move: {name}: kept on {source.node_id} (--keep-source)")

@@ -155,14 +155,23 @@ def test_a_running_server_refuses_the_move_before_anything_is_copied(nodes):
     assert not b.volumes and len(a.volumes) == 3
 
 
-def test_a_volume_already_on_the_target_is_refused_and_the_source_kept(nodes):
+def test_a_different_volume_already_on_the_target_is_refused_and_both_kept(nodes):
     a, b = nodes
     b.volumes["home-alice"] = ("alice", "", b"other")
     code, log = run(a, b, "--user", "alice")
     assert code == 1
-    assert "VOLUME_EXISTS" in log and "home-alice" in log, log
+    assert "VOLUME_EXISTS" in log and "home-alice" in log and "both copies are kept" in log, log
     assert "home-alice" in a.volumes
     assert b.volumes["home-alice"][2] == b"other"
+
+
+def test_a_rerun_completes_a_move_whose_copy_was_made_but_source_not_removed(nodes):
+    a, b = nodes
+    b.volumes["home-alice"] = a.volumes["home-alice"]
+    code, log = run(a, b, "--user", "alice")
+    assert code == 0, log
+    assert "is identical (an earlier run made it)" in log
+    assert list(a.volumes) == ["home-bob"]
 
 
 def test_a_bad_checksum_fails_and_keeps_the_source(nodes):

@@ -231,6 +231,9 @@ async fn a_volume_moves_with_identical_content_and_the_source_is_removed_after()
         before,
         "the source is untouched"
     );
+    // The same tree gives the same stream: a client can tell an earlier complete copy.
+    let again = export(&b.client().await, &moved).await.unwrap();
+    assert_eq!(trailer(&again), sent, "the copy exports to the same bytes");
 
     let removed = a
         .client()

@@ -40,7 +40,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
 }
 
 /// Writes the tree under `root` to `out` as a tar stream: the root itself as `.`, then every
-/// entry in name order (so the same tree gives the same stream). Links are stored as links,
+/// entry in name order with its path, type, mode, owner, mtime and contents only (so the same
+/// tree gives the same stream on any node, and a copy can be compared by checksum). Links are stored as links,
 /// hard links as separate files; sockets and FIFOs (left by dead processes) are skipped; a
 /// device node, or a file that changes size while read, is an error.
 pub fn pack(root: &Path, out: impl Write) -> Result<(), ArchiveError> {

@@ -12,7 +12,7 @@ use crate::capacity::Refusal;
 use crate::docker::EngineError;
 use crate::hostpath::HostPathError;
 use crate::runtime::Error;
-use crate::runtime::archive::ArchiveError;
+use crate::runtime::transfer::archive::ArchiveError;
 use crate::spec::SpecError;
 
 /// The `ErrorInfo.domain` of every berthd reason.

@@ -213,7 +213,7 @@ pub enum Error {
         name: String,
         /// What failed.
         #[source]
-        source: super::archive::ArchiveError,
+        source: super::transfer::archive::ArchiveError,
     },
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]

@@ -13,8 +13,8 @@
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
-//! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer.rs`,
-//! packing in `archive.rs`); readiness probing in `ready.rs`; errors in
+//! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
+//! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
 //! `error.rs`.
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
@@ -31,7 +31,6 @@ use crate::key::ServerKey;
 use crate::state::FileStore;
 
 pub mod admission;
-pub mod archive;
 mod error;
 pub mod keys;
 mod logs;

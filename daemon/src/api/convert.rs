@@ -8,9 +8,11 @@ use berth_proto::v1 as pb;
 use crate::capacity::Alloc;
 use crate::docker::LogStream;
 use crate::key::ServerKey;
+use crate::runtime::Error as RuntimeError;
 use crate::runtime::StopSpec;
 use crate::runtime::progress::{Event, Phase};
 use crate::runtime::report::NodeCapacity;
+use crate::runtime::transfer::{Checksum, ExportPart, ImportPart, VolumeHeader};
 use crate::runtime::view::{WatchEvent, WatchKind};
 use crate::runtime::{LogLine, State, Status};
 use crate::spec::{self, Env, HostAccess, Resources, SpecError, StartSpec, VolumeSpec};
@@ -264,5 +266,108 @@ impl From<crate::runtime::volumes::UserVolume> for pb::UserVolume {
             size_bytes: v.size.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             last_used: v.last_used.map(prost_types::Timestamp::from),
         }
+    }
+}
+
+/// A Docker volume name from `field`: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, as Docker takes it (so
+/// it is also a safe file name in the state directory).
+pub fn volume_name(field: &str, name: &str) -> Result<String, SpecError> {
+    let ok = name.len() <= spec::MAX_VOLUME_NAME_BYTES
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(SpecError::new(
+            field,
+            "not a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 255 bytes)",
+        ))
+    }
+}
+
+impl TryFrom<pb::VolumeHeader> for VolumeHeader {
+    type Error = SpecError;
+
+    fn try_from(h: pb::VolumeHeader) -> Result<Self, SpecError> {
+        let name = volume_name("header.name", &h.name)?;
+        let owner = key(h.owner.as_ref())
+            .map_err(|e| SpecError::new(format!("header.owner.{}", e.field), e.to_string()))?;
+        let per_server = match h.scope.as_str() {
+            "user" if owner.server().is_empty() => false,
+            "server" => true,
+            _ => {
+                return Err(SpecError::new(
+                    "header.scope",
+                    "\"user\" (with server_name \"\") or \"server\"",
+                ));
+            }
+        };
+        if !(h.driver.is_empty() || h.driver == "local") || !h.driver_opts.is_empty() {
+            return Err(SpecError::new(
+                "header.driver",
+                "only plain local volumes (no driver options) are moved",
+            ));
+        }
+        if h.source_node.is_empty() {
+            return Err(SpecError::new("header.source_node", "must be set"));
+        }
+        Ok(Self {
+            name,
+            owner,
+            per_server,
+            source_node: h.source_node,
+        })
+    }
+}
+
+impl From<VolumeHeader> for pb::VolumeHeader {
+    fn from(h: VolumeHeader) -> Self {
+        Self {
+            name: h.name,
+            owner: Some(pb::ServerKey {
+                user: h.owner.user().to_owned(),
+                server_name: h.owner.server().to_owned(),
+            }),
+            scope: if h.per_server { "server" } else { "user" }.to_owned(),
+            driver: "local".to_owned(),
+            driver_opts: Default::default(),
+            source_node: h.source_node,
+        }
+    }
+}
+
+impl From<ExportPart> for pb::VolumeChunk {
+    fn from(p: ExportPart) -> Self {
+        use pb::volume_chunk::Part;
+        let part = match p {
+            ExportPart::Header(h) => Part::Header(h.into()),
+            ExportPart::Data(d) => Part::Data(d),
+            ExportPart::Trailer(t) => Part::Trailer(pb::VolumeTrailer {
+                sha256: t.sha256,
+                bytes: t.bytes,
+            }),
+        };
+        Self { part: Some(part) }
+    }
+}
+
+/// A message of an import after its header; anything else ends the import.
+pub fn import_part(name: &str, chunk: pb::VolumeChunk) -> Result<ImportPart, RuntimeError> {
+    use pb::volume_chunk::Part;
+    match chunk.part {
+        Some(Part::Data(d)) => Ok(ImportPart::Data(d)),
+        Some(Part::Trailer(t)) => Ok(ImportPart::Trailer(Checksum {
+            sha256: t.sha256,
+            bytes: t.bytes,
+        })),
+        Some(Part::Header(_)) | None => Err(RuntimeError::ImportIncomplete {
+            name: name.to_owned(),
+            why: "a message after the header was neither data nor the trailer".to_owned(),
+        }),
     }
 }

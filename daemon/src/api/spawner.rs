@@ -4,13 +4,14 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::spawner_server::Spawner;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert;
 use super::status::{invalid, with_reason};
 use crate::docker::ContainerEngine;
 use crate::runtime::Runtime;
-use crate::spec::StartSpec;
+use crate::runtime::transfer::VolumeHeader;
+use crate::spec::{SpecError, StartSpec};
 
 /// Features this daemon announces in `Version`.
 pub const FEATURES: &[&str] = &[
@@ -21,6 +22,7 @@ pub const FEATURES: &[&str] = &[
     "state",
     "capacity",
     "admission",
+    "volume-move",
 ];
 
 /// The Spawner service over a runtime.
@@ -271,5 +273,68 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
             node_id: self.node_id(),
             volumes: volumes.into_iter().map(pb::UserVolume::from).collect(),
         }))
+    }
+
+    type ExportVolumeStream = BoxStream<'static, Result<pb::VolumeChunk, Status>>;
+
+    #[tracing::instrument(skip_all, fields(volume))]
+    async fn export_volume(
+        &self,
+        request: Request<pb::ExportVolumeRequest>,
+    ) -> Result<Response<Self::ExportVolumeStream>, Status> {
+        let name = convert::volume_name("name", &request.get_ref().name).map_err(invalid)?;
+        tracing::Span::current().record("volume", name.as_str());
+        let parts = self.rt.export_volume(&name).await?;
+        Ok(Response::new(
+            parts
+                .map(|p| p.map(pb::VolumeChunk::from).map_err(Status::from))
+                .boxed(),
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume))]
+    async fn import_volume(
+        &self,
+        request: Request<Streaming<pb::VolumeChunk>>,
+    ) -> Result<Response<pb::ImportVolumeResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.and_then(|c| c.part);
+        let Some(pb::volume_chunk::Part::Header(header)) = first else {
+            return Err(invalid(SpecError::new(
+                "header",
+                "the first message of an import must be its header",
+            )));
+        };
+        let header = VolumeHeader::try_from(header).map_err(invalid)?;
+        let name = header.name.clone();
+        tracing::Span::current().record("volume", name.as_str());
+        let n = name.clone();
+        let parts = stream
+            .map(move |m| match m {
+                Ok(chunk) => convert::import_part(&n, chunk),
+                Err(s) => Err(crate::runtime::Error::ImportIncomplete {
+                    name: n.clone(),
+                    why: format!("the stream failed: {}", s.message()),
+                }),
+            })
+            .boxed();
+        let sum = self.rt.import_volume(header, parts).await?;
+        Ok(Response::new(pb::ImportVolumeResponse {
+            node_id: self.node_id(),
+            name,
+            sha256: sum.sha256,
+            bytes: sum.bytes,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume))]
+    async fn remove_volume(
+        &self,
+        request: Request<pb::RemoveVolumeRequest>,
+    ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
+        let name = convert::volume_name("name", &request.get_ref().name).map_err(invalid)?;
+        tracing::Span::current().record("volume", name.as_str());
+        let removed = self.rt.remove_user_volume(&name).await?;
+        Ok(Response::new(pb::RemoveVolumeResponse { removed }))
     }
 }

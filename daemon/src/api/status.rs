@@ -12,6 +12,7 @@ use crate::capacity::Refusal;
 use crate::docker::EngineError;
 use crate::hostpath::HostPathError;
 use crate::runtime::Error;
+use crate::runtime::transfer::archive::ArchiveError;
 use crate::spec::SpecError;
 
 /// The `ErrorInfo.domain` of every berthd reason.
@@ -180,6 +181,58 @@ fn classify(e: &Error) -> (Code, &'static str, Vec<(&'static str, String)>) {
             "STATE_TOO_LARGE",
             vec![("max_bytes", max.to_string())],
         ),
+        Error::VolumeNotFound { name } => (
+            Code::NotFound,
+            "VOLUME_NOT_FOUND",
+            vec![("volume", name.clone())],
+        ),
+        Error::VolumeInUse {
+            name, container, ..
+        } => (
+            Code::FailedPrecondition,
+            "VOLUME_IN_USE",
+            vec![("volume", name.clone()), ("container", container.clone())],
+        ),
+        Error::VolumeNotMovable { name, .. } => (
+            Code::FailedPrecondition,
+            "VOLUME_NOT_MOVABLE",
+            vec![("volume", name.clone())],
+        ),
+        Error::VolumeExists { name } => (
+            Code::AlreadyExists,
+            "VOLUME_EXISTS",
+            vec![("volume", name.clone())],
+        ),
+        Error::VolumeBusy { name } => {
+            (Code::Aborted, "VOLUME_BUSY", vec![("volume", name.clone())])
+        }
+        Error::VolumeImporting { name } => (
+            Code::FailedPrecondition,
+            "VOLUME_IMPORTING",
+            vec![("volume", name.clone())],
+        ),
+        Error::ChecksumMismatch { name, .. } => (
+            Code::DataLoss,
+            "CHECKSUM_MISMATCH",
+            vec![("volume", name.clone())],
+        ),
+        Error::ImportIncomplete { name, .. } => (
+            Code::Aborted,
+            "IMPORT_INCOMPLETE",
+            vec![("volume", name.clone())],
+        ),
+        Error::Archive { name, source } => match source {
+            ArchiveError::Refused { path, .. } => (
+                Code::InvalidArgument,
+                "ARCHIVE_REFUSED",
+                vec![("volume", name.clone()), ("path", path.clone())],
+            ),
+            ArchiveError::Io { path, .. } => (
+                Code::Unavailable,
+                "VOLUME_IO_ERROR",
+                vec![("volume", name.clone()), ("path", path.clone())],
+            ),
+        },
         Error::Internal(_) => (Code::Internal, "INTERNAL", vec![]),
     }
 }
@@ -240,6 +293,28 @@ mod tests {
                     message: "down".into(),
                 }),
                 Code::Unavailable,
+            ),
+            (
+                Error::VolumeInUse {
+                    name: "v".into(),
+                    container: "c".into(),
+                    running: true,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::ChecksumMismatch {
+                    name: "v".into(),
+                    expected: "a".into(),
+                    expected_bytes: 1,
+                    actual: "b".into(),
+                    actual_bytes: 1,
+                },
+                Code::DataLoss,
+            ),
+            (
+                Error::VolumeExists { name: "v".into() },
+                Code::AlreadyExists,
             ),
             (Error::Internal("bug".into()), Code::Internal),
         ];

@@ -512,6 +512,24 @@ impl ContainerEngine for BollardEngine {
             .collect())
     }
 
+    async fn volume_users(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "volume".to_owned(),
+                vec![name.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .bounded(
+                "list volume users",
+                self.docker.list_containers(Some(options)),
+            )
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
         let options = RemoveVolumeOptions { force: false };
         match self

@@ -372,6 +372,11 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         labels: &[(&str, &str)],
     ) -> impl Future<Output = Result<Vec<VolumeInfo>, EngineError>> + Send;
+    /// Ids of the containers, in any state, that mount the named volume.
+    fn volume_users(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
     /// Removes a named volume. Removing an absent volume succeeds.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Container events of containers carrying every one of `labels`, from `since` (seconds

@@ -137,6 +137,84 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// No user volume of that name on this node (or one berthd did not make).
+    #[error("no user volume {name:?} on this node")]
+    VolumeNotFound {
+        /// Volume name.
+        name: String,
+    },
+    /// A container mounts the volume: its data may change, or Docker would not remove it.
+    #[error(
+        "volume {name:?} is mounted by {} container {container}; stop the user's server first",
+        if *running { "running" } else { "stopped, not berthd's," }
+    )]
+    VolumeInUse {
+        /// Volume name.
+        name: String,
+        /// The container mounting it.
+        container: String,
+        /// Whether that container runs.
+        running: bool,
+    },
+    /// berthd cannot copy this volume's contents.
+    #[error("volume {name:?} cannot be moved: {why}")]
+    VolumeNotMovable {
+        /// Volume name.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// An import into a volume that exists and is not an unfinished import of the same move.
+    #[error("volume {name:?} already exists on this node; remove it there first if it is stale")]
+    VolumeExists {
+        /// Volume name.
+        name: String,
+    },
+    /// Another export, import or removal of the volume is under way.
+    #[error("volume {name:?} is being exported, imported or removed by another call")]
+    VolumeBusy {
+        /// Volume name.
+        name: String,
+    },
+    /// The volume is an import that has not been verified yet.
+    #[error("volume {name:?} is an unfinished import; finish the move (or remove it) first")]
+    VolumeImporting {
+        /// Volume name.
+        name: String,
+    },
+    /// The imported stream is not the one the sender sent; the partial volume was removed.
+    #[error(
+        "volume {name:?} did not verify: received {actual_bytes} bytes with SHA-256 {actual}, the sender sent {expected_bytes} with {expected}; the partial import was removed"
+    )]
+    ChecksumMismatch {
+        /// Volume name.
+        name: String,
+        /// The sender's SHA-256 (hex).
+        expected: String,
+        /// The sender's byte count.
+        expected_bytes: u64,
+        /// What arrived.
+        actual: String,
+        /// Bytes that arrived.
+        actual_bytes: u64,
+    },
+    /// The import stream ended before its checksum; the partial volume was removed.
+    #[error("the import of volume {name:?} ended early ({why}); the partial import was removed")]
+    ImportIncomplete {
+        /// Volume name.
+        name: String,
+        /// What happened.
+        why: String,
+    },
+    /// Packing or unpacking the volume's files failed or met an entry it refuses.
+    #[error("volume {name:?}: {source}")]
+    Archive {
+        /// Volume name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: super::transfer::archive::ArchiveError,
+    },
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -161,6 +239,15 @@ impl Error {
             Error::HostPath(_) => "HostPath",
             Error::Capacity(_) | Error::QueueFull { .. } | Error::QueueTimeout { .. } => "Capacity",
             Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
+            Error::VolumeNotFound { .. }
+            | Error::VolumeInUse { .. }
+            | Error::VolumeNotMovable { .. }
+            | Error::VolumeExists { .. }
+            | Error::VolumeBusy { .. }
+            | Error::VolumeImporting { .. }
+            | Error::ChecksumMismatch { .. }
+            | Error::ImportIncomplete { .. }
+            | Error::Archive { .. } => "VolumeTransfer",
             Error::Internal(_) => "Internal",
         }
     }

@@ -13,7 +13,8 @@
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
-//! `logs.rs`, the user volumes (`volumes.rs`); readiness probing in `ready.rs`; errors in
+//! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
+//! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
 //! `error.rs`.
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
@@ -44,6 +45,7 @@ mod start;
 pub mod state_ops;
 pub mod status;
 mod stop;
+pub mod transfer;
 pub mod view;
 pub mod volumes;
 
@@ -121,6 +123,8 @@ struct Inner<E> {
     view: Arc<View>,
     records: Records,
     admission: admission::Admission,
+    /// Volumes being exported, imported or removed.
+    transfers: transfer::Busy,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -139,6 +143,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 cfg,
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
+                transfers: transfer::Busy::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

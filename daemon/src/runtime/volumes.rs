@@ -56,6 +56,11 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
                 .into());
             }
+            if self.is_unfinished_import(&v.name) {
+                return Err(Error::VolumeImporting {
+                    name: v.name.clone(),
+                });
+            }
             if let Some(info) = engine.volume(&v.name).await? {
                 if let Some(device) = info.bind_source() {
                     return Err(HostPathError::BindVolume {
@@ -121,6 +126,9 @@ impl<E: ContainerEngine> Runtime<E> {
             let Ok(owner) = ServerKey::new(u, &server) else {
                 continue;
             };
+            if self.is_unfinished_import(&v.name) {
+                continue;
+            }
             let size = if sizes && v.driver == "local" && !v.mountpoint.is_empty() {
                 let at = v.mountpoint.clone();
                 blocking("volume size", move || dir_size(Path::new(&at))).await?

@@ -212,6 +212,18 @@ impl ContainerEngine for FakeEngine {
             .collect())
     }
 
+    async fn volume_users(&self, name: &str) -> Result<Vec<String>, EngineError> {
+        let world = self.enter("volume_users")?;
+        let mut ids: Vec<String> = world
+            .containers
+            .values()
+            .filter(|c| c.spec.mounts.iter().any(|m| !m.bind && m.volume == name))
+            .map(|c| c.info.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
         let mut world = self.enter("remove_volume")?;
         if let Some(user) = world.volume_in_use(name) {

@@ -100,6 +100,21 @@ class SpawnerStub:
                 request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.SerializeToString,
                 response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.FromString,
                 _registered_method=True)
+        self.ExportVolume = channel.unary_stream(
+                '/berth.v1.Spawner/ExportVolume',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ExportVolumeRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.FromString,
+                _registered_method=True)
+        self.ImportVolume = channel.stream_unary(
+                '/berth.v1.Spawner/ImportVolume',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ImportVolumeResponse.FromString,
+                _registered_method=True)
+        self.RemoveVolume = channel.unary_unary(
+                '/berth.v1.Spawner/RemoveVolume',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class SpawnerServicer:
@@ -200,6 +215,44 @@ class SpawnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportVolume(self, request, context):
+        """Moving a user volume to another node goes through the operator's client, never from
+        node to node: ExportVolume on the source, its messages forwarded as they are to
+        ImportVolume on the target, the two checksums compared, then RemoveVolume on the source
+        (`python -m berthspawner.move`).
+
+        Streams one user volume of this node as a tar archive: a VolumeHeader, the archive in
+        chunks of at most 1 MiB, then a VolumeTrailer with the SHA-256 of the whole archive.
+        Only plain `local` volumes; VOLUME_IN_USE while a running container mounts it. The
+        volume is read, never changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportVolume(self, request_iterator, context):
+        """Makes a user volume from an ExportVolume's messages: the header first (the volume is
+        made, labelled with its owner as this node labels its own), then chunks, unpacked as they
+        come (absolute paths, `..`, device nodes and links out of the volume are refused; owner,
+        mode and times are kept), then the trailer, whose checksum must match what arrived. On
+        any failure the partial volume is removed. Until verified the volume is an unfinished
+        import: not listed by ListVolumes, not mountable, and wiped by a new import of it from
+        the same source node (so a retry is safe, even after a crash of berthd). A volume that
+        exists otherwise is VOLUME_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVolume(self, request, context):
+        """Removes one user volume of this node (or an unfinished import). VOLUME_IN_USE while a
+        running container mounts it; stopped servers of this node that mount it are removed
+        first. Removing an absent volume succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpawnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +320,21 @@ def add_SpawnerServicer_to_server(servicer, server):
                     servicer.ListVolumes,
                     request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.FromString,
                     response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'ExportVolume': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportVolume,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ExportVolumeRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.SerializeToString,
+            ),
+            'ImportVolume': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportVolume,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ImportVolumeResponse.SerializeToString,
+            ),
+            'RemoveVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVolume,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +689,87 @@ class Spawner:
             '/berth.v1.Spawner/ListVolumes',
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesRequest.SerializeToString,
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.v1.Spawner/ExportVolume',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ExportVolumeRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVolume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/berth.v1.Spawner/ImportVolume',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.VolumeChunk.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.ImportVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.v1.Spawner/RemoveVolume',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

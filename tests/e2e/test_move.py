@@ -1,125 +1,44 @@
-"""`python -m berthspawner.move` end to end, without a hub: two real berthd nodes, each on its own
-real Docker engine (the host's, and a second dockerd this module starts with its own data root and
-network namespace, for volumes only), a volume with nested directories, links, modes, owners, times and 20 MB of
-random data moved from one to the other, byte for byte, and the refusal while a container
-mounts it."""
+"""Moving a user's files between two real nodes (two Docker engines in two network namespaces)
+with `python -m berthspawner.move`: byte for byte, refused while mounted, safe to interrupt and
+retry, and the user's next server starts on the new node with their files."""
 
 import hashlib
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
-import pytest
+from conftest import Hub, docker, wait_for
+from netnode import HUB_IP
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BERTHD = os.environ.get("BERTHD", os.path.join(REPO, "target", "debug", "berthd"))
 TINY = "berth-test/tiny:latest"
 
 
-def docker(*args, host=None):
-    cmd = ["docker", *(["-H", host] if host else []), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+def creds(node):
+    """The move command's flags for a node: mutual TLS and the token, as the hub has them."""
+    c = node.berthd.client
+    return ["--ca-file", c["ca_file"], "--cert-file", c["cert_file"], "--key-file", c["key_file"],
+            "--token-file", c["token_file"]]  # fmt: skip
 
 
-def wait_for(what, check, timeout=30):
-    end = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return result
+def move_cmd(a, b, user):
+    return [sys.executable, "-m", "berthspawner.move", "--from", a.address, "--to", b.address, "--user", user,
+            *creds(a)]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def engine2():
-    """A second Docker engine on this host: its own data root, socket and containerd namespace."""
-    assert shutil.which("dockerd"), "dockerd is needed to run a second engine"
-    d = tempfile.mkdtemp(prefix="berth-engine2-")
-    with open(os.path.join(d, "daemon.json"), "w") as f:
-        f.write("{}")
-    sock = f"unix://{d}/docker.sock"
-    log = open(os.path.join(d, "dockerd.log"), "w")
-    # In a network namespace of its own: a dockerd manages the bridge `docker0` and would take
-    # the host engine's (with --bridge=none it deletes it). Its socket is a file, reachable.
-    proc = subprocess.Popen(
-        ["unshare", "--net", "dockerd", "--config-file", f"{d}/daemon.json", "--data-root", f"{d}/root",
-         "--exec-root", f"{d}/exec", "--pidfile", f"{d}/pid", "-H", sock, "--iptables=false", "--ip-masq=false",
-         "--containerd-namespace", f"berth-e2{secrets.token_hex(2)}",
-         "--containerd-plugins-namespace", f"berth-e2p{secrets.token_hex(2)}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_for("the second Docker engine", lambda: docker("info", "--format", "{{.ServerVersion}}", host=sock))
-        yield sock
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
+def move(a, b, user):
+    r = subprocess.run(move_cmd(a, b, user), capture_output=True, text=True, timeout=600)
+    return r.returncode, r.stderr
 
 
-class Node:
-    """A berthd on `docker_host`, listening on a free loopback port."""
-
-    def __init__(self, docker_host, workdir):
-        self.node_id = f"e2e-move-{secrets.token_hex(3)}"
-        self.docker_host = docker_host
-        state = os.path.join(workdir, self.node_id)
-        self.proc = subprocess.Popen(
-            [BERTHD, "serve", "--listen", "127.0.0.1:0", "--node-id", self.node_id, "--state-dir", state,
-             "--admin-socket", os.path.join(workdir, f"{self.node_id}.sock"), "--docker-host", docker_host],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        found = {}
-
-        def read():
-            for line in self.proc.stderr:
-                m = re.search(r"berthd listening.*addr=(\S+)", line)
-                if m and "addr" not in found:
-                    found["addr"] = m.group(1)
-
-        threading.Thread(target=read, daemon=True).start()
-        self.address = wait_for(f"berthd {self.node_id}", lambda: found.get("addr"))
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def mountpoint(node, name):
+    return docker("volume", "inspect", "-f", "{{.Mountpoint}}", name, host=node.docker_host)
 
 
-@pytest.fixture
-def nodes(engine2):
-    assert os.path.exists(BERTHD), f"{BERTHD} missing: cargo build -p berthd"
-    work = tempfile.mkdtemp(prefix="berth-move-")
-    a = Node("unix:///var/run/docker.sock", work)
-    b = Node(engine2, work)
-    yield a, b
-    a.close()
-    b.close()
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def user_volume(node, user):
-    """A user volume as berthd makes it from a `{user}` template, filled with a varied tree."""
-    name = f"berth-e2e-move-{secrets.token_hex(4)}"
-    labels = {"berth.managed": "true", "berth.node": node.node_id, "berth.user": user, "berth.volume-scope": "user"}
-    docker("volume", "create", *[f"--label={k}={v}" for k, v in labels.items()], name, host=node.docker_host)
-    root = docker("volume", "inspect", "-f", "{{.Mountpoint}}", name, host=node.docker_host)
-    os.makedirs(f"{root}/work/a/b")
-    with open(f"{root}/work/a/b/notes.txt", "w") as f:
-        f.write("deep\n")
-    with open(f"{root}/work/random.bin", "wb") as f:
-        f.write(os.urandom(20 * 1024 * 1024))
-    os.symlink("a/b/notes.txt", f"{root}/work/link")
-    os.chmod(f"{root}/work/a", 0o750)
-    os.chown(f"{root}/work/a/b/notes.txt", 1000, 100)
-    os.utime(f"{root}/work/a/b", (1_500_000_000, 1_500_000_000))
-    return name, root
+def volumes_of(node, user):
+    return docker("volume", "ls", "-q", "--filter", f"label=berth.user={user}", host=node.docker_host).split()
 
 
 def tree(root):
@@ -135,48 +54,98 @@ def tree(root):
                 h.update(os.readlink(p).encode())
             elif os.path.isfile(p):
                 with open(p, "rb") as f:
-                    h.update(f.read())
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
     return h.hexdigest()
 
 
-def move(a, b, user, *extra):
-    r = subprocess.run(
-        [sys.executable, "-m", "berthspawner.move", "--from", a.address, "--to", b.address, "--user", user, *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return r.returncode, r.stderr
+def user_volume(node, user):
+    """A user volume labelled as berthd labels its own, filled with a varied tree."""
+    name = f"berth-e2e-move-{secrets.token_hex(4)}"
+    labels = {"berth.managed": "true", "berth.node": node.berthd.name, "berth.user": user,
+              "berth.volume-scope": "user"}  # fmt: skip
+    docker("volume", "create", *[f"--label={k}={v}" for k, v in labels.items()], name, host=node.docker_host)
+    root = mountpoint(node, name)
+    os.makedirs(f"{root}/work/a/b")
+    with open(f"{root}/work/a/b/notes.txt", "w") as f:
+        f.write("deep\n")
+    with open(f"{root}/work/random.bin", "wb") as f:
+        f.write(os.urandom(20 * 1024 * 1024))
+    os.symlink("a/b/notes.txt", f"{root}/work/link")
+    os.chmod(f"{root}/work/a", 0o750)
+    os.chown(f"{root}/work/a/b/notes.txt", 1000, 100)
+    os.utime(f"{root}/work/a/b", (1_500_000_000, 1_500_000_000))
+    return name, root
 
 
-def test_a_users_volume_moves_between_two_engines_and_is_refused_while_mounted(nodes):
-    a, b = nodes
-    user = f"e2e-mover-{secrets.token_hex(3)}"
+def test_a_volume_moves_byte_for_byte_and_not_while_a_container_mounts_it(net_nodes):
+    a, b = net_nodes
+    user = f"mover-{secrets.token_hex(3)}"
     name, root = user_volume(a, user)
     before = tree(root)
-
-    running = docker("run", "-d", "--rm", "--network", "none", "-v", f"{name}:/data", TINY)
-    assert running, f"{TINY} missing: run tests/images/build-tiny.sh"
-    assert docker("inspect", "-f", "{{.State.Running}}", running) == "true"
+    running = a.engine.docker("run", "-d", "--rm", "--network", "none", "-v", f"{name}:/data", TINY)
     try:
         code, log = move(a, b, user)
-        assert code == 1, log
-        assert "VOLUME_IN_USE" in log, log
-        assert not docker("volume", "ls", "-q", "--filter", f"name={name}", host=b.docker_host)
+        assert code == 1 and "VOLUME_IN_USE" in log, log
+        assert not volumes_of(b, user)
     finally:
-        docker("rm", "-f", running)
-
-    started = time.monotonic()
+        a.engine.docker("rm", "-f", running)
     code, log = move(a, b, user)
     assert code == 0, log
-    print(f"moved 20 MB in {time.monotonic() - started:.1f}s:\n{log}")
-    assert re.search(rf"{name}: 20\.\d MiB verified on {b.node_id}", log), log
-    moved = docker("volume", "inspect", "-f", "{{.Mountpoint}}", name, host=b.docker_host)
-    assert tree(moved) == before, "the same tree on the target"
-    labels = docker("volume", "inspect", "-f", "{{json .Labels}}", name, host=b.docker_host)
-    assert f'"berth.node":"{b.node_id}"' in labels and f'"berth.user":"{user}"' in labels, labels
-    assert not docker("volume", "ls", "-q", "--filter", f"name={name}"), "the source was removed"
-
+    assert re.search(rf"{name}: 20\.\d MiB verified on {b.berthd.name}", log), log
+    assert tree(mountpoint(b, name)) == before, "the same tree on the target"
+    assert not volumes_of(a, user), "the source was removed after the copy was verified"
     code, log = move(a, b, user)
     assert code == 0 and "nothing to move" in log, log
-    docker("volume", "rm", name, host=b.docker_host)
+    b.engine.docker("volume", "rm", name)
+
+
+def test_200_mb_move_survives_a_killed_client_and_the_server_then_starts_on_the_new_node(workdir, net_nodes):
+    n1, n2 = net_nodes
+    extra = "\n".join([
+        'c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]',
+        'c.BerthSpawner.volumes = {"berth-e2e-home-{user}": "/home/data"}',
+        'c.BerthSpawner.volume_affinity = "required"',
+    ])  # fmt: skip
+    base = os.path.join(workdir, f"move-{secrets.token_hex(2)}")
+    user, tiny = "moving", {"image": TINY}
+    with Hub(base, [n.berthd for n in net_nodes], hub_ip=HUB_IP, extra=extra) as hub:
+        n2.berthd.admin("Drain", "e2e: the user starts on n1")
+        try:
+            hub.spawn(user, options=tiny)
+        finally:
+            n2.berthd.admin("Undrain")
+        (cid,) = n1.berthd.containers(user)
+        n1.engine.docker("exec", cid, "sh", "-c",
+                         "dd if=/dev/urandom of=/home/data/data.bin bs=1M count=200 2>/dev/null; "
+                         "echo thesis > /home/data/thesis.tex")  # fmt: skip
+        hub.api("DELETE", f"/users/{user}/server")
+        wait_for(f"{user}'s server to stop", lambda: hub.server(user) is None, 30)
+        (name,) = volumes_of(n1, user)
+        before = tree(mountpoint(n1, name))
+
+        # Kill the client half-way: the source stays as it was, the target keeps nothing.
+        proc = subprocess.Popen(move_cmd(n1, n2, user), stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            copied = re.search(r"([\d.]+) MiB copied", line)
+            if copied and float(copied.group(1)) >= 20:
+                break
+        proc.kill()
+        proc.wait()
+        assert tree(mountpoint(n1, name)) == before, "the source is untouched"
+        wait_for("the target to drop the unfinished copy", lambda: not volumes_of(n2, user), 30)
+
+        started = time.monotonic()
+        code, log = move(n1, n2, user)
+        took = time.monotonic() - started
+        assert code == 0, log
+        print(f"moved {name} (200 MiB) in {took:.1f}s")
+        assert tree(mountpoint(n2, name)) == before, "identical on the new node"
+        assert not volumes_of(n1, user)
+
+        # The hub's state still names n1: the spawner finds the files on n2.
+        hub.spawn(user, options=tiny)
+        (cid,) = n2.berthd.containers(user)
+        assert not n1.berthd.containers(user)
+        assert n2.engine.docker("exec", cid, "cat", "/home/data/thesis.tex") == "thesis"
+        assert n2.engine.docker("exec", cid, "wc", "-c", "/home/data/data.bin").split()[0] == str(200 << 20)

@@ -26,6 +26,7 @@ import grpc
 from . import errors
 from ._proto.berth.v1 import spawner_pb2 as pb
 from ._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
+from .nodes import bearer, tls_credentials
 
 FEATURE = "volume-move"
 # A progress line at most this often, and once per volume at its end.
@@ -41,13 +42,6 @@ class MoveError(Exception):
     """A refusal or failure, with the message for the operator."""
 
 
-def _read(path):
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class Node:
     """One berthd, reached with the operator's credentials."""
 
@@ -59,11 +53,7 @@ class Node:
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
         if args.ca_file or args.cert_file:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(args.ca_file),
-                private_key=_read(args.key_file),
-                certificate_chain=_read(args.cert_file),
-            )
+            creds = tls_credentials(args.ca_file, args.cert_file, args.key_file)
             self.channel = grpc.secure_channel(address, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)
@@ -71,8 +61,7 @@ class Node:
         self.node_id = address
 
     def metadata(self):
-        token = _read(self.token_file)
-        return (("authorization", f"Bearer {token.decode().strip()}"),) if token else ()
+        return bearer(self.token_file)
 
     def call(self, method, request, what):
         try:

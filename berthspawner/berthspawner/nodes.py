@@ -30,6 +30,22 @@ def _read(path):
         return f.read()
 
 
+def tls_credentials(ca_file, cert_file, key_file):
+    """A node channel's TLS: the node's CA, and this client's certificate for mutual TLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file), private_key=_read(key_file), certificate_chain=_read(cert_file)
+    )
+
+
+def bearer(token_file):
+    """Call metadata with the bearer token, read fresh so a rotated token is picked up. The
+    token is never logged."""
+    token = _read(token_file)
+    if token is None:
+        return ()
+    return (("authorization", f"Bearer {token.decode().strip()}"),)
+
+
 class Node:
     """One berthd: address, credentials, channel, and the Watch cache of its servers."""
 
@@ -51,12 +67,8 @@ class Node:
         self.inflight = {}
 
     def metadata(self):
-        """Call metadata: the bearer token, read fresh so a rotated token is picked up.
-        The token is never logged."""
-        token = _read(self._token_file)
-        if token is None:
-            return ()
-        return (("authorization", f"Bearer {token.decode().strip()}"),)
+        """Call metadata: the bearer token (see `bearer`)."""
+        return bearer(self._token_file)
 
     def stub(self):
         """The Spawner stub (the channel is created on first use, in the running loop)."""
@@ -72,11 +84,7 @@ class Node:
                 ("grpc.http2.max_pings_without_data", 0),
             ]
             if self._ca_file or self._cert_file:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates=_read(self._ca_file),
-                    private_key=_read(self._key_file),
-                    certificate_chain=_read(self._cert_file),
-                )
+                creds = tls_credentials(self._ca_file, self._cert_file, self._key_file)
                 self._channel = grpc.aio.secure_channel(self.address, creds, options=opts)
             else:
                 self._channel = grpc.aio.insecure_channel(self.address, options=opts)

@@ -75,18 +75,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 // A shared volume: Docker makes it on create, as it always did.
                 continue;
             }
-            let mut labels = HashMap::from([
-                (LABEL_MANAGED.to_owned(), "true".to_owned()),
-                (LABEL_NODE.to_owned(), self.inner.cfg.node_id.clone()),
-                (LABEL_USER.to_owned(), spec.key.user().to_owned()),
-            ]);
-            let scope = if v.per_server {
-                labels.insert(LABEL_SERVER.to_owned(), spec.key.server().to_owned());
-                "server"
-            } else {
-                "user"
-            };
-            labels.insert(LABEL_VOLUME_SCOPE.to_owned(), scope.to_owned());
+            let labels = owner_labels(&self.inner.cfg.node_id, &spec.key, v.per_server);
             engine
                 .create_volume(&NewVolume {
                     name: v.name.clone(),
@@ -162,6 +151,28 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         out
     }
+}
+
+/// The labels of a user volume of `owner` made by node `node`: the owner's user, and the server
+/// too when the volume is per server (`{server}`), which is its scope.
+pub(super) fn owner_labels(
+    node: &str,
+    owner: &ServerKey,
+    per_server: bool,
+) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        (LABEL_NODE.to_owned(), node.to_owned()),
+        (LABEL_USER.to_owned(), owner.user().to_owned()),
+    ]);
+    let scope = if per_server {
+        labels.insert(LABEL_SERVER.to_owned(), owner.server().to_owned());
+        "server"
+    } else {
+        "user"
+    };
+    labels.insert(LABEL_VOLUME_SCOPE.to_owned(), scope.to_owned());
+    labels
 }
 
 /// Bytes of regular files under `dir`, without following links or leaving its filesystem;

@@ -12,10 +12,7 @@ use tokio::sync::mpsc;
 use super::chunks::Unchunker;
 use super::marker::{remove_marker, write_marker};
 use super::{CHUNKS_IN_FLIGHT, Checksum, ImportPart, VolumeHeader, archive, local_dir};
-use crate::docker::{
-    ContainerEngine, LABEL_MANAGED, LABEL_NODE, LABEL_SERVER, LABEL_USER, LABEL_VOLUME_SCOPE,
-    NewVolume,
-};
+use crate::docker::{ContainerEngine, NewVolume};
 use crate::runtime::error::{blocking, detached};
 use crate::runtime::{Error, Runtime};
 
@@ -91,18 +88,11 @@ impl<E: ContainerEngine> Runtime<E> {
     async fn make_imported(&self, header: &VolumeHeader) -> Result<PathBuf, Error> {
         let name = header.name.as_str();
         let engine = &self.inner.engine;
-        let mut labels = HashMap::from([
-            (LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (LABEL_NODE.to_owned(), self.inner.cfg.node_id.clone()),
-            (LABEL_USER.to_owned(), header.owner.user().to_owned()),
-        ]);
-        let scope = if header.per_server {
-            labels.insert(LABEL_SERVER.to_owned(), header.owner.server().to_owned());
-            "server"
-        } else {
-            "user"
-        };
-        labels.insert(LABEL_VOLUME_SCOPE.to_owned(), scope.to_owned());
+        let labels = super::super::volumes::owner_labels(
+            &self.inner.cfg.node_id,
+            &header.owner,
+            header.per_server,
+        );
         engine
             .create_volume(&NewVolume {
                 name: name.to_owned(),

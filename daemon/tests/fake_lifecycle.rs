@@ -11,7 +11,9 @@ use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use berthd::docker::RunStatus;
 use berthd::docker::fake::Behaviour;
-use common::fake_node::{FakeNode, SERVE, SILENT, engine, start_req, state_dir};
+use common::fake_node::{
+    FakeNode, SERVE, SILENT, engine, start_in_background, start_req, started, state_dir,
+};
 use common::{eventually, key, poll, state, stop, wait_for_state};
 use futures::StreamExt;
 use tonic::Code;
@@ -63,15 +65,9 @@ async fn a_retried_start_returns_the_same_answer_and_creates_one_container() {
 #[tokio::test]
 async fn a_second_start_under_another_spawn_id_while_the_first_runs_is_already_exists() {
     let node = FakeNode::start().await;
-    let first = tokio::spawn({
-        let mut c = node.client();
-        async move { c.start(start_req("cat", "a", SILENT)).await }
-    });
+    let first = start_in_background(&node, "cat", "a", SILENT);
     container_reaches(&node, "cat", RunStatus::Running).await;
-    let second = tokio::spawn({
-        let mut c = node.client();
-        async move { c.start(start_req("cat", "b", SILENT)).await }
-    });
+    let second = start_in_background(&node, "cat", "b", SILENT);
     // The second spawn has begun (it queues behind the first) before the first finishes.
     let mut progress = node
         .client()
@@ -101,10 +97,7 @@ async fn a_second_start_under_another_spawn_id_while_the_first_runs_is_already_e
 #[tokio::test]
 async fn stop_cancels_a_start_waiting_for_http() {
     let node = FakeNode::start().await;
-    let start = tokio::spawn({
-        let mut c = node.client();
-        async move { c.start(start_req("dan", "s", SILENT)).await }
-    });
+    let start = start_in_background(&node, "dan", "s", SILENT);
     container_reaches(&node, "dan", RunStatus::Running).await;
     assert_eq!(state(&poll(&node.client, "dan", "").await), State::Starting);
     let stopped = stop(&node.client, "dan", "", true, 0).await.unwrap();
@@ -142,10 +135,7 @@ async fn poll_reports_every_state_and_exit_reason() {
     assert_eq!(state(&poll(&c, "nobody", "").await), State::Absent);
 
     // STARTING while it does not answer, RUNNING once it does.
-    let start = tokio::spawn({
-        let mut c = node.client();
-        async move { c.start(start_req("eve", "s", SILENT)).await }
-    });
+    let start = start_in_background(&node, "eve", "s", SILENT);
     container_reaches(&node, "eve", RunStatus::Running).await;
     assert_eq!(state(&poll(&c, "eve", "").await), State::Starting);
     node.fake
@@ -244,12 +234,7 @@ async fn a_graceful_stop_kills_a_server_that_ignores_sigterm_after_the_grace() {
 #[tokio::test]
 async fn a_restarted_node_adopts_its_containers_and_never_restarts_or_recreates_them() {
     let node = FakeNode::start().await;
-    let ann = node
-        .client()
-        .start(start_req("ann", "s1", SERVE))
-        .await
-        .unwrap()
-        .into_inner();
+    let ann = started(&node, "ann", "s1", SERVE).await;
     node.client()
         .start(start_req("bob", "s1", SERVE))
         .await
@@ -270,12 +255,7 @@ async fn a_restarted_node_adopts_its_containers_and_never_restarts_or_recreates_
     let b = poll(&node.client, "bob", "").await;
     assert_eq!((state(&b), b.reason.as_str()), (State::Exited, "Completed"));
     // A retry of ann's spawn after the restart is answered from the adopted container.
-    let again = node
-        .client()
-        .start(start_req("ann", "s1", SERVE))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = started(&node, "ann", "s1", SERVE).await;
     assert_eq!(again, ann);
     assert_eq!(
         ["create", "start", "stop", "kill", "remove"].map(|op| fake.calls(op)),
@@ -294,12 +274,7 @@ async fn a_restarted_node_adopts_its_containers_and_never_restarts_or_recreates_
 async fn a_lost_record_is_rebuilt_from_the_labels_without_a_second_container() {
     let fake = engine();
     let node = FakeNode::start_on(fake.clone(), state_dir(), |_| {}).await;
-    let ann = node
-        .client()
-        .start(start_req("ann", "s1", SERVE))
-        .await
-        .unwrap()
-        .into_inner();
+    let ann = started(&node, "ann", "s1", SERVE).await;
     let records = node.state_dir.join("servers");
     for f in std::fs::read_dir(&records).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();

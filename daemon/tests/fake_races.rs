@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
-use common::fake_node::{FakeNode, SERVE, engine, start_req, state_dir};
+use common::fake_node::{FakeNode, SERVE, engine, start_req, started, state_dir};
 use common::{key, poll, state, stop};
 use futures::StreamExt;
 use tonic::Code;
@@ -150,12 +150,7 @@ async fn put_state_is_a_compare_and_swap() {
 #[tokio::test]
 async fn a_reconcile_racing_a_removing_stop_does_not_resurrect_the_server() {
     let node = FakeNode::start().await;
-    let ann = node
-        .client()
-        .start(start_req("ann", "s", SERVE))
-        .await
-        .unwrap()
-        .into_inner();
+    let ann = started(&node, "ann", "s", SERVE).await;
     node.fake
         .delay_inspects(Some(&ann.container_id), Duration::from_millis(300), 1);
     let reconcile = tokio::spawn({
@@ -178,12 +173,7 @@ async fn remove_now(node: &FakeNode, user: &str) -> pb::ServerStatus {
 #[tokio::test]
 async fn a_slow_event_inspect_does_not_report_a_removed_server_running_again() {
     let node = FakeNode::start().await;
-    let ann = node
-        .client()
-        .start(start_req("ann", "s", SERVE))
-        .await
-        .unwrap()
-        .into_inner();
+    let ann = started(&node, "ann", "s", SERVE).await;
     let mut watch = node
         .client()
         .watch(pb::WatchRequest { snapshot: false })

@@ -178,6 +178,24 @@ fn trailer(chunks: &[pb::VolumeChunk]) -> pb::VolumeTrailer {
     }
 }
 
+/// An import into `node` fed message by message through the returned sender, running in the
+/// background so a test can stop feeding it half-way.
+async fn import_in_background(
+    node: &Daemon,
+) -> (
+    tokio::sync::mpsc::Sender<pb::VolumeChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::ImportVolumeResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let c = node.client().await;
+    let call = tokio::spawn(async move {
+        c.clone()
+            .import_volume(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    (tx, call)
+}
+
 #[tokio::test]
 async fn a_volume_moves_with_identical_content_and_the_source_is_removed_after() {
     let (a, b) = (Daemon::start(), Daemon::start());
@@ -283,13 +301,7 @@ async fn an_interrupted_import_leaves_the_source_and_a_retry_completes_even_afte
     let half = chunks.len() / 2;
 
     // The client goes away half-way: berthd removes what it had imported.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let c = b.client().await;
-    let call = tokio::spawn(async move {
-        c.clone()
-            .import_volume(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let (tx, call) = import_in_background(&b).await;
     for m in &chunks[..half] {
         tx.send(m.clone()).await.unwrap();
     }
@@ -314,13 +326,7 @@ async fn an_interrupted_import_leaves_the_source_and_a_retry_completes_even_afte
     );
 
     // berthd dies half-way: the marker says the volume is unfinished after its restart.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let c = b.client().await;
-    let call = tokio::spawn(async move {
-        c.clone()
-            .import_volume(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let (tx, call) = import_in_background(&b).await;
     for m in &chunks[..half] {
         tx.send(m.clone()).await.unwrap();
     }

@@ -178,3 +178,30 @@ pub fn start_req(user: &str, spawn_id: &str, image: &str) -> pb::StartRequest {
         ..Default::default()
     }
 }
+
+/// A Start of `user`'s server on `node`, run in the background, for tests that act while it is
+/// under way.
+pub fn start_in_background(
+    node: &FakeNode,
+    user: &str,
+    spawn_id: &str,
+    image: &str,
+) -> JoinHandle<Result<tonic::Response<pb::StartResponse>, tonic::Status>> {
+    let mut c = node.client();
+    let req = start_req(user, spawn_id, image);
+    tokio::spawn(async move { c.start(req).await })
+}
+
+/// Starts `user`'s server on `node`; the answer (a refusal fails the test).
+pub async fn started(
+    node: &FakeNode,
+    user: &str,
+    spawn_id: &str,
+    image: &str,
+) -> pb::StartResponse {
+    node.client()
+        .start(start_req(user, spawn_id, image))
+        .await
+        .unwrap()
+        .into_inner()
+}

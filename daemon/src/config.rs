@@ -109,6 +109,16 @@ section! {
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+        /// GPUs and other devices the node hands out.
+        devices: DevicesConfig = DevicesConfig::default();
+    }
+}
+
+section! {
+    /// `[devices]`
+    pub struct DevicesConfig at "devices." {
+        /// Device classes, each a `[[devices.classes]]` table (see `crate::devices::ClassConfig`).
+        classes: Vec<crate::devices::ClassConfig> = Vec::new();
     }
 }
 
@@ -322,6 +332,7 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            devices: crate::devices::Inventory::discover(&self.devices.classes),
         }
     }
 }

@@ -268,6 +268,7 @@ mod tests {
             user_options: String::new(),
             ready_path: "/".into(),
             ready_timeout: None,
+            gpus: crate::devices::Ask::default(),
             host: HostAccess::default(),
         }
     }

@@ -478,6 +478,8 @@ pub struct StartSpec {
     pub ready_timeout: Option<Duration>,
     /// Host privileges asked for.
     pub host: HostAccess,
+    /// Devices (GPUs) asked for.
+    pub gpus: crate::devices::Ask,
 }
 
 impl StartSpec {
@@ -506,6 +508,9 @@ impl StartSpec {
         }
         put("ready", &self.ready_path);
         put("host", &format!("{:?}", self.host));
+        if self.gpus.count > 0 {
+            put("gpus", &format!("{:?}", self.gpus));
+        }
         hex::encode(&h.finalize()[..12])
     }
 }
@@ -819,3 +824,31 @@ fn path_component_ok(c: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks a device ask: a bounded count, class and model names of printable characters.
+pub fn device_ask(count: u32, class: &str, model: &str) -> Result<crate::devices::Ask, SpecError> {
+    if count > crate::devices::MAX_ASK {
+        return Err(SpecError::new(
+            "resources.gpus",
+            format!("{count} is more than {}", crate::devices::MAX_ASK),
+        ));
+    }
+    let printable = |s: &str| s.len() <= 128 && !s.chars().any(char::is_control);
+    if !printable(class) || class.contains('/') {
+        return Err(SpecError::new(
+            "resources.gpu_class",
+            "at most 128 printable characters, no '/'",
+        ));
+    }
+    if !printable(model) {
+        return Err(SpecError::new(
+            "resources.gpu_model",
+            "at most 128 printable characters",
+        ));
+    }
+    Ok(crate::devices::Ask {
+        count,
+        class: class.to_owned(),
+        model: model.to_owned(),
+    })
+}

@@ -47,6 +47,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             res.cpu_limit,
             res.cpu_guarantee,
         )?;
+        let gpus = spec::device_ask(res.gpus, &res.gpu_class, &res.gpu_model)?;
         if r.volumes.len() > spec::MAX_ENTRIES {
             return Err(SpecError::new("volumes", "too many volumes"));
         }
@@ -108,6 +109,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             user_options: r.user_options,
             ready_path,
             ready_timeout,
+            gpus,
         })
     }
 }
@@ -251,6 +253,20 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
             .collect(),
         draining: c.draining,
         images: c.images,
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| pb::DeviceClassCapacity {
+                class: d.class,
+                total: d.total,
+                allocatable: d.allocatable,
+                committed: d.committed,
+                models: d.models,
+                free_devices: d.free_devices,
+                shares: d.shares,
+                discovery_error: d.discovery_error,
+            })
+            .collect(),
     }
 }
 

@@ -160,6 +160,16 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             cgroup_permissions: Some("rwm".to_owned()),
         })
         .collect();
+    let device_requests: Vec<bollard::models::DeviceRequest> = spec
+        .device_requests
+        .iter()
+        .map(|r| bollard::models::DeviceRequest {
+            driver: Some(r.driver.clone()),
+            device_ids: Some(r.device_ids.clone()),
+            capabilities: Some(vec![vec!["gpu".to_owned()]]),
+            ..Default::default()
+        })
+        .collect();
     let host = |on: bool| on.then(|| "host".to_owned());
     ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -175,6 +185,7 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             privileged: Some(h.privileged),
             cap_add: (!h.cap_add.is_empty()).then(|| h.cap_add.clone()),
             devices: Some(devices),
+            device_requests: (!device_requests.is_empty()).then_some(device_requests),
             memory: spec.memory,
             memory_reservation: spec.memory_reservation,
             nano_cpus: spec.nano_cpus,

@@ -33,6 +33,8 @@ pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
 pub const LABEL_VOLUME_SCOPE: &str = "berth.volume-scope";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
+/// Label: the devices the container was given, `class/id` comma-separated.
+pub const LABEL_DEVICES: &str = "berth.devices";
 
 /// What went wrong talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,17 @@ pub struct ContainerSpec {
     /// Privileges over the host (already allowed by the node policy). On the host network
     /// no port is published: the server uses the host's port.
     pub host: crate::spec::HostAccess,
+    /// Devices requested from a Docker device driver (the nvidia runtime), by id.
+    pub device_requests: Vec<DeviceRequest>,
+}
+
+/// Devices of one driver, by id (Docker's `DeviceRequests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// The driver ("nvidia").
+    pub driver: String,
+    /// The devices' ids as the driver knows them.
+    pub device_ids: Vec<String>,
 }
 
 /// Coarse lifecycle state reported by the engine.

@@ -7,6 +7,7 @@
 //! | [`records::Records`] | the state store and its save lock; writes disk, then the view | `records.rs` |
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
+//! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
@@ -19,7 +20,7 @@
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
 //! (`admission`); never the reverse, and no std lock is held across an await. Std locks are
-//! held only to copy or update plain data: `admission.pending` → `view.entries`;
+//! held only to copy or update plain data: `admission.pending` → `view.entries`; `devices.pending` → `view.entries`;
 //! `view.publish` → `view.entries` / `view.activity` / the key table's; no other nesting.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -31,6 +32,7 @@ use crate::key::ServerKey;
 use crate::state::FileStore;
 
 pub mod admission;
+pub mod devices;
 mod error;
 pub mod keys;
 mod logs;
@@ -89,6 +91,8 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// The devices the node hands out, as discovered at start-up.
+    pub devices: crate::devices::Inventory,
 }
 
 /// A server that answers HTTP.
@@ -123,6 +127,8 @@ struct Inner<E> {
     view: Arc<View>,
     records: Records,
     admission: admission::Admission,
+    /// Device inventory and who holds what.
+    devices: devices::Devices,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
     /// Docker's storage root, asked once (for disk pressure).
@@ -137,6 +143,7 @@ impl<E: ContainerEngine> Runtime<E> {
         Self {
             inner: Arc::new(Inner {
                 admission: admission::Admission::new(&cfg),
+                devices: devices::Devices::new(&cfg),
                 records: Records::new(store, view.clone()),
                 view,
                 engine,

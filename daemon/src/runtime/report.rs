@@ -44,6 +44,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// Each device class.
+    pub devices: Vec<super::devices::ClassCapacity>,
 }
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
@@ -161,15 +163,18 @@ impl<E: ContainerEngine> Runtime<E> {
             disks.push(("Docker root", PathBuf::from(root)));
         }
         let draining = inner.admission.draining();
+        let mut conditions = conditions(&host, docker_up, &disks, draining.as_deref());
+        conditions.extend(inner.devices.conditions());
         NodeCapacity {
             host,
             allocatable: capacity::allocatable(host, limits),
             committed,
             running,
             max_servers: limits.max_servers,
-            conditions: conditions(&host, docker_up, &disks, draining.as_deref()),
+            conditions,
             draining: draining.is_some(),
             images,
+            devices: inner.devices.capacity(&inner.view),
         }
     }
 

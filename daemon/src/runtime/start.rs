@@ -10,10 +10,11 @@ use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
 use super::view::WatchKind;
 use super::{Error, Runtime, Started, exit_reason, ready};
+use crate::devices::DeviceRef;
 use crate::docker::{
-    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_HOST_NETWORK,
-    LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID,
-    LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_DEVICES,
+    LABEL_HOST_NETWORK, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER,
+    LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
 };
 use crate::hostpath::{self, HostPathError, Pin};
 use crate::key::ServerKey;
@@ -43,6 +44,7 @@ impl<E: ContainerEngine> Runtime<E> {
         // to the container (or freed).
         self.refresh(&spec.key).await;
         self.inner.admission.release(&spec.key);
+        self.settle_devices(&spec.key).await;
         if result.is_ok()
             && let Err(e) = self
                 .inner
@@ -86,6 +88,7 @@ impl<E: ContainerEngine> Runtime<E> {
             return done;
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
+        let devices = self.assign_devices(spec).await?;
         let image =
             self.inner
                 .engine
@@ -112,7 +115,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let pins = self.pin_host_paths(spec).await?;
         self.prepare_volumes(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
-        let id = self.create(spec, &image).await?;
+        let id = self.create(spec, &image, &devices).await?;
         self.launch(spec, &id, progress, cancel, Some(slot), pins)
             .await
     }
@@ -170,9 +173,14 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Writes the spawn's record, then creates its container; the record is durable before
     /// the container exists, so a crash from here on leaves a record to reconcile against,
     /// never an unaccounted container.
-    async fn create(&self, spec: &StartSpec, image: &ImageInfo) -> Result<String, Error> {
+    async fn create(
+        &self,
+        spec: &StartSpec,
+        image: &ImageInfo,
+        devices: &[DeviceRef],
+    ) -> Result<String, Error> {
         let engine = &self.inner.engine;
-        let container = self.container_spec(spec, image);
+        let container = self.container_spec(spec, image, devices);
         let owned = owned_volumes(spec);
         self.inner
             .records
@@ -185,6 +193,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 r.image.clone_from(&spec.image);
                 r.port = spec.port;
                 r.started_ms = crate::state::now_ms();
+                r.devices = devices.iter().map(DeviceRef::encode).collect();
                 r.volumes = spec
                     .volumes
                     .iter()
@@ -415,7 +424,12 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     // Long: a field-by-field translation of the spec into the engine's, clearer whole.
-    fn container_spec(&self, spec: &StartSpec, image: &ImageInfo) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        spec: &StartSpec,
+        image: &ImageInfo,
+        devices: &[DeviceRef],
+    ) -> ContainerSpec {
         let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
             (true, true) => None,
             (true, false) => Some(image.cmd.iter().chain(&spec.args).cloned().collect()),
@@ -433,6 +447,14 @@ impl<E: ContainerEngine> Runtime<E> {
             (LABEL_PORT, &spec.port.to_string()),
             (LABEL_OWNED_VOLUMES, &owned_volumes(spec).join(",")),
             (
+                LABEL_DEVICES,
+                &devices
+                    .iter()
+                    .map(DeviceRef::encode)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
                 LABEL_HOST_NETWORK,
                 if spec.host.host_network {
                     "true"
@@ -443,6 +465,15 @@ impl<E: ContainerEngine> Runtime<E> {
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
+        let passing = self.inner.devices.passing(devices);
+        let mut host = spec.host.clone();
+        host.devices.extend(passing.paths);
+        let mut env = spec.env.to_docker();
+        if let Some(v) = passing.visible {
+            let prefix = format!("{}=", crate::devices::NVIDIA_VISIBLE_DEVICES);
+            env.retain(|e| !e.starts_with(&prefix));
+            env.push(format!("{prefix}{v}"));
+        }
         let r = spec.resources;
         let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         #[allow(clippy::cast_possible_truncation)]
@@ -451,7 +482,7 @@ impl<E: ContainerEngine> Runtime<E> {
             name: spec.key.container_name(),
             image: spec.image.clone(),
             cmd,
-            env: spec.env.to_docker(),
+            env,
             labels,
             port: spec.port,
             host_ip: cfg.publish_host_ip.to_string(),
@@ -476,7 +507,8 @@ impl<E: ContainerEngine> Runtime<E> {
                     read_only: v.read_only,
                 })
                 .collect(),
-            host: spec.host.clone(),
+            host,
+            device_requests: passing.requests,
         }
     }
 }

@@ -219,6 +219,7 @@ proptest! {
             user_options: String::new(),
             ready_path: "/".into(),
             ready_timeout: None,
+            gpus: crate::devices::Ask::default(),
             host: HostAccess::default(),
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());

@@ -23,6 +23,7 @@ fn spec(name: &str, image: &str) -> ContainerSpec {
         cpu_shares: None,
         mounts: Vec::new(),
         host: crate::spec::HostAccess::default(),
+        device_requests: vec![],
     }
 }
 

@@ -3,6 +3,9 @@
 import inspect
 from dataclasses import dataclass, field
 
+# The device class a `gpus` demand names when it gives none (berthd's default too).
+DEFAULT_GPU_CLASS = "gpu"
+
 
 @dataclass
 class Candidate:
@@ -29,6 +32,9 @@ class Candidate:
     images: list = field(default_factory=list)
     inflight: int = 0
     inflight_memory: int = 0
+    # Per device class: {"free": devices with a free share, "total": shares, "models": [...]}.
+    devices: dict = field(default_factory=dict)
+    inflight_gpus: int = 0
 
 
 @dataclass
@@ -38,6 +44,13 @@ class Demand:
     memory: int = 0
     cpu: float = 0.0
     image: str = ""
+    gpus: int = 0
+    gpu_class: str = ""
+    gpu_model: str = ""
+
+    @property
+    def device_class(self):
+        return self.gpu_class or DEFAULT_GPU_CLASS
 
 
 def from_capacity(name, c):
@@ -54,6 +67,10 @@ def from_capacity(name, c):
         running=c.running_servers,
         max_servers=c.max_servers,
         images=list(c.images),
+        devices={
+            getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)}
+            for d in c.devices
+        },
     )
 
 
@@ -75,7 +92,29 @@ def why_not(c, demand):
         return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
     if demand.image and c.images and demand.image not in c.images:
         return f"{c.name}: image {demand.image} not present"
+    return _gpu_shortfall(c, demand)
+
+
+def _gpu_shortfall(c, demand):
+    """Why the node's devices cannot serve the demand's GPUs, or ''."""
+    if not demand.gpus:
+        return ""
+    cls = demand.device_class
+    d = c.devices.get(cls)
+    if d is None:
+        return f"{c.name}: no {cls} devices"
+    if demand.gpu_model and demand.gpu_model.lower() not in (m.lower() for m in d["models"]):
+        return f"{c.name}: no {cls} of model {demand.gpu_model}"
+    if demand.gpus > d["free"]:
+        return f"{c.name}: not enough {cls} devices ({demand.gpus} asked, {d['free']} free)"
     return ""
+
+
+def _free_gpus(c, demand):
+    """Free devices of the demand's class once this hub's starts in flight are counted."""
+    if not demand.gpus:
+        return 0
+    return c.devices.get(demand.device_class, {}).get("free", 0) - c.inflight_gpus
 
 
 def _free(c):
@@ -86,14 +125,18 @@ def _servers(c):
     return c.running + c.inflight
 
 
-def spread(fits):
-    """Most free memory first (then fewest servers): spreads servers over the nodes."""
-    return sorted(fits, key=lambda c: (not c.known, -_free(c), _servers(c), c.name))
+def spread(fits, demand=None):
+    """Most free memory first (then fewest servers): spreads servers over the nodes. A demand
+    for GPUs ranks by free devices of its class first, most first."""
+    demand = demand or Demand()
+    return sorted(fits, key=lambda c: (not c.known, -_free_gpus(c, demand), -_free(c), _servers(c), c.name))
 
 
-def pack(fits):
-    """Least free memory first (then most servers): fills one node before the next."""
-    return sorted(fits, key=lambda c: (not c.known, _free(c), -_servers(c), c.name))
+def pack(fits, demand=None):
+    """Least free memory first (then most servers): fills one node before the next (for GPUs:
+    the node with the fewest free devices that still fit)."""
+    demand = demand or Demand()
+    return sorted(fits, key=lambda c: (not c.known, _free_gpus(c, demand), _free(c), -_servers(c), c.name))
 
 
 POLICIES = {"spread": spread, "pack": pack}
@@ -117,5 +160,5 @@ def rank(candidates, demand, policy="spread", spawner=None):
         takes_spawner = len(inspect.signature(policy).parameters) >= 3
         ordered = list(policy(fits, demand, spawner) if takes_spawner else policy(fits, demand))
     else:
-        ordered = POLICIES[policy](fits)
+        ordered = POLICIES[policy](fits, demand)
     return ordered, reasons

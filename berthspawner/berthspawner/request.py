@@ -63,7 +63,14 @@ def demand(spawner, image):
     (as the node counts it)."""
     mem = spawner.mem_guarantee or spawner.mem_limit or 0
     cpu = spawner.cpu_guarantee or spawner.cpu_limit or 0.0
-    return placement.Demand(memory=int(mem), cpu=float(cpu), image=image)
+    return placement.Demand(
+        memory=int(mem),
+        cpu=float(cpu),
+        image=image,
+        gpus=int(spawner.gpus or 0),
+        gpu_class=spawner.gpu_class or "",
+        gpu_model=spawner.gpu_model or "",
+    )
 
 
 def start_request(spawner, image):
@@ -83,6 +90,9 @@ def start_request(spawner, image):
             mem_guarantee_bytes=int(spawner.mem_guarantee or 0),
             cpu_limit=float(spawner.cpu_limit or 0.0),
             cpu_guarantee=float(spawner.cpu_guarantee or 0.0),
+            gpus=int(spawner.gpus or 0),
+            gpu_class=spawner.gpu_class or "",
+            gpu_model=spawner.gpu_model or "",
         ),
         volumes=volumes(spawner.volumes),
         user_options=json.dumps(spawner.user_options or {}, default=str),

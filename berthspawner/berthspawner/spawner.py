@@ -58,6 +58,16 @@ class BerthSpawner(Spawner):
         Default: "required" when `volumes` has a node-local named volume templated with {user} or
         {server}, else "none".""",
     )
+    gpus = Integer(
+        0,
+        min=0,
+        config=True,
+        help="""Devices of the nodes' class `gpu_class` the server gets to itself (0 = none). Only
+        nodes with that many free are tried, those with the most free first; a node assigns
+        specific devices and keeps them until the server stops. A profile may override it.""",
+    )
+    gpu_class = Unicode("", config=True, help='The node device class `gpus` counts ("" = "gpu").')
+    gpu_model = Unicode("", config=True, help='Only devices of this model, e.g. "NVIDIA A100-SXM4-40GB" ("" = any).')
     remove = Bool(False, config=True, help="Delete the container when the server stops.")
     container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
     stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
@@ -260,6 +270,9 @@ class BerthSpawner(Spawner):
         for node, c in zip(nodes, answers):
             c.inflight = len(node.inflight)
             c.inflight_memory = sum(d.memory for d in node.inflight.values())
+            c.inflight_gpus = sum(
+                d.gpus for d in node.inflight.values() if d.gpus and d.device_class == demand.device_class
+            )
         ordered, reasons = placement.rank(answers, demand, self.placement, spawner=self)
         by_name = {n.name: n for n in nodes}
         return [by_name[c.name] for c in ordered], reasons

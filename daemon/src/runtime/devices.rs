@@ -357,6 +357,79 @@ mod tests {
         );
     }
 
+    fn start_of(user: &str, count: u32) -> StartSpec {
+        StartSpec {
+            key: ServerKey::new(user, "").expect("valid"),
+            spawn_id: "s".into(),
+            image: "img:1".into(),
+            cmd: vec![],
+            args: vec![],
+            env: crate::spec::Env::default(),
+            port: 8888,
+            resources: crate::spec::Resources::default(),
+            volumes: vec![],
+            labels: Default::default(),
+            user_options: String::new(),
+            ready_path: "/".into(),
+            ready_timeout: None,
+            gpus: crate::devices::Ask {
+                count,
+                ..Default::default()
+            },
+            host: crate::spec::HostAccess::default(),
+        }
+    }
+
+    fn recorded(view: &View, user: &str, devices: &[&str], status: RecordStatus) {
+        let key = ServerKey::new(user, "").expect("a valid key");
+        let mut r = crate::state::Record::new(&key);
+        r.devices = devices.iter().map(|d| (*d).to_owned()).collect();
+        r.status = status;
+        view.put_record(&key, r);
+    }
+
+    #[test]
+    fn a_record_starting_without_a_container_holds_its_devices() {
+        let d = devices(Pass::DeviceNodes);
+        let view = View::default();
+        // A crash between the record and the container: the device stays held.
+        recorded(&view, "crashed", &["gpu/0"], RecordStatus::Starting);
+        let got = d.assign(&view, &start_of("b", 1)).expect("one is free");
+        assert_eq!(got, [r("1")]);
+        assert!(matches!(
+            d.assign(&view, &start_of("c", 1)),
+            Err(DeviceError::Insufficient { free: 0, .. })
+        ));
+        // The crashed key itself may have it again (a retry of its spawn).
+        d.release(&ServerKey::new("b", "").expect("key"));
+        let again = d
+            .assign(&view, &start_of("crashed", 2))
+            .expect("its own and b's");
+        assert_eq!(again, [r("0"), r("1")]);
+        d.release(&ServerKey::new("crashed", "").expect("key"));
+        // Once the record is no longer starting (exited, removed), the device is free.
+        recorded(&view, "crashed", &["gpu/0"], RecordStatus::Exited);
+        let cap = d.capacity(&view);
+        assert_eq!((cap[0].committed, cap[0].free_devices), (0, 2));
+    }
+
+    #[test]
+    fn pending_spawns_count_until_released() {
+        let d = devices(Pass::DeviceNodes);
+        let view = View::default();
+        d.assign(&view, &start_of("a", 2)).expect("two free");
+        assert_eq!(d.capacity(&view)[0].committed, 2);
+        assert!(d.assign(&view, &start_of("b", 1)).is_err());
+        d.release(&ServerKey::new("a", "").expect("key"));
+        assert_eq!(d.capacity(&view)[0].committed, 0);
+        let mut other = start_of("c", 1);
+        other.gpus.class = "tpu".into();
+        assert!(matches!(
+            d.assign(&view, &other),
+            Err(DeviceError::NotConfigured { .. })
+        ));
+    }
+
     #[test]
     fn a_node_without_devices_changes_nothing() {
         let d = Devices {

@@ -281,11 +281,7 @@ async fn drain(conn: &Conn, out: Output, reason: Option<String>) -> Result<()> {
     let mut admin = conn.admin()?;
     let draining = match reason {
         Some(reason) => admin.drain(request(pb::DrainRequest { reason })).await?,
-        None => {
-            admin
-                .undrain(request(pb::DrainRequest::default()))
-                .await?
-        }
+        None => admin.undrain(request(pb::DrainRequest::default())).await?,
     }
     .into_inner()
     .draining;

@@ -33,7 +33,12 @@ mod tests {
     fn man_pages_cover_every_command() {
         let dir = std::env::temp_dir().join(format!("berthctl-man-{}", std::process::id()));
         man(&dir).expect("writes");
-        for page in ["berthctl.1", "berthctl-ps.1", "berthctl-drain.1", "berthctl-logs.1"] {
+        for page in [
+            "berthctl.1",
+            "berthctl-ps.1",
+            "berthctl-drain.1",
+            "berthctl-logs.1",
+        ] {
             let text = std::fs::read_to_string(dir.join(page)).expect(page);
             assert!(text.contains(".TH"), "{page} is a man page");
         }

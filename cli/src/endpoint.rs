@@ -135,7 +135,10 @@ fn targets_with(args: &ConnArgs, default_config: &Path) -> Result<(Vec<Target>, 
     };
     if named || path.exists() {
         let cfg = Config::from_file(&path).context("reading berthd's configuration")?;
-        return Ok((from_config(&cfg, args), format!("config {}", path.display())));
+        return Ok((
+            from_config(&cfg, args),
+            format!("config {}", path.display()),
+        ));
     }
     let sockets = DEFAULT_SOCKETS
         .iter()
@@ -149,7 +152,9 @@ fn parse_endpoint(ep: &str, args: &ConnArgs) -> Result<Target> {
     if let Some(path) = ep.strip_prefix("unix:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if !path.starts_with('/') {
-            bail!("--endpoint {ep}: a Unix socket needs an absolute path (unix:/run/berth/admin.sock)");
+            bail!(
+                "--endpoint {ep}: a Unix socket needs an absolute path (unix:/run/berth/admin.sock)"
+            );
         }
         return Ok(Target::Unix(PathBuf::from(path)));
     }
@@ -273,7 +278,10 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
 fn tls(t: &Tcp) -> Result<ClientTlsConfig> {
     let mut cfg = ClientTlsConfig::new();
     let Some(ca) = &t.ca else {
-        bail!("{}: TLS needs the CA that signed berthd's certificate: pass --ca FILE", t.url);
+        bail!(
+            "{}: TLS needs the CA that signed berthd's certificate: pass --ca FILE",
+            t.url
+        );
     };
     cfg = cfg.ca_certificate(Certificate::from_pem(read("--ca", ca)?));
     if let Some((cert, key)) = &t.identity {
@@ -289,8 +297,8 @@ fn tls(t: &Tcp) -> Result<ClientTlsConfig> {
 }
 
 fn token(path: &Path) -> Result<MetadataValue<Ascii>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("token file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
     format!("Bearer {}", text.trim())
         .parse()
         .map_err(|_| anyhow!("token file {}: not a valid header value", path.display()))
@@ -374,7 +382,10 @@ mod tests {
             config: Some(absent.to_owned()),
             ..args()
         };
-        assert!(targets_with(&named, absent).is_err(), "a named file must exist");
+        assert!(
+            targets_with(&named, absent).is_err(),
+            "a named file must exist"
+        );
         let dir = std::env::temp_dir().join(format!("berthctl-ep-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("config.toml");

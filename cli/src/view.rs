@@ -290,7 +290,10 @@ mod tests {
     fn tables_align_their_columns() {
         let t = table(
             &["USER", "STATE"],
-            &[vec!["ann".into(), "RUNNING".into()], vec!["bobby".into(), "EXITED".into()]],
+            &[
+                vec!["ann".into(), "RUNNING".into()],
+                vec!["bobby".into(), "EXITED".into()],
+            ],
         );
         assert_eq!(t, "USER   STATE\nann    RUNNING\nbobby  EXITED\n");
     }

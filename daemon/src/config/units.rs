@@ -36,7 +36,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
     };
     scaled(number, multiplier).ok_or_else(|| {
-        format!("{text:?} is not a size: a number of bytes, or a number with K, M, G or T (e.g. \"4G\")")
+        format!(
+            "{text:?} is not a size: a number of bytes, or a number with K, M, G or T (e.g. \"4G\")"
+        )
     })
 }
 
@@ -275,7 +277,8 @@ mod tests {
                 Some(s) => format!("[{s}]\n{key} = \"{text}\"\n"),
                 None => format!("{key} = \"{text}\"\n"),
             };
-            let cfg = crate::config::Config::from_toml(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            let cfg =
+                crate::config::Config::from_toml(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
             let back = toml::Value::try_from(cfg).expect("serialisable");
             let got = match &section {
                 Some(s) => &back[s.as_str()][key.as_str()],

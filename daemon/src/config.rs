@@ -16,6 +16,7 @@ use crate::runtime::RuntimeConfig;
 
 mod files;
 mod layers;
+pub mod show;
 pub mod units;
 mod validate;
 

@@ -291,6 +291,11 @@ async fn capacity_json_matches_the_capacity_rpc() {
     });
     assert_eq!(got, want);
     assert_eq!(got["max_servers"], 7, "from the config file");
+    assert_eq!(
+        rpc.allocatable.unwrap().memory_bytes,
+        rpc.memory_total_bytes - (16 << 20),
+        "reserved_memory_bytes = \"16MiB\""
+    );
     assert_eq!(got["committed"]["memory_bytes"], 64 << 20);
 
     // The table says the same with human sizes.

@@ -420,10 +420,12 @@ fn the_example_config_documents_every_settings_env_and_flag() {
             .find(&line)
             .unwrap_or_else(|| panic!("systemd/config.toml lacks {line:?}"));
         let field = s.key.rsplit('.').next().expect("a key");
+        // node_id follows commented out: each node sets its own.
         let next_key = example[at..]
             .lines()
-            .find(|l| !l.starts_with('#'))
-            .expect("a key follows");
+            .find(|l| !l.starts_with('#') || l.starts_with(&format!("# {field} = ")))
+            .expect("a key follows")
+            .trim_start_matches("# ");
         assert!(
             next_key.starts_with(&format!("{field} = ")),
             "{line:?} is followed by {next_key:?}"

@@ -235,14 +235,14 @@ async fn capacity(conn: &Conn, out: Output) -> Result<()> {
     let max = if c.max_servers == 0 {
         "no limit".to_owned()
     } else {
-        c.max_servers.to_string()
+        format!("max {}", c.max_servers)
     };
     let mut text = format!(
         "node:         {}\n\
          cpus:         {} (allocatable {:.1}, committed {:.2})\n\
          memory:       {} total, {} available\n\
          allocatable:  {}, committed {}\n\
-         servers:      {} running (max {max})\n\
+         servers:      {} running ({max})\n\
          draining:     {}\n\
          images:       {}\n\n",
         c.node_id,

@@ -212,7 +212,7 @@ pub(crate) async fn connect(args: &ConnArgs) -> Result<Conn> {
     for target in targets {
         match open(&target).await {
             Ok(conn) => return Ok(conn),
-            Err(e) => failures.push(format!("{target}: {e:#}")),
+            Err(e) => failures.push(format!("{target}: {}", e.root_cause())),
         }
     }
     Err(anyhow!(Unreachable(format!(

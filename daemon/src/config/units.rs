@@ -199,7 +199,7 @@ mod tests {
         ] {
             assert_eq!(parse_size(text).ok(), want, "{text:?}");
         }
-        let e = parse_size("4GB").unwrap_err();
+        let e = parse_size("4GB").expect_err("ambiguous");
         assert!(e.contains("4GiB"), "{e}");
     }
 

@@ -115,7 +115,10 @@ fn check_config_and_serve_both_refuse_a_missing_tls_or_token_file_naming_key_and
             args.extend_from_slice(&["--state-dir", "/proc/berth-cli-state"]);
             let (code, err) = berthd(&args, &[]);
             assert_eq!(code, 64, "{command:?} {flags:?}: {err}");
-            assert!(err.contains(key), "{command:?} {flags:?} names {key}: {err}");
+            assert!(
+                err.contains(key),
+                "{command:?} {flags:?} names {key}: {err}"
+            );
             assert!(
                 err.contains(file),
                 "{command:?} {flags:?} names {file}: {err}"

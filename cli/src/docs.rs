@@ -30,6 +30,19 @@ mod tests {
     }
 
     #[test]
+    fn completions_name_every_command_in_every_shell() {
+        use clap::ValueEnum;
+        for shell in clap_complete::Shell::value_variants() {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut crate::Cli::command(), "berthctl", &mut buf);
+            let text = String::from_utf8(buf).expect("utf-8");
+            for cmd in ["ps", "capacity", "drain", "undrain", "logs"] {
+                assert!(text.contains(cmd), "{shell}: {cmd}");
+            }
+        }
+    }
+
+    #[test]
     fn man_pages_cover_every_command() {
         let dir = std::env::temp_dir().join(format!("berthctl-man-{}", std::process::id()));
         man(&dir).expect("writes");

@@ -62,7 +62,7 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
 }
 
 /// Settings given on the command line; each wins over file and env. Its flags are the
-/// [`settings`] plus `--config`, and it is the argument set of `berthd serve` / `check-config`.
+/// [`settings`] plus `--config`, and it is the argument set of `berthd serve` / `config check`.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--config`: the TOML file.

@@ -133,18 +133,25 @@ fn targets_with(args: &ConnArgs, default_config: &Path) -> Result<(Vec<Target>, 
         Some(p) => (p.clone(), true),
         None => (default_config.to_owned(), false),
     };
+    let mut source = "the default Admin sockets".to_owned();
     if named || path.exists() {
-        let cfg = Config::from_file(&path).context("reading berthd's configuration")?;
-        return Ok((
-            from_config(&cfg, args),
-            format!("config {}", path.display()),
-        ));
+        match Config::from_file(&path) {
+            Ok(cfg) => {
+                return Ok((
+                    from_config(&cfg, args),
+                    format!("config {}", path.display()),
+                ));
+            }
+            Err(e) if named => return Err(e).context("reading berthd's configuration"),
+            // Not root: the sockets may still be open to this user's group.
+            Err(e) => source = format!("{source}, as {e}"),
+        }
     }
     let sockets = DEFAULT_SOCKETS
         .iter()
         .map(|s| Target::Unix(PathBuf::from(s)))
         .collect();
-    Ok((sockets, "the default Admin sockets".to_owned()))
+    Ok((sockets, source))
 }
 
 /// `unix:/p`, `unix:///p`, `http://h:p` or `https://h:p`, with the credential flags.
@@ -392,6 +399,12 @@ mod tests {
         std::fs::write(&file, "admin_socket = \"/run/y/admin.sock\"\n").expect("write");
         let (t, _) = targets_with(&args(), &file).expect("targets");
         assert_eq!(t[0], Target::Unix("/run/y/admin.sock".into()));
+        // A default file that cannot be read (not root) leaves the default sockets.
+        let unreadable = dir.join("is-a-directory.toml");
+        std::fs::create_dir_all(&unreadable).expect("dir");
+        let (t, why) = targets_with(&args(), &unreadable).expect("targets");
+        assert_eq!(t[0], Target::Unix("/run/berth/admin.sock".into()));
+        assert!(why.contains("is-a-directory.toml"), "{why}");
         let ep = ConnArgs {
             endpoint: Some("unix:/e.sock".into()),
             ..args()

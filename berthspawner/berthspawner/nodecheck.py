@@ -1,6 +1,10 @@
 """Checks `BerthSpawner.nodes` when the hub loads its configuration, so that a typo or an
 unreadable certificate stops the hub at start-up, naming the node, not the first spawn."""
 
+import functools
+
+from traitlets import TraitError
+
 NODE_KEYS = ("name", "address", "ca_file", "cert_file", "key_file", "token_file")
 _FILES = ("ca_file", "cert_file", "key_file", "token_file")
 
@@ -58,23 +62,31 @@ def check(nodes):
 
 
 def watch_hub_config():
-    """Inside a JupyterHub process, checks BerthSpawner.nodes each time the hub's configuration
-    is loaded (the hub imports its spawner classes before reading its config file), so a bad
-    entry stops the hub at start-up. Outside a hub (tests, tools) it does nothing."""
+    """Makes the hub check BerthSpawner.nodes right after it reads its configuration file, so a
+    bad entry stops the hub at start-up instead of failing the first spawn.
+
+    JupyterHub instantiates a spawner only to start or poll a server, so a traitlets validator
+    alone would run at the first spawn. The hub imports its spawner classes while it is being
+    constructed, before it reads its config file; this wraps its `load_config_file` (once) so
+    the check runs on the loaded configuration. Outside a hub it changes nothing."""
     try:
         from jupyterhub.app import JupyterHub
     except ImportError:
         return
-    if not JupyterHub.initialized():
+    if getattr(JupyterHub, "_berth_checks_nodes", False):
         return
-    app = JupyterHub.instance()
+    original = JupyterHub.load_config_file
 
-    def on_config(change):
-        cfg = change["new"]
+    @functools.wraps(original)
+    def load_config_file(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        cfg = self.config
         if "BerthSpawner" in cfg and "nodes" in cfg.BerthSpawner:
             why = check(cfg.BerthSpawner.nodes)
             if why:
-                raise ValueError(why)
+                self.log.critical("berth: %s", why)
+                raise TraitError(why)
+        return result
 
-    app.observe(on_config, "config")
-    on_config({"new": app.config})
+    JupyterHub.load_config_file = load_config_file
+    JupyterHub._berth_checks_nodes = True

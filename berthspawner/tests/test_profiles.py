@@ -258,3 +258,16 @@ def test_nodes_are_checked_when_configured_each_error_naming_the_node(tmp_path):
         with pytest.raises(TraitError) as e:
             spawner(bad)
         assert says in str(e.value), str(e.value)
+
+
+def test_the_hub_checks_nodes_when_it_reads_its_config_file(tmp_path):
+    from jupyterhub.app import JupyterHub
+
+    (tmp_path / "jupyterhub_config.py").write_text(
+        'c.JupyterHub.spawner_class = "berth"\nc.BerthSpawner.nodes = [{"name": "bad", "adress": "x:1"}]\n'
+    )
+    app = JupyterHub()
+    with pytest.raises(TraitError, match=r"nodes\[0\] \('bad'\): unknown key 'adress'"):
+        app.load_config_file("jupyterhub_config.py", path=str(tmp_path))
+    (tmp_path / "ok.py").write_text('c.BerthSpawner.nodes = [{"name": "n", "address": "n:1"}]\n')
+    JupyterHub().load_config_file("ok.py", path=str(tmp_path))

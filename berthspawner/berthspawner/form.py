@@ -110,14 +110,14 @@ def render(profiles, images, current_image, user_options=None):
 def to_user_options(formdata):
     """The form's answer (a dict of lists of strings) as `user_options`: {"profile": slug,
     <option name>: <choice>, "image": <display name>}. Fields of profiles other than the
-    chosen one are dropped (the browser sends every select); other fields are kept as single
-    values."""
+    chosen one are dropped (the browser sends every select), and so are the page's own fields
+    (`_xsrf`); other fields are kept as single values."""
     out = {}
     profile = single(formdata.get("profile"))
     if profile:
         out["profile"] = profile
     for key, value in formdata.items():
-        if key == "profile":
+        if key == "profile" or key.startswith("_"):
             continue
         if key.startswith(OPTION_PREFIX):
             slug, sep, name = key[len(OPTION_PREFIX):].partition("--")

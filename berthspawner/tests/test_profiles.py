@@ -84,6 +84,7 @@ def test_form_data_becomes_user_options_of_the_chosen_profile_only():
         "profile-option-gpu--size": ["s"],
         "profile-option-other--size": ["x"],
         "image": ["Base"],
+        "_xsrf": ["token"],
     }
     assert s.run_options_from_form(data) == {"profile": "gpu", "size": "s", "image": "Base"}
 

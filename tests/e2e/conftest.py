@@ -1,5 +1,6 @@
 """End-to-end fixtures: real berthd nodes, a real JupyterHub (PyPI), the real proxy, real dockerd."""
 
+import ipaddress
 import os
 import re
 import secrets
@@ -42,6 +43,10 @@ def free_port():
 
 def bridge_ip():
     ip = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
+    if not ip:
+        # Some engines list only the subnet; Docker gives the bridge its first address.
+        subnet = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}")
+        ip = str(next(ipaddress.ip_network(subnet).hosts())) if subnet else ""
     assert ip, "docker bridge network has no gateway"
     return ip
 

@@ -141,6 +141,10 @@ class BerthSpawner(Spawner):
 
     @default("options_form")
     def _default_options_form(self):
+        # Nothing to choose: no form (the hub then spawns at once, and its pages say so).
+        images = self.allowed_images
+        if not self.profile_list and not callable(images) and (images == "*" or len(images) <= 1):
+            return ""
         return _options_form
 
     @default("options_from_form")

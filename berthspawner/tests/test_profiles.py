@@ -51,7 +51,7 @@ def test_the_image_picker_lists_the_allowed_images_with_the_configured_one_selec
     assert '<option value="Base">Base</option>' in html
     assert '<option value="Big &amp; &lt;new&gt;" selected>Big &amp; &lt;new&gt;</option>' in html
     assert asyncio.run(spawner([], allowed_images=["only:1"]).get_options_form()) == "", "no choice, no form"
-    assert asyncio.run(spawner([]).get_options_form()) == ""
+    assert spawner([]).options_form == "", "no form at all: the hub spawns at once"
 
 
 def test_the_profile_form_lists_every_profile_escaped_with_the_default_checked_and_its_options():

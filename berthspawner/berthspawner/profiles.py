@@ -132,7 +132,8 @@ def restore(spawner):
 def apply(spawner, overrides):
     """Sets each override on the spawner: any of its traits (an unknown name is an error naming
     it); a callable is called with the spawner; a dict is merged into a dict trait (so a profile
-    adds a volume or a label) rather than replacing it. The old values are kept for `restore`."""
+    adds a volume or a label) rather than replacing it, a key set to None removing that entry.
+    The old values are kept for `restore`."""
     saved = spawner._profile_saved
     for where, override in overrides:
         for name, value in override.items():
@@ -144,7 +145,8 @@ def apply(spawner, overrides):
             if name not in saved:
                 saved[name] = copy.deepcopy(current)
             if isinstance(value, dict) and isinstance(current, dict):
-                value = {**current, **value}
+                merged = {**current, **value}
+                value = {k: v for k, v in merged.items() if v is not None}
             try:
                 setattr(spawner, name, value)
             except Exception as e:

@@ -152,6 +152,20 @@ async def test_a_profile_does_not_leak_into_the_next_start_with_another():
 
 
 @run
+async def test_a_none_in_a_dict_override_removes_that_entry():
+    node, = await up(FakeNode("n"))
+    s = spawner([node], volumes={"home-{user}": "/home/jovyan", "shared": "/shared"},
+                profile_list=[{"display_name": "Alone", "berth_override": {"volumes": {"shared": None}}}])
+    await s.start()
+    assert [v.source for v in node.starts[-1].volumes] == ["home-{user}"]
+    assert list(s.volumes) == ["home-{user}"]
+    await s.stop()
+    s.profile_list = [{"display_name": "All"}]
+    await s.start()
+    assert [v.source for v in node.starts[-1].volumes] == ["home-{user}", "shared"], "restored"
+
+
+@run
 async def test_no_profile_chosen_is_the_default_profile():
     node, = await up(FakeNode("n"))
     s = spawner([node], profile_list=PROFILES)

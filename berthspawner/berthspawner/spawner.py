@@ -168,6 +168,18 @@ class BerthSpawner(Spawner):
             status = 400 if e.user_error else 500
             raise SpawnException(f"Your server could not start: {e}", reason="profile", status_code=status) from None
 
+    async def _reapply_profile(self):
+        """A spawner made for a server that is already running (the hub restarted) has not
+        applied its profile: apply it, so stop and poll honour the profile's `remove` and
+        `stop_grace`. Best effort: a profile since removed from the list is only logged."""
+        if self._profile_saved is not None or not self.profile_list:
+            return
+        try:
+            await self._apply_profile()
+        except SpawnException as e:
+            self._profile_saved = {}
+            self.log.warning("berth: the profile of %s no longer applies: %s", self._log_name, e)
+
     @validate("volume_affinity")
     def _check_affinity(self, proposal):
         value = proposal["value"]
@@ -467,6 +479,7 @@ class BerthSpawner(Spawner):
     async def poll(self):
         if not (self.node_name and (self.container_id or self.spawn_id)):
             return 0
+        await self._reapply_profile()
         node = self._node(self.node_name) or await self._relocate()
         if node is None:
             return 0
@@ -512,6 +525,7 @@ class BerthSpawner(Spawner):
         return None
 
     async def stop(self, now=False):
+        await self._reapply_profile()
         node = self._node(self.node_name) or await self._relocate()
         if node is None:
             return

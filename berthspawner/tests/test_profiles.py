@@ -166,6 +166,21 @@ async def test_a_none_in_a_dict_override_removes_that_entry():
 
 
 @run
+async def test_a_spawner_made_after_a_hub_restart_stops_its_server_as_the_profile_says():
+    node, = await up(FakeNode("n"))
+    keep = [{"display_name": "Throwaway", "slug": "tmp", "berth_override": {"remove": True, "stop_grace": 3}}]
+    first = spawner([node], remove=False, profile_list=keep)
+    first.user_options = {"profile": "tmp"}
+    await first.start()
+    again = spawner([node], remove=False, profile_list=keep)
+    again.load_state(first.get_state())
+    again.user_options = {"profile": "tmp"}
+    assert await again.poll() is None and again.remove is True
+    await again.stop()
+    assert node.status("alice") is None, "removed, as the profile says"
+
+
+@run
 async def test_no_profile_chosen_is_the_default_profile():
     node, = await up(FakeNode("n"))
     s = spawner([node], profile_list=PROFILES)

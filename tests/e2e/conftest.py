@@ -233,9 +233,12 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
 
         try:
             wait_for("the hub to answer", up, timeout=60)
-        except AssertionError:
+        except AssertionError as e:
             self.stop()
-            raise
+            self.log.flush()
+            with open(self.log.name) as f:
+                tail = f.read()[-3000:]
+            raise AssertionError(f"{e}; the hub's log ends:\n{tail}") from None
 
     def terminate(self):
         """A clean hub shutdown (servers keep running: cleanup_servers is False)."""

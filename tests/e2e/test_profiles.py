@@ -70,6 +70,7 @@ def test_the_spawn_form_lists_the_profiles(labelled):
         assert f'value="{p["slug"]}"' in r.text and p["display_name"] in r.text, p["slug"]
     assert re.search(r'value="gpu"\s+checked', r.text), "the default profile is checked"
     assert "256 MB, half a core, zone a" in r.text
+    assert 'name="image"' in r.text and f'<option value="{TINY}">' in r.text, "the allowed_images picker"
 
 
 def test_a_profile_chosen_in_the_form_gives_its_image_limits_and_node(labelled):

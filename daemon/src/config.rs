@@ -6,6 +6,7 @@
 //! flag. The structs, their defaults, the env layer, the flags ([`Overrides`]) and the tests are
 //! all derived from those declarations.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,6 +113,16 @@ section! {
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+        /// What this node is, for the hub's placement.
+        node: NodeConfig = NodeConfig::default();
+    }
+}
+
+section! {
+    /// `[node]`
+    pub struct NodeConfig at "node." {
+        /// Labels reported by Capacity, e.g. { gpu = "a100", zone = "b" }; a hub's node selector places servers only on nodes carrying all the labels it names.
+        labels: BTreeMap<String, String> = BTreeMap::new();
     }
 }
 
@@ -331,6 +342,7 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            labels: self.node.labels.clone(),
         }
     }
 }

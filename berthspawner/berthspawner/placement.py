@@ -30,6 +30,7 @@ class Candidate:
     running: int = 0
     max_servers: int = 0
     images: list = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
     inflight: int = 0
     inflight_memory: int = 0
     # Per device class: {"free": devices with a free share, "total": shares, "models": [...]}.
@@ -47,10 +48,23 @@ class Demand:
     gpus: int = 0
     gpu_class: str = ""
     gpu_model: str = ""
+    # Labels the node must carry (the spawner's node_selector).
+    node_selector: dict = field(default_factory=dict)
 
     @property
     def device_class(self):
         return self.gpu_class or DEFAULT_GPU_CLASS
+
+
+def selector_text(selector):
+    """A node selector as people write it: gpu=a100,zone=b."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def labels_match(c, demand):
+    """Whether the node carries every label the demand selects (a node that cannot report its
+    labels carries none)."""
+    return all(c.labels.get(k) == v for k, v in demand.node_selector.items())
 
 
 def from_capacity(name, c):
@@ -71,6 +85,7 @@ def from_capacity(name, c):
             getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)}
             for d in c.devices
         },
+        labels=dict(c.labels),
     )
 
 
@@ -78,6 +93,8 @@ def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
         return f"{c.name}: unreachable ({c.error})"
+    if not labels_match(c, demand):
+        return f"{c.name}: lacks labels {selector_text(demand.node_selector)}"
     if not c.known:
         return ""
     if c.draining:

@@ -267,6 +267,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
                 discovery_error: d.discovery_error,
             })
             .collect(),
+        labels: c.labels.into_iter().collect(),
     }
 }
 

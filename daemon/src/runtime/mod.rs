@@ -93,6 +93,8 @@ pub struct RuntimeConfig {
     pub policy: crate::policy::Policy,
     /// The devices the node hands out, as discovered at start-up.
     pub devices: crate::devices::Inventory,
+    /// The node's labels, reported by Capacity for the hub's node selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A server that answers HTTP.

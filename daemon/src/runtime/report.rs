@@ -46,6 +46,8 @@ pub struct NodeCapacity {
     pub images: Vec<String>,
     /// Each device class.
     pub devices: Vec<super::devices::ClassCapacity>,
+    /// The configured labels (`[node] labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
@@ -175,6 +177,7 @@ impl<E: ContainerEngine> Runtime<E> {
             draining: draining.is_some(),
             images,
             devices: inner.devices.capacity(&inner.view),
+            labels: inner.cfg.labels.clone(),
         }
     }
 

@@ -1,6 +1,6 @@
 """GPUs across nodes (real JupyterHub, two real berthd nodes on the host engine): nodes with 1
-and 2 fake "GPUs" (character devices made with mknod), a spawn asking for 2 lands on the node
-that has 2 free, and a spawn no node can serve is a 503 naming the shortfall."""
+and 2 fake "GPUs" (character devices made with mknod), a spawn with the 2-GPU profile lands on
+the node that has 2 free, and a spawn no node can serve is a 503 naming the shortfall."""
 
 import os
 import secrets
@@ -8,16 +8,16 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import Berthd, Hub, docker, wait_for
+from conftest import TINY, Berthd, Hub, docker, wait_for
 
-TINY = {"image": "berth-test/tiny:latest"}
-# user_options["gpus"] sets the spawner's `gpus` trait, as a profile's overrides would; and the
-# placement prefers the 1-GPU node by name, so only the GPU filter keeps servers off it.
-HUB_EXTRA = '''
-c.BerthSpawner.cmd = ["sh", "-c", "exec httpd -f -p 8888 -h /www"]
-def _gpus(spawner):
-    spawner.gpus = int((spawner.user_options or {}).get("gpus", 0))
-c.Spawner.pre_spawn_hook = _gpus
+TINY_CMD = ["sh", "-c", "exec httpd -f -p 8888 -h /www"]
+PROFILES = [
+    {"display_name": f"{n} GPU", "slug": f"gpu{n}", "berth_override": {"image": TINY, "cmd": TINY_CMD, "gpus": n}}
+    for n in (1, 2)
+]
+# The placement prefers the 1-GPU node by name, so only the GPU filter keeps servers off it.
+HUB_EXTRA = f'''
+c.BerthSpawner.profile_list = {PROFILES!r}
 def one_first(fits, demand):
     return sorted(fits, key=lambda c: (not c.name.startswith("e2e-one-"), c.name))
 c.BerthSpawner.placement = one_first
@@ -64,14 +64,14 @@ def devices_seen(node, user, gpu_dir):
 def test_two_gpus_go_to_the_node_with_two_free(gpu_cluster):
     hub, one, two, dirs = gpu_cluster
     user = f"gpu{secrets.token_hex(3)}"
-    hub.spawn(user, options={**TINY, "gpus": 2})
+    hub.spawn(user, options={"profile": "gpu2"})
     assert one.containers(user) == [], "the 1-GPU node cannot take 2"
     assert devices_seen(two, user, dirs[1]) == ["gpu0", "gpu1"]
 
     # Now no node has 2 free: a 503 that names the GPU shortfall of each node.
     other = f"gpu{secrets.token_hex(3)}"
     hub.api("POST", "/users", json={"usernames": [other]})
-    r = hub.api("POST", f"/users/{other}/server", json={**TINY, "gpus": 2})
+    r = hub.api("POST", f"/users/{other}/server", json={"profile": "gpu2"})
     if r.status_code == 202:
         wait_for("the spawn to fail", lambda: hub.server(other) is None, 60)
         r = hub.api("GET", f"/users/{other}")
@@ -86,12 +86,12 @@ def test_two_gpus_go_to_the_node_with_two_free(gpu_cluster):
 
     # One GPU fits on the 1-GPU node (placement puts it first).
     small = f"gpu{secrets.token_hex(3)}"
-    hub.spawn(small, options={**TINY, "gpus": 1})
+    hub.spawn(small, options={"profile": "gpu1"})
     assert devices_seen(one, small, dirs[0]) == ["gpu0"]
 
     # Stop the 2-GPU server: the other user's spawn now fits there.
     r = hub.api("DELETE", f"/users/{user}/server")
     assert r.status_code in (202, 204), r.text
     wait_for(f"{user}'s server to stop", lambda: hub.server(user) is None, 30)
-    hub.spawn(other, options={**TINY, "gpus": 2})
+    hub.spawn(other, options={"profile": "gpu2"})
     assert devices_seen(two, other, dirs[1]) == ["gpu0", "gpu1"]

@@ -46,6 +46,9 @@ pub const DEFAULT_SPAWN_QUEUE_LIMIT: u32 = 32;
 /// How long a spawn may wait for a slot.
 pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
+/// Longest a pull may take before it is given up.
+pub const DEFAULT_PULL_TIMEOUT_SECONDS: u64 = 3600;
+
 /// Declares one section of the file: `/// help` then `key: Type = default` and, for a key the
 /// command line may set, `, env "BERTH_X", flag "x"`. Generates the struct (serde,
 /// `deny_unknown_fields`, missing keys default), its `Default` and its `OVERRIDABLE` settings.
@@ -105,6 +108,8 @@ section! {
         capacity: CapacityConfig = CapacityConfig::default();
         /// Who may drive this node.
         security: SecurityConfig = SecurityConfig::default();
+        /// Image pulls.
+        images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
@@ -155,6 +160,18 @@ section! {
         spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT;
         /// How long a spawn may wait for a slot.
         spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
+    }
+}
+
+section! {
+    /// `[images]`
+    pub struct ImagesConfig at "images." {
+        /// When to pull a Start's image if the Start does not say: ifnotpresent, always or never.
+        pull_policy: crate::registry::PullPolicy = crate::registry::PullPolicy::IfNotPresent;
+        /// Registry credentials in Docker's config.json format (`auths`: per registry host, `auth` or `username` and `password`), readable by berthd only; "" = pull anonymously.
+        registry_auth_file: PathBuf = PathBuf::new();
+        /// Longest one pull may take.
+        pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
     }
 }
 
@@ -322,6 +339,12 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            pulls: crate::runtime::pull::PullConfig {
+                default_policy: self.images.pull_policy,
+                auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
+                    .then(|| self.images.registry_auth_file.clone()),
+                timeout: Duration::from_secs(self.images.pull_timeout_seconds),
+            },
         }
     }
 }

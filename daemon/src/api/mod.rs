@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+mod prepull;
 pub mod spawner;
 pub mod status;
 

@@ -97,6 +97,11 @@ fn classify(e: &Error) -> (Code, &'static str, Vec<(&'static str, String)>) {
             "IMAGE_NOT_FOUND",
             vec![("image", image.clone()), ("node", node.clone())],
         ),
+        Error::ImagePullFailed { image, cause, .. } => (
+            Code::FailedPrecondition,
+            "IMAGE_PULL_FAILED",
+            vec![("image", image.clone()), ("cause", cause.code().to_owned())],
+        ),
         Error::NotFound { .. } => (Code::NotFound, "SERVER_NOT_FOUND", vec![]),
         Error::AlreadyRunning { spawn_id, .. } => (
             Code::AlreadyExists,

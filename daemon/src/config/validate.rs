@@ -45,6 +45,9 @@ impl Config {
         }
         self.validate_docker()?;
         self.validate_spawn()?;
+        if self.images.pull_timeout_seconds == 0 || self.images.pull_timeout_seconds > 86_400 {
+            return Err(invalid("images.pull_timeout_seconds", "must be 1-86400"));
+        }
         self.validate_capacity()
     }
 

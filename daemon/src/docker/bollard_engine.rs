@@ -21,7 +21,8 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, RunStatus, Usage, VolumeInfo,
+    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, PullEvent, RunStatus, Usage,
+    VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -303,6 +304,45 @@ impl ContainerEngine for BollardEngine {
             id: i.id.unwrap_or_default(),
             cmd: i.config.and_then(|c| c.cmd).unwrap_or_default(),
         }))
+    }
+
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<PullEvent, EngineError>> {
+        let options = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(reference.to_owned()),
+            ..Default::default()
+        };
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(crate::registry::registry_host(reference).to_owned()),
+            ..Default::default()
+        });
+        let to_u64 = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+        self.docker
+            .create_image(Some(options), None, credentials)
+            .map(move |item| match item {
+                Ok(info) => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    Ok(PullEvent {
+                        layer: info.id.unwrap_or_default(),
+                        status: info.status.unwrap_or_default(),
+                        current: to_u64(detail.current),
+                        total: to_u64(detail.total),
+                    })
+                }
+                // An error in the middle of the stream carries no HTTP status.
+                Err(BollardError::DockerStreamError { error }) => Err(EngineError::Api {
+                    op: "pull",
+                    status: 500,
+                    message: error,
+                }),
+                Err(e) => Err(classify("pull", e)),
+            })
+            .boxed()
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {

@@ -95,6 +95,20 @@ pub struct ImageInfo {
     pub cmd: Vec<String>,
 }
 
+/// One report of a pull under way, as the engine streams it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullEvent {
+    /// The layer it is about; "" for the image as a whole.
+    pub layer: String,
+    /// Docker's status text: `Pulling fs layer`, `Waiting`, `Downloading`, `Download
+    /// complete`, `Extracting`, `Pull complete`, `Already exists`, ...
+    pub status: String,
+    /// Bytes done of this step (downloaded, or extracted), when Docker tells.
+    pub current: Option<u64>,
+    /// Size of this step, when Docker tells.
+    pub total: Option<u64>,
+}
+
 /// A mount: a named volume or (policy permitting) a host path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -324,6 +338,15 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<Option<ImageInfo>, EngineError>> + Send;
+    /// Pulls the full reference `reference` from its registry, with `auth` when given. The
+    /// stream reports each layer's progress and ends after the image is complete, or with the
+    /// error that stopped the pull. Not bounded by the call deadline: the caller bounds it
+    /// (and cancels the pull by dropping the stream).
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<PullEvent, EngineError>>;
     /// Creates a container and returns its id.
     fn create(
         &self,

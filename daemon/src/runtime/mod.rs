@@ -8,6 +8,7 @@
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
+//! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -36,6 +37,7 @@ pub mod keys;
 mod logs;
 mod observe;
 pub mod progress;
+pub mod pull;
 mod read;
 pub mod ready;
 mod reconcile;
@@ -89,6 +91,8 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// Image pulls.
+    pub pulls: pull::PullConfig,
 }
 
 /// A server that answers HTTP.
@@ -125,6 +129,8 @@ struct Inner<E> {
     admission: admission::Admission,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
+    /// The pulls under way.
+    pulls: Arc<pull::Pulls>,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -144,6 +150,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
                 transfers: transfer::Busy::default(),
+                pulls: Arc::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

@@ -36,6 +36,14 @@ impl ContainerEngine for FakeEngine {
         }))
     }
 
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<crate::docker::PullEvent, EngineError>> {
+        self.pull_stream(reference, auth)
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.enter("create")?.create(spec)
     }

@@ -370,14 +370,21 @@ impl Pulls {
 
     /// Follows the flight of `key`, making it when there is none (`true`: the caller starts
     /// the pull with the flight's token).
-    fn join(self: &Arc<Self>, key: &str) -> (Follower, bool) {
+    fn join(self: &Arc<Self>, key: &str, image: &str) -> (Follower, bool) {
         use std::sync::atomic::Ordering::SeqCst;
         let mut flights = self.lock();
         let (flight, new) = match flights.get(key) {
             Some(f) => (f.clone(), false),
             None => {
+                let state = FlightState {
+                    progress: PullProgress {
+                        image: image.to_owned(),
+                        ..PullProgress::default()
+                    },
+                    outcome: None,
+                };
                 let f = Arc::new(Flight {
-                    state: watch::channel(FlightState::default()).0,
+                    state: watch::channel(state).0,
                     cancel: CancellationToken::new(),
                     followers: 0.into(),
                 });
@@ -567,7 +574,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Follows the flight of `key`, starting the pull when none is under way.
     fn follow_pull(&self, image: &str, key: &str, auth: Option<RegistryAuth>) -> Follower {
-        let (follower, new) = self.inner.pulls.join(key);
+        let (follower, new) = self.inner.pulls.join(key, image);
         if new {
             let rt = self.clone();
             let flight = follower.flight.clone();
@@ -582,7 +589,6 @@ impl<E: ContainerEngine> Runtime<E> {
     async fn run_pull(&self, image: &str, key: &str, auth: Option<&RegistryAuth>, f: &Arc<Flight>) {
         let started = tokio::time::Instant::now();
         tracing::info!(image, credentials = auth.is_some(), "pulling image");
-        f.state.send_modify(|s| s.progress.image = image.to_owned());
         let timeout = self.inner.cfg.pulls.timeout;
         let outcome = tokio::select! {
             r = self.drive_pull(image, auth, f) => r,
@@ -671,10 +677,8 @@ async fn relay(
     let mut shown = None;
     loop {
         let state = follower.rx.borrow_and_update().clone();
-        if let Some(outcome) = state.outcome {
-            return outcome.map_err(Relay::Failed);
-        }
-        if shown.as_ref() != Some(&state.progress) {
+        let failed = matches!(state.outcome, Some(Err(_)));
+        if !failed && shown.as_ref() != Some(&state.progress) {
             let mut ev = Event::new(
                 Phase::Pulling,
                 state.progress.percent(),
@@ -683,6 +687,9 @@ async fn relay(
             ev.pull = Some(state.progress.clone());
             progress.emit(ev);
             shown = Some(state.progress);
+        }
+        if let Some(outcome) = state.outcome {
+            return outcome.map_err(Relay::Failed);
         }
         tokio::select! {
             changed = follower.rx.changed() => {

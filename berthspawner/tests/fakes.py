@@ -38,6 +38,10 @@ class FakeNode(pb_grpc.SpawnerServicer):
         self.metadata = []
         self.server = None
         self.address = ""
+        # Images Capacity reports; events Progress sends before creating; the last Start.
+        self.images = []
+        self.progress_first = []
+        self.started = None
 
     async def serve(self):
         self.server = grpc.aio.server()
@@ -75,9 +79,11 @@ class FakeNode(pb_grpc.SpawnerServicer):
             max_servers=self.max_servers,
             draining=self.draining,
             conditions=[pb.Condition(type="Ready", status="True")],
+            images=self.images,
         )
 
     async def Start(self, request, context):
+        self.started = request
         await self._enter("Start", context)
         await asyncio.sleep(self.start_delay)
         key = (request.key.user, request.key.server_name)
@@ -144,6 +150,8 @@ class FakeNode(pb_grpc.SpawnerServicer):
 
     async def Progress(self, request, context):
         await self._enter("Progress", context)
+        for ev in self.progress_first:
+            yield ev
         yield pb.ProgressEvent(progress=20, message="creating", phase=pb.ProgressEvent.CREATING)
         yield pb.ProgressEvent(progress=60, message="waiting for HTTP", phase=pb.ProgressEvent.WAITING_FOR_HTTP)
         yield pb.ProgressEvent(progress=100, message="ready", ready=True, phase=pb.ProgressEvent.READY)

@@ -348,7 +348,11 @@ async fn start_failures_are_reported_at_once_with_their_cause() {
             "executable file not found",
         ),
         // Not on the node and not in the (fake) registry: the pull fails at once.
-        ("absent/image", Code::FailedPrecondition, "no such repository or tag"),
+        (
+            "absent/image",
+            Code::FailedPrecondition,
+            "no such repository or tag",
+        ),
     ];
     for (i, (image, code, says)) in table.into_iter().enumerate() {
         let err = tokio::time::timeout(

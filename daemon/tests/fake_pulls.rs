@@ -312,3 +312,45 @@ async fn credentials_come_from_the_node_or_an_allowed_pull_secret() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn prepull_pulls_each_image_with_progress_and_reports_each_outcome() {
+    let node = node(|cfg| cfg.policy.allowed_images = vec!["registry.test:5000/*".into()]).await;
+    let req = pb::PrepullRequest {
+        images: vec![IMAGE.into(), "registry.test:5000/team/absent:1".into()],
+    };
+    let stream = node.client().prepull(req).await.unwrap().into_inner();
+    let events: Vec<pb::PrepullEvent> =
+        tokio::time::timeout(LIMIT, stream.map(Result::unwrap).collect())
+            .await
+            .unwrap();
+    let of = |image: &str| -> Vec<&pb::PrepullEvent> {
+        events.iter().filter(|e| e.image == image).collect()
+    };
+    let first = of(FULL);
+    let last = first.last().unwrap();
+    assert!(last.done && last.error.is_empty(), "{last:?}");
+    let bytes: Vec<u64> = first
+        .iter()
+        .filter_map(|e| e.progress.as_ref())
+        .map(|p| p.bytes_done)
+        .collect();
+    assert!(
+        !bytes.is_empty() && bytes.windows(2).all(|w| w[0] <= w[1]),
+        "{bytes:?}"
+    );
+    assert_eq!(*bytes.last().unwrap(), LAYERS.iter().sum::<u64>());
+    let second = of("registry.test:5000/team/absent:1");
+    let last = second.last().unwrap();
+    assert!(!last.done && last.reason == "IMAGE_PULL_FAILED", "{last:?}");
+    assert!(last.error.contains("no such repository"), "{}", last.error);
+    assert_eq!(node.fake.calls("create"), 0, "a prepull starts no server");
+
+    // The node policy applies: an image it does not allow is refused before any pull.
+    let req = pb::PrepullRequest {
+        images: vec!["docker.io/library/ubuntu:22.04".into()],
+    };
+    let e = node.client().prepull(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(node.fake.calls("pull"), 2);
+}

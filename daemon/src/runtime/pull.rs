@@ -492,7 +492,12 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         let key = flight_key(&spec.image, spec.pull_secret.as_ref());
         let mut follower = self.follow_pull(&spec.image, &key, auth);
-        relay(&mut follower, progress, cancel)
+        let emit = |p: &PullProgress| {
+            let mut ev = Event::new(Phase::Pulling, p.percent(), p.message());
+            ev.pull = Some(p.clone());
+            progress.emit(ev);
+        };
+        follow(&mut follower, cancel, emit)
             .await
             .map_err(|e| match e {
                 Relay::Cancelled => Error::Cancelled {
@@ -522,17 +527,16 @@ impl<E: ContainerEngine> Runtime<E> {
     ) -> Result<(), Error> {
         let auth = self.node_auth(image)?;
         let mut follower = self.follow_pull(image, &flight_key(image, None), auth);
-        loop {
-            let state = follower.rx.borrow_and_update().clone();
-            if let Some(outcome) = state.outcome {
-                return outcome.map_err(|f| self.pull_error(image, f));
-            }
-            progress(&state.progress);
-            if follower.rx.changed().await.is_err() {
-                return Err(Error::Internal("a pull ended without an outcome".into()));
-            }
-            tokio::time::sleep(EMIT_EVERY).await;
-        }
+        // Never cancelled: the caller stops following by dropping this future.
+        let cancel = CancellationToken::new();
+        follow(&mut follower, &cancel, progress)
+            .await
+            .map_err(|e| match e {
+                Relay::Cancelled => {
+                    Error::Internal("an uncancellable prepull was cancelled".into())
+                }
+                Relay::Failed(f) => self.pull_error(image, f),
+            })
     }
 
     /// Images being pulled on this node now.
@@ -668,24 +672,19 @@ enum Relay {
     Failed(PullFailure),
 }
 
-/// Relays the flight's progress to the spawn until the pull ends or the spawn is cancelled.
-async fn relay(
+/// Hands each new state of the flight's progress to `emit` (at most every [`EMIT_EVERY`], and
+/// the final one of a pull that succeeded) until the pull ends or `cancel` fires.
+async fn follow(
     follower: &mut Follower,
-    progress: &Reporter,
     cancel: &CancellationToken,
+    emit: impl Fn(&PullProgress),
 ) -> Result<(), Relay> {
     let mut shown = None;
     loop {
         let state = follower.rx.borrow_and_update().clone();
         let failed = matches!(state.outcome, Some(Err(_)));
         if !failed && shown.as_ref() != Some(&state.progress) {
-            let mut ev = Event::new(
-                Phase::Pulling,
-                state.progress.percent(),
-                state.progress.message(),
-            );
-            ev.pull = Some(state.progress.clone());
-            progress.emit(ev);
+            emit(&state.progress);
             shown = Some(state.progress);
         }
         if let Some(outcome) = state.outcome {

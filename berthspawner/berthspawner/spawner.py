@@ -59,6 +59,13 @@ class BerthSpawner(Spawner):
         that hold the image are preferred. The progress bar shows the pull's bytes; a failed
         pull (no such image, registry down, credentials refused) fails the spawn at once.""",
     )
+    prepull_images = List(
+        Unicode(),
+        config=True,
+        help="""Images `berthspawner.prepull.prepull_at_start(c)` pulls onto every node when the
+        hub starts (off unless jupyterhub_config.py calls it). Default: `image` and the images of
+        `allowed_images`.""",
+    )
     allowed_images = Union(
         [List(Unicode()), Dict()],
         default_value=[],

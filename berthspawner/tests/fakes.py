@@ -156,6 +156,22 @@ class FakeNode(pb_grpc.SpawnerServicer):
         yield pb.ProgressEvent(progress=60, message="waiting for HTTP", phase=pb.ProgressEvent.WAITING_FOR_HTTP)
         yield pb.ProgressEvent(progress=100, message="ready", ready=True, phase=pb.ProgressEvent.READY)
 
+    async def Prepull(self, request, context):
+        await self._enter("Prepull", context)
+        for image in request.images:
+            if image in self.images:
+                yield pb.PrepullEvent(image=image, done=True)
+                continue
+            yield pb.PrepullEvent(
+                image=image,
+                progress=pb.ProgressEvent(phase=pb.ProgressEvent.PULLING, message=f"Pulling {image}", image=image),
+            )
+            if image.endswith(":missing"):
+                yield pb.PrepullEvent(image=image, error=f"cannot pull image {image!r}", reason="IMAGE_PULL_FAILED")
+            else:
+                self.images.append(image)
+                yield pb.PrepullEvent(image=image, done=True)
+
     async def Watch(self, request, context):
         await self._enter("Watch", context)
         if not self.watch:

@@ -126,7 +126,7 @@ async fn always_pulls_with_bytes_rising_to_the_image_size_then_ready() {
         last.message
     );
     assert!(events.last().unwrap().ready, "{:?}", events.last());
-    println!(
+    eprintln!(
         "pull progress: {} PULLING events, bytes {:?}",
         pulls.len(),
         pulls.iter().map(|e| e.bytes_done).collect::<Vec<_>>()

@@ -320,8 +320,8 @@ impl SlowProxy {
                             if down_w.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
-                            let pause = n as f64 / bytes_per_second as f64;
-                            tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+                            let nanos = n as u64 * 1_000_000_000 / bytes_per_second;
+                            tokio::time::sleep(Duration::from_nanos(nanos)).await;
                         }
                     };
                     tokio::select! {

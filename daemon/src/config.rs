@@ -172,6 +172,14 @@ section! {
         registry_auth_file: PathBuf = PathBuf::new();
         /// Longest one pull may take.
         pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
+        /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
+        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT;
+        /// Disk usage (percent) image GC brings the disk down to.
+        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT;
+        /// Time between two image GC passes (the first comes one interval after start).
+        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS;
+        /// Images first seen more recently than this are never removed.
+        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS;
     }
 }
 
@@ -344,6 +352,12 @@ impl Config {
                 auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
                     .then(|| self.images.registry_auth_file.clone()),
                 timeout: Duration::from_secs(self.images.pull_timeout_seconds),
+            },
+            image_gc: crate::runtime::image_gc::GcConfig {
+                high_percent: self.images.gc_high_percent,
+                low_percent: self.images.gc_low_percent,
+                interval: Duration::from_secs(self.images.gc_interval_seconds),
+                min_age: Duration::from_secs(self.images.gc_min_age_seconds),
             },
         }
     }

@@ -48,6 +48,18 @@ impl Config {
         if self.images.pull_timeout_seconds == 0 || self.images.pull_timeout_seconds > 86_400 {
             return Err(invalid("images.pull_timeout_seconds", "must be 1-86400"));
         }
+        let i = &self.images;
+        if i.gc_high_percent > 100
+            || (i.gc_high_percent > 0 && i.gc_low_percent >= i.gc_high_percent)
+        {
+            return Err(invalid(
+                "images.gc_low_percent",
+                "must be below images.gc_high_percent (at most 100; 0 turns image GC off)",
+            ));
+        }
+        if i.gc_interval_seconds == 0 || i.gc_interval_seconds > 86_400 {
+            return Err(invalid("images.gc_interval_seconds", "must be 1-86400"));
+        }
         self.validate_capacity()
     }
 

@@ -21,8 +21,8 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, PullEvent, RunStatus, Usage,
-    VolumeInfo,
+    ImageInfo, ImageSummary, LogChunk, LogStream, NewVolume, PortBinding, PullEvent, RunStatus,
+    Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -343,6 +343,61 @@ impl ContainerEngine for BollardEngine {
                 Err(e) => Err(classify("pull", e)),
             })
             .boxed()
+    }
+
+    async fn image_summaries(&self) -> Result<Vec<ImageSummary>, EngineError> {
+        let list = self
+            .bounded(
+                "list images",
+                self.docker
+                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+            )
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id,
+                refs: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                size: u64::try_from(i.size).unwrap_or(0),
+                created: i.created,
+            })
+            .collect())
+    }
+
+    async fn images_in_use(&self) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let list = self
+            .bounded(
+                "list containers",
+                self.docker.list_containers(Some(options)),
+            )
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: false,
+            noprune: false,
+            platforms: None,
+        };
+        match self
+            .bounded(
+                "remove image",
+                self.docker.remove_image(reference, Some(options), None),
+            )
+            .await
+        {
+            Err(EngineError::NotFound { .. }) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {

@@ -109,6 +109,19 @@ pub struct PullEvent {
     pub total: Option<u64>,
 }
 
+/// One image as the engine lists it, for image garbage collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Image id (`sha256:...`).
+    pub id: String,
+    /// Its `repo:tag` references (none for a dangling image).
+    pub refs: Vec<String>,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+}
+
 /// A mount: a named volume or (policy permitting) a host path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -347,6 +360,16 @@ pub trait ContainerEngine: Send + Sync + 'static {
         reference: &str,
         auth: Option<&crate::registry::RegistryAuth>,
     ) -> BoxStream<'static, Result<PullEvent, EngineError>>;
+    /// Every image of the engine (not intermediate layers).
+    fn image_summaries(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ImageSummary>, EngineError>> + Send;
+    /// Ids of the images of every container, in any state, berthd's or not.
+    fn images_in_use(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+    /// Removes one reference (or, by id, an untagged image) without force: an image a container
+    /// uses, or with dependent child images, is a `Conflict`.
+    fn remove_image(&self, reference: &str)
+    -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Creates a container and returns its id.
     fn create(
         &self,

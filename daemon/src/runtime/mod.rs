@@ -9,6 +9,7 @@
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
 //! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
+//! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -33,6 +34,7 @@ use crate::state::FileStore;
 
 pub mod admission;
 mod error;
+pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
@@ -93,6 +95,8 @@ pub struct RuntimeConfig {
     pub policy: crate::policy::Policy,
     /// Image pulls.
     pub pulls: pull::PullConfig,
+    /// Image garbage collection.
+    pub image_gc: image_gc::GcConfig,
 }
 
 /// A server that answers HTTP.
@@ -131,6 +135,8 @@ struct Inner<E> {
     transfers: transfer::Busy,
     /// The pulls under way.
     pulls: Arc<pull::Pulls>,
+    /// When each image was last seen in use, for image GC.
+    image_use: image_gc::ImageUse,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -151,6 +157,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 progress: ProgressRegistry::default(),
                 transfers: transfer::Busy::default(),
                 pulls: Arc::default(),
+                image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

@@ -174,7 +174,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Docker's storage root, asked once it answers.
-    async fn docker_root(&self) -> Option<String> {
+    pub(super) async fn docker_root(&self) -> Option<String> {
         self.inner
             .docker_root
             .get_or_try_init(|| async { self.inner.engine.root_dir().await.map(Some) })

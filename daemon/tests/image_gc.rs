@@ -1,7 +1,9 @@
 //! Image GC against a real Docker engine — a PRIVATE dockerd this test starts (its own
 //! data-root, exec-root, pidfile, socket, no bridge, an empty config file, its own containerd
 //! namespaces) and stops, never the host's engine: a collection there would remove other
-//! people's images. With a high mark below the disk's usage, unused images go in LRU order
+//! people's images. It runs in a network namespace of its own (`unshare --net`): a dockerd
+//! started with `--bridge=none` deletes any interface named docker0 in its namespace, which in
+//! the host's would be the host engine's bridge. With a high mark below the disk's usage, unused images go in LRU order
 //! (never used first) and an image a container uses stays.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -36,7 +38,8 @@ impl PrivateDocker {
         let host = format!("unix://{}/d.sock", run.display());
         let ns = unique("bgc");
         let log = std::fs::File::create(data.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
+        let child = Command::new("unshare")
+            .args(["--net", "dockerd"])
             .arg("--config-file")
             .arg(&config)
             .arg("--data-root")
@@ -59,7 +62,7 @@ impl PrivateDocker {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("dockerd must be installed");
+            .expect("unshare (util-linux) and dockerd must be installed");
         let mut d = PrivateDocker {
             child,
             data,
@@ -169,10 +172,24 @@ fn marks(high: u8) -> GcConfig {
     }
 }
 
+/// Whether the host has its engine's bridge (a guard: this test must never remove it).
+fn host_bridge() -> bool {
+    Command::new("ip")
+        .args(["link", "show", "docker0"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 #[tokio::test]
 async fn unused_images_go_least_recently_used_first_and_used_ones_stay() {
     require_docker();
+    let bridge = host_bridge();
     let d = PrivateDocker::start();
+    assert_eq!(
+        host_bridge(),
+        bridge,
+        "the private dockerd left the host's docker0 alone"
+    );
     d.load_tiny();
     for tag in ["gc/i1:1", "gc/i2:1", "gc/i3:1"] {
         d.build(tag);
@@ -230,4 +247,10 @@ async fn unused_images_go_least_recently_used_first_and_used_ones_stay() {
         "{left:?}"
     );
     let _ = std::fs::remove_dir_all(&state);
+    drop(d);
+    assert_eq!(
+        host_bridge(),
+        bridge,
+        "the private dockerd left the host's docker0 alone"
+    );
 }

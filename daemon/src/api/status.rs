@@ -342,6 +342,23 @@ mod tests {
                 info.reason
             );
         }
+        let pull = Status::from(Error::ImagePullFailed {
+            image: "r.example/x:1".into(),
+            node: "n1".into(),
+            cause: crate::runtime::pull::PullCause::Unauthorized,
+            detail: "denied".into(),
+        });
+        assert_eq!(pull.code(), Code::FailedPrecondition);
+        let info = pull.get_details_error_info().expect("reason");
+        assert_eq!(info.reason, "IMAGE_PULL_FAILED");
+        assert_eq!(
+            info.metadata.get("cause").map(String::as_str),
+            Some("unauthorized")
+        );
+        assert_eq!(
+            info.metadata.get("image").map(String::as_str),
+            Some("r.example/x:1")
+        );
         let drain = Status::from(Error::Draining {
             node: "n1".into(),
             reason: "maintenance".into(),

@@ -123,6 +123,33 @@ impl ImageUse {
     }
 }
 
+/// Sets the DiskPressure condition while the Docker root's disk is above the image GC high mark
+/// (`usage` in percent), so the hub sees why images go.
+pub(super) fn report_pressure(
+    conditions: &mut [super::report::Condition],
+    usage: Option<f64>,
+    cfg: &GcConfig,
+) {
+    let Some(u) = usage else { return };
+    if cfg.high_percent == 0 || u < f64::from(cfg.high_percent) {
+        return;
+    }
+    let Some(c) = conditions.iter_mut().find(|c| c.kind == "DiskPressure") else {
+        return;
+    };
+    let note = format!(
+        "Docker root disk {u:.0}% used, above the image GC high mark of {}%: unused images are being removed down to {}%",
+        cfg.high_percent, cfg.low_percent
+    );
+    if c.status != "True" {
+        c.status = "True";
+        c.reason = "ImageGCHighMark".to_owned();
+        c.message = note;
+    } else {
+        c.message = format!("{}; {note}", c.message);
+    }
+}
+
 /// Percent of the disk holding `path` in use, as `df` counts it: used / (used + available to
 /// unprivileged users). Blocks reserved for root or held outside the filesystem's reach count
 /// as neither, so a disk with much of its size reserved is not taken for a full one.
@@ -245,6 +272,37 @@ mod tests {
             size: 1,
             created,
         }
+    }
+
+    #[test]
+    fn the_high_mark_is_disk_pressure() {
+        let cond = |status: &'static str| super::super::report::Condition {
+            kind: "DiskPressure",
+            status,
+            reason: "SufficientDisk".into(),
+            message: String::new(),
+        };
+        let cfg = GcConfig::default();
+        let mut c = [cond("False")];
+        report_pressure(&mut c, Some(84.0), &cfg);
+        assert_eq!(c[0].status, "False");
+        report_pressure(&mut c, Some(90.0), &cfg);
+        assert_eq!(
+            (c[0].status, c[0].reason.as_str()),
+            ("True", "ImageGCHighMark")
+        );
+        assert!(
+            c[0].message.contains("90%") && c[0].message.contains("85%"),
+            "{}",
+            c[0].message
+        );
+        let mut off = [cond("False")];
+        let none = GcConfig {
+            high_percent: 0,
+            ..cfg
+        };
+        report_pressure(&mut off, Some(99.0), &none);
+        assert_eq!(off[0].status, "False");
     }
 
     #[test]

@@ -264,6 +264,7 @@ async fn never_unknown_tags_and_a_stopped_registry_fail_within_3s_creating_nothi
             .start(start("nina", &img, policy))
             .await
             .unwrap_err();
+        eprintln!("{img} ({policy:?}) failed after {:?}", t.elapsed());
         assert!(t.elapsed() < FAIL_WITHIN, "{img}: {:?}", t.elapsed());
         assert_eq!(
             (e.code(), reason(&e)),
@@ -279,6 +280,7 @@ async fn never_unknown_tags_and_a_stopped_registry_fail_within_3s_creating_nothi
         .start(start("nina", &image.reference, pb::PullPolicy::Always))
         .await
         .unwrap_err();
+    eprintln!("stopped registry: failed after {:?}", t.elapsed());
     assert!(t.elapsed() < FAIL_WITHIN, "{:?}", t.elapsed());
     assert_eq!(
         reason(&e),
@@ -293,4 +295,52 @@ async fn never_unknown_tags_and_a_stopped_registry_fail_within_3s_creating_nothi
     assert!(d.containers().is_empty(), "failed pulls create nothing");
     let status = common::poll(&c, "nina", "").await;
     assert_eq!(common::state(&status), pb::server_status::State::Absent);
+}
+
+#[tokio::test]
+async fn prepull_warms_the_node_with_progress_and_names_what_it_could_not_pull() {
+    let reg = Registry::start(None);
+    let image = push_test_image(&reg, 2, 2);
+    let missing = format!("{}/{}:no-such-tag", reg.host(), image.repo);
+    let d = Daemon::start();
+    let c = d.client().await;
+    let req = pb::PrepullRequest {
+        images: vec![image.reference.clone(), missing.clone()],
+    };
+    let events: Vec<pb::PrepullEvent> = c
+        .clone()
+        .prepull(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let done: Vec<&pb::PrepullEvent> = events.iter().filter(|e| e.done).collect();
+    assert_eq!(done.len(), 1, "{events:?}");
+    assert_eq!(done[0].image, image.reference);
+    let failed = events
+        .iter()
+        .find(|e| !e.error.is_empty())
+        .expect("a failure");
+    assert_eq!(
+        (failed.image.as_str(), failed.reason.as_str()),
+        (missing.as_str(), "IMAGE_PULL_FAILED")
+    );
+    let size: u64 = image.new_layer_sizes.iter().sum();
+    let last = events
+        .iter()
+        .filter(|e| e.image == image.reference)
+        .filter_map(|e| e.progress.as_ref())
+        .next_back()
+        .expect("progress");
+    assert_eq!(last.bytes_done, size);
+    // The image is on the node now: a Start with `never` finds it.
+    let ok = c
+        .clone()
+        .start(start("pre", &image.reference, pb::PullPolicy::Never))
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    stop_remove(&c, "pre").await;
+    remove_local(&image.reference);
 }

@@ -698,9 +698,10 @@ async fn follow(
             }
             () = cancel.cancelled() => return Err(Relay::Cancelled),
         }
-        // Coalesce bursts of layer reports into one event.
+        // Coalesce bursts of layer reports into one event; the end is relayed at once.
         tokio::select! {
             () = tokio::time::sleep(EMIT_EVERY) => {}
+            _ = follower.rx.wait_for(|s| s.outcome.is_some()) => {}
             () = cancel.cancelled() => return Err(Relay::Cancelled),
         }
     }

@@ -97,6 +97,8 @@ pub struct RuntimeConfig {
     pub pulls: pull::PullConfig,
     /// Image garbage collection.
     pub image_gc: image_gc::GcConfig,
+    /// The node's labels, reported by Capacity for the hub's node selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A server that answers HTTP.

@@ -44,6 +44,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// The configured labels (`[node] labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
@@ -174,6 +176,7 @@ impl<E: ContainerEngine> Runtime<E> {
             conditions,
             draining: draining.is_some(),
             images,
+            labels: inner.cfg.labels.clone(),
         }
     }
 

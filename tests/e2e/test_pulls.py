@@ -32,13 +32,20 @@ def spawn_and_follow(hub, user, options=None):
     posted.start()
     wait_for("the spawn to be pending", lambda: (hub.server(user) or {}).get("pending") == "spawn", 20, 0.05)
     events = []
-    with hub.api_stream(f"/users/{user}/server/progress") as r:
-        assert r.status_code == 200, r.text
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("data:"):
-                events.append(json.loads(line[5:]))
-                if events[-1].get("ready") or events[-1].get("failed"):
-                    break
+    # As the spawn page's EventSource does, a stream the proxy or a busy hub answers with a 5xx
+    # is asked again (events already seen are sent again: the node replays them).
+    for _ in range(20):
+        with hub.api_stream(f"/users/{user}/server/progress") as r:
+            if r.status_code >= 500:
+                time.sleep(0.1)
+                continue
+            assert r.status_code == 200, (r.status_code, r.text[-300:])
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed"):
+                        break
+            break
     posted.join(30)
     return events
 

@@ -89,6 +89,39 @@ def from_capacity(name, c):
     )
 
 
+def normalize_image(ref):
+    """The full reference Docker resolves `ref` to, as berthd writes it: `ubuntu` is
+    `docker.io/library/ubuntu:latest`, `index.docker.io/x/y` is `docker.io/x/y:latest`. Nodes
+    list images as Docker names them (`ubuntu:latest`), hubs configure them as they like."""
+    rest, at, digest = ref.partition("@")
+    slash = rest.rfind("/") + 1
+    colon = rest.rfind(":", slash)
+    name, tag = (rest[:colon], rest[colon + 1 :]) if colon >= 0 else (rest, "")
+    first, sep, remainder = name.partition("/")
+    if sep and (any(ch in first for ch in ".:") or first == "localhost" or first != first.lower()):
+        domain, path = first, remainder
+    else:
+        domain, path = "docker.io", name
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in path:
+        path = "library/" + path
+    full = f"{domain}/{path}"
+    if tag:
+        full += ":" + tag
+    elif not at:
+        full += ":latest"
+    return full + (at + digest if at else "")
+
+
+def has_image(c, demand):
+    """Whether the node reports holding the demanded image (compared as full references)."""
+    if demand is None or not demand.image or not c.images:
+        return False
+    want = normalize_image(demand.image)
+    return any(normalize_image(i) == want for i in c.images)
+
+
 def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
@@ -107,8 +140,7 @@ def why_not(c, demand):
         return f"{c.name}: not enough memory ({demand.memory} bytes asked, {c.memory_free} free)"
     if demand.cpu > c.cpu_free + 1e-9:
         return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
-    if demand.image and c.images and demand.image not in c.images:
-        return f"{c.name}: image {demand.image} not present"
+    # A node without the image is not refused: it pulls it (placement prefers nodes that have it).
     return _gpu_shortfall(c, demand)
 
 
@@ -143,17 +175,24 @@ def _servers(c):
 
 
 def spread(fits, demand=None):
-    """Most free memory first (then fewest servers): spreads servers over the nodes. A demand
-    for GPUs ranks by free devices of its class first, most first."""
+    """Nodes holding the image first (a pull can take minutes), then, for a GPU demand, most free
+    devices of its class, then most free memory (then fewest servers): spreads servers over the
+    nodes."""
     demand = demand or Demand()
-    return sorted(fits, key=lambda c: (not c.known, -_free_gpus(c, demand), -_free(c), _servers(c), c.name))
+    return sorted(
+        fits,
+        key=lambda c: (not c.known, not has_image(c, demand), -_free_gpus(c, demand), -_free(c), _servers(c), c.name),
+    )
 
 
 def pack(fits, demand=None):
-    """Least free memory first (then most servers): fills one node before the next (for GPUs:
-    the node with the fewest free devices that still fit)."""
+    """Nodes holding the image first, then the fewest free devices that fit (for a GPU demand),
+    then least free memory (then most servers): fills one node before the next."""
     demand = demand or Demand()
-    return sorted(fits, key=lambda c: (not c.known, _free_gpus(c, demand), _free(c), -_servers(c), c.name))
+    return sorted(
+        fits,
+        key=lambda c: (not c.known, not has_image(c, demand), _free_gpus(c, demand), _free(c), -_servers(c), c.name),
+    )
 
 
 POLICIES = {"spread": spread, "pack": pack}

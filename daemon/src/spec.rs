@@ -480,6 +480,10 @@ pub struct StartSpec {
     pub host: HostAccess,
     /// Devices (GPUs) asked for.
     pub gpus: crate::devices::Ask,
+    /// When to pull the image; `None` = the node's default.
+    pub pull_policy: Option<crate::registry::PullPolicy>,
+    /// Registry credentials for this Start's pull only (secret: never kept, never hashed).
+    pub pull_secret: Option<crate::registry::RegistryAuth>,
 }
 
 impl StartSpec {

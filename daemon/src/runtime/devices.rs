@@ -377,6 +377,8 @@ mod tests {
                 ..Default::default()
             },
             host: crate::spec::HostAccess::default(),
+            pull_policy: None,
+            pull_secret: None,
         }
     }
 

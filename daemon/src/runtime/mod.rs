@@ -9,6 +9,8 @@
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
+//! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
+//! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -34,10 +36,12 @@ use crate::state::FileStore;
 pub mod admission;
 pub mod devices;
 mod error;
+pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
 pub mod progress;
+pub mod pull;
 mod read;
 pub mod ready;
 mod reconcile;
@@ -93,6 +97,10 @@ pub struct RuntimeConfig {
     pub policy: crate::policy::Policy,
     /// The devices the node hands out, as discovered at start-up.
     pub devices: crate::devices::Inventory,
+    /// Image pulls.
+    pub pulls: pull::PullConfig,
+    /// Image garbage collection.
+    pub image_gc: image_gc::GcConfig,
     /// The node's labels, reported by Capacity for the hub's node selectors.
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -133,6 +141,10 @@ struct Inner<E> {
     devices: devices::Devices,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
+    /// The pulls under way.
+    pulls: Arc<pull::Pulls>,
+    /// When each image was last seen in use, for image GC.
+    image_use: image_gc::ImageUse,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -153,6 +165,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
                 transfers: transfer::Busy::default(),
+                pulls: Arc::default(),
+                image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

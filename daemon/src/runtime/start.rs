@@ -89,15 +89,7 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
         let devices = self.assign_devices(spec).await?;
-        let image =
-            self.inner
-                .engine
-                .image(&spec.image)
-                .await?
-                .ok_or_else(|| Error::ImageMissing {
-                    image: spec.image.clone(),
-                    node: self.inner.cfg.node_id.clone(),
-                })?;
+        let image = self.ensure_image(spec, progress, cancel).await?;
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {

@@ -221,6 +221,8 @@ proptest! {
             ready_timeout: None,
             gpus: crate::devices::Ask::default(),
             host: HostAccess::default(),
+            pull_policy: None,
+            pull_secret: None,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

@@ -139,6 +139,9 @@ impl Daemon {
             .arg(state_dir)
             .args(extra)
             .env("BERTH_LOG", "info,berthd=debug")
+            // Image GC off: the host engine's images are shared by every test (and may be
+            // unused at the moment a pass runs); image_gc.rs tests GC on its own engine.
+            .env("BERTH_IMAGE_GC_HIGH_PERCENT", "0")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -191,7 +191,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
-    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), publish_host_ip = %cfg.docker.publish_host_ip, advertise_host = %cfg.advertise_host(), node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
+    if let Some(warning) = crate::logging::publish_warning(addr, cfg.docker.publish_host_ip) {
+        tracing::warn!("{warning}");
+    }
     if !addr.ip().is_loopback() && !cfg.security.tls() {
         tracing::warn!(%addr, "SERVING PLAINTEXT gRPC ON THE NETWORK (security.insecure_plaintext_on_network): anyone who reaches this port controls Docker on this node");
     }

@@ -148,6 +148,8 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // SIGHUP's default action ends the process: take it over before anything else.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let auth = if cfg.security.token() {
         BearerAuth::with_token(&config::read_token(
             "security.token_file",
@@ -175,6 +177,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let tasks = TaskTracker::new();
+    if let Some(hangups) = hangups {
+        tasks.spawn(reload_on_hangup(
+            hangups,
+            cfg.security.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(watch_docker(
         rt.clone(),
         health,
@@ -316,6 +326,39 @@ fn spawn_admin(
         }
     });
     Ok(())
+}
+
+/// SIGHUP: reads the token file again, as at start-up, and swaps it in without dropping a
+/// connection or a server. A file that no longer passes keeps the old token (and says so).
+/// TLS files are not reloaded yet: a new certificate needs a restart (which never touches the
+/// servers).
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    sec: config::SecurityConfig,
+    auth: BearerAuth,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        if !sec.token() {
+            tracing::info!("SIGHUP: no token file configured; nothing to reload");
+            continue;
+        }
+        match config::read_token(
+            "security.token_file",
+            &sec.token_file,
+            crate::api::auth::MIN_TOKEN_BYTES,
+        ) {
+            Ok(token) => {
+                auth.replace(&token);
+                tracing::info!(token_file = %sec.token_file.display(), "SIGHUP: token reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: token not reloaded; the old one stays"),
+        }
+    }
 }
 
 /// How often a start-up reconcile that failed (Docker not answering) is tried again before

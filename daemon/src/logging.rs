@@ -88,6 +88,8 @@ pub fn publish_warning(listen: SocketAddr, publish: std::net::IpAddr) -> Option<
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

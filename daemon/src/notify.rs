@@ -129,10 +129,10 @@ impl Notifier {
         let Some(t) = &self.target else {
             return;
         };
-        if let Err(e) = t.socket.send_to_addr(message.as_bytes(), &t.addr) {
-            if !t.failed.swap(true, Ordering::Relaxed) {
-                tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
-            }
+        if let Err(e) = t.socket.send_to_addr(message.as_bytes(), &t.addr)
+            && !t.failed.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
         }
     }
 }
@@ -170,10 +170,10 @@ impl Watchdog {
         if !notifier.enabled() {
             return None;
         }
-        if let Some(pid) = env.var(WATCHDOG_PID_ENV) {
-            if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-                return None;
-            }
+        if let Some(pid) = env.var(WATCHDOG_PID_ENV)
+            && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+        {
+            return None;
         }
         let usec: u64 = env.var(WATCHDOG_USEC_ENV)?.trim().parse().ok()?;
         if usec == 0 {
@@ -198,6 +198,8 @@ impl Watchdog {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn recv(sock: &UnixDatagram) -> String {

@@ -75,6 +75,16 @@ def node_local_volumes(spec):
     return False
 
 
+# BerthSpawner.pull_policy (DockerSpawner's values) as berthd's; "skip" (DockerSpawner: do not
+# even look) is "never" for a node, which never pulls and fails a missing image at once.
+PULL_POLICIES = {
+    "ifnotpresent": pb.PULL_POLICY_IFNOTPRESENT,
+    "always": pb.PULL_POLICY_ALWAYS,
+    "never": pb.PULL_POLICY_NEVER,
+    "skip": pb.PULL_POLICY_NEVER,
+}
+
+
 def per_server(source):
     """Whether a volume source is named per server ({server} or DockerSpawner's names for it)."""
     return "{server}" in templates.source(source)
@@ -111,4 +121,5 @@ def start_request(spawner, image):
         user_options=json.dumps(spawner.user_options or {}, default=str),
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),
+        pull_policy=PULL_POLICIES[spawner.pull_policy.lower()],
     )

@@ -199,6 +199,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         watchdog,
     ));
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
+    tasks.spawn(crate::runtime::image_gc::run(
+        rt.clone(),
+        rt.config().image_gc,
+        shutdown.clone(),
+    ));
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), publish_host_ip = %cfg.docker.publish_host_ip, advertise_host = %cfg.advertise_host(), node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");

@@ -88,4 +88,5 @@ def start_request(spawner, image):
         user_options=json.dumps(spawner.user_options or {}, default=str),
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),
+        resumable=not spawner.remove,
     )

@@ -58,7 +58,14 @@ class BerthSpawner(Spawner):
         Default: "required" when `volumes` has a node-local named volume templated with {user} or
         {server}, else "none".""",
     )
-    remove = Bool(False, config=True, help="Delete the container when the server stops.")
+    remove = Bool(
+        False,
+        config=True,
+        help="""Delete the container when the server stops. When False (DockerSpawner's default) the
+        stopped container is kept and the next start resumes it when nothing that matters changed
+        (image, command, env, resources, mounts, ports, options), so what the user installed into
+        it survives; otherwise it is recreated and the progress bar says what changed.""",
+    )
     container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
     stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
     unreachable_grace = Float(
@@ -98,6 +105,12 @@ class BerthSpawner(Spawner):
     @default("image")
     def _default_image(self):
         return f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}"
+
+    @default("cmd")
+    def _default_cmd(self):
+        # As DockerSpawner and KubeSpawner: the image's own CMD (docker-stacks images need their
+        # start script); `cmd` and `args` still override it.
+        return None
 
     @default("ip")
     def _ip(self):

@@ -269,6 +269,7 @@ mod tests {
             ready_path: "/".into(),
             ready_timeout: None,
             host: HostAccess::default(),
+            resumable: false,
         }
     }
 

@@ -205,6 +205,22 @@ impl Env {
         self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
+    /// Keys and values, for the runtime alone (the values are secret).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The entries whose key `keep` accepts.
+    pub(crate) fn filtered(&self, keep: impl Fn(&str) -> bool) -> Self {
+        Self(
+            self.0
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// The keys, safe to log.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
@@ -478,6 +494,8 @@ pub struct StartSpec {
     pub ready_timeout: Option<Duration>,
     /// Host privileges asked for.
     pub host: HostAccess,
+    /// The container is kept when the server stops and may be resumed by a later Start.
+    pub resumable: bool,
 }
 
 impl StartSpec {

@@ -108,6 +108,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             user_options: r.user_options,
             ready_path,
             ready_timeout,
+            resumable: r.resumable,
         })
     }
 }

@@ -14,14 +14,14 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
     ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions,
-    StopContainerOptions, WaitContainerOptions,
+    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, RunStatus, Usage, VolumeInfo,
+    ImageInfo, LogChunk, LogStream, NewFile, NewVolume, PortBinding, RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -163,6 +163,7 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let host = |on: bool| on.then(|| "host".to_owned());
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        entrypoint: spec.entrypoint.clone(),
         cmd: spec.cmd.clone(),
         env: Some(spec.env.clone()),
         labels: Some(spec.labels.clone()),
@@ -190,6 +191,31 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     }
+}
+
+/// An in-memory tar of `files`, owned by root.
+fn tar_of(files: &[NewFile]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(f.mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match &f.contents {
+            Some(bytes) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, &f.path, bytes.as_slice())?;
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &f.path, std::io::empty())?;
+            }
+        }
+    }
+    b.into_inner()
 }
 
 fn volume_info(v: bollard::models::Volume) -> VolumeInfo {
@@ -299,9 +325,13 @@ impl ContainerEngine for BollardEngine {
         let r = self
             .bounded("inspect image", self.docker.inspect_image(reference))
             .await;
-        Ok(not_found_is_none(r)?.map(|i| ImageInfo {
-            id: i.id.unwrap_or_default(),
-            cmd: i.config.and_then(|c| c.cmd).unwrap_or_default(),
+        Ok(not_found_is_none(r)?.map(|i| {
+            let config = i.config.unwrap_or_default();
+            ImageInfo {
+                id: i.id.unwrap_or_default(),
+                cmd: config.cmd.unwrap_or_default(),
+                entrypoint: config.entrypoint.unwrap_or_default(),
+            }
         }))
     }
 
@@ -320,6 +350,25 @@ impl ContainerEngine for BollardEngine {
     async fn start(&self, id: &str) -> Result<(), EngineError> {
         self.bounded("start", self.docker.start_container(id, None))
             .await
+    }
+
+    async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
+        let tar = tar_of(files).map_err(|e| EngineError::Api {
+            op: "put files",
+            status: 0,
+            message: format!("cannot build the archive: {e}"),
+        })?;
+        let options = UploadToContainerOptions {
+            path: "/".to_owned(),
+            no_overwrite_dir_non_dir: Some("true".to_owned()),
+            ..Default::default()
+        };
+        self.bounded(
+            "put files",
+            self.docker
+                .upload_to_container(id, Some(options), bollard::body_full(tar.into())),
+        )
+        .await
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {

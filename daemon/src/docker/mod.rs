@@ -33,6 +33,10 @@ pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
 pub const LABEL_VOLUME_SCOPE: &str = "berth.volume-scope";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
+/// Label marking a container made to be resumed: its per-spawn env comes from a file.
+pub const LABEL_RESUMABLE: &str = "berth.resumable";
+/// Label holding what a resume compares: the image id and a digest per aspect of the spec.
+pub const LABEL_FINGERPRINT: &str = "berth.fingerprint";
 
 /// What went wrong talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,30 @@ pub struct ImageInfo {
     pub id: String,
     /// The image's default command.
     pub cmd: Vec<String>,
+    /// The image's entrypoint.
+    pub entrypoint: Vec<String>,
+}
+
+/// A file or directory to put into a container before it starts. Its contents may be
+/// secret (the per-spawn env): never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// Path relative to the container's root, e.g. `.berth/spawn-env`.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// The bytes of a file; `None` for a directory.
+    pub contents: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for NewFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("bytes", &self.contents.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// A mount: a named volume or (policy permitting) a host path.
@@ -116,6 +144,8 @@ pub struct ContainerSpec {
     pub name: String,
     /// Image reference.
     pub image: String,
+    /// Entrypoint; `None` = the image's.
+    pub entrypoint: Option<Vec<String>>,
     /// Full command; `None` = the image's.
     pub cmd: Option<Vec<String>>,
     /// `KEY=value` strings. Secret: never logged.
@@ -331,6 +361,13 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Starts a created container.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Writes `files` (directories first) into the container's filesystem, relative to its
+    /// root, owned by root; the container need not run.
+    fn put_files(
+        &self,
+        id: &str,
+        files: &[NewFile],
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// The container by name or id, or `None` when there is none.
     fn inspect(
         &self,

@@ -12,6 +12,7 @@
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
+//! `resume.rs` (restarting a kept container, naming a drift),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
 //! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
 //! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
@@ -41,6 +42,7 @@ pub mod ready;
 mod reconcile;
 pub mod records;
 pub mod report;
+pub mod resume;
 mod start;
 pub mod state_ops;
 pub mod status;

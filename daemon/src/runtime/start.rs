@@ -9,11 +9,11 @@ use super::error::{blocking, detached};
 use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
 use super::view::WatchKind;
-use super::{Error, Runtime, Started, exit_reason, ready};
+use super::{Error, Runtime, Started, exit_reason, ready, resume};
 use crate::docker::{
-    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_HOST_NETWORK,
-    LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID,
-    LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_FINGERPRINT,
+    LABEL_HOST_NETWORK, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT,
+    LABEL_RESUMABLE, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
 };
 use crate::hostpath::{self, HostPathError, Pin};
 use crate::key::ServerKey;
@@ -126,13 +126,14 @@ impl<E: ContainerEngine> Runtime<E> {
         progress: &Reporter,
         cancel: &CancellationToken,
     ) -> Option<Result<Started, Error>> {
-        let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
-        if self
-            .inner
-            .view
-            .get(&spec.key)
-            .is_none_or(|e| e.record.container_id != c.id)
-        {
+        let recorded = self.inner.view.get(&spec.key);
+        // A resumed container keeps the spawn id label of the spawn that made it; the
+        // record names the spawn that runs it now.
+        let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str())
+            || recorded.as_ref().is_some_and(|e| {
+                e.record.container_id == c.id && e.record.spawn_id == spec.spawn_id
+            });
+        if recorded.is_none_or(|e| e.record.container_id != c.id) {
             // The record lost track of this container (e.g. a crash right after create).
             let id = c.id.clone();
             let spawn = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
@@ -153,12 +154,7 @@ impl<E: ContainerEngine> Runtime<E> {
             },
             (true, RunStatus::Exited | RunStatus::Dead) => Err(self.exited_error(spec, &c).await),
             (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
-                tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
-                if let Err(e) = self.inner.engine.remove(&c.id).await {
-                    return Some(Err(e.into()));
-                }
-                self.inner.view.removed(&spec.key, &c.id);
-                return None;
+                return self.resume_or_clear(spec, &c, progress, cancel).await;
             }
             _ => Err(Error::AlreadyRunning {
                 key: spec.key.clone(),
@@ -224,7 +220,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
     /// first use) and pins it at its staging path, and checks its devices; off the async
     /// threads, as a network filesystem may be slow.
-    async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
+    pub(super) async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
         let devices = spec.host.devices.clone();
         let wanted: Vec<(usize, String, String, bool)> = spec
             .volumes
@@ -299,7 +295,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Starts created container `id` and waits until it answers.
-    async fn launch(
+    pub(super) async fn launch(
         &self,
         spec: &StartSpec,
         id: &str,
@@ -310,6 +306,9 @@ impl<E: ContainerEngine> Runtime<E> {
     ) -> Result<Started, Error> {
         progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
         let engine = &self.inner.engine;
+        if spec.resumable {
+            engine.put_files(id, &resume::env_files(&spec.env)).await?;
+        }
         let started = engine.start(id).await;
         // The slot bounds Docker work; waiting for HTTP needs none.
         drop(slot);
@@ -423,6 +422,25 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let cfg = &self.inner.cfg;
+        let host_ip = cfg.publish_host_ip.to_string();
+        // A resumable container gets its per-spawn env from a file at every start (see
+        // `resume.rs`): a wrapper in front of the image's own entrypoint and command.
+        let (entrypoint, cmd, env) = if spec.resumable {
+            let argv: Vec<String> = image
+                .entrypoint
+                .iter()
+                .chain(cmd.as_ref().unwrap_or(&image.cmd))
+                .cloned()
+                .collect();
+            let (entrypoint, argv) = resume::wrapped(argv);
+            let fingerprint = resume::Fingerprint::of(spec, &image.id, &host_ip);
+            labels.insert(LABEL_RESUMABLE.to_owned(), "true".to_owned());
+            labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.to_label());
+            let env = spec.env.filtered(|k| !resume::is_per_spawn(k));
+            (Some(entrypoint), Some(argv), env.to_docker())
+        } else {
+            (None, cmd, spec.env.to_docker())
+        };
         for (k, v) in [
             (LABEL_MANAGED, "true"),
             (LABEL_USER, spec.key.user()),
@@ -450,11 +468,12 @@ impl<E: ContainerEngine> Runtime<E> {
         ContainerSpec {
             name: spec.key.container_name(),
             image: spec.image.clone(),
+            entrypoint,
             cmd,
-            env: spec.env.to_docker(),
+            env,
             labels,
             port: spec.port,
-            host_ip: cfg.publish_host_ip.to_string(),
+            host_ip,
             memory: r.mem_limit.map(to_i64),
             memory_reservation: r.mem_guarantee.map(to_i64),
             nano_cpus: r.cpu_limit.map(|c| cores(c, 1e9)),

@@ -220,6 +220,7 @@ proptest! {
             ready_path: "/".into(),
             ready_timeout: None,
             host: HostAccess::default(),
+            resumable: false,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

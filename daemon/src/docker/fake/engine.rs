@@ -13,7 +13,7 @@ use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
     ImageInfo, LogChunk, Usage,
 };
-use crate::docker::{NewVolume, VolumeInfo};
+use crate::docker::{NewFile, NewVolume, VolumeInfo};
 
 impl ContainerEngine for FakeEngine {
     async fn version(&self) -> Result<EngineVersion, EngineError> {
@@ -33,6 +33,7 @@ impl ContainerEngine for FakeEngine {
         Ok(world.images.get(&normalise(reference)).map(|i| ImageInfo {
             id: i.id.clone(),
             cmd: vec!["fake-server".to_owned()],
+            entrypoint: Vec::new(),
         }))
     }
 
@@ -63,6 +64,21 @@ impl ContainerEngine for FakeEngine {
                 world.terminate(&id, plan.code, false);
             }
         });
+        Ok(())
+    }
+
+    async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
+        let mut world = self.enter("put_files")?;
+        let c = world
+            .containers
+            .values_mut()
+            .find(|c| c.info.id == id || c.info.name == id)
+            .ok_or_else(|| Self::not_found(id))?;
+        for f in files {
+            if let Some(bytes) = &f.contents {
+                c.files.insert(f.path.clone(), bytes.clone());
+            }
+        }
         Ok(())
     }
 

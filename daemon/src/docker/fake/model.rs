@@ -61,6 +61,8 @@ impl Image {
 pub(super) struct Container {
     pub(super) info: ContainerInfo,
     pub(super) spec: ContainerSpec,
+    /// Files put into it, by path, with the start they were present at (`run` then).
+    pub(super) files: BTreeMap<String, Vec<u8>>,
     pub(super) behaviour: Behaviour,
     /// Creation order, so `list` answers in a stable order.
     seq: u64,
@@ -238,6 +240,7 @@ impl World {
         let container = Container {
             info,
             spec: spec.clone(),
+            files: BTreeMap::new(),
             behaviour: image.behaviour.clone(),
             seq: self.next_seq,
             run: 0,

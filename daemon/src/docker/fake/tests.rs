@@ -10,6 +10,7 @@ use crate::docker::{
 
 fn spec(name: &str, image: &str) -> ContainerSpec {
     ContainerSpec {
+        entrypoint: None,
         name: name.to_owned(),
         image: image.to_owned(),
         cmd: None,

@@ -332,6 +332,8 @@ class BerthSpawner(Spawner):
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
+            if resp.note:
+                self.log.info("berth: %s on %s: %s", self._log_name, node.name, resp.note)
             if affinity != "none":
                 self.home_node = self.home_node or node.name
                 await self._remember(node)

@@ -19,7 +19,8 @@ fn start(user: &str, spawn_id: &str, image: &str, token: &str, site: &str) -> pb
         cmd: vec![
             "sh".into(),
             "-c".into(),
-            "printf %s \"$JUPYTERHUB_API_TOKEN\" > /www/token; exec httpd -f -p 8888 -h /www".into(),
+            "printf %s \"$JUPYTERHUB_API_TOKEN\" > /www/token; exec httpd -f -p 8888 -h /www"
+                .into(),
         ],
         env: [
             ("JUPYTERHUB_API_TOKEN".to_owned(), token.to_owned()),
@@ -55,7 +56,9 @@ async fn start_watching(
 /// The token the server published at `/token`.
 async fn token_at(url: &str) -> String {
     let (_, text) = http_get(&format!("{url}/token")).await;
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(text)
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(text)
 }
 
 async fn stop_kept(c: &berth_proto::v1::spawner_client::SpawnerClient<Channel>, user: &str) {
@@ -81,7 +84,10 @@ async fn a_kept_container_resumes_with_its_files_and_a_new_token_and_a_drift_rec
     assert_eq!(token_at(&first.url).await, "token-1");
     docker(&["exec", &id, "sh", "-c", "echo kept > /installed.txt"]);
     let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &id]);
-    assert!(!env.contains("token-1"), "the token is not in Docker's config: {env}");
+    assert!(
+        !env.contains("token-1"),
+        "the token is not in Docker's config: {env}"
+    );
     assert!(env.contains("SITE=a"), "{env}");
     stop_kept(&c, &user).await;
 
@@ -103,7 +109,13 @@ async fn a_kept_container_resumes_with_its_files_and_a_new_token_and_a_drift_rec
         "the per-spawn env is refreshed"
     );
     assert_eq!(
-        docker(&["exec", &id, "sh", "-c", "test -e /.berth/spawn-env || echo gone"]),
+        docker(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "test -e /.berth/spawn-env || echo gone"
+        ]),
         "gone",
         "the env file is deleted once read"
     );

@@ -42,6 +42,13 @@ def free_port():
 
 def bridge_ip():
     ip = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
+    if not ip:
+        # Newer engines leave Gateway out of the default bridge's IPAM config; the gateway is
+        # then the subnet's first address, as dockerd assigns it.
+        import ipaddress
+
+        subnet = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}")
+        ip = str(next(ipaddress.ip_network(subnet).hosts())) if subnet else ""
     assert ip, "docker bridge network has no gateway"
     return ip
 

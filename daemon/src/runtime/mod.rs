@@ -102,6 +102,8 @@ pub struct Started {
     pub container_id: String,
     /// The spawn that started it.
     pub spawn_id: String,
+    /// What became of a kept stopped container (resumed, or recreated and why); "" otherwise.
+    pub note: String,
 }
 
 /// The runtime: cheap to clone, shared by every RPC.

@@ -204,13 +204,14 @@ fn drift(spec: &StartSpec, c: &ContainerInfo, now: &Fingerprint) -> Vec<String> 
 impl<E: ContainerEngine> Runtime<E> {
     /// The key's stopped container `c` of an earlier spawn: resumed when the Start asks for a
     /// resumable server and nothing that matters changed; else removed (named volumes stay)
-    /// and `None`: go on and create.
+    /// and `None`: go on and create, with `note` saying why it was not resumed.
     pub(super) async fn resume_or_clear(
         &self,
         spec: &StartSpec,
         c: &ContainerInfo,
         progress: &Reporter,
         cancel: &CancellationToken,
+        note: &mut String,
     ) -> Option<Result<Started, Error>> {
         let (user, server) = (spec.key.user(), spec.key.server());
         if spec.resumable {
@@ -230,6 +231,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 return Some(self.resume(spec, c, progress, cancel).await);
             }
             let why = changes.join(", ");
+            *note = format!("recreated the stopped container: {why}");
             tracing::info!(user, server, container = %c.id, changes = %why, "recreating the stopped container");
             progress.emit(Event::new(
                 Phase::Creating,
@@ -273,7 +275,13 @@ impl<E: ContainerEngine> Runtime<E> {
             "Resuming your stopped server",
         ));
         let pins = self.pin_host_paths(spec).await?;
-        self.launch(spec, &c.id, progress, cancel, None, pins).await
+        let started = self
+            .launch(spec, &c.id, progress, cancel, None, pins)
+            .await?;
+        Ok(Started {
+            note: "resumed the stopped container".to_owned(),
+            ..started
+        })
     }
 }
 

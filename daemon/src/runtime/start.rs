@@ -80,8 +80,9 @@ impl<E: ContainerEngine> Runtime<E> {
         progress: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<Started, Error> {
+        let mut note = String::new();
         if let Some(c) = self.container_of(&spec.key).await?
-            && let Some(done) = self.carry_on(spec, c, progress, cancel).await
+            && let Some(done) = self.carry_on(spec, c, progress, cancel, &mut note).await
         {
             return done;
         }
@@ -113,8 +114,10 @@ impl<E: ContainerEngine> Runtime<E> {
         self.prepare_volumes(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let id = self.create(spec, &image).await?;
-        self.launch(spec, &id, progress, cancel, Some(slot), pins)
-            .await
+        let started = self
+            .launch(spec, &id, progress, cancel, Some(slot), pins)
+            .await?;
+        Ok(Started { note, ..started })
     }
 
     /// What to do with the key's existing container `c`: finish a retried spawn that got this
@@ -125,6 +128,7 @@ impl<E: ContainerEngine> Runtime<E> {
         c: ContainerInfo,
         progress: &Reporter,
         cancel: &CancellationToken,
+        note: &mut String,
     ) -> Option<Result<Started, Error>> {
         let recorded = self.inner.view.get(&spec.key);
         // A resumed container keeps the spawn id label of the spawn that made it; the
@@ -154,7 +158,7 @@ impl<E: ContainerEngine> Runtime<E> {
             },
             (true, RunStatus::Exited | RunStatus::Dead) => Err(self.exited_error(spec, &c).await),
             (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
-                return self.resume_or_clear(spec, &c, progress, cancel).await;
+                return self.resume_or_clear(spec, &c, progress, cancel, note).await;
             }
             _ => Err(Error::AlreadyRunning {
                 key: spec.key.clone(),
@@ -373,7 +377,7 @@ impl<E: ContainerEngine> Runtime<E> {
         tokio::select! {
             ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, deadline) => {
                 if ok {
-                    Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone() })
+                    Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone(), note: String::new() })
                 } else {
                     if let Err(e) = self.inner.engine.kill(&c.id).await {
                         tracing::warn!(container = %c.id, error = %e, "cannot kill a server that never became ready");

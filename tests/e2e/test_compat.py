@@ -1,0 +1,57 @@
+"""Coming from DockerSpawner: resume of a kept container, through a real JupyterHub, real berthd
+and real Docker."""
+
+import os
+import secrets
+
+import pytest
+from conftest import CLUSTER_HOOK, TINY, Berthd, Hub, docker, wait_for
+
+
+@pytest.fixture(scope="module")
+def one_node(workdir):
+    """One node and a hub whose "keep*" users keep their stopped container (remove=False)."""
+    base = os.path.join(workdir, f"compat-{secrets.token_hex(2)}")
+    with Berthd("compat", base) as node, Hub(base, [node], extra=CLUSTER_HOOK) as hub:
+        yield hub, node
+
+
+def hub_log(hub):
+    with open(os.path.join(hub.dir, "hub.log")) as f:
+        return f.read()
+
+
+def test_a_kept_server_resumes_with_its_files_and_a_new_token_and_a_new_image_recreates(one_node):
+    hub, node = one_node
+    user = "keepresume"
+    hub.spawn(user)
+    (cid,) = node.containers(user)
+    # A file in the container's writable layer, outside any volume ("pip install --user").
+    docker("exec", cid, "sh", "-c", "echo kept > $HOME/installed.txt")
+    r = hub.api("DELETE", f"/users/{user}/server")
+    assert r.status_code in (202, 204)
+    wait_for("the server to stop", lambda: hub.server(user) is None, 30)
+    assert docker("inspect", "-f", "{{.State.Running}}", cid) == "false"
+
+    hub.spawn(user)
+    assert node.containers(user) == [cid], "the same container resumes"
+    assert docker("exec", cid, "sh", "-c", "cat $HOME/installed.txt") == "kept"
+    assert f"berth: {user} on {node.name}: resumed the stopped container" in hub_log(hub)
+    # The login goes through OAuth, which the server completes with its new API token.
+    s = hub.login(user)
+    r = hub.get_as(s, f"/user/{user}/api/status")
+    assert r.status_code == 200, r.text[:300]
+    env = docker("inspect", "-f", "{{json .Config.Env}}", cid)
+    assert "JUPYTERHUB_API_TOKEN" not in env, "the token reaches the server through the node's file only"
+
+    r = hub.api("DELETE", f"/users/{user}/server")
+    wait_for("the server to stop", lambda: hub.server(user) is None, 30)
+    hub.spawn(user, options={"image": TINY})
+    (new,) = node.containers(user)
+    assert new != cid, "another image: a new container"
+    assert "recreated the stopped container: image changed" in hub_log(hub)
+    node.log.flush()
+    with open(node.log.name) as f:
+        assert "image changed" in f.read(), "berthd's log names the change"
+    hub.api("DELETE", f"/users/{user}/server")
+    wait_for("the server to stop", lambda: hub.server(user) is None, 30)

@@ -43,6 +43,11 @@ def volumes(spec):
     return out
 
 
+def read_only(spec):
+    """DockerSpawner's read_only_volumes: {source: target}, mounted read-only."""
+    return [pb.Volume(source=s, target=t, read_only=True) for s, t in spec.items()]
+
+
 # Docker local-driver mount types whose data lives elsewhere than the node.
 _SHARED_TYPES = {"nfs", "nfs4", "cifs", "smb"}
 
@@ -84,7 +89,7 @@ def start_request(spawner, image):
             cpu_limit=float(spawner.cpu_limit or 0.0),
             cpu_guarantee=float(spawner.cpu_guarantee or 0.0),
         ),
-        volumes=volumes(spawner.volumes),
+        volumes=volumes(spawner.volumes) + read_only(spawner.read_only_volumes),
         user_options=json.dumps(spawner.user_options or {}, default=str),
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),

@@ -12,10 +12,19 @@ from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode
 from . import errors, placement, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
+from .options import ContainerOptions
 
 
-class BerthSpawner(Spawner):
+class BerthSpawner(ContainerOptions, Spawner):
     """Runs each server as a Docker container on one of the configured berthd nodes."""
+
+    @classmethod
+    def section_names(cls):
+        # A DockerSpawner configuration applies as written (c.DockerSpawner.image = …): its
+        # section is read after Spawner's and before BerthSpawner's, which wins.
+        names = [n for n in super().section_names() if n != "ContainerOptions"]
+        at = names.index("Spawner") + 1
+        return [*names[:at], "DockerSpawner", *names[at:]]
 
     nodes = List(
         Dict(),
@@ -310,6 +319,12 @@ class BerthSpawner(Spawner):
         nodes, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, nodes, reasons)
         start_request = request.start_request(self, image)
+        try:
+            options, labels = await self.container_options()
+        except (TraitError, ValueError, KeyError, TypeError) as e:
+            raise SpawnException(f"Bad container options: {e}", reason="config", status_code=500) from None
+        start_request.options.CopyFrom(options)
+        start_request.labels.update(labels)
         for node in nodes:
             if self.home_node and node.name != self.home_node and affinity == "preferred" and not self._notice:
                 self._away_from_home(affinity, self.home_node, "it refused the server")

@@ -496,6 +496,8 @@ pub struct StartSpec {
     pub host: HostAccess,
     /// The container is kept when the server stops and may be resumed by a later Start.
     pub resumable: bool,
+    /// Container options (user, shm size, network, …).
+    pub options: options::ContainerOptions,
 }
 
 impl StartSpec {
@@ -524,6 +526,7 @@ impl StartSpec {
         }
         put("ready", &self.ready_path);
         put("host", &format!("{:?}", self.host));
+        put("options", &format!("{:?}", self.options));
         hex::encode(&h.finalize()[..12])
     }
 }
@@ -834,6 +837,8 @@ fn path_component_ok(c: &str) -> bool {
     }
     true
 }
+
+pub mod options;
 
 #[cfg(test)]
 mod tests;

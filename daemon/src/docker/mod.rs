@@ -169,6 +169,8 @@ pub struct ContainerSpec {
     /// Privileges over the host (already allowed by the node policy). On the host network
     /// no port is published: the server uses the host's port.
     pub host: crate::spec::HostAccess,
+    /// Container options (already allowed by the node policy).
+    pub options: crate::spec::options::ContainerOptions,
 }
 
 /// Coarse lifecycle state reported by the engine.
@@ -361,6 +363,21 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Starts a created container.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Whether a network of this name exists.
+    fn network_exists(&self, name: &str) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    /// Creates a bridge network with `labels`; creating one that exists succeeds.
+    fn create_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Runs `argv` in the running container (as its user) and returns its exit code and its
+    /// last output.
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+    ) -> impl Future<Output = Result<(i64, String), EngineError>> + Send;
     /// Writes `files` (directories first) into the container's filesystem, relative to its
     /// root, owned by root; the container need not run.
     fn put_files(

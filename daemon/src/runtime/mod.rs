@@ -36,6 +36,7 @@ mod error;
 pub mod keys;
 mod logs;
 mod observe;
+mod options;
 pub mod progress;
 mod read;
 pub mod ready;

@@ -134,6 +134,7 @@ impl Fingerprint {
             .map(|(k, v)| format!("label {k}={v}"))
             .collect();
         options.push(format!("{:?}", spec.host));
+        options.push(format!("{:?}", spec.options));
         let parts = [
             ("image", image_id.to_owned()),
             ("command", digest(&command)),

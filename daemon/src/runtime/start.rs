@@ -112,6 +112,7 @@ impl<E: ContainerEngine> Runtime<E> {
         // is what was checked.
         let pins = self.pin_host_paths(spec).await?;
         self.prepare_volumes(spec).await?;
+        self.prepare_network(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
         let id = self.create(spec, &image).await?;
         let started = self
@@ -332,7 +333,9 @@ impl<E: ContainerEngine> Runtime<E> {
         self.verify_pins(&c, &pins).await?;
         // The container's mount namespace holds its own copy now; the pins can go.
         drop(pins);
-        self.await_ready(spec, &c, progress, cancel).await
+        let started = self.await_ready(spec, &c, progress, cancel).await?;
+        self.post_start(spec, id, progress).await;
+        Ok(started)
     }
 
     /// Probes the running container until it answers HTTP; fails at once when it exits.
@@ -500,6 +503,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 })
                 .collect(),
             host: spec.host.clone(),
+            options: spec.options.clone(),
         }
     }
 }

@@ -221,6 +221,7 @@ proptest! {
             ready_timeout: None,
             host: HostAccess::default(),
             resumable: false,
+            options: Default::default(),
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

@@ -67,6 +67,36 @@ impl ContainerEngine for FakeEngine {
         Ok(())
     }
 
+    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(self.enter("network_exists")?.networks.contains(name))
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        _labels: &std::collections::HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        self.enter("create_network")?
+            .networks
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    /// `false` fails with exit 1, anything else succeeds.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i64, String), EngineError> {
+        let world = self.enter("exec")?;
+        let c = world.get(id).ok_or_else(|| Self::not_found(id))?;
+        if !c.running() {
+            return Err(EngineError::Conflict {
+                message: format!("container {id} is not running"),
+            });
+        }
+        Ok(match argv.first().map(String::as_str) {
+            Some("false") => (1, "fake failure".to_owned()),
+            _ => (0, String::new()),
+        })
+    }
+
     async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
         let mut world = self.enter("put_files")?;
         let c = world

@@ -90,6 +90,8 @@ pub(super) struct World {
     pub(super) images: BTreeMap<String, Image>,
     pub(super) containers: HashMap<String, Container>,
     pub(super) volumes: BTreeMap<String, VolumeInfo>,
+    /// Networks by name ("bridge" always).
+    pub(super) networks: std::collections::BTreeSet<String>,
     pub(super) history: Vec<EngineEvent>,
     pub(super) calls: BTreeMap<&'static str, u64>,
     pub(super) inspect_delays: Vec<InspectDelay>,
@@ -120,6 +122,7 @@ impl World {
             images: BTreeMap::new(),
             containers: HashMap::new(),
             volumes: BTreeMap::new(),
+            networks: ["bridge".to_owned()].into(),
             history: Vec::new(),
             calls: BTreeMap::new(),
             inspect_delays: Vec::new(),

@@ -29,6 +29,7 @@ fn spec() -> StartSpec {
         ready_timeout: None,
         host: HostAccess::default(),
         resumable: true,
+        options: Default::default(),
     }
 }
 

@@ -55,3 +55,46 @@ def test_a_kept_server_resumes_with_its_files_and_a_new_token_and_a_new_image_re
         assert "image changed" in f.read(), "berthd's log names the change"
     hub.api("DELETE", f"/users/{user}/server")
     wait_for("the server to stop", lambda: hub.server(user) is None, 30)
+
+
+DS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "dockerspawner_style.py")
+
+
+def test_a_dockerspawner_config_runs_with_only_the_spawner_class_and_nodes_changed(workdir, monkeypatch):
+    base = os.path.join(workdir, f"ds-{secrets.token_hex(2)}")
+    network = f"berth-e2e-ds-{secrets.token_hex(3)}"
+    monkeypatch.setenv("BERTH_E2E_NETWORK", network)
+    with open(DS_CONFIG) as f:
+        deployment = f.read()
+    # The harness's own BerthSpawner defaults give way to the deployment's settings.
+    extra = "for _k in ('image', 'remove', 'allowed_images'):\n    c.BerthSpawner.pop(_k, None)\n" + deployment
+    node_cfg = "[policy.container_options]\nallow_network_create = true\n"
+    try:
+        with Berthd("ds", base, config=node_cfg) as node:
+            monkeypatch.setenv("BERTH_E2E_NODE", node.address)
+            with Hub(base, [node], extra=extra) as hub:
+                hub.spawn("dsuser")
+                (cid,) = node.containers("dsuser")
+                for fmt, want in [
+                    ("{{.HostConfig.NetworkMode}}", network),
+                    ("{{.HostConfig.ShmSize}}", str(256 << 20)),
+                    ("{{.HostConfig.PidsLimit}}", "400"),
+                    ("{{json .HostConfig.ExtraHosts}}", '["db.example:10.1.2.3"]'),
+                    ("{{.Config.WorkingDir}}", "/home/jovyan"),
+                    ("{{index .Config.Labels \"team\"}}", "physics"),
+                    ("{{.HostConfig.Memory}}", str(512 << 20)),
+                    ("{{.HostConfig.NanoCpus}}", str(10**9)),
+                ]:
+                    assert docker("inspect", "-f", fmt, cid) == want, fmt
+                assert docker("exec", cid, "cat", "/tmp/post-start") == "post-start ran"
+                assert "SITE=e2e" in docker("inspect", "-f", "{{json .Config.Env}}", cid)
+                assert docker("inspect", "-f", "{{json .Config.Cmd}}", cid).endswith('"jupyterhub-singleuser"]'), \
+                    "the image's own CMD"
+                s = hub.login("dsuser")
+                r = hub.get_as(s, "/user/dsuser/api/status")
+                assert r.status_code == 200, r.text[:300]
+                hub.api("DELETE", "/users/dsuser/server")
+                wait_for("the server to stop", lambda: hub.server("dsuser") is None, 30)
+                assert node.containers("dsuser") == [cid], "remove = False keeps it"
+    finally:
+        docker("network", "rm", network)

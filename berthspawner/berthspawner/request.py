@@ -94,4 +94,5 @@ def start_request(spawner, image):
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),
         resumable=not spawner.remove,
+        internal_ssl=spawner._certs if spawner.internal_ssl else None,
     )

@@ -115,6 +115,26 @@ class BerthSpawner(ContainerOptions, Spawner):
     def _default_image(self):
         return f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}"
 
+    # internal_ssl: where the node writes the server's key, certificate and CA in the container.
+    CERT_PATHS = {
+        "keyfile": "/.berth/certs/server.key",
+        "certfile": "/.berth/certs/server.crt",
+        "cafile": "/.berth/certs/ca.crt",
+    }
+    # The PEM files of the current spawn (internal_ssl), sent in its Start request.
+    _certs = None
+
+    async def move_certs(self, paths):
+        """internal_ssl: the hub made this server's key and certificate on its own disk; their
+        contents travel in the Start request and the node writes them into the container before
+        it starts (never onto the node's disk). Returns their paths in the container."""
+        pem = {}
+        for k in self.CERT_PATHS:
+            with open(paths[k], "rb") as f:
+                pem[k] = f.read()
+        self._certs = pb.InternalSsl(key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"])
+        return dict(self.CERT_PATHS)
+
     @default("cmd")
     def _default_cmd(self):
         # As DockerSpawner and KubeSpawner: the image's own CMD (docker-stacks images need their
@@ -352,7 +372,8 @@ class BerthSpawner(ContainerOptions, Spawner):
             if affinity != "none":
                 self.home_node = self.home_node or node.name
                 await self._remember(node)
-            return resp.url
+            # Under internal_ssl the server speaks HTTPS on the port the node published.
+            return "https://" + resp.url.split("://", 1)[1] if self.internal_ssl else resp.url
         self.node_name = ""
         if affinity == "required" and self.home_node:
             prefix = f"{self.home_node}: "

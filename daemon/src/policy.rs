@@ -277,6 +277,7 @@ mod tests {
             host: HostAccess::default(),
             resumable: false,
             options: Default::default(),
+            internal_ssl: None,
         }
     }
 

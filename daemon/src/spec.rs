@@ -498,6 +498,63 @@ pub struct StartSpec {
     pub resumable: bool,
     /// Container options (user, shm size, network, …).
     pub options: options::ContainerOptions,
+    /// JupyterHub's internal_ssl files for the server, if the hub uses it.
+    pub internal_ssl: Option<Certs>,
+}
+
+/// Largest PEM file of [`Certs`].
+pub const MAX_PEM_BYTES: usize = 64 * 1024;
+
+/// The server's key, certificate and CA bundle for JupyterHub's internal_ssl (PEM). The key is
+/// secret: `Debug` shows sizes only, and it is never hashed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certs {
+    /// Private key.
+    pub key: Vec<u8>,
+    /// Certificate.
+    pub cert: Vec<u8>,
+    /// CA bundle the server trusts for its clients.
+    pub ca: Vec<u8>,
+}
+
+impl fmt::Debug for Certs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Certs {{ key: {} bytes, cert: {} bytes, ca: {} bytes }}",
+            self.key.len(),
+            self.cert.len(),
+            self.ca.len()
+        )
+    }
+}
+
+impl Certs {
+    /// Validates the three files: all given or none, each a bounded PEM file.
+    pub fn new(key: Vec<u8>, cert: Vec<u8>, ca: Vec<u8>) -> Result<Option<Self>, SpecError> {
+        if key.is_empty() && cert.is_empty() && ca.is_empty() {
+            return Ok(None);
+        }
+        for (name, v) in [("key", &key), ("cert", &cert), ("ca", &ca)] {
+            let field = format!("internal_ssl.{name}");
+            if v.is_empty() {
+                return Err(SpecError::new(
+                    field,
+                    "missing (key, cert and ca go together)",
+                ));
+            }
+            if v.len() > MAX_PEM_BYTES {
+                return Err(SpecError::new(
+                    field,
+                    format!("longer than {MAX_PEM_BYTES} bytes"),
+                ));
+            }
+            if !v.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(SpecError::new(field, "not a PEM file"));
+            }
+        }
+        Ok(Some(Self { key, cert, ca }))
+    }
 }
 
 impl StartSpec {
@@ -527,6 +584,7 @@ impl StartSpec {
         put("ready", &self.ready_path);
         put("host", &format!("{:?}", self.host));
         put("options", &format!("{:?}", self.options));
+        put("internal-ssl", &self.internal_ssl.is_some().to_string());
         hex::encode(&h.finalize()[..12])
     }
 }

@@ -98,3 +98,43 @@ def test_a_dockerspawner_config_runs_with_only_the_spawner_class_and_nodes_chang
                 assert node.containers("dsuser") == [cid], "remove = False keeps it"
     finally:
         docker("network", "rm", network)
+
+
+INTERNAL_SSL = """
+c.JupyterHub.internal_ssl = True
+c.JupyterHub.internal_certs_location = {certs!r}
+c.JupyterHub.trusted_alt_names = ["IP:{bridge}"]
+c.JupyterHub.hub_connect_url = c.JupyterHub.hub_connect_url.replace("http://", "https://")
+c.ConfigurableHTTPProxy.api_url = c.ConfigurableHTTPProxy.api_url.replace("http://", "https://")
+# The Node.js proxy (Debian's node-configurable-http-proxy, installed by tests/e2e/setup): the
+# Python port the venv uses elsewhere speaks no TLS to the servers nor on its API. NODE_PATH:
+# a Node.js not from Debian does not look in /usr/share/nodejs.
+c.ConfigurableHTTPProxy.command = ["env", "NODE_PATH=/usr/share/nodejs", "/usr/bin/configurable-http-proxy"]
+"""
+
+
+def test_with_internal_ssl_the_hub_reaches_the_server_over_https_and_the_user_logs_in(workdir):
+    import ssl
+    import subprocess
+
+    from conftest import bridge_ip
+
+    base = os.path.join(workdir, f"ssl-{secrets.token_hex(2)}")
+    extra = INTERNAL_SSL.format(certs=os.path.join(base, "internal-ssl"), bridge=bridge_ip())
+    with Berthd("ssl", base) as node, Hub(base, [node], extra=extra) as hub:
+        hub.spawn("tlsuser")
+        (cid,) = node.containers("tlsuser")
+        assert "berth: tlsuser started on" in hub_log(hub)
+        port = int(docker("port", cid, "8888").splitlines()[0].rsplit(":", 1)[1])
+        pem = ssl.get_server_certificate(("127.0.0.1", port))
+        assert "BEGIN CERTIFICATE" in pem, "the server speaks TLS on its published port"
+        s = hub.login("tlsuser")
+        r = hub.get_as(s, "/user/tlsuser/api/status")
+        assert r.status_code == 200, r.text[:300]
+        env = docker("exec", cid, "sh", "-c", "env | grep JUPYTERHUB_SSL_ | sort")
+        assert "JUPYTERHUB_SSL_KEYFILE=/.berth/certs/server.key" in env, env
+        # The key went into the container, not onto the node's disk.
+        found = subprocess.run(["grep", "-rl", "PRIVATE KEY", node.dir], capture_output=True, text=True).stdout
+        assert found == "", found
+        hub.api("DELETE", "/users/tlsuser/server")
+        wait_for("the server to stop", lambda: hub.server("tlsuser") is None, 30)

@@ -117,6 +117,8 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             &h.devices,
         )?;
         let options = container_options(r.options.unwrap_or_default())?;
+        let ssl = r.internal_ssl.unwrap_or_default();
+        let internal_ssl = spec::Certs::new(ssl.key, ssl.cert, ssl.ca)?;
         Ok(StartSpec {
             host,
             key,
@@ -135,6 +137,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             // A read-only root has no writable layer to keep, nor room for the env file.
             resumable: r.resumable && !options.read_only_rootfs,
             options,
+            internal_ssl,
         })
     }
 }

@@ -60,6 +60,34 @@ pub fn wrapped(argv: Vec<String>) -> (Vec<String>, Vec<String>) {
     (entrypoint, argv)
 }
 
+/// Where the internal_ssl files go in the container, relative to its root.
+pub const CERT_DIR: &str = ".berth/certs";
+
+/// The internal_ssl files of a spawn (new at every spawn, like the token; never a drift).
+pub fn cert_files(c: &crate::spec::Certs) -> Vec<NewFile> {
+    let file = |name: &str, bytes: &[u8]| NewFile {
+        path: format!("{CERT_DIR}/{name}"),
+        // Readable by the server whatever user it runs as (berthd does not know its uid).
+        mode: 0o444,
+        contents: Some(bytes.to_vec()),
+    };
+    vec![
+        NewFile {
+            path: ENV_DIR.to_owned(),
+            mode: 0o777,
+            contents: None,
+        },
+        NewFile {
+            path: CERT_DIR.to_owned(),
+            mode: 0o755,
+            contents: None,
+        },
+        file("server.key", &c.key),
+        file("server.crt", &c.cert),
+        file("ca.crt", &c.ca),
+    ]
+}
+
 /// The per-spawn variables of `env` as the file the wrapper sources: `KEY='value'` lines.
 pub fn env_files(env: &Env) -> Vec<NewFile> {
     let mut text = String::new();

@@ -314,6 +314,9 @@ impl<E: ContainerEngine> Runtime<E> {
         if spec.resumable {
             engine.put_files(id, &resume::env_files(&spec.env)).await?;
         }
+        if let Some(certs) = &spec.internal_ssl {
+            engine.put_files(id, &resume::cert_files(certs)).await?;
+        }
         let started = engine.start(id).await;
         // The slot bounds Docker work; waiting for HTTP needs none.
         drop(slot);
@@ -378,7 +381,7 @@ impl<E: ContainerEngine> Runtime<E> {
             }
         };
         tokio::select! {
-            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, deadline) => {
+            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, spec.internal_ssl.is_some(), deadline) => {
                 if ok {
                     Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone(), note: String::new() })
                 } else {

@@ -222,6 +222,7 @@ proptest! {
             host: HostAccess::default(),
             resumable: false,
             options: Default::default(),
+            internal_ssl: None,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

@@ -30,6 +30,7 @@ fn spec() -> StartSpec {
         host: HostAccess::default(),
         resumable: true,
         options: Default::default(),
+        internal_ssl: None,
     }
 }
 

@@ -27,6 +27,7 @@ class Candidate:
     running: int = 0
     max_servers: int = 0
     images: list = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
     inflight: int = 0
     inflight_memory: int = 0
 
@@ -38,6 +39,19 @@ class Demand:
     memory: int = 0
     cpu: float = 0.0
     image: str = ""
+    # Labels the node must carry (the spawner's node_selector).
+    node_selector: dict = field(default_factory=dict)
+
+
+def selector_text(selector):
+    """A node selector as people write it: gpu=a100,zone=b."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def labels_match(c, demand):
+    """Whether the node carries every label the demand selects (a node that cannot report its
+    labels carries none)."""
+    return all(c.labels.get(k) == v for k, v in demand.node_selector.items())
 
 
 def from_capacity(name, c):
@@ -54,6 +68,7 @@ def from_capacity(name, c):
         running=c.running_servers,
         max_servers=c.max_servers,
         images=list(c.images),
+        labels=dict(c.labels),
     )
 
 
@@ -61,6 +76,8 @@ def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
         return f"{c.name}: unreachable ({c.error})"
+    if not labels_match(c, demand):
+        return f"{c.name}: lacks labels {selector_text(demand.node_selector)}"
     if not c.known:
         return ""
     if c.draining:

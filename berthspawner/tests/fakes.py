@@ -20,8 +20,12 @@ class FakeNode(pb_grpc.SpawnerServicer):
     does. `fail` maps a method name to a (code, details[, reason[, metadata]]) it answers
     instead; with a reason, the answer carries it as berthd's ErrorInfo."""
 
-    def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0):
+    def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0,
+                 labels=None):
         self.name = name
+        self.labels = labels or {}
+        # Every StartRequest received, in order.
+        self.starts = []
         self.memory_free = memory_free
         self.max_servers = max_servers
         self.running = running
@@ -75,10 +79,12 @@ class FakeNode(pb_grpc.SpawnerServicer):
             max_servers=self.max_servers,
             draining=self.draining,
             conditions=[pb.Condition(type="Ready", status="True")],
+            labels=self.labels,
         )
 
     async def Start(self, request, context):
         await self._enter("Start", context)
+        self.starts.append(request)
         await asyncio.sleep(self.start_delay)
         key = (request.key.user, request.key.server_name)
         cid = f"{self.name}-{request.spawn_id[:8]}"

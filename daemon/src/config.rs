@@ -6,6 +6,7 @@
 //! flag. The structs, their defaults, the env layer, the flags ([`Overrides`]) and the tests are
 //! all derived from those declarations.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,8 @@ use crate::runtime::RuntimeConfig;
 
 mod files;
 mod layers;
+pub mod show;
+pub mod units;
 mod validate;
 
 pub use files::{read_certificates, read_private_key, read_token};
@@ -55,6 +58,7 @@ macro_rules! section {
         pub struct $name:ident at $prefix:literal {
             $(
                 #[doc = $doc:literal]
+                $(#[$attr:meta])*
                 $field:ident : $ty:ty = $default:expr $(, env $env:literal, flag $flag:literal)? ;
             )*
         }
@@ -63,7 +67,7 @@ macro_rules! section {
         #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
-            $( #[doc = $doc] pub $field: $ty, )*
+            $( #[doc = $doc] $(#[$attr])* pub $field: $ty, )*
         }
 
         impl Default for $name {
@@ -109,6 +113,16 @@ section! {
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+        /// What this node is, for the hub's placement.
+        node: NodeConfig = NodeConfig::default();
+    }
+}
+
+section! {
+    /// `[node]`
+    pub struct NodeConfig at "node." {
+        /// Labels reported by Capacity, e.g. { gpu = "a100", zone = "b" }; a hub's node selector places servers only on nodes carrying all the labels it names.
+        labels: BTreeMap<String, String> = BTreeMap::new();
     }
 }
 
@@ -118,6 +132,7 @@ section! {
         /// Docker engine address, unix:///path/docker.sock or tcp://host:port.
         host: String = DEFAULT_DOCKER_HOST.to_owned(), env "BERTH_DOCKER_HOST", flag "docker-host";
         /// Deadline of one Docker API call.
+        #[serde(deserialize_with = "units::seconds")]
         timeout_seconds: u64 = DEFAULT_DOCKER_TIMEOUT_SECONDS;
         /// Host address that container ports are published on.
         publish_host_ip: IpAddr = DEFAULT_PUBLISH_HOST_IP, env "BERTH_PUBLISH_HOST_IP", flag "publish-host-ip";
@@ -130,10 +145,13 @@ section! {
     /// `[spawn]`
     pub struct SpawnConfig at "spawn." {
         /// Readiness deadline when a Start gives none.
+        #[serde(deserialize_with = "units::seconds")]
         ready_timeout_seconds: u64 = DEFAULT_READY_TIMEOUT_SECONDS;
         /// Longest readiness deadline a Start may ask for.
+        #[serde(deserialize_with = "units::seconds")]
         max_ready_timeout_seconds: u64 = DEFAULT_MAX_READY_TIMEOUT_SECONDS;
         /// Grace between SIGTERM and SIGKILL when a Stop gives none.
+        #[serde(deserialize_with = "units::seconds")]
         stop_grace_seconds: u64 = DEFAULT_STOP_GRACE_SECONDS;
         /// Output lines quoted when a server dies during start.
         failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES;
@@ -148,12 +166,14 @@ section! {
         /// Cores held back for the system.
         reserved_cpu: f64 = 0.0;
         /// Memory held back for the system, in bytes.
+        #[serde(deserialize_with = "units::bytes")]
         reserved_memory_bytes: u64 = 0;
         /// Docker create+start operations at once.
         max_concurrent_spawns: u32 = DEFAULT_MAX_CONCURRENT_SPAWNS;
         /// Spawns that may wait for a slot.
         spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT;
         /// How long a spawn may wait for a slot.
+        #[serde(deserialize_with = "units::seconds")]
         spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
     }
 }
@@ -322,6 +342,7 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            labels: self.node.labels.clone(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct Policy {
     /// Permission bits of those directories.
     pub host_path_mode: u32,
     /// Largest memory limit per server in bytes; 0 = no cap.
+    #[serde(deserialize_with = "crate::config::units::bytes")]
     pub max_mem_limit_bytes: u64,
     /// Largest CPU limit per server in cores; 0 = no cap.
     pub max_cpu_limit: f64,

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 
 use crate::api::auth::BearerAuth;
+use crate::api::operator::OperatorOnly;
 use crate::api::{AdminService, SpawnerService};
 use crate::config::{self, Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
@@ -259,7 +260,7 @@ fn spawn_reporter(
     Ok(())
 }
 
-/// The Admin service on its Unix socket.
+/// The Admin service on its Unix socket, with the Spawner's operator methods.
 fn spawn_admin(
     path: &Path,
     rt: &Runtime<BollardEngine>,
@@ -267,8 +268,11 @@ fn spawn_admin(
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     let listener = bind_admin_socket(path)?;
+    // berthctl on the node reads and stops through the same socket, with no credentials.
+    let reads = OperatorOnly::new(SpawnerServer::new(SpawnerService::new(rt.clone())));
     let admin = tonic::transport::Server::builder()
         .add_service(AdminServer::new(AdminService::new(rt.clone())))
+        .add_service(reads)
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

@@ -281,6 +281,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
             .collect(),
         draining: c.draining,
         images: c.images,
+        labels: c.labels.into_iter().collect(),
     }
 }
 

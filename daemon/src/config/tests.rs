@@ -420,13 +420,42 @@ fn the_example_config_documents_every_settings_env_and_flag() {
             .find(&line)
             .unwrap_or_else(|| panic!("systemd/config.toml lacks {line:?}"));
         let field = s.key.rsplit('.').next().expect("a key");
+        // node_id follows commented out: each node sets its own.
         let next_key = example[at..]
             .lines()
-            .find(|l| !l.starts_with('#'))
-            .expect("a key follows");
+            .find(|l| !l.starts_with('#') || l.starts_with(&format!("# {field} = ")))
+            .expect("a key follows")
+            .trim_start_matches("# ");
         assert!(
             next_key.starts_with(&format!("{field} = ")),
             "{line:?} is followed by {next_key:?}"
         );
     }
+}
+
+#[test]
+fn node_labels_are_read_and_bad_ones_name_their_key() {
+    let cfg = Config::from_toml("[node]\nlabels = { gpu = \"a100\", zone = \"b\" }")
+        .expect("labels parse");
+    cfg.validate().expect("labels valid");
+    assert_eq!(
+        cfg.runtime().labels.into_iter().collect::<Vec<_>>(),
+        [("gpu".into(), "a100".into()), ("zone".into(), "b".into())]
+    );
+    let cases = [
+        ("\"gpu=x\" = \"a\"", "node.labels.gpu=x"),
+        ("\"\" = \"a\"", "node.labels."),
+        ("gpu = \"\"", "node.labels.gpu"),
+        ("gpu = \"a b\"", "node.labels.gpu"),
+        ("gpu = \"a,b\"", "node.labels.gpu"),
+        ("\"-gpu\" = \"a\"", "node.labels.-gpu"),
+    ];
+    for (labels, key) in cases {
+        let text = format!("[node]\nlabels = {{ {labels} }}");
+        let cfg = Config::from_toml(&text).expect(&text);
+        let err = cfg.validate().expect_err(&text).to_string();
+        assert!(err.contains(&format!("config key {key}:")), "{text}: {err}");
+    }
+    let err = Config::from_toml("[node]\nlabels = { gpu = 1 }").expect_err("a number");
+    assert!(err.contains("labels"), "{err}");
 }

@@ -2,6 +2,17 @@
 
 use super::{Config, ConfigError, SecurityConfig, files, invalid};
 
+/// Most labels a node may carry.
+const MAX_LABELS: usize = 64;
+
+/// 1-63 ASCII letters, digits and `extra`, starting with a letter or digit.
+fn label_word(s: &str, extra: &str) -> bool {
+    s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
 impl Config {
     /// Checks every value and then every file the configuration names (readable, parses, key
     /// matches certificate), exactly as `serve` will use them; the error names the key.
@@ -54,7 +65,39 @@ impl Config {
         }
         self.validate_docker()?;
         self.validate_spawn()?;
-        self.validate_capacity()
+        self.validate_capacity()?;
+        self.validate_labels()
+    }
+
+    /// Label keys and values are short words a hub can write as `key=value` in a selector and
+    /// a message: no `=`, `,`, spaces or control characters.
+    fn validate_labels(&self) -> Result<(), ConfigError> {
+        let labels = &self.node.labels;
+        if labels.len() > MAX_LABELS {
+            return Err(invalid(
+                "node.labels",
+                format!("at most {MAX_LABELS} labels, got {}", labels.len()),
+            ));
+        }
+        for (k, v) in labels {
+            if !label_word(k, "./-_") {
+                return Err(invalid(
+                    format!("node.labels.{k}"),
+                    format!(
+                        "the key {k:?} must be 1-63 characters of [A-Za-z0-9._/-], starting with a letter or digit"
+                    ),
+                ));
+            }
+            if !label_word(v, ".-_") {
+                return Err(invalid(
+                    format!("node.labels.{k}"),
+                    format!(
+                        "the value {v:?} must be 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_docker(&self) -> Result<(), ConfigError> {

@@ -92,6 +92,8 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// The node's labels, reported by Capacity for the hub's node selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A server that answers HTTP.

@@ -44,6 +44,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// The configured labels (`[node] labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
@@ -170,6 +172,7 @@ impl<E: ContainerEngine> Runtime<E> {
             conditions: conditions(&host, docker_up, &disks, draining.as_deref()),
             draining: draining.is_some(),
             images,
+            labels: inner.cfg.labels.clone(),
         }
     }
 

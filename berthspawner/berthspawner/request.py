@@ -83,6 +83,16 @@ def node_local_volumes(spec):
     return False
 
 
+# BerthSpawner.pull_policy (DockerSpawner's values) as berthd's; "skip" (DockerSpawner: do not
+# even look) is "never" for a node, which never pulls and fails a missing image at once.
+PULL_POLICIES = {
+    "ifnotpresent": pb.PULL_POLICY_IFNOTPRESENT,
+    "always": pb.PULL_POLICY_ALWAYS,
+    "never": pb.PULL_POLICY_NEVER,
+    "skip": pb.PULL_POLICY_NEVER,
+}
+
+
 def per_server(source):
     """Whether a volume source is named per server ({server} or DockerSpawner's names for it)."""
     return "{server}" in templates.source(source)
@@ -121,4 +131,5 @@ def start_request(spawner, image):
         ready_timeout_seconds=int(spawner.start_timeout),
         resumable=not spawner.remove,
         internal_ssl=spawner._certs if spawner.internal_ssl else None,
+        pull_policy=PULL_POLICIES[spawner.pull_policy.lower()],
     )

@@ -7,7 +7,20 @@ import uuid
 import grpc
 import jupyterhub
 from jupyterhub.spawner import SpawnException, Spawner
-from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
+from traitlets import (
+    Any,
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
 from . import errors, form, nodecheck, placement, profiles, request
 from ._proto.berth.v1 import spawner_pb2 as pb
@@ -42,8 +55,25 @@ class BerthSpawner(ContainerOptions, Spawner):
     )
     image = Unicode(
         config=True,
-        help="""Image of the servers; it must be present on the nodes (berthd does not pull).
+        help="""Image of the servers; a node pulls it as `pull_policy` says.
         Default: JupyterHub's single-user image of the hub's version.""",
+    )
+    pull_policy = CaselessStrEnum(
+        ["ifnotpresent", "always", "never", "skip"],
+        default_value="ifnotpresent",
+        config=True,
+        help="""When the node pulls the image (DockerSpawner's values): "ifnotpresent" when it
+        does not have it, "always" before every start (unchanged layers are not downloaded
+        again), "never" (a node without the image is skipped; "skip" means the same). Nodes
+        that hold the image are preferred. The progress bar shows the pull's bytes; a failed
+        pull (no such image, registry down, credentials refused) fails the spawn at once.""",
+    )
+    prepull_images = List(
+        Unicode(),
+        config=True,
+        help="""Images `berthspawner.prepull.prepull_at_start(c)` pulls onto every node when the
+        hub starts (off unless jupyterhub_config.py calls it). Default: `image` and the images of
+        `allowed_images`.""",
     )
     allowed_images = Union(
         [List(Unicode()), Dict(), Unicode(), Any()],
@@ -439,6 +469,8 @@ class BerthSpawner(ContainerOptions, Spawner):
             raise SpawnException(f"Bad container options: {e}", reason="config", status_code=500) from None
         start_request.options.CopyFrom(options)
         start_request.labels.update(labels)
+        # Nodes that refused because they lack the image and may not pull it (pull_policy never).
+        lacking = []
         for node in nodes:
             if self.home_node and node.name != self.home_node and affinity == "preferred" and not self._notice:
                 self._away_from_home(affinity, self.home_node, "it refused the server")
@@ -448,11 +480,19 @@ class BerthSpawner(ContainerOptions, Spawner):
             try:
                 resp = await node.call("Start", start_request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
+                why, _ = errors.reason(e)
                 if errors.try_another_node(e):
                     reasons.append(f"{node.name}: {e.details()}")
+                    if why == "IMAGE_NOT_FOUND":
+                        lacking.append(node.name)
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue
                 await self._discard_failed(node)
+                if why == "IMAGE_PULL_FAILED":
+                    # The image cannot be had: another node would fail the same way.
+                    raise SpawnException(
+                        f"The image of your server could not be pulled: {e.details()}", reason="image", status_code=500
+                    ) from None
                 raise SpawnException(
                     f"Your server could not start: {e.details()}", reason="start", status_code=500
                 ) from None
@@ -474,6 +514,14 @@ class BerthSpawner(ContainerOptions, Spawner):
             why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "it refused the server")
             self._away_from_home(affinity, self.home_node, why)
         why = "; ".join(reasons) or "no node answered"
+        if lacking and len(lacking) == self._attempt:
+            # Every node tried had room but not the image: not a matter of room.
+            raise SpawnException(
+                f"The image {image} is not on the nodes that could take your server and the pull policy "
+                f"is {self.pull_policy!r} ({why}).",
+                reason="image",
+                status_code=500,
+            )
         raise SpawnException(
             f"No node has room for your server right now ({why}). Try again later.",
             reason="capacity",
@@ -521,6 +569,16 @@ class BerthSpawner(ContainerOptions, Spawner):
                     out = {"message": ev.message}
                     if ev.progress:
                         out["progress"] = ev.progress
+                    if ev.phase == pb.ProgressEvent.PULLING:
+                        # The bytes are in the message; the numbers too, as KubeSpawner's raw_event.
+                        out["raw_event"] = {
+                            "phase": "pulling",
+                            "image": ev.image,
+                            "bytes_done": ev.bytes_done,
+                            "bytes_total": ev.bytes_total,
+                            "layers_done": ev.layers_done,
+                            "layers_total": ev.layers_total,
+                        }
                     yield out
             except grpc.aio.AioRpcError as e:
                 self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)

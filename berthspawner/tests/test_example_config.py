@@ -26,3 +26,4 @@ def test_the_example_config_is_accepted_by_the_spawner(tmp_path):
     assert s.placement == "spread" and s.remove is True
     assert s.mem_limit == 2 * 1024**3 and s.cpu_guarantee == 0.5
     assert s.unreachable_grace == 120
+    assert s.pull_policy == "ifnotpresent"

@@ -49,6 +49,9 @@ pub const DEFAULT_SPAWN_QUEUE_LIMIT: u32 = 32;
 /// How long a spawn may wait for a slot.
 pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
+/// Longest a pull may take before it is given up.
+pub const DEFAULT_PULL_TIMEOUT_SECONDS: u64 = 3600;
+
 /// Declares one section of the file: `/// help` then `key: Type = default` and, for a key the
 /// command line may set, `, env "BERTH_X", flag "x"`. Generates the struct (serde,
 /// `deny_unknown_fields`, missing keys default), its `Default` and its `OVERRIDABLE` settings.
@@ -109,6 +112,8 @@ section! {
         capacity: CapacityConfig = CapacityConfig::default();
         /// Who may drive this node.
         security: SecurityConfig = SecurityConfig::default();
+        /// Image pulls.
+        images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
@@ -175,6 +180,29 @@ section! {
         /// How long a spawn may wait for a slot.
         #[serde(deserialize_with = "units::seconds")]
         spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
+    }
+}
+
+section! {
+    /// `[images]`
+    pub struct ImagesConfig at "images." {
+        /// When to pull a Start's image if the Start does not say: ifnotpresent, always or never.
+        pull_policy: crate::registry::PullPolicy = crate::registry::PullPolicy::IfNotPresent;
+        /// Registry credentials in Docker's config.json format (`auths`: per registry host, `auth` or `username` and `password`), readable by berthd only; "" = pull anonymously.
+        registry_auth_file: PathBuf = PathBuf::new();
+        /// Longest one pull may take.
+        #[serde(deserialize_with = "units::seconds")]
+        pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
+        /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
+        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT;
+        /// Disk usage (percent) image GC brings the disk down to.
+        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT;
+        /// Time between two image GC passes (the first comes one interval after start).
+        #[serde(deserialize_with = "units::seconds")]
+        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS;
+        /// Images first seen more recently than this are never removed.
+        #[serde(deserialize_with = "units::seconds")]
+        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS;
     }
 }
 
@@ -342,6 +370,18 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            pulls: crate::runtime::pull::PullConfig {
+                default_policy: self.images.pull_policy,
+                auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
+                    .then(|| self.images.registry_auth_file.clone()),
+                timeout: Duration::from_secs(self.images.pull_timeout_seconds),
+            },
+            image_gc: crate::runtime::image_gc::GcConfig {
+                high_percent: self.images.gc_high_percent,
+                low_percent: self.images.gc_low_percent,
+                interval: Duration::from_secs(self.images.gc_interval_seconds),
+                min_age: Duration::from_secs(self.images.gc_min_age_seconds),
+            },
             labels: self.node.labels.clone(),
         }
     }

@@ -50,6 +50,9 @@ pub struct Policy {
     pub allowed_devices: Vec<String>,
     /// Which container options (user, shm size, network, …) a hub may set, and their bounds.
     pub container_options: options::OptionsPolicy,
+    /// Accept registry credentials in a Start (`pull_secret`, used for that pull only);
+    /// otherwise only the node's own (`images.registry_auth_file`) are used.
+    pub allow_pull_secrets: bool,
 }
 
 impl Default for Policy {
@@ -70,6 +73,7 @@ impl Default for Policy {
             allowed_capabilities: Vec::new(),
             allowed_devices: Vec::new(),
             container_options: options::OptionsPolicy::default(),
+            allow_pull_secrets: false,
         }
     }
 }
@@ -137,18 +141,24 @@ impl Policy {
         }
     }
 
-    /// Checks a validated spec against the policy.
-    pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
+    /// Checks a normalised image reference against `allowed_images`.
+    pub fn check_image(&self, image: &str) -> Result<(), Violation> {
         if !self
             .allowed_images
             .iter()
-            .any(|g| glob_match(&normalize_image_glob(g), &spec.image))
+            .any(|g| glob_match(&normalize_image_glob(g), image))
         {
             return deny(
                 "allowed_images",
-                format!("image {:?} is not in the node's allow-list", spec.image),
+                format!("image {image:?} is not in the node's allow-list"),
             );
         }
+        Ok(())
+    }
+
+    /// Checks a validated spec against the policy.
+    pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
+        self.check_image(&spec.image)?;
         for v in spec.volumes.iter().filter(|v| v.host_path) {
             if !self
                 .allowed_host_path_roots
@@ -160,6 +170,12 @@ impl Policy {
                     format!("host path {} is not under an allowed root", v.name),
                 );
             }
+        }
+        if spec.pull_secret.is_some() && !self.allow_pull_secrets {
+            return deny(
+                "allow_pull_secrets",
+                "this node takes no registry credentials in a Start; it uses its own".to_owned(),
+            );
         }
         self.check_resources(spec.resources)?;
         self.check_host(&spec.host)?;
@@ -279,6 +295,8 @@ mod tests {
             resumable: false,
             options: Default::default(),
             internal_ssl: None,
+            pull_policy: None,
+            pull_secret: None,
         }
     }
 

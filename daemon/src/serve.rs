@@ -173,6 +173,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
     tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
+    tasks.spawn(crate::runtime::image_gc::run(
+        rt.clone(),
+        rt.config().image_gc,
+        shutdown.clone(),
+    ));
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
     tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");

@@ -500,6 +500,10 @@ pub struct StartSpec {
     pub options: options::ContainerOptions,
     /// JupyterHub's internal_ssl files for the server, if the hub uses it.
     pub internal_ssl: Option<Certs>,
+    /// When to pull the image; `None` = the node's default.
+    pub pull_policy: Option<crate::registry::PullPolicy>,
+    /// Registry credentials for this Start's pull only (secret: never kept, never hashed).
+    pub pull_secret: Option<crate::registry::RegistryAuth>,
 }
 
 /// Largest PEM file of [`Certs`].

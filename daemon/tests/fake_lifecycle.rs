@@ -347,7 +347,12 @@ async fn start_failures_are_reported_at_once_with_their_cause() {
             Code::FailedPrecondition,
             "executable file not found",
         ),
-        ("absent/image", Code::NotFound, "not present on node"),
+        // Not on the node and not in the (fake) registry: the pull fails at once.
+        (
+            "absent/image",
+            Code::FailedPrecondition,
+            "no such repository or tag",
+        ),
     ];
     for (i, (image, code, says)) in table.into_iter().enumerate() {
         let err = tokio::time::timeout(

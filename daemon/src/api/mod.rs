@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod operator;
+mod prepull;
 pub mod spawner;
 pub mod status;
 

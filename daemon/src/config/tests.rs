@@ -305,7 +305,21 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     let empty = write(&dir, "empty", "\n");
     let garbage = write(&dir, "garbage.pem", "not a certificate\n");
     let missing = dir.join("missing");
+    let private = |name: &str, text: &str| {
+        let p = write(&dir, name, text);
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(&p, mode).expect("chmod");
+        p
+    };
+    let auths = r#"{"auths": {"r.example": {"username": "u", "password": "abcdef-secret"}}}"#;
+    let auth_ok = private("auth.json", auths);
+    let auth_open = write(&dir, "auth-open.json", auths);
+    let auth_bad = private(
+        "auth-bad.json",
+        r#"{"auths": {"r": {"auth": "abcdef-secret"}}}"#,
+    );
     let s = |p: &PathBuf| p.to_str().expect("utf-8").to_owned();
+    let images = |f: &PathBuf| format!("[images]\nregistry_auth_file = {:?}\n", s(f));
     let mtls = |c: &PathBuf, k: &PathBuf, ca: &PathBuf, t: &PathBuf| {
         format!(
             "[security]\ntls_cert_file = {:?}\ntls_key_file = {:?}\nclient_ca_file = {:?}\ntoken_file = {:?}\n",
@@ -323,6 +337,19 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     };
     // (configuration, None = valid or Some((key named, file named)))
     let cases: Vec<(String, Option<(&str, &PathBuf)>)> = vec![
+        (images(&auth_ok), None),
+        (
+            images(&auth_open),
+            Some(("images.registry_auth_file", &auth_open)),
+        ),
+        (
+            images(&auth_bad),
+            Some(("images.registry_auth_file", &auth_bad)),
+        ),
+        (
+            images(&missing),
+            Some(("images.registry_auth_file", &missing)),
+        ),
         (mtls(&cert, &key, &cert, &token), None),
         (activity(&token, &s(&cert)), None),
         (activity(&token, ""), None),

@@ -65,8 +65,28 @@ impl Config {
         }
         self.validate_docker()?;
         self.validate_spawn()?;
+        self.validate_images()?;
         self.validate_capacity()?;
         self.validate_labels()
+    }
+
+    fn validate_images(&self) -> Result<(), ConfigError> {
+        if self.images.pull_timeout_seconds == 0 || self.images.pull_timeout_seconds > 86_400 {
+            return Err(invalid("images.pull_timeout_seconds", "must be 1-86400"));
+        }
+        let i = &self.images;
+        if i.gc_high_percent > 100
+            || (i.gc_high_percent > 0 && i.gc_low_percent >= i.gc_high_percent)
+        {
+            return Err(invalid(
+                "images.gc_low_percent",
+                "must be below images.gc_high_percent (at most 100; 0 turns image GC off)",
+            ));
+        }
+        if i.gc_interval_seconds == 0 || i.gc_interval_seconds > 86_400 {
+            return Err(invalid("images.gc_interval_seconds", "must be 1-86400"));
+        }
+        Ok(())
     }
 
     /// Label keys and values are short words a hub can write as `key=value` in a selector and

@@ -223,6 +223,8 @@ proptest! {
             resumable: false,
             options: Default::default(),
             internal_ssl: None,
+            pull_policy: None,
+            pull_secret: None,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

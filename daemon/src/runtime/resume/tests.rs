@@ -31,6 +31,8 @@ fn spec() -> StartSpec {
         resumable: true,
         options: Default::default(),
         internal_ssl: None,
+        pull_policy: None,
+        pull_secret: None,
     }
 }
 

@@ -25,10 +25,19 @@ from traitlets import (
 from . import errors, form, nodecheck, placement, profiles, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
+from .options import ContainerOptions
 
 
-class BerthSpawner(Spawner):
+class BerthSpawner(ContainerOptions, Spawner):
     """Runs each server as a Docker container on one of the configured berthd nodes."""
+
+    @classmethod
+    def section_names(cls):
+        # A DockerSpawner configuration applies as written (c.DockerSpawner.image = …): its
+        # section is read after Spawner's and before BerthSpawner's, which wins.
+        names = [n for n in super().section_names() if n != "ContainerOptions"]
+        at = names.index("Spawner") + 1
+        return [*names[:at], "DockerSpawner", *names[at:]]
 
     nodes = List(
         Dict(),
@@ -118,7 +127,14 @@ class BerthSpawner(Spawner):
     )
     gpu_class = Unicode("", config=True, help='The node device class `gpus` counts ("" = "gpu").')
     gpu_model = Unicode("", config=True, help='Only devices of this model, e.g. "NVIDIA A100-SXM4-40GB" ("" = any).')
-    remove = Bool(False, config=True, help="Delete the container when the server stops.")
+    remove = Bool(
+        False,
+        config=True,
+        help="""Delete the container when the server stops. When False (DockerSpawner's default) the
+        stopped container is kept and the next start resumes it when nothing that matters changed
+        (image, command, env, resources, mounts, ports, options), so what the user installed into
+        it survives; otherwise it is recreated and the progress bar says what changed.""",
+    )
     container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
     stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
     unreachable_grace = Float(
@@ -230,6 +246,32 @@ class BerthSpawner(Spawner):
     @default("image")
     def _default_image(self):
         return f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}"
+
+    # internal_ssl: where the node writes the server's key, certificate and CA in the container.
+    CERT_PATHS = {
+        "keyfile": "/.berth/certs/server.key",
+        "certfile": "/.berth/certs/server.crt",
+        "cafile": "/.berth/certs/ca.crt",
+    }
+    # The PEM files of the current spawn (internal_ssl), sent in its Start request.
+    _certs = None
+
+    async def move_certs(self, paths):
+        """internal_ssl: the hub made this server's key and certificate on its own disk; their
+        contents travel in the Start request and the node writes them into the container before
+        it starts (never onto the node's disk). Returns their paths in the container."""
+        pem = {}
+        for k in self.CERT_PATHS:
+            with open(paths[k], "rb") as f:
+                pem[k] = f.read()
+        self._certs = pb.InternalSsl(key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"])
+        return dict(self.CERT_PATHS)
+
+    @default("cmd")
+    def _default_cmd(self):
+        # As DockerSpawner and KubeSpawner: the image's own CMD (docker-stacks images need their
+        # start script); `cmd` and `args` still override it.
+        return None
 
     @default("ip")
     def _ip(self):
@@ -434,6 +476,12 @@ class BerthSpawner(Spawner):
         nodes, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, nodes, reasons)
         start_request = request.start_request(self, image)
+        try:
+            options, labels = await self.container_options()
+        except (TraitError, ValueError, KeyError, TypeError) as e:
+            raise SpawnException(f"Bad container options: {e}", reason="config", status_code=500) from None
+        start_request.options.CopyFrom(options)
+        start_request.labels.update(labels)
         # Nodes that refused because they lack the image and may not pull it (pull_policy never).
         lacking = []
         for node in nodes:
@@ -466,10 +514,13 @@ class BerthSpawner(Spawner):
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
+            if resp.note:
+                self.log.info("berth: %s on %s: %s", self._log_name, node.name, resp.note)
             if affinity != "none":
                 self.home_node = self.home_node or node.name
                 await self._remember(node)
-            return resp.url
+            # Under internal_ssl the server speaks HTTPS on the port the node published.
+            return "https://" + resp.url.split("://", 1)[1] if self.internal_ssl else resp.url
         self.node_name = ""
         if affinity == "required" and self.home_node:
             prefix = f"{self.home_node}: "

@@ -377,6 +377,9 @@ mod tests {
                 ..Default::default()
             },
             host: crate::spec::HostAccess::default(),
+            resumable: false,
+            options: Default::default(),
+            internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
         }

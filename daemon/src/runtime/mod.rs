@@ -15,6 +15,7 @@
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
+//! `resume.rs` (restarting a kept container, naming a drift),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
 //! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
 //! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
@@ -40,6 +41,7 @@ pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
+mod options;
 pub mod progress;
 pub mod pull;
 mod read;
@@ -47,6 +49,7 @@ pub mod ready;
 mod reconcile;
 pub mod records;
 pub mod report;
+pub mod resume;
 mod start;
 pub mod state_ops;
 pub mod status;
@@ -114,6 +117,8 @@ pub struct Started {
     pub container_id: String,
     /// The spawn that started it.
     pub spawn_id: String,
+    /// What became of a kept stopped container (resumed, or recreated and why); "" otherwise.
+    pub note: String,
 }
 
 /// The runtime: cheap to clone, shared by every RPC.

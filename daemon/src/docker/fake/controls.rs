@@ -1,6 +1,7 @@
 //! What a test does to the fake engine and what it reads back: images, exits, OOM kills,
 //! outages, slow inspects, call counts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::model::{EXIT_SIGKILL, Image, InspectDelay, normalise};
@@ -164,6 +165,14 @@ impl FakeEngine {
     /// What the container was created with.
     pub fn spec_of(&self, name_or_id: &str) -> Option<ContainerSpec> {
         self.world().get(name_or_id).map(|c| c.spec.clone())
+    }
+
+    /// The files put into the container, by path.
+    pub fn files_of(&self, name_or_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.world()
+            .get(name_or_id)
+            .map(|c| c.files.clone())
+            .unwrap_or_default()
     }
 
     /// Ids of every container, oldest first.

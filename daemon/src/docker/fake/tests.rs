@@ -10,6 +10,8 @@ use crate::docker::{
 
 fn spec(name: &str, image: &str) -> ContainerSpec {
     ContainerSpec {
+        entrypoint: None,
+        options: Default::default(),
         name: name.to_owned(),
         image: image.to_owned(),
         cmd: None,

@@ -107,7 +107,14 @@ class Timer:
                 if ev.get("failed"):
                     raise AssertionError(f"{self.label} spawn {user} failed: {ev.get('message')}")
             stream.close()
-            assert ok, f"{self.label} spawn {user}: progress stream ended without ready"
+            # The proxy ends a stream after a while (CHP's Python port: 20 s): poll from there.
+            end = t0 + timeout
+            while not ok:
+                assert time.perf_counter() < end, f"{self.label} spawn {user}: not ready after {timeout}s"
+                server = self.hub.api("GET", f"/users/{user}").json().get("servers", {}).get("")
+                assert server is not None, f"{self.label} spawn {user} failed"
+                ok = server.get("ready")
+                time.sleep(0 if ok else 0.2)
         return time.perf_counter() - t0, t0_wall
 
     def stop(self, user, timeout=120):
@@ -225,11 +232,11 @@ def fmt(values):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="two tiny scenarios, to check the harness")
-    ap.add_argument("--out", default=None, help="where the table goes (default bench/RESULTS-e2e.md)")
+    ap.add_argument("--out", default=None, help="where the tables go (default: their section of bench/RESULTS.md)")
     args = ap.parse_args()
     require_docker()
     scenarios = SMOKE if args.smoke else SCENARIOS
-    out = args.out or os.path.join(HERE, "RESULTS-e2e.md")
+    out = args.out
     prefix = f"{DS_PREFIX}-{secrets.token_hex(3)}"
     base = tempfile.mkdtemp(prefix="berth-bench-")
     # Debug logging for the breakdown; users named tiny* run the tiny image (busybox httpd), so
@@ -294,9 +301,26 @@ def main():
     lines += ["", "Load per scenario: " + "; ".join(loads) + ".", ""]
     for user, (t0, t_ready, events, log) in zip(("anatomy", "tinyanatomy"), bd):
         lines += breakdown_table(user, t0, t_ready, events, log)
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    else:
+        replace_section(os.path.join(HERE, "RESULTS.md"), "e2e", text)
+    print(text)
+
+
+def replace_section(path, name, text):
+    """Puts `text` between the section's markers in `path` (appended when it has none)."""
+    begin, end = f"<!-- {name}: generated, begin -->\n", f"<!-- {name}: generated, end -->\n"
+    with open(path) as f:
+        old = f.read()
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + begin + text + old[old.index(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + begin + text + end
+    with open(path, "w") as f:
+        f.write(new)
 
 
 def breakdown_table(user, t0, t_ready, events, log):

@@ -146,6 +146,35 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
+    let host = cfg.docker.host.clone();
+    run_on(cfg, BollardEngine::connect(&host, timeout), shutdown).await
+}
+
+/// Runs the daemon on a simulated engine (the in-memory fake: every image in `images` serves
+/// HTTP on 127.0.0.1 from the moment it runs, each start taking `start_delay`), for benchmarks
+/// of many nodes on one machine. Only in builds with the `sim` feature.
+#[cfg(feature = "sim")]
+pub async fn run_sim(
+    cfg: Config,
+    images: &[String],
+    start_delay: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let engine = crate::docker::fake::FakeEngine::new();
+    for image in images {
+        engine.add_image(image, crate::docker::fake::Behaviour::Serve);
+    }
+    engine.set_start_delay(start_delay);
+    run_on(cfg, async { Ok(engine) }, shutdown).await
+}
+
+/// Runs the daemon on the engine `connect` yields (awaited after the configuration checks).
+async fn run_on<E: ContainerEngine>(
+    cfg: Config,
+    connect: impl std::future::Future<Output = Result<E, EngineError>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let auth = if cfg.security.token() {
         BearerAuth::with_token(&config::read_token(
             "security.token_file",
@@ -156,7 +185,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         BearerAuth::open()
     };
     let tls = tls_config(&cfg)?;
-    let (rt, since) = runtime(&cfg).await?;
+    let (rt, since) = runtime(&cfg, connect).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -207,13 +236,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
 
 /// The runtime over Docker, its records loaded and reconciled with what runs (a restart never
 /// stops or recreates a container), and the time the monitor's events start from.
-async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64), ServeError> {
+async fn runtime<E: ContainerEngine>(
+    cfg: &Config,
+    connect: impl std::future::Future<Output = Result<E, EngineError>>,
+) -> Result<(Runtime<E>, i64), ServeError> {
     prepare_state_dir(&cfg.state_dir)?;
     // Pins live only while a container starts; any found now were left by a crash.
     crate::hostpath::clear_staging(&cfg.state_dir);
     let store = FileStore::open(&cfg.state_dir)?;
-    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
-    let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
+    let engine = connect.await?;
     let rt = Runtime::new(engine, cfg.runtime(), store);
     let corrupt = rt.load_records().await?;
     let since = crate::monitor::now_secs();
@@ -227,9 +258,9 @@ async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64), ServeErr
 }
 
 /// The activity reporter, when `[activity]` is enabled.
-fn spawn_reporter(
+fn spawn_reporter<E: ContainerEngine>(
     cfg: &Config,
-    rt: &Runtime<BollardEngine>,
+    rt: &Runtime<E>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
@@ -260,9 +291,9 @@ fn spawn_reporter(
 }
 
 /// The Admin service on its Unix socket.
-fn spawn_admin(
+fn spawn_admin<E: ContainerEngine>(
     path: &Path,
-    rt: &Runtime<BollardEngine>,
+    rt: &Runtime<E>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {

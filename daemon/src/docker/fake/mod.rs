@@ -65,6 +65,8 @@ struct Shared {
     reachable: watch::Sender<bool>,
     /// Inspects sleeping in an armed delay right now.
     delayed: watch::Sender<usize>,
+    /// How long each `start` takes before the container runs (the `sim` engine's start time).
+    start_delay: Mutex<Duration>,
 }
 
 impl Default for FakeEngine {
@@ -81,6 +83,7 @@ impl FakeEngine {
                 world: Mutex::new(World::new()),
                 reachable: watch::channel(true).0,
                 delayed: watch::channel(0).0,
+                start_delay: Mutex::new(Duration::ZERO),
             }),
         }
     }

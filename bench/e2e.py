@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,6 +54,9 @@ c.DockerSpawner.pull_policy = "never"
 c.DockerSpawner.extra_labels = {{"berth.bench": "{prefix}"}}
 '''
 
+
+# Both hubs: 30 concurrent single-user servers on a shared 2-core machine can take minutes.
+SLOW_MACHINE = "c.Spawner.start_timeout = 300\nc.Spawner.http_timeout = 300\n"
 
 TINY_HOOK = f"""
 def _tiny(spawner):
@@ -241,7 +243,7 @@ def main():
     base = tempfile.mkdtemp(prefix="berth-bench-")
     # Debug logging for the breakdown; users named tiny* run the tiny image (busybox httpd), so
     # the hub's and berth's own share of a spawn shows.
-    hub_debug = 'c.JupyterHub.log_level = "DEBUG"\n' + TINY_HOOK
+    hub_debug = 'c.JupyterHub.log_level = "DEBUG"\n' + TINY_HOOK + SLOW_MACHINE
     rows, loads = [], []
     print(f"bench: work dir {base}; DockerSpawner containers {prefix}-*", file=sys.stderr)
     started = time.time()
@@ -250,7 +252,7 @@ def main():
         berth_hub = Hub(os.path.join(base, "berth"), [node], extra=hub_debug, hub_ip=ip)
         ds_hub = None
         try:
-            ds_hub = Hub(os.path.join(base, "ds"), [], extra=dockerspawner_config(prefix), hub_ip=ip)
+            ds_hub = Hub(os.path.join(base, "ds"), [], extra=dockerspawner_config(prefix) + SLOW_MACHINE, hub_ip=ip)
             timers = {"berth": Timer(berth_hub, "berth"), "DockerSpawner": Timer(ds_hub, "DockerSpawner")}
             # One warm-up spawn each (first imports, page cache), not counted.
             for t in timers.values() if not args.smoke else ():

@@ -11,12 +11,13 @@ CPU and memory per spawn, RPCs per spawn, Watch streams held, spread evenness, a
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -95,16 +96,19 @@ def spawn_at_rate(hub, users, rate):
         if delay > 0:
             time.sleep(delay)
         t0 = time.perf_counter()
-        r = hub.api("POST", f"/users/{user}/server", json={})
-        if r.status_code not in (201, 202):
-            return None
-        while r.status_code == 202:
-            s = (hub.server(user) or {})
-            if s.get("ready"):
-                break
-            if not s:
+        try:
+            r = hub.api("POST", f"/users/{user}/server", json={})
+            if r.status_code not in (201, 202):
                 return None
-            time.sleep(0.2)
+            while r.status_code == 202:
+                s = (hub.server(user) or {})
+                if s.get("ready"):
+                    break
+                if not s or time.perf_counter() - t0 > 120:
+                    return None
+                time.sleep(0.2)
+        except requests.RequestException:
+            return None  # the hub did not answer within 30 s: counted as failed
         return time.perf_counter() - t0
 
     start = time.perf_counter() + 0.5
@@ -160,6 +164,7 @@ def run(k, n, rate, ttl, vanish=0, base=None):
                 "rpcs": sum(rpcs.values()) / max(1, len(ok)), "by_method": rpcs,
                 "watching": after["watching"], "spread": (min(spread), max(spread), statistics.pstdev(spread)),
             }
+            print(json.dumps(out), file=sys.stderr, flush=True)
             if vanish:
                 for node in nodes[:vanish]:
                     node.kill_daemon()
@@ -195,7 +200,11 @@ def main():
     if args.smoke:
         curve, big = [run(3, 10, 10, 5.0)], None
     else:
-        curve = [run(k, 200, args.rate, ttl) for ttl in (0.0, 5.0) for k in (10, 100)]
+        curve = []
+        for ttl in (0.0, 5.0):
+            for k in (10, 100):
+                curve.append(run(k, 200, args.rate, ttl))
+                print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
         big = run(100, args.big, args.rate, 5.0, vanish=10)
     lines = [
         "## Simulated cluster: K berthd on the simulated engine, one hub with berthspawner",

@@ -7,6 +7,8 @@
 //!   (feature `test-util`) an in-memory fake for fast lifecycle tests.
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
+//! - [`registry`]: images from registries: the pull policy and the node's registry
+//!   credentials (Docker's `config.json`), by registry host.
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`hostpath`]: host paths resolved beneath their allowed root by the kernel and pinned for
 //!   Docker (never checked as text).
@@ -45,6 +47,7 @@ pub(crate) mod hostpath;
 pub mod key;
 pub mod monitor;
 pub mod policy;
+pub mod registry;
 pub(crate) mod reporter;
 pub mod runtime;
 pub mod serve;

@@ -35,8 +35,22 @@ struct Cli {
 enum Command {
     /// Serve the gRPC spawner API (with no flags: the embedded default configuration).
     Serve(Overrides),
-    /// Load and validate the configuration and the files it names, print it as TOML, and exit.
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The same as `config check` (kept for scripts).
+    #[command(hide = true)]
     CheckConfig(Overrides),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration and every file it names, exactly as `serve` would;
+    /// print the effective configuration as TOML (secrets redacted). Exit 64 naming the key
+    /// (and file) when it is unusable.
+    Check(Overrides),
+    /// Print the documented default configuration file (/etc/berth/config.toml).
+    Default,
 }
 
 fn main() -> ExitCode {
@@ -58,7 +72,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Command::Serve(a) => (a, false),
-        Command::CheckConfig(a) => (a, true),
+        Command::Config(ConfigCommand::Check(a)) | Command::CheckConfig(a) => (a, true),
+        Command::Config(ConfigCommand::Default) => {
+            return print(berthd::config::show::DEFAULT_FILE);
+        }
     };
     let cfg = match Config::load(&ProcessEnv, &args) {
         Ok(cfg) => cfg,
@@ -117,21 +134,28 @@ async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), berthd::s
     berthd::serve::run(cfg, shutdown).await
 }
 
-/// `check-config`'s answer: the effective configuration as TOML on stdout (paths, never the
-/// contents of token or key files), the verdict on stderr.
+/// `config check`'s answer: the effective configuration as TOML on stdout (paths, never the
+/// contents of token or key files; secrets redacted), the verdict on stderr.
 fn print_config(cfg: &Config) -> ExitCode {
-    let text = match cfg.to_toml() {
+    let text = match cfg.to_toml_redacted() {
         Ok(text) => text,
         Err(e) => {
             eprintln!("berthd: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let code = print(&text);
+    if code == ExitCode::SUCCESS {
+        eprintln!("berthd: configuration is valid");
+    }
+    code
+}
+
+fn print(text: &str) -> ExitCode {
     if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
         eprintln!("berthd: cannot print the configuration: {e}");
         return ExitCode::FAILURE;
     }
-    eprintln!("berthd: configuration is valid");
     ExitCode::SUCCESS
 }
 

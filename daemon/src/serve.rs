@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 
 use crate::api::auth::BearerAuth;
+use crate::api::operator::OperatorOnly;
 use crate::api::{AdminService, SpawnerService};
 use crate::config::{self, Config, ConfigError};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
@@ -201,6 +202,11 @@ async fn run_on<E: ContainerEngine>(
     tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
     tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
+    tasks.spawn(crate::runtime::image_gc::run(
+        rt.clone(),
+        rt.config().image_gc,
+        shutdown.clone(),
+    ));
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
     tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
@@ -290,7 +296,7 @@ fn spawn_reporter<E: ContainerEngine>(
     Ok(())
 }
 
-/// The Admin service on its Unix socket.
+/// The Admin service on its Unix socket, with the Spawner's operator methods.
 fn spawn_admin<E: ContainerEngine>(
     path: &Path,
     rt: &Runtime<E>,
@@ -298,8 +304,11 @@ fn spawn_admin<E: ContainerEngine>(
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     let listener = bind_admin_socket(path)?;
+    // berthctl on the node reads and stops through the same socket, with no credentials.
+    let reads = OperatorOnly::new(SpawnerServer::new(SpawnerService::new(rt.clone())));
     let admin = tonic::transport::Server::builder()
         .add_service(AdminServer::new(AdminService::new(rt.clone())))
+        .add_service(reads)
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

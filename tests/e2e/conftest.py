@@ -1,5 +1,6 @@
 """End-to-end fixtures: real berthd nodes, a real JupyterHub (PyPI), the real proxy, real dockerd."""
 
+import ipaddress
 import os
 import re
 import secrets
@@ -42,6 +43,10 @@ def free_port():
 
 def bridge_ip():
     ip = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
+    if not ip:
+        # Some engines list only the subnet; Docker gives the bridge its first address.
+        subnet = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}")
+        ip = str(next(ipaddress.ip_network(subnet).hosts())) if subnet else ""
     assert ip, "docker bridge network has no gateway"
     return ip
 
@@ -228,9 +233,12 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
 
         try:
             wait_for("the hub to answer", up, timeout=60)
-        except AssertionError:
+        except AssertionError as e:
             self.stop()
-            raise
+            self.log.flush()
+            with open(self.log.name) as f:
+                tail = f.read()[-3000:]
+            raise AssertionError(f"{e}; the hub's log ends:\n{tail}") from None
 
     def terminate(self):
         """A clean hub shutdown (servers keep running: cleanup_servers is False)."""

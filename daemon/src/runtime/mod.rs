@@ -8,6 +8,8 @@
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
+//! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
+//! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -32,10 +34,12 @@ use crate::state::FileStore;
 
 pub mod admission;
 mod error;
+pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
 pub mod progress;
+pub mod pull;
 mod read;
 pub mod ready;
 mod reconcile;
@@ -89,6 +93,12 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// Image pulls.
+    pub pulls: pull::PullConfig,
+    /// Image garbage collection.
+    pub image_gc: image_gc::GcConfig,
+    /// The node's labels, reported by Capacity for the hub's node selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A server that answers HTTP.
@@ -125,6 +135,10 @@ struct Inner<E> {
     admission: admission::Admission,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
+    /// The pulls under way.
+    pulls: Arc<pull::Pulls>,
+    /// When each image was last seen in use, for image GC.
+    image_use: image_gc::ImageUse,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -144,6 +158,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
                 transfers: transfer::Busy::default(),
+                pulls: Arc::default(),
+                image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

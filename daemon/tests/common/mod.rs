@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod fake_node;
+pub mod registry;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -194,7 +194,7 @@ section! {
         #[serde(deserialize_with = "units::seconds")]
         pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
         /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
-        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT;
+        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT, env "BERTH_IMAGE_GC_HIGH_PERCENT", flag "image-gc-high-percent";
         /// Disk usage (percent) image GC brings the disk down to.
         gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT;
         /// Time between two image GC passes (the first comes one interval after start).

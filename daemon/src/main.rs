@@ -7,19 +7,6 @@ use berthd::config::{Config, Overrides, ProcessEnv};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// Libraries whose debug output could carry secrets (request bodies, headers).
-const LIBRARIES_CAPPED_AT_INFO: &[&str] = &[
-    "bollard",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "tonic",
-    "tower",
-    "rustls",
-    "reqwest",
-    "http",
-];
-
 #[derive(Parser)]
 #[command(
     name = "berthd",
@@ -54,20 +41,10 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Whatever BERTH_LOG says, libraries that log request bodies or headers at debug/trace
-    // (bollard logs the create payload, which holds the hub's token) stay at info.
-    for quiet in LIBRARIES_CAPPED_AT_INFO {
-        if let Ok(d) = format!("{quiet}=info").parse() {
-            filter = filter.add_directive(d);
-        }
+    if let Err(e) = berthd::logging::init(&ProcessEnv) {
+        eprintln!("berthd: {e}");
+        return ExitCode::from(64);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {

@@ -95,7 +95,9 @@ class Berthd:
         self.proc = subprocess.Popen(
             [*self._prefix, BERTHD, "serve", "--listen", self.address, *self._args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "BERTH_LOG": "info"},
+            # Image GC off: the engines' test images are shared by every test and may be unused
+            # when a pass runs (daemon/tests/image_gc.rs tests GC on an engine of its own).
+            env={**os.environ, "BERTH_LOG": "info", "BERTH_IMAGE_GC_HIGH_PERCENT": "0"},
         )
         line = ""
         for line in self.proc.stderr:

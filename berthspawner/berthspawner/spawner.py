@@ -22,7 +22,7 @@ from traitlets import (
     validate,
 )
 
-from . import errors, form, nodecheck, placement, profiles, request
+from . import capcache, errors, form, nodecheck, placement, profiles, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
 from .options import ContainerOptions
@@ -145,6 +145,14 @@ class BerthSpawner(ContainerOptions, Spawner):
         restart or a short network cut, without ending a session that is likely still alive.""",
     )
     rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
+    capacity_ttl = Float(
+        5.0,
+        config=True,
+        help="""How long a node's Capacity answer may be reused while its Watch stream is up and
+        has shown no change on the node since (0: ask every node at every spawn). Saves asking
+        every node at each spawn; a drain or config change is seen within this time, and a node
+        that refuses a Start hands the spawn on anyway.""",
+    )
 
     # Per-server state (get_state/load_state): where the server runs, and where its files are
     # (kept across stops; also found again by asking the nodes when the hub's state is lost).
@@ -306,11 +314,15 @@ class BerthSpawner(ContainerOptions, Spawner):
         ):
             asyncio.ensure_future(self.poll_and_notify())
 
-    async def _find(self):
-        """This server's key on every node, through List: [(node, status)]."""
+    async def _find(self, seen=None):
+        """This server's key on every node, through List: [(node, status)]. `seen(node, user,
+        server)` may answer for a node without an RPC (a list, or None to ask)."""
         server = self.name or ""
 
         async def on(node):
+            known = seen(node, self.user.name, server) if seen else None
+            if known is not None:
+                return [(node, s) for s in known]
             servers = await node.servers_of(self.user.name, self.rpc_timeout)
             return [(node, s) for s in servers or () if s.key.server_name == server]
 
@@ -445,8 +457,9 @@ class BerthSpawner(ContainerOptions, Spawner):
         """A server of this key that the hub does not know (its state was lost, e.g. the hub
         died during a long start) may still run on some node: stop and remove it, since it
         holds an API token the hub no longer honours. start() runs only for a server the hub
-        holds stopped, so every live one found is such an orphan."""
-        for node, st in await self._find():
+        holds stopped, so every live one found is such an orphan. A node whose Watch stream is
+        up answers from it; the others are asked (List)."""
+        for node, st in await self._find(seen=capcache.live_servers_seen):
             if st.state in (State.RUNNING, State.STARTING):
                 self.log.warning(
                     "berth: %s has a server unknown to the hub on %s (spawn %s); replacing it",
@@ -465,7 +478,10 @@ class BerthSpawner(ContainerOptions, Spawner):
         affinity = self._affinity()
         self._notice = ""
         # All ask every node; together, a node that does not answer costs one timeout.
-        asks = [asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()]
+        asks = [
+            asyncio.gather(*(capcache.CACHE.get(n, self._capacity, self.capacity_ttl) for n in nodes)),
+            self._replace_orphans(),
+        ]
         if affinity != "none":
             asks.append(self._find_home(nodes))
         answers, _, *home = await asyncio.gather(*asks)
@@ -511,8 +527,12 @@ class BerthSpawner(ContainerOptions, Spawner):
                 ) from None
             finally:
                 node.inflight.pop(self.spawn_id, None)
+                capcache.CACHE.forget(node)
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
+            # Every node's Watch, so that the next spawns take capacity and orphans from it.
+            for n in self._nodes():
+                n.ensure_watch()
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
             if resp.note:
                 self.log.info("berth: %s on %s: %s", self._log_name, node.name, resp.note)

@@ -151,6 +151,15 @@ impl FakeEngine {
         let _ = rx.wait_for(|d| *d >= n).await;
     }
 
+    /// Every later `start` takes `delay` before its container runs (a simulated start time).
+    pub fn set_start_delay(&self, delay: Duration) {
+        *self
+            .shared
+            .start_delay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = delay;
+    }
+
     /// How often `op` was called ("create", "start", "inspect", "wait_exit", "events", ... —
     /// the trait method's name), including calls that failed.
     pub fn calls(&self, op: &str) -> u64 {

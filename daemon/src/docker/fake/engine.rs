@@ -90,6 +90,14 @@ impl ContainerEngine for FakeEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
+        let delay = *self
+            .shared
+            .start_delay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let (id, plan) = {
             let mut world = self.enter("start")?;
             let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
@@ -256,7 +264,14 @@ impl ContainerEngine for FakeEngine {
     }
 
     async fn images(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self.enter("images")?.images.keys().cloned().collect())
+        // As dockerd lists repo tags: Docker Hub references without their registry prefix.
+        let short = |r: &String| {
+            r.strip_prefix("docker.io/library/")
+                .or_else(|| r.strip_prefix("docker.io/"))
+                .unwrap_or(r)
+                .to_owned()
+        };
+        Ok(self.enter("images")?.images.keys().map(short).collect())
     }
 
     async fn root_dir(&self) -> Result<String, EngineError> {

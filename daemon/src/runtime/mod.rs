@@ -8,6 +8,7 @@
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
+//! | [`boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `boot_times.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -31,6 +32,7 @@ use crate::key::ServerKey;
 use crate::state::FileStore;
 
 pub mod admission;
+pub mod boot_times;
 mod error;
 pub mod keys;
 mod logs;
@@ -120,6 +122,7 @@ struct Inner<E> {
     cfg: RuntimeConfig,
     keys: Arc<KeyTable>,
     progress: ProgressRegistry,
+    boot_times: boot_times::BootTimes,
     view: Arc<View>,
     records: Records,
     admission: admission::Admission,
@@ -143,6 +146,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 cfg,
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
+                boot_times: boot_times::BootTimes::default(),
                 transfers: transfer::Busy::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),

@@ -127,7 +127,7 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
             wait_for(
                 "the cell's output 42",
                 lambda: any(o.text.strip() == "42" for o in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")),
-                60,
+                120,  # the kernel's first start, on a loaded CI machine
                 0.2,
             )
             shots.take("cell-42")

@@ -120,4 +120,21 @@ mod tests {
         );
         assert_eq!(percent(Duration::ZERO, exp, 60, 95), 60);
     }
+
+    #[test]
+    fn the_boot_message_is_a_clock_with_what_to_expect() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            message(Duration::from_millis(4200), Some(secs(8))),
+            "Your server is starting up: 4 s so far, usually about 8 s."
+        );
+        assert_eq!(
+            message(secs(20), Some(secs(8))),
+            "Your server is starting up: 20 s so far, longer than the usual 8 s."
+        );
+        assert_eq!(
+            message(Duration::from_millis(4200), None),
+            "Your server is starting up: 4 s so far."
+        );
+    }
 }

@@ -44,8 +44,11 @@ c.BerthSpawner.rpc_timeout = 15
 c.BerthSpawner.stop_grace = 10
 
 # --- What a server is ----------------------------------------------------------------------
-# The image must be present on every node (berthd does not pull yet).
+# A node pulls the image when it lacks it (pull_policy "ifnotpresent"; or "always", "never",
+# as DockerSpawner's); the spawn page shows the pull's bytes. Registry credentials live on the
+# nodes ([images] registry_auth_file in berthd's config), never here.
 c.BerthSpawner.image = "quay.io/jupyter/base-notebook:2025-01-06"  # CHANGE ME
+c.BerthSpawner.pull_policy = "ifnotpresent"
 # Images users may choose with user_options {"image": ...} (a list, or a dict name -> image).
 c.BerthSpawner.allowed_images = []
 # Resources, enforced by Docker on the node; guarantees are what placement reserves.
@@ -81,3 +84,8 @@ c.JupyterHub.allow_named_servers = True
 # c.JupyterHub.load_roles = [
 #     {"name": "berth-activity", "scopes": ["users:activity"], "services": ["berth-activity"]}
 # ]
+
+# Pull the images (image and allowed_images, or c.BerthSpawner.prepull_images) onto every node
+# when the hub starts, in the background, so the first spawns do not wait (off unless called).
+# from berthspawner.prepull import prepull_at_start
+# prepull_at_start(c)

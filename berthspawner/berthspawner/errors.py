@@ -33,6 +33,19 @@ TRY_ANOTHER_NODE = frozenset(
 )
 
 
+# Refusals that mean a node has no room for the server now: only these make the spawn's final
+# "no room" answer (HTTP 503). A failed pull is not one: the image cannot be had, anywhere.
+NO_ROOM = frozenset(
+    {
+        "INSUFFICIENT_MEMORY",
+        "INSUFFICIENT_CPU",
+        "TOO_MANY_SERVERS",
+        "SPAWN_QUEUE_FULL",
+        "SPAWN_QUEUE_TIMEOUT",
+    }
+)
+
+
 def _varint(buf, i):
     value = shift = 0
     while True:

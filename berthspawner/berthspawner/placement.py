@@ -27,6 +27,7 @@ class Candidate:
     running: int = 0
     max_servers: int = 0
     images: list = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
     inflight: int = 0
     inflight_memory: int = 0
 
@@ -38,6 +39,19 @@ class Demand:
     memory: int = 0
     cpu: float = 0.0
     image: str = ""
+    # Labels the node must carry (the spawner's node_selector).
+    node_selector: dict = field(default_factory=dict)
+
+
+def selector_text(selector):
+    """A node selector as people write it: gpu=a100,zone=b."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+def labels_match(c, demand):
+    """Whether the node carries every label the demand selects (a node that cannot report its
+    labels carries none)."""
+    return all(c.labels.get(k) == v for k, v in demand.node_selector.items())
 
 
 def from_capacity(name, c):
@@ -54,13 +68,49 @@ def from_capacity(name, c):
         running=c.running_servers,
         max_servers=c.max_servers,
         images=list(c.images),
+        labels=dict(c.labels),
     )
+
+
+def normalize_image(ref):
+    """The full reference Docker resolves `ref` to, as berthd writes it: `ubuntu` is
+    `docker.io/library/ubuntu:latest`, `index.docker.io/x/y` is `docker.io/x/y:latest`. Nodes
+    list images as Docker names them (`ubuntu:latest`), hubs configure them as they like."""
+    rest, at, digest = ref.partition("@")
+    slash = rest.rfind("/") + 1
+    colon = rest.rfind(":", slash)
+    name, tag = (rest[:colon], rest[colon + 1 :]) if colon >= 0 else (rest, "")
+    first, sep, remainder = name.partition("/")
+    if sep and (any(ch in first for ch in ".:") or first == "localhost" or first != first.lower()):
+        domain, path = first, remainder
+    else:
+        domain, path = "docker.io", name
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in path:
+        path = "library/" + path
+    full = f"{domain}/{path}"
+    if tag:
+        full += ":" + tag
+    elif not at:
+        full += ":latest"
+    return full + (at + digest if at else "")
+
+
+def has_image(c, demand):
+    """Whether the node reports holding the demanded image (compared as full references)."""
+    if demand is None or not demand.image or not c.images:
+        return False
+    want = normalize_image(demand.image)
+    return any(normalize_image(i) == want for i in c.images)
 
 
 def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
         return f"{c.name}: unreachable ({c.error})"
+    if not labels_match(c, demand):
+        return f"{c.name}: lacks labels {selector_text(demand.node_selector)}"
     if not c.known:
         return ""
     if c.draining:
@@ -73,8 +123,7 @@ def why_not(c, demand):
         return f"{c.name}: not enough memory ({demand.memory} bytes asked, {c.memory_free} free)"
     if demand.cpu > c.cpu_free + 1e-9:
         return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
-    if demand.image and c.images and demand.image not in c.images:
-        return f"{c.name}: image {demand.image} not present"
+    # A node without the image is not refused: it pulls it (placement prefers nodes that have it).
     return ""
 
 
@@ -86,14 +135,16 @@ def _servers(c):
     return c.running + c.inflight
 
 
-def spread(fits):
-    """Most free memory first (then fewest servers): spreads servers over the nodes."""
-    return sorted(fits, key=lambda c: (not c.known, -_free(c), _servers(c), c.name))
+def spread(fits, demand=None):
+    """Nodes holding the image first (a pull can take minutes), then most free memory (then
+    fewest servers): spreads servers over the nodes."""
+    return sorted(fits, key=lambda c: (not c.known, not has_image(c, demand), -_free(c), _servers(c), c.name))
 
 
-def pack(fits):
-    """Least free memory first (then most servers): fills one node before the next."""
-    return sorted(fits, key=lambda c: (not c.known, _free(c), -_servers(c), c.name))
+def pack(fits, demand=None):
+    """Nodes holding the image first, then least free memory (then most servers): fills one
+    node before the next."""
+    return sorted(fits, key=lambda c: (not c.known, not has_image(c, demand), _free(c), -_servers(c), c.name))
 
 
 POLICIES = {"spread": spread, "pack": pack}
@@ -117,5 +168,5 @@ def rank(candidates, demand, policy="spread", spawner=None):
         takes_spawner = len(inspect.signature(policy).parameters) >= 3
         ordered = list(policy(fits, demand, spawner) if takes_spawner else policy(fits, demand))
     else:
-        ordered = POLICIES[policy](fits)
+        ordered = POLICIES[policy](fits, demand)
     return ordered, reasons

@@ -5,41 +5,58 @@ import json
 
 from jupyterhub.spawner import SpawnException
 
-from . import placement
+from . import form, placement, templates
 from ._proto.berth.v1 import spawner_pb2 as pb
 
 
 def image(spawner):
-    """The image: the configured one, or the user's choice among `allowed_images`."""
-    choice = (spawner.user_options or {}).get("image")
-    if not choice:
+    """The image: the configured one (or the chosen profile's), or the user's choice among
+    `allowed_images`."""
+    choice = form.single((spawner.user_options or {}).get("image"))
+    if not choice or "image" in getattr(spawner, "_profile_option_names", ()):
         return spawner.image
-    allowed = spawner.allowed_images
-    if isinstance(allowed, dict):
-        if choice in allowed:
-            return allowed[choice]
-    elif choice in allowed:
+    if not isinstance(choice, str):
+        raise SpawnException(f"user_options image must be a string, not {type(choice).__name__}", reason="image", status_code=400)
+    allowed = form.allowed_images(spawner)
+    if allowed == "*":
         return choice
-    raise SpawnException(f"image {choice!r} is not allowed", reason="image", status_code=400)
+    if choice in allowed:
+        return allowed[choice]
+    if not allowed:
+        raise SpawnException("Choosing an image is not allowed here (allowed_images is empty)", reason="image", status_code=400)
+    raise SpawnException(
+        f"image {choice!r} is not allowed; choose one of: {', '.join(allowed)}", reason="image", status_code=400
+    )
 
 
-def volumes(spec):
+def volumes(spec, spawner=None, image=""):
     """DockerSpawner-style {source: target | {"bind": target, "mode": "ro"}} as proto Volumes; a
-    dict target may also give the Docker volume "driver" and its "driver_opts"."""
+    dict target may also give the Docker volume "driver" and its "driver_opts". Template names
+    (DockerSpawner's included) are expanded as `templates` says; without a spawner, only into
+    the node's `{user}`/`{server}` (enough to tell what the volume is)."""
+    names = {}
+    if spawner is not None:
+        names = {"user": spawner.user.name, "server": spawner.name or "", "image": image}
     out = []
-    for source, target in spec.items():
+    for template, target in spec.items():
+        try:
+            source = templates.source(template, **names)
+            bind = target["bind"] if isinstance(target, dict) else target
+            bind = templates.target(bind, **names)
+        except templates.TemplateError as e:
+            raise SpawnException(f"BerthSpawner.volumes: {e}", reason="config", status_code=500) from None
         if isinstance(target, dict):
             out.append(
                 pb.Volume(
                     source=source,
-                    target=target["bind"],
+                    target=bind,
                     read_only=target.get("mode") == "ro",
                     driver=target.get("driver", ""),
                     driver_opts={k: str(v) for k, v in (target.get("driver_opts") or {}).items()},
                 )
             )
         else:
-            out.append(pb.Volume(source=source, target=target))
+            out.append(pb.Volume(source=source, target=bind))
     return out
 
 
@@ -58,12 +75,28 @@ def node_local_volumes(spec):
     return False
 
 
+# BerthSpawner.pull_policy (DockerSpawner's values) as berthd's; "skip" (DockerSpawner: do not
+# even look) is "never" for a node, which never pulls and fails a missing image at once.
+PULL_POLICIES = {
+    "ifnotpresent": pb.PULL_POLICY_IFNOTPRESENT,
+    "always": pb.PULL_POLICY_ALWAYS,
+    "never": pb.PULL_POLICY_NEVER,
+    "skip": pb.PULL_POLICY_NEVER,
+}
+
+
+def per_server(source):
+    """Whether a volume source is named per server ({server} or DockerSpawner's names for it)."""
+    return "{server}" in templates.source(source)
+
+
 def demand(spawner, image):
     """What the server holds on its node: its guarantees, or its limits where none is set
     (as the node counts it)."""
     mem = spawner.mem_guarantee or spawner.mem_limit or 0
     cpu = spawner.cpu_guarantee or spawner.cpu_limit or 0.0
-    return placement.Demand(memory=int(mem), cpu=float(cpu), image=image)
+    selector = {str(k): str(v) for k, v in (getattr(spawner, "node_selector", None) or {}).items()}
+    return placement.Demand(memory=int(mem), cpu=float(cpu), image=image, node_selector=selector)
 
 
 def start_request(spawner, image):
@@ -84,8 +117,9 @@ def start_request(spawner, image):
             cpu_limit=float(spawner.cpu_limit or 0.0),
             cpu_guarantee=float(spawner.cpu_guarantee or 0.0),
         ),
-        volumes=volumes(spawner.volumes),
+        volumes=volumes(spawner.volumes, spawner, image),
         user_options=json.dumps(spawner.user_options or {}, default=str),
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),
+        pull_policy=PULL_POLICIES[spawner.pull_policy.lower()],
     )

@@ -7,9 +7,22 @@ import uuid
 import grpc
 import jupyterhub
 from jupyterhub.spawner import SpawnException, Spawner
-from traitlets import Any, Bool, Dict, Float, Integer, List, TraitError, Unicode, Union, default, validate
+from traitlets import (
+    Any,
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 
-from . import errors, placement, request
+from . import errors, form, nodecheck, placement, profiles, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
 
@@ -33,14 +46,51 @@ class BerthSpawner(Spawner):
     )
     image = Unicode(
         config=True,
-        help="""Image of the servers; it must be present on the nodes (berthd does not pull).
+        help="""Image of the servers; a node pulls it as `pull_policy` says.
         Default: JupyterHub's single-user image of the hub's version.""",
     )
+    pull_policy = CaselessStrEnum(
+        ["ifnotpresent", "always", "never", "skip"],
+        default_value="ifnotpresent",
+        config=True,
+        help="""When the node pulls the image (DockerSpawner's values): "ifnotpresent" when it
+        does not have it, "always" before every start (unchanged layers are not downloaded
+        again), "never" (a node without the image is skipped; "skip" means the same). Nodes
+        that hold the image are preferred. The progress bar shows the pull's bytes; a failed
+        pull (no such image, registry down, credentials refused) fails the spawn at once.""",
+    )
+    prepull_images = List(
+        Unicode(),
+        config=True,
+        help="""Images `berthspawner.prepull.prepull_at_start(c)` pulls onto every node when the
+        hub starts (off unless jupyterhub_config.py calls it). Default: `image` and the images of
+        `allowed_images`.""",
+    )
     allowed_images = Union(
-        [List(Unicode()), Dict()],
+        [List(Unicode()), Dict(), Unicode(), Any()],
         default_value=[],
         config=True,
-        help="Images a user may choose with user_options['image'] (list, or dict name -> image).",
+        help="""Images a user may choose with user_options['image'], as in DockerSpawner: a list,
+        a dict display name -> image, "*" (any image the node's policy allows), or a callable
+        taking the spawner and returning one of those. With two or more, the spawn form offers
+        a picker.""",
+    )
+    profile_list = Union(
+        [List(Dict()), Any()],
+        default_value=[],
+        config=True,
+        help="""Profiles to choose from in the spawn form, as in KubeSpawner: a list of dicts with
+        `display_name`, `slug`, `description`, `default` and `berth_override` (any BerthSpawner
+        option: image, mem_limit, cpu_guarantee, node_selector, volumes, ...), and optionally
+        `profile_options` ({name: {display_name, choices: {key: {display_name, default,
+        berth_override}}}}); or a callable (maybe async) taking the spawner and returning such
+        a list. The REST API takes user_options {"profile": slug, <option name>: <choice key>}.""",
+    )
+    node_selector = Dict(
+        Unicode(),
+        config=True,
+        help="""Node labels the server's node must carry ({"gpu": "a100"}), matched against each
+        node's `[node] labels`; usually set per profile through berth_override.""",
     )
     volumes = Dict(
         config=True,
@@ -80,6 +130,10 @@ class BerthSpawner(Spawner):
     _notice = ""
     # Node attempts of the current start(), followed by progress().
     _attempt = 0
+    # The chosen profile's option names (user_options keys it consumes), and the values its
+    # overrides replaced (put back at the next start).
+    _profile_option_names = frozenset()
+    _profile_saved = None
 
     @validate("placement")
     def _check_placement(self, proposal):
@@ -87,6 +141,74 @@ class BerthSpawner(Spawner):
         if not callable(value) and value not in placement.POLICIES:
             raise TraitError(f"BerthSpawner.placement must be one of {sorted(placement.POLICIES)} or a callable")
         return value
+
+    @validate("nodes")
+    def _check_nodes(self, proposal):
+        why = nodecheck.check(proposal["value"])
+        if why:
+            raise TraitError(why)
+        return proposal["value"]
+
+    @validate("allowed_images")
+    def _check_allowed_images(self, proposal):
+        value = proposal["value"]
+        if not callable(value):
+            try:
+                form.images_as_dict(value)
+            except ValueError as e:
+                raise TraitError(f"BerthSpawner.{e}") from None
+        return value
+
+    @validate("profile_list")
+    def _check_profile_list(self, proposal):
+        value = proposal["value"]
+        if not callable(value):
+            try:
+                profiles.initialized(value)
+            except profiles.ProfileError as e:
+                raise TraitError(f"BerthSpawner.profile_list: {e}") from None
+        return value
+
+    @default("options_form")
+    def _default_options_form(self):
+        # Nothing to choose: no form (the hub then spawns at once, and its pages say so).
+        images = self.allowed_images
+        if not self.profile_list and not callable(images) and (images == "*" or len(images) <= 1):
+            return ""
+        return _options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return form.to_user_options
+
+    async def _profiles(self):
+        try:
+            return profiles.initialized(await profiles.evaluate(self.profile_list, self))
+        except profiles.ProfileError as e:
+            raise SpawnException(f"BerthSpawner.profile_list: {e}", reason="config", status_code=500) from None
+
+    async def _apply_profile(self):
+        """Sets the chosen profile's overrides on this spawner for this start (after putting
+        back the last start's); an unknown profile or choice is a 400."""
+        profiles.restore(self)
+        try:
+            overrides, self._profile_option_names = profiles.choose(await self._profiles(), self.user_options)
+            profiles.apply(self, overrides)
+        except profiles.ProfileError as e:
+            status = 400 if e.user_error else 500
+            raise SpawnException(f"Your server could not start: {e}", reason="profile", status_code=status) from None
+
+    async def _reapply_profile(self):
+        """A spawner made for a server that is already running (the hub restarted) has not
+        applied its profile: apply it, so stop and poll honour the profile's `remove` and
+        `stop_grace`. Best effort: a profile since removed from the list is only logged."""
+        if self._profile_saved is not None or not self.profile_list:
+            return
+        try:
+            await self._apply_profile()
+        except SpawnException as e:
+            self._profile_saved = {}
+            self.log.warning("berth: the profile of %s no longer applies: %s", self._log_name, e)
 
     @validate("volume_affinity")
     def _check_affinity(self, proposal):
@@ -279,6 +401,7 @@ class BerthSpawner(Spawner):
 
     async def start(self):
         self._attempt = 0
+        await self._apply_profile()
         image = request.image(self)
         demand = request.demand(self, image)
         nodes = self._nodes()
@@ -293,10 +416,13 @@ class BerthSpawner(Spawner):
         answers, _, *home = await asyncio.gather(*asks)
         if home:
             self.home_node = home[0]
+        _check_selector(demand, answers)
         self.spawn_id = uuid.uuid4().hex
         nodes, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, nodes, reasons)
         start_request = request.start_request(self, image)
+        # Nodes that refused because they lack the image and may not pull it (pull_policy never).
+        lacking = []
         for node in nodes:
             if self.home_node and node.name != self.home_node and affinity == "preferred" and not self._notice:
                 self._away_from_home(affinity, self.home_node, "it refused the server")
@@ -306,14 +432,22 @@ class BerthSpawner(Spawner):
             try:
                 resp = await node.call("Start", start_request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
+                why, _ = errors.reason(e)
                 if errors.try_another_node(e):
                     reasons.append(f"{node.name}: {e.details()}")
+                    if why == "IMAGE_NOT_FOUND":
+                        lacking.append(node.name)
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue
                 await self._discard_failed(node)
                 # The detail (exit code, last output, addresses) is for the hub's log; the page
                 # says what the user can do.
                 self.log.error("berth: %s failed to start on %s: %s", self._log_name, node.name, e.details())
+                if why == "IMAGE_PULL_FAILED":
+                    # The image cannot be had: another node would fail the same way.
+                    raise SpawnException(
+                        f"The image of your server could not be pulled: {e.details()}", reason="image", status_code=500
+                    ) from None
                 raise SpawnException(
                     "Your server could not start. Please try again; if it keeps happening, ask an "
                     "administrator (the hub's log has the details).",
@@ -335,6 +469,14 @@ class BerthSpawner(Spawner):
             why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "it refused the server")
             self._away_from_home(affinity, self.home_node, why)
         why = "; ".join(reasons) or "no node answered"
+        if lacking and len(lacking) == self._attempt:
+            # Every node tried had room but not the image: not a matter of room.
+            raise SpawnException(
+                f"The image {image} is not on the nodes that could take your server and the pull policy "
+                f"is {self.pull_policy!r} ({why}).",
+                reason="image",
+                status_code=500,
+            )
         raise SpawnException(
             f"No node has room for your server right now ({why}). Try again later.",
             reason="capacity",
@@ -384,6 +526,16 @@ class BerthSpawner(Spawner):
                     out = {"message": ev.message}
                     if ev.progress:
                         out["progress"] = ev.progress
+                    if ev.phase == pb.ProgressEvent.PULLING:
+                        # The bytes are in the message; the numbers too, as KubeSpawner's raw_event.
+                        out["raw_event"] = {
+                            "phase": "pulling",
+                            "image": ev.image,
+                            "bytes_done": ev.bytes_done,
+                            "bytes_total": ev.bytes_total,
+                            "layers_done": ev.layers_done,
+                            "layers_total": ev.layers_total,
+                        }
                     yield out
             except grpc.aio.AioRpcError as e:
                 self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)
@@ -393,6 +545,7 @@ class BerthSpawner(Spawner):
     async def poll(self):
         if not (self.node_name and (self.container_id or self.spawn_id)):
             return 0
+        await self._reapply_profile()
         node = self._node(self.node_name) or await self._relocate()
         if node is None:
             return 0
@@ -438,6 +591,7 @@ class BerthSpawner(Spawner):
         return None
 
     async def stop(self, now=False):
+        await self._reapply_profile()
         node = self._node(self.node_name) or await self._relocate()
         if node is None:
             return
@@ -450,7 +604,7 @@ class BerthSpawner(Spawner):
         # The hub renames only stopped servers. Nodes key servers by name and cannot rename:
         # a volume named per server would stay behind under the old name, so that is refused
         # (the hub shows the error); a stopped container kept under the old name is removed.
-        if any("{server}" in source for source in self.volumes):
+        if any(request.per_server(source) for source in self.volumes):
             raise SpawnException(
                 "This server's volumes are named after it and cannot follow a rename",
                 reason="rename",
@@ -477,3 +631,25 @@ class BerthSpawner(Spawner):
                 self.log.warning("berth: delete_forever of %s on %s: %s", self._log_name, node.name, e.code().name)
 
         await asyncio.gather(*(on(n) for n in self._nodes()))
+
+
+async def _options_form(spawner):
+    """The spawn form, rendered when a user opens it ("" when there is nothing to choose)."""
+    images = form.allowed_images(spawner)
+    return form.render(await spawner._profiles(), images, spawner.image, spawner.user_options)
+
+
+def _check_selector(demand, answers):
+    """A 503 naming the selector when no node that answered carries its labels."""
+    if demand.node_selector and not any(placement.labels_match(c, demand) for c in answers):
+        wanted = placement.selector_text(demand.node_selector)
+        down = [c.name for c in answers if c.error]
+        also = f" ({', '.join(down)} did not answer)" if down else ""
+        raise SpawnException(
+            f"No node has labels {wanted}{also}: your server cannot start anywhere right now.",
+            reason="node_selector",
+            status_code=503,
+        )
+
+
+nodecheck.watch_hub_config()

@@ -20,8 +20,12 @@ class FakeNode(pb_grpc.SpawnerServicer):
     does. `fail` maps a method name to a (code, details[, reason[, metadata]]) it answers
     instead; with a reason, the answer carries it as berthd's ErrorInfo."""
 
-    def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0):
+    def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0,
+                 labels=None):
         self.name = name
+        self.labels = labels or {}
+        # Every StartRequest received, in order.
+        self.starts = []
         self.memory_free = memory_free
         self.max_servers = max_servers
         self.running = running
@@ -38,6 +42,10 @@ class FakeNode(pb_grpc.SpawnerServicer):
         self.metadata = []
         self.server = None
         self.address = ""
+        # Images Capacity reports; events Progress sends before creating; the last Start.
+        self.images = []
+        self.progress_first = []
+        self.started = None
 
     async def serve(self):
         self.server = grpc.aio.server()
@@ -75,10 +83,14 @@ class FakeNode(pb_grpc.SpawnerServicer):
             max_servers=self.max_servers,
             draining=self.draining,
             conditions=[pb.Condition(type="Ready", status="True")],
+            images=self.images,
+            labels=self.labels,
         )
 
     async def Start(self, request, context):
+        self.started = request
         await self._enter("Start", context)
+        self.starts.append(request)
         await asyncio.sleep(self.start_delay)
         key = (request.key.user, request.key.server_name)
         cid = f"{self.name}-{request.spawn_id[:8]}"
@@ -144,9 +156,27 @@ class FakeNode(pb_grpc.SpawnerServicer):
 
     async def Progress(self, request, context):
         await self._enter("Progress", context)
+        for ev in self.progress_first:
+            yield ev
         yield pb.ProgressEvent(progress=20, message="creating", phase=pb.ProgressEvent.CREATING)
         yield pb.ProgressEvent(progress=60, message="waiting for HTTP", phase=pb.ProgressEvent.WAITING_FOR_HTTP)
         yield pb.ProgressEvent(progress=100, message="ready", ready=True, phase=pb.ProgressEvent.READY)
+
+    async def Prepull(self, request, context):
+        await self._enter("Prepull", context)
+        for image in request.images:
+            if image in self.images:
+                yield pb.PrepullEvent(image=image, done=True)
+                continue
+            yield pb.PrepullEvent(
+                image=image,
+                progress=pb.ProgressEvent(phase=pb.ProgressEvent.PULLING, message=f"Pulling {image}", image=image),
+            )
+            if image.endswith(":missing"):
+                yield pb.PrepullEvent(image=image, error=f"cannot pull image {image!r}", reason="IMAGE_PULL_FAILED")
+            else:
+                self.images.append(image)
+                yield pb.PrepullEvent(image=image, done=True)
 
     async def Watch(self, request, context):
         await self._enter("Watch", context)

@@ -1,6 +1,6 @@
 """Placement logic, with made-up Capacity answers (no nodes needed)."""
 
-from berthspawner.placement import Candidate, Demand, rank
+from berthspawner.placement import Candidate, Demand, normalize_image, rank
 
 GIB = 1 << 30
 
@@ -26,14 +26,45 @@ def test_nodes_that_cannot_take_it_are_skipped_with_a_reason():
         Candidate(name="down", error="UNAVAILABLE"),
         Candidate(name="drain", draining=True, memory_free=64 * GIB, cpu_free=64),
         Candidate(name="full", max_servers=3, running=3, memory_free=64 * GIB, cpu_free=64),
-        Candidate(name="noimg", memory_free=64 * GIB, cpu_free=64, images=["other:1"]),
     ]
     order, reasons = rank(cands, Demand(memory=4 * GIB, cpu=3, image="img:1"))
-    # Only a has both 4 GiB and 3 cores free (and images are unknown for it, so not refused).
+    # Only a has both 4 GiB and 3 cores free.
     assert [c.name for c in order] == ["a"]
     text = "; ".join(reasons)
-    for needle in ["down: unreachable", "drain: draining", "full: full", "noimg: image", "b: not enough cpu", "c: not enough memory"]:
+    for needle in ["down: unreachable", "drain: draining", "full: full", "b: not enough cpu", "c: not enough memory"]:
         assert needle in text, (needle, text)
+
+
+def test_nodes_holding_the_image_come_first_and_the_others_are_not_refused():
+    cands = [
+        Candidate(name="big", memory_free=64 * GIB, cpu_free=64, images=["other:1"]),
+        Candidate(name="has", memory_free=4 * GIB, cpu_free=4, images=["ubuntu:latest", "x/y:2"]),
+        Candidate(name="unknown", memory_free=32 * GIB, cpu_free=32),
+    ]
+    for policy in ("spread", "pack"):
+        # Docker lists Docker Hub images by their short names; the hub may write either form.
+        for image in ("ubuntu", "docker.io/library/ubuntu:latest", "index.docker.io/library/ubuntu"):
+            order, reasons = rank(cands, Demand(memory=GIB, image=image), policy)
+            assert order[0].name == "has", (policy, image, order)
+            assert sorted(c.name for c in order) == ["big", "has", "unknown"] and reasons == []
+    order, _ = rank(cands, Demand(memory=GIB, image="ubuntu:22.04"))
+    assert [c.name for c in order] == ["big", "unknown", "has"], "no node has it: spread as usual"
+
+
+def test_image_references_normalise_as_docker_resolves_them():
+    cases = {
+        "ubuntu": "docker.io/library/ubuntu:latest",
+        "ubuntu:22.04": "docker.io/library/ubuntu:22.04",
+        "jupyter/base-notebook": "docker.io/jupyter/base-notebook:latest",
+        "index.docker.io/x/y:1": "docker.io/x/y:1",
+        "quay.io/jupyter/base:2025": "quay.io/jupyter/base:2025",
+        "127.0.0.1:5000/x": "127.0.0.1:5000/x:latest",
+        "localhost/x:1": "localhost/x:1",
+        "x@sha256:ab": "docker.io/library/x@sha256:ab",
+        "x:1@sha256:ab": "docker.io/library/x:1@sha256:ab",
+    }
+    for given, full in cases.items():
+        assert normalize_image(given) == full, given
 
 
 def test_a_callable_policy_orders_the_fitting_nodes():

@@ -18,6 +18,15 @@ def test_the_user_may_choose_only_an_allowed_image():
     assert e.value.status_code == 400
 
 
+def test_pull_policy_is_dockerspawners_in_any_case():
+    assert request.start_request(spawner([]), "i:1").pull_policy == request.pb.PULL_POLICY_IFNOTPRESENT
+    for given, want in [("Always", "PULL_POLICY_ALWAYS"), ("never", "PULL_POLICY_NEVER"), ("skip", "PULL_POLICY_NEVER")]:
+        s = spawner([], pull_policy=given)
+        assert request.start_request(s, "i:1").pull_policy == getattr(request.pb, want)
+    with pytest.raises(Exception, match="pull_policy"):
+        spawner([], pull_policy="sometimes")
+
+
 def test_start_request_carries_resources_volumes_and_the_ready_path():
     s = spawner([], name="gpu", mem_limit="2G", mem_guarantee="1G", cpu_limit=2.0,
                 volumes={"home-{user}": "/home/jovyan", "data": {"bind": "/data", "mode": "ro"}})

@@ -10,6 +10,7 @@ from fakes import GIB, FakeNode, State, spawner, wait_until
 from jupyterhub.spawner import SpawnException
 
 from berthspawner import nodes as nodes_mod
+from berthspawner._proto.berth.v1 import spawner_pb2 as pb
 
 
 _serving = []
@@ -127,6 +128,70 @@ async def test_a_server_that_fails_to_start_is_not_retried_elsewhere_and_is_clea
     assert "Start" not in b.calls
     assert a.calls[-1] == "Stop", "the failed container is handed to Stop (remove) at once"
     assert await s.poll() == 0
+
+
+@run
+async def test_a_failed_pull_fails_at_once_and_is_not_a_lack_of_room():
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
+    a.fail["Start"] = (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'cannot pull image "r.example/x:1" on node "a": the registry refused access: denied',
+        "IMAGE_PULL_FAILED",
+        {"image": "r.example/x:1", "cause": "unauthorized"},
+    )
+    s = spawner([a, b], pull_policy="always")
+    with pytest.raises(SpawnException) as e:
+        await s.start()
+    assert e.value.status_code == 500 and "could not be pulled" in str(e.value) and "denied" in str(e.value)
+    assert "room" not in str(e.value)
+    assert "Start" not in b.calls, "another node would fail the same way"
+    assert a.started.pull_policy == pb.PULL_POLICY_ALWAYS
+
+
+@run
+async def test_an_image_on_no_node_with_pull_policy_never_is_not_a_lack_of_room():
+    a, b = await up(FakeNode("a"), FakeNode("b"))
+    for n in (a, b):
+        n.fail["Start"] = (grpc.StatusCode.NOT_FOUND, f'image "x:1" is not present on node "{n.name}"', "IMAGE_NOT_FOUND")
+    with pytest.raises(SpawnException) as e:
+        await spawner([a, b], pull_policy="never").start()
+    assert e.value.status_code == 500 and "room" not in str(e.value), str(e.value)
+    assert "pull policy is 'never'" in str(e.value) and "not present" in str(e.value)
+    assert "Start" in a.calls and "Start" in b.calls, "each node was asked: one may have had it"
+
+
+@run
+async def test_a_node_holding_the_image_is_tried_first():
+    a, b = await up(FakeNode("a", memory_free=16 * GIB), FakeNode("b", memory_free=2 * GIB))
+    b.images = ["berth-test/singleuser:latest"]
+    s = spawner([a, b], image="docker.io/berth-test/singleuser")
+    assert await s.start() == "http://b:1"
+
+
+@run
+async def test_pull_progress_reaches_the_hub_with_its_bytes():
+    (a,) = await up(FakeNode("a", start_delay=0.5))
+    a.progress_first = [
+        pb.ProgressEvent(
+            progress=11, phase=pb.ProgressEvent.PULLING, message="Pulling r/x:1: 4.2 MB of 9.4 MB (1 of 3 layers)",
+            image="r/x:1", bytes_done=4_200_000, bytes_total=9_400_000, layers_done=1, layers_total=3,
+        )
+    ]
+    s = spawner([a])
+    start = asyncio.ensure_future(s.start())
+    events = []
+    async for ev in s.progress():
+        events.append(ev)
+        if len(events) == 1:
+            break
+    await start
+    # The first event: a first attempt says no node name.
+    assert events[0] == {
+        "message": "Pulling r/x:1: 4.2 MB of 9.4 MB (1 of 3 layers)",
+        "progress": 11,
+        "raw_event": {"phase": "pulling", "image": "r/x:1", "bytes_done": 4_200_000, "bytes_total": 9_400_000,
+                      "layers_done": 1, "layers_total": 3},
+    }
 
 
 @run

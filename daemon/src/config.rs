@@ -6,6 +6,7 @@
 //! flag. The structs, their defaults, the env layer, the flags ([`Overrides`]) and the tests are
 //! all derived from those declarations.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,8 @@ use crate::runtime::RuntimeConfig;
 
 mod files;
 mod layers;
+pub mod show;
+pub mod units;
 mod validate;
 
 pub use files::{read_certificates, read_private_key, read_token};
@@ -46,6 +49,9 @@ pub const DEFAULT_SPAWN_QUEUE_LIMIT: u32 = 32;
 /// How long a spawn may wait for a slot.
 pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
+/// Longest a pull may take before it is given up.
+pub const DEFAULT_PULL_TIMEOUT_SECONDS: u64 = 3600;
+
 /// Declares one section of the file: `/// help` then `key: Type = default` and, for a key the
 /// command line may set, `, env "BERTH_X", flag "x"`. Generates the struct (serde,
 /// `deny_unknown_fields`, missing keys default), its `Default` and its `OVERRIDABLE` settings.
@@ -55,6 +61,7 @@ macro_rules! section {
         pub struct $name:ident at $prefix:literal {
             $(
                 #[doc = $doc:literal]
+                $(#[$attr:meta])*
                 $field:ident : $ty:ty = $default:expr $(, env $env:literal, flag $flag:literal)? ;
             )*
         }
@@ -63,7 +70,7 @@ macro_rules! section {
         #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
-            $( #[doc = $doc] pub $field: $ty, )*
+            $( #[doc = $doc] $(#[$attr])* pub $field: $ty, )*
         }
 
         impl Default for $name {
@@ -105,10 +112,22 @@ section! {
         capacity: CapacityConfig = CapacityConfig::default();
         /// Who may drive this node.
         security: SecurityConfig = SecurityConfig::default();
+        /// Image pulls.
+        images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+        /// What this node is, for the hub's placement.
+        node: NodeConfig = NodeConfig::default();
+    }
+}
+
+section! {
+    /// `[node]`
+    pub struct NodeConfig at "node." {
+        /// Labels reported by Capacity, e.g. { gpu = "a100", zone = "b" }; a hub's node selector places servers only on nodes carrying all the labels it names.
+        labels: BTreeMap<String, String> = BTreeMap::new();
     }
 }
 
@@ -118,6 +137,7 @@ section! {
         /// Docker engine address, unix:///path/docker.sock or tcp://host:port.
         host: String = DEFAULT_DOCKER_HOST.to_owned(), env "BERTH_DOCKER_HOST", flag "docker-host";
         /// Deadline of one Docker API call.
+        #[serde(deserialize_with = "units::seconds")]
         timeout_seconds: u64 = DEFAULT_DOCKER_TIMEOUT_SECONDS;
         /// Host address that container ports are published on.
         publish_host_ip: IpAddr = DEFAULT_PUBLISH_HOST_IP, env "BERTH_PUBLISH_HOST_IP", flag "publish-host-ip";
@@ -130,10 +150,13 @@ section! {
     /// `[spawn]`
     pub struct SpawnConfig at "spawn." {
         /// Readiness deadline when a Start gives none.
+        #[serde(deserialize_with = "units::seconds")]
         ready_timeout_seconds: u64 = DEFAULT_READY_TIMEOUT_SECONDS;
         /// Longest readiness deadline a Start may ask for.
+        #[serde(deserialize_with = "units::seconds")]
         max_ready_timeout_seconds: u64 = DEFAULT_MAX_READY_TIMEOUT_SECONDS;
         /// Grace between SIGTERM and SIGKILL when a Stop gives none.
+        #[serde(deserialize_with = "units::seconds")]
         stop_grace_seconds: u64 = DEFAULT_STOP_GRACE_SECONDS;
         /// Output lines quoted when a server dies during start.
         failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES;
@@ -148,13 +171,38 @@ section! {
         /// Cores held back for the system.
         reserved_cpu: f64 = 0.0;
         /// Memory held back for the system, in bytes.
+        #[serde(deserialize_with = "units::bytes")]
         reserved_memory_bytes: u64 = 0;
         /// Docker create+start operations at once.
         max_concurrent_spawns: u32 = DEFAULT_MAX_CONCURRENT_SPAWNS;
         /// Spawns that may wait for a slot.
         spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT;
         /// How long a spawn may wait for a slot.
+        #[serde(deserialize_with = "units::seconds")]
         spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
+    }
+}
+
+section! {
+    /// `[images]`
+    pub struct ImagesConfig at "images." {
+        /// When to pull a Start's image if the Start does not say: ifnotpresent, always or never.
+        pull_policy: crate::registry::PullPolicy = crate::registry::PullPolicy::IfNotPresent;
+        /// Registry credentials in Docker's config.json format (`auths`: per registry host, `auth` or `username` and `password`), readable by berthd only; "" = pull anonymously.
+        registry_auth_file: PathBuf = PathBuf::new();
+        /// Longest one pull may take.
+        #[serde(deserialize_with = "units::seconds")]
+        pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
+        /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
+        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT, env "BERTH_IMAGE_GC_HIGH_PERCENT", flag "image-gc-high-percent";
+        /// Disk usage (percent) image GC brings the disk down to.
+        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT;
+        /// Time between two image GC passes (the first comes one interval after start).
+        #[serde(deserialize_with = "units::seconds")]
+        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS;
+        /// Images first seen more recently than this are never removed.
+        #[serde(deserialize_with = "units::seconds")]
+        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS;
     }
 }
 
@@ -322,6 +370,19 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            pulls: crate::runtime::pull::PullConfig {
+                default_policy: self.images.pull_policy,
+                auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
+                    .then(|| self.images.registry_auth_file.clone()),
+                timeout: Duration::from_secs(self.images.pull_timeout_seconds),
+            },
+            image_gc: crate::runtime::image_gc::GcConfig {
+                high_percent: self.images.gc_high_percent,
+                low_percent: self.images.gc_low_percent,
+                interval: Duration::from_secs(self.images.gc_interval_seconds),
+                min_age: Duration::from_secs(self.images.gc_min_age_seconds),
+            },
+            labels: self.node.labels.clone(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //!   (feature `test-util`) an in-memory fake for fast lifecycle tests.
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
+//! - [`registry`]: images from registries: the pull policy and the node's registry
+//!   credentials (Docker's `config.json`), by registry host.
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`hostpath`]: host paths resolved beneath their allowed root by the kernel and pinned for
 //!   Docker (never checked as text).
@@ -14,6 +16,8 @@
 //!   admission, progress) with start, stop, reconcile and reads on top; its module docs give
 //!   the table of parts and the lock order.
 //! - [`monitor`]: the Docker events subscription and periodic relist that keep the view current.
+//! - [`logging`]: the log's format (text or JSON), its filter, the start-up warnings.
+//! - [`notify`]: systemd notifications (READY, STATUS, STOPPING, the watchdog), written out.
 //! - [`reporter`]: container activity (network, CPU) reported to the hub's activity API.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
@@ -43,8 +47,11 @@ pub mod config;
 pub mod docker;
 pub(crate) mod hostpath;
 pub mod key;
+pub mod logging;
 pub mod monitor;
+pub mod notify;
 pub mod policy;
+pub mod registry;
 pub(crate) mod reporter;
 pub mod runtime;
 pub mod serve;

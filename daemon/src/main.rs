@@ -7,19 +7,6 @@ use berthd::config::{Config, Overrides, ProcessEnv};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// Libraries whose debug output could carry secrets (request bodies, headers).
-const LIBRARIES_CAPPED_AT_INFO: &[&str] = &[
-    "bollard",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "tonic",
-    "tower",
-    "rustls",
-    "reqwest",
-    "http",
-];
-
 #[derive(Parser)]
 #[command(
     name = "berthd",
@@ -35,30 +22,37 @@ struct Cli {
 enum Command {
     /// Serve the gRPC spawner API (with no flags: the embedded default configuration).
     Serve(Overrides),
-    /// Load and validate the configuration and the files it names, print it as TOML, and exit.
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The same as `config check` (kept for scripts).
+    #[command(hide = true)]
     CheckConfig(Overrides),
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration and every file it names, exactly as `serve` would;
+    /// print the effective configuration as TOML (secrets redacted). Exit 64 naming the key
+    /// (and file) when it is unusable.
+    Check(Overrides),
+    /// Print the documented default configuration file (/etc/berth/config.toml).
+    Default,
+}
+
 fn main() -> ExitCode {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Whatever BERTH_LOG says, libraries that log request bodies or headers at debug/trace
-    // (bollard logs the create payload, which holds the hub's token) stay at info.
-    for quiet in LIBRARIES_CAPPED_AT_INFO {
-        if let Ok(d) = format!("{quiet}=info").parse() {
-            filter = filter.add_directive(d);
-        }
+    if let Err(e) = berthd::logging::init(&ProcessEnv) {
+        eprintln!("berthd: {e}");
+        return ExitCode::from(64);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Command::Serve(a) => (a, false),
-        Command::CheckConfig(a) => (a, true),
+        Command::Config(ConfigCommand::Check(a)) | Command::CheckConfig(a) => (a, true),
+        Command::Config(ConfigCommand::Default) => {
+            return print(berthd::config::show::DEFAULT_FILE);
+        }
     };
     let cfg = match Config::load(&ProcessEnv, &args) {
         Ok(cfg) => cfg,
@@ -91,21 +85,28 @@ fn main() -> ExitCode {
     })
 }
 
-/// `check-config`'s answer: the effective configuration as TOML on stdout (paths, never the
-/// contents of token or key files), the verdict on stderr.
+/// `config check`'s answer: the effective configuration as TOML on stdout (paths, never the
+/// contents of token or key files; secrets redacted), the verdict on stderr.
 fn print_config(cfg: &Config) -> ExitCode {
-    let text = match cfg.to_toml() {
+    let text = match cfg.to_toml_redacted() {
         Ok(text) => text,
         Err(e) => {
             eprintln!("berthd: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let code = print(&text);
+    if code == ExitCode::SUCCESS {
+        eprintln!("berthd: configuration is valid");
+    }
+    code
+}
+
+fn print(text: &str) -> ExitCode {
     if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
         eprintln!("berthd: cannot print the configuration: {e}");
         return ExitCode::FAILURE;
     }
-    eprintln!("berthd: configuration is valid");
     ExitCode::SUCCESS
 }
 

@@ -28,6 +28,7 @@ pub struct Policy {
     /// Permission bits of those directories.
     pub host_path_mode: u32,
     /// Largest memory limit per server in bytes; 0 = no cap.
+    #[serde(deserialize_with = "crate::config::units::bytes")]
     pub max_mem_limit_bytes: u64,
     /// Largest CPU limit per server in cores; 0 = no cap.
     pub max_cpu_limit: f64,
@@ -45,6 +46,9 @@ pub struct Policy {
     pub allowed_capabilities: Vec<String>,
     /// Host devices that may be passed through.
     pub allowed_devices: Vec<String>,
+    /// Accept registry credentials in a Start (`pull_secret`, used for that pull only);
+    /// otherwise only the node's own (`images.registry_auth_file`) are used.
+    pub allow_pull_secrets: bool,
 }
 
 impl Default for Policy {
@@ -64,6 +68,7 @@ impl Default for Policy {
             allow_host_ipc: false,
             allowed_capabilities: Vec::new(),
             allowed_devices: Vec::new(),
+            allow_pull_secrets: false,
         }
     }
 }
@@ -131,18 +136,24 @@ impl Policy {
         }
     }
 
-    /// Checks a validated spec against the policy.
-    pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
+    /// Checks a normalised image reference against `allowed_images`.
+    pub fn check_image(&self, image: &str) -> Result<(), Violation> {
         if !self
             .allowed_images
             .iter()
-            .any(|g| glob_match(&normalize_image_glob(g), &spec.image))
+            .any(|g| glob_match(&normalize_image_glob(g), image))
         {
             return deny(
                 "allowed_images",
-                format!("image {:?} is not in the node's allow-list", spec.image),
+                format!("image {image:?} is not in the node's allow-list"),
             );
         }
+        Ok(())
+    }
+
+    /// Checks a validated spec against the policy.
+    pub fn check(&self, spec: &StartSpec) -> Result<(), Violation> {
+        self.check_image(&spec.image)?;
         for v in spec.volumes.iter().filter(|v| v.host_path) {
             if !self
                 .allowed_host_path_roots
@@ -154,6 +165,12 @@ impl Policy {
                     format!("host path {} is not under an allowed root", v.name),
                 );
             }
+        }
+        if spec.pull_secret.is_some() && !self.allow_pull_secrets {
+            return deny(
+                "allow_pull_secrets",
+                "this node takes no registry credentials in a Start; it uses its own".to_owned(),
+            );
         }
         self.check_resources(spec.resources)?;
         self.check_host(&spec.host)
@@ -269,6 +286,8 @@ mod tests {
             ready_path: "/".into(),
             ready_timeout: None,
             host: HostAccess::default(),
+            pull_policy: None,
+            pull_secret: None,
         }
     }
 

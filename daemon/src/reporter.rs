@@ -41,10 +41,12 @@ pub struct ActivityConfig {
     /// CA (PEM) of the hub's TLS certificate, if it uses one from a private CA.
     pub ca_file: std::path::PathBuf,
     /// Seconds between stats passes.
+    #[serde(deserialize_with = "crate::config::units::seconds")]
     pub interval_seconds: u64,
     /// Which signals count as activity: "network", "cpu".
     pub signals: Vec<String>,
     /// Network bytes (received + sent) per interval that count as activity.
+    #[serde(deserialize_with = "crate::config::units::bytes")]
     pub network_bytes_threshold: u64,
     /// Average cores used over the interval that count as activity.
     pub cpu_threshold: f64,

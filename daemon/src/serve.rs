@@ -13,9 +13,11 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 
 use crate::api::auth::BearerAuth;
+use crate::api::operator::OperatorOnly;
 use crate::api::{AdminService, SpawnerService};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, ProcessEnv};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
+use crate::notify::{Notifier, Watchdog};
 use crate::runtime::Runtime;
 use crate::state::FileStore;
 use berth_hub_client::HubClient;
@@ -146,6 +148,8 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // SIGHUP's default action ends the process: take it over before anything else.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let auth = if cfg.security.token() {
         BearerAuth::with_token(&config::read_token(
             "security.token_file",
@@ -156,7 +160,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         BearerAuth::open()
     };
     let tls = tls_config(&cfg)?;
-    let (rt, since) = runtime(&cfg).await?;
+    let notifier = Notifier::from_env(&ProcessEnv).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "not notifying systemd");
+        Notifier::disabled()
+    });
+    let (rt, since, reconciled) = runtime(&cfg).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -169,15 +177,50 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
     })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let tasks = TaskTracker::new();
-    tasks.spawn(watch_docker(rt.clone(), health, shutdown.clone()));
-    tasks.spawn(crate::monitor::run(rt.clone(), since, shutdown.clone()));
+    if let Some(hangups) = hangups {
+        tasks.spawn(reload_on_hangup(
+            hangups,
+            cfg.security.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(watch_docker(
+        rt.clone(),
+        health,
+        notifier.clone(),
+        shutdown.clone(),
+    ));
+    let watchdog = Watchdog::from_env(&ProcessEnv, &notifier);
+    tasks.spawn(crate::monitor::run_with_watchdog(
+        rt.clone(),
+        since,
+        shutdown.clone(),
+        watchdog,
+    ));
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
+    tasks.spawn(crate::runtime::image_gc::run(
+        rt.clone(),
+        rt.config().image_gc,
+        shutdown.clone(),
+    ));
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
-    tracing::info!(%addr, node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), publish_host_ip = %cfg.docker.publish_host_ip, advertise_host = %cfg.advertise_host(), node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
+    if let Some(warning) = crate::logging::publish_warning(addr, cfg.docker.publish_host_ip) {
+        tracing::warn!("{warning}");
+    }
     if !addr.ip().is_loopback() && !cfg.security.tls() {
         tracing::warn!(%addr, "SERVING PLAINTEXT gRPC ON THE NETWORK (security.insecure_plaintext_on_network): anyone who reaches this port controls Docker on this node");
     }
+    // Both listeners are bound (connections queue until the server polls them): systemd may
+    // call berthd started once Docker answered a reconcile.
+    tasks.spawn(announce_ready(
+        rt.clone(),
+        notifier.clone(),
+        reconciled,
+        shutdown.clone(),
+    ));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -193,6 +236,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         );
     let grace = async {
         shutdown.cancelled().await;
+        notifier.stopping();
         tracing::info!("shutting down; containers keep running");
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
@@ -207,7 +251,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
 
 /// The runtime over Docker, its records loaded and reconciled with what runs (a restart never
 /// stops or recreates a container), and the time the monitor's events start from.
-async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64), ServeError> {
+/// The boolean says whether that first reconcile succeeded (Docker answered).
+async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64, bool), ServeError> {
     prepare_state_dir(&cfg.state_dir)?;
     // Pins live only while a container starts; any found now were left by a crash.
     crate::hostpath::clear_staging(&cfg.state_dir);
@@ -217,13 +262,17 @@ async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64), ServeErr
     let rt = Runtime::new(engine, cfg.runtime(), store);
     let corrupt = rt.load_records().await?;
     let since = crate::monitor::now_secs();
-    match rt.reconcile().await {
-        Ok(report) => tracing::info!(?report, corrupt, "reconciled with Docker"),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reconcile with Docker yet; the monitor retries")
+    let reconciled = match rt.reconcile().await {
+        Ok(report) => {
+            tracing::info!(?report, corrupt, "reconciled with Docker");
+            true
         }
-    }
-    Ok((rt, since))
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reconcile with Docker yet; the monitor retries");
+            false
+        }
+    };
+    Ok((rt, since, reconciled))
 }
 
 /// The activity reporter, when `[activity]` is enabled.
@@ -259,7 +308,7 @@ fn spawn_reporter(
     Ok(())
 }
 
-/// The Admin service on its Unix socket.
+/// The Admin service on its Unix socket, with the Spawner's operator methods.
 fn spawn_admin(
     path: &Path,
     rt: &Runtime<BollardEngine>,
@@ -267,8 +316,11 @@ fn spawn_admin(
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     let listener = bind_admin_socket(path)?;
+    // berthctl on the node reads and stops through the same socket, with no credentials.
+    let reads = OperatorOnly::new(SpawnerServer::new(SpawnerService::new(rt.clone())));
     let admin = tonic::transport::Server::builder()
         .add_service(AdminServer::new(AdminService::new(rt.clone())))
+        .add_service(reads)
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -281,12 +333,87 @@ fn spawn_admin(
     Ok(())
 }
 
+/// SIGHUP: reads the token file again, as at start-up, and swaps it in without dropping a
+/// connection or a server. A file that no longer passes keeps the old token (and says so).
+/// TLS files are not reloaded yet: a new certificate needs a restart (which never touches the
+/// servers).
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    sec: config::SecurityConfig,
+    auth: BearerAuth,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        if !sec.token() {
+            tracing::info!("SIGHUP: no token file configured; nothing to reload");
+            continue;
+        }
+        match config::read_token(
+            "security.token_file",
+            &sec.token_file,
+            crate::api::auth::MIN_TOKEN_BYTES,
+        ) {
+            Ok(token) => {
+                auth.replace(&token);
+                tracing::info!(token_file = %sec.token_file.display(), "SIGHUP: token reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: token not reloaded; the old one stays"),
+        }
+    }
+}
+
+/// How often a start-up reconcile that failed (Docker not answering) is tried again before
+/// berthd tells systemd it is ready.
+pub const READY_RETRY: Duration = Duration::from_secs(1);
+
+/// READY=1 once a reconcile has succeeded (at start-up, or retried until Docker answers).
+async fn announce_ready<E: ContainerEngine>(
+    rt: Runtime<E>,
+    notifier: Notifier,
+    mut reconciled: bool,
+    shutdown: CancellationToken,
+) {
+    while !reconciled {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(READY_RETRY) => {}
+        }
+        match rt.reconcile().await {
+            Ok(report) => {
+                tracing::info!(?report, "Docker answers; reconciled");
+                reconciled = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "still cannot reconcile with Docker"),
+        }
+    }
+    notifier.ready(&status_line(&rt, true));
+}
+
+/// The one-line summary systemd shows: servers, Docker, drain.
+fn status_line<E: ContainerEngine>(rt: &Runtime<E>, docker_up: bool) -> String {
+    let servers = rt.view().keys().len();
+    let running = rt.view().running_containers().len();
+    let docker = if docker_up { "up" } else { "DOWN" };
+    let drain = match rt.draining() {
+        Some(reason) if reason.is_empty() => "DRAINING".to_owned(),
+        Some(reason) => format!("DRAINING ({reason})"),
+        None => "accepting servers".to_owned(),
+    };
+    format!("{servers} servers ({running} running), Docker {docker}, {drain}")
+}
+
 async fn watch_docker<E: ContainerEngine>(
     rt: Runtime<E>,
     health: tonic_health::server::HealthReporter,
+    notifier: Notifier,
     shutdown: CancellationToken,
 ) {
     let mut was_up = None;
+    let mut last_status = String::new();
     loop {
         let up = match rt.engine().ping().await {
             Ok(()) => true,
@@ -309,6 +436,11 @@ async fn watch_docker<E: ContainerEngine>(
                 tracing::info!("Docker engine is reachable again");
             }
             was_up = Some(up);
+        }
+        let status = status_line(&rt, up);
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
         }
         tokio::select! {
             () = shutdown.cancelled() => {

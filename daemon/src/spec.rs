@@ -478,6 +478,10 @@ pub struct StartSpec {
     pub ready_timeout: Option<Duration>,
     /// Host privileges asked for.
     pub host: HostAccess,
+    /// When to pull the image; `None` = the node's default.
+    pub pull_policy: Option<crate::registry::PullPolicy>,
+    /// Registry credentials for this Start's pull only (secret: never kept, never hashed).
+    pub pull_secret: Option<crate::registry::RegistryAuth>,
 }
 
 impl StartSpec {

@@ -107,17 +107,21 @@ fn check_config_and_serve_both_refuse_a_missing_tls_or_token_file_naming_key_and
         ),
     ];
     for (flags, key, file) in cases {
-        for command in ["check-config", "serve"] {
-            let mut args = vec![command, "--listen", "127.0.0.1:0"];
+        for command in [&["check-config"][..], &["config", "check"], &["serve"]] {
+            let mut args = command.to_vec();
+            args.extend_from_slice(&["--listen", "127.0.0.1:0"]);
             args.extend_from_slice(flags);
             // A state directory serve cannot create: had the file passed, serve would exit 73.
             args.extend_from_slice(&["--state-dir", "/proc/berth-cli-state"]);
             let (code, err) = berthd(&args, &[]);
-            assert_eq!(code, 64, "{command} {flags:?}: {err}");
-            assert!(err.contains(key), "{command} {flags:?} names {key}: {err}");
+            assert_eq!(code, 64, "{command:?} {flags:?}: {err}");
+            assert!(
+                err.contains(key),
+                "{command:?} {flags:?} names {key}: {err}"
+            );
             assert!(
                 err.contains(file),
-                "{command} {flags:?} names {file}: {err}"
+                "{command:?} {flags:?} names {file}: {err}"
             );
         }
     }
@@ -141,5 +145,62 @@ fn check_config_prints_toml_with_paths_and_never_a_token() {
     assert!(
         !out.contains("very-secret") && !err.contains("very-secret"),
         "{out}{err}"
+    );
+}
+
+#[test]
+fn config_default_prints_the_documented_file_which_checks_clean() {
+    let (code, out, err) = berthd_out(&["config", "default"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let file = include_str!("../../systemd/config.toml");
+    assert_eq!(out, file, "config default is systemd/config.toml");
+    let path = temp_file("default.toml", &out);
+    let (code, printed, err) = berthd_out(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        &[("BERTH_NODE_ID", "n-default")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: toml::Table = toml::from_str(&printed).expect("stdout is TOML");
+    // The human values of the file come out as the numbers they mean.
+    assert_eq!(printed["docker"]["timeout_seconds"].as_integer(), Some(30));
+    assert_eq!(
+        printed["spawn"]["max_ready_timeout_seconds"].as_integer(),
+        Some(900)
+    );
+    assert_eq!(
+        printed["activity"]["network_bytes_threshold"].as_integer(),
+        Some(4096)
+    );
+}
+
+#[test]
+fn human_sizes_and_durations_read_from_the_file_and_bad_ones_name_the_key() {
+    let good = temp_file(
+        "units.toml",
+        "[capacity]\nreserved_memory_bytes = \"1.5G\"\nspawn_queue_timeout_seconds = \"2m\"\n",
+    );
+    let (code, out, err) = berthd_out(
+        &["config", "check", "--config", good.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let printed: toml::Table = toml::from_str(&out).unwrap();
+    assert_eq!(
+        printed["capacity"]["reserved_memory_bytes"].as_integer(),
+        Some(1536 << 20)
+    );
+    assert_eq!(
+        printed["capacity"]["spawn_queue_timeout_seconds"].as_integer(),
+        Some(120)
+    );
+    let bad = temp_file(
+        "bad-units.toml",
+        "[spawn]\nstop_grace_seconds = \"10 parsecs\"\n",
+    );
+    let (code, err) = berthd(&["config", "check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("stop_grace_seconds") && err.contains("10 parsecs"),
+        "{err}"
     );
 }

@@ -347,7 +347,12 @@ async fn start_failures_are_reported_at_once_with_their_cause() {
             Code::FailedPrecondition,
             "executable file not found",
         ),
-        ("absent/image", Code::NotFound, "not present on node"),
+        // Not on the node and not in the (fake) registry: the pull fails at once.
+        (
+            "absent/image",
+            Code::FailedPrecondition,
+            "no such repository or tag",
+        ),
     ];
     for (i, (image, code, says)) in table.into_iter().enumerate() {
         let err = tokio::time::timeout(
@@ -367,5 +372,29 @@ async fn start_failures_are_reported_at_once_with_their_cause() {
         node.fake.calls("create"),
         3,
         "a missing image creates nothing"
+    );
+}
+
+#[tokio::test]
+async fn capacity_reports_the_configured_node_labels() {
+    let labels = [("gpu", "a100"), ("zone", "b")];
+    let node = FakeNode::start_on(engine(), state_dir(), |cfg| {
+        cfg.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    })
+    .await;
+    let cap = node
+        .client()
+        .capacity(pb::CapacityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got: Vec<_> = cap.labels.into_iter().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        labels.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
     );
 }

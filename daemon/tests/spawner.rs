@@ -251,6 +251,7 @@ async fn a_missing_image_fails_fast_and_creates_nothing() {
     let user = unique("gus");
     let mut req = tiny_start(&user, "s");
     req.image = "berth-test/not-here:1.0".into();
+    req.pull_policy = pb::PullPolicy::Never.into();
     let t0 = Instant::now();
     let err = c.start(req).await.unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(3));

@@ -49,11 +49,10 @@ def free_port():
 def bridge_ip():
     ip = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
     if not ip:
-        # Some engines leave the default bridge's gateway out of IPAM; it is the subnet's first
-        # address (docker0's own).
+        # Some engines list only the subnet; Docker gives the bridge its first address.
         subnet = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Subnet}}")
-        assert subnet, "docker bridge network has neither gateway nor subnet"
-        ip = str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
+        ip = str(next(ipaddress.ip_network(subnet).hosts())) if subnet else ""
+    assert ip, "docker bridge network has no gateway"
     return ip
 
 
@@ -101,7 +100,9 @@ class Berthd:
         self.proc = subprocess.Popen(
             [*self._prefix, BERTHD, "serve", "--listen", self.address, *self._args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "BERTH_LOG": "info"},
+            # Image GC off: the engines' test images are shared by every test and may be unused
+            # when a pass runs (daemon/tests/image_gc.rs tests GC on an engine of its own).
+            env={**os.environ, "BERTH_LOG": "info", "BERTH_IMAGE_GC_HIGH_PERCENT": "0"},
         )
         line = ""
         for line in self.proc.stderr:
@@ -240,9 +241,12 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
 
         try:
             wait_for("the hub to answer", up, timeout=60)
-        except AssertionError:
+        except AssertionError as e:
             self.stop()
-            raise
+            self.log.flush()
+            with open(self.log.name) as f:
+                tail = f.read()[-3000:]
+            raise AssertionError(f"{e}; the hub's log ends:\n{tail}") from None
 
     def terminate(self):
         """A clean hub shutdown (servers keep running: cleanup_servers is False)."""

@@ -30,7 +30,7 @@ def test_a_real_berthd_refusal_carries_a_reason_berthspawner_reads(workdir):
         assert meta == {"node": node.name, "drain_reason": "maintenance window"}
         assert errors.try_another_node(e)
         node.admin("Undrain")
-        e = start(node, image="berth-test/no-such-image:1")
+        e = start(node, image="berth-test/no-such-image:1", pull_policy=pb.PULL_POLICY_NEVER)
         assert errors.reason(e)[0] == "IMAGE_NOT_FOUND" and errors.try_another_node(e)
         e = start(node, image="NOT A REFERENCE")
         assert errors.reason(e) == ("INVALID_ARGUMENT", {"field": "image"})

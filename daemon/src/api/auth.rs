@@ -1,5 +1,7 @@
 //! Bearer-token authentication of the Spawner service, compared in constant time.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
@@ -8,11 +10,12 @@ use tonic::{Request, Status};
 pub const MIN_TOKEN_BYTES: usize = 16;
 
 /// Checks `authorization: Bearer <token>` on every call; open when no token is configured.
+/// Clones share the token, so [`BearerAuth::replace`] (SIGHUP) reaches the running server.
 #[derive(Clone)]
 pub struct BearerAuth {
     /// SHA-256 of the token: comparing digests keeps the comparison constant in time and
-    /// independent of the token's length.
-    digest: Option<[u8; 32]>,
+    /// independent of the token's length. `None` for an open server, which stays open.
+    digest: Option<Arc<RwLock<[u8; 32]>>>,
 }
 
 /// Why a token file cannot be used.
@@ -63,14 +66,30 @@ impl BearerAuth {
     /// Authentication with `token`.
     pub fn with_token(token: &str) -> Self {
         Self {
-            digest: Some(Sha256::digest(token.as_bytes()).into()),
+            digest: Some(Arc::new(RwLock::new(
+                Sha256::digest(token.as_bytes()).into(),
+            ))),
         }
     }
 
+    /// From now on only `token` passes (calls already admitted go on). Returns false, changing
+    /// nothing, for a server started without a token: reloading never closes an open one or
+    /// opens a closed one.
+    pub fn replace(&self, token: &str) -> bool {
+        let Some(digest) = &self.digest else {
+            return false;
+        };
+        *digest.write().unwrap_or_else(PoisonError::into_inner) =
+            Sha256::digest(token.as_bytes()).into();
+        true
+    }
+
     fn check(&self, header: Option<&str>) -> bool {
-        let Some(want) = &self.digest else {
+        let Some(digest) = &self.digest else {
             return true;
         };
+        let want: [u8; 32] = *digest.read().unwrap_or_else(PoisonError::into_inner);
+        let want = &want;
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
             return false;
         };
@@ -111,6 +130,17 @@ mod tests {
         assert!(!auth.check(Some("bearer 0123456789abcdef-secret")));
         assert!(!auth.check(Some("Bearer 0123456789abcdef-secreT")));
         assert!(!auth.check(Some("Bearer ")));
+        assert!(BearerAuth::open().check(None));
+    }
+
+    #[test]
+    fn a_replaced_token_reaches_every_clone() {
+        let auth = BearerAuth::with_token("0123456789abcdef-old");
+        let serving = auth.clone();
+        assert!(auth.replace("0123456789abcdef-new"));
+        assert!(serving.check(Some("Bearer 0123456789abcdef-new")));
+        assert!(!serving.check(Some("Bearer 0123456789abcdef-old")));
+        assert!(!BearerAuth::open().replace("0123456789abcdef-new"));
         assert!(BearerAuth::open().check(None));
     }
 }

@@ -8,6 +8,7 @@ use berth_proto::v1 as pb;
 use crate::capacity::Alloc;
 use crate::docker::LogStream;
 use crate::key::ServerKey;
+use crate::registry::{PullPolicy, RegistryAuth};
 use crate::runtime::Error as RuntimeError;
 use crate::runtime::StopSpec;
 use crate::runtime::progress::{Event, Phase};
@@ -93,7 +94,22 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             &h.cap_add,
             &h.devices,
         )?;
+        let pull_policy = match pb::PullPolicy::try_from(r.pull_policy) {
+            Ok(pb::PullPolicy::Unspecified) => None,
+            Ok(pb::PullPolicy::Ifnotpresent) => Some(PullPolicy::IfNotPresent),
+            Ok(pb::PullPolicy::Always) => Some(PullPolicy::Always),
+            Ok(pb::PullPolicy::Never) => Some(PullPolicy::Never),
+            Err(_) => {
+                return Err(SpecError::new(
+                    "pull_policy",
+                    format!("{} is not a pull policy", r.pull_policy),
+                ));
+            }
+        };
+        let pull_secret = r.pull_secret.map(pull_secret).transpose()?;
         Ok(StartSpec {
+            pull_policy,
+            pull_secret,
             host,
             key,
             spawn_id: r.spawn_id,
@@ -110,6 +126,30 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             ready_timeout,
         })
     }
+}
+
+/// A pull secret of a request: a user name and a password, bounded; the error never quotes
+/// the password.
+fn pull_secret(c: pb::RegistryCredentials) -> Result<RegistryAuth, SpecError> {
+    if c.username.is_empty() || c.password.is_empty() {
+        return Err(SpecError::new(
+            "pull_secret",
+            "needs both a username and a password",
+        ));
+    }
+    if c.username.len() > 1024 || c.password.len() > spec::MAX_VALUE_BYTES {
+        return Err(SpecError::new("pull_secret", "too long"));
+    }
+    if c.username.contains(':') || c.username.chars().any(char::is_control) {
+        return Err(SpecError::new(
+            "pull_secret.username",
+            "must not hold ':' or control characters",
+        ));
+    }
+    Ok(RegistryAuth {
+        username: c.username,
+        password: c.password,
+    })
 }
 
 /// The stop options of a request.
@@ -162,13 +202,20 @@ impl From<Event> for pb::ProgressEvent {
         use pb::progress_event::Phase as P;
         let phase = match e.phase {
             Phase::Queued => P::Queued,
+            Phase::Pulling => P::Pulling,
             Phase::Creating => P::Creating,
             Phase::Starting => P::Starting,
             Phase::WaitingForHttp => P::WaitingForHttp,
             Phase::Ready => P::Ready,
             Phase::Failed => P::Failed,
         };
+        let pull = e.pull.unwrap_or_default();
         pb::ProgressEvent {
+            bytes_done: pull.bytes_done,
+            bytes_total: pull.bytes_total,
+            layers_done: pull.layers_done,
+            layers_total: pull.layers_total,
+            image: pull.image,
             progress: u32::from(e.percent),
             message: e.message,
             phase: phase.into(),
@@ -251,6 +298,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
             .collect(),
         draining: c.draining,
         images: c.images,
+        labels: c.labels.into_iter().collect(),
     }
 }
 

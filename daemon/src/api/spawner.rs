@@ -23,6 +23,8 @@ pub const FEATURES: &[&str] = &[
     "capacity",
     "admission",
     "volume-move",
+    "pull",
+    "prepull",
 ];
 
 /// The Spawner service over a runtime.
@@ -154,6 +156,16 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
             })
         });
         Ok(Response::new(stream.boxed()))
+    }
+
+    type PrepullStream = BoxStream<'static, Result<pb::PrepullEvent, Status>>;
+
+    async fn prepull(
+        &self,
+        request: Request<pb::PrepullRequest>,
+    ) -> Result<Response<Self::PrepullStream>, Status> {
+        let images = super::prepull::images(&request.into_inner(), self.rt.config())?;
+        Ok(Response::new(super::prepull::run(self.rt.clone(), images)))
     }
 
     type LogsStream = BoxStream<'static, Result<pb::LogLine, Status>>;

@@ -97,6 +97,11 @@ fn classify(e: &Error) -> (Code, &'static str, Vec<(&'static str, String)>) {
             "IMAGE_NOT_FOUND",
             vec![("image", image.clone()), ("node", node.clone())],
         ),
+        Error::ImagePullFailed { image, cause, .. } => (
+            Code::FailedPrecondition,
+            "IMAGE_PULL_FAILED",
+            vec![("image", image.clone()), ("cause", cause.code().to_owned())],
+        ),
         Error::NotFound { .. } => (Code::NotFound, "SERVER_NOT_FOUND", vec![]),
         Error::AlreadyRunning { spawn_id, .. } => (
             Code::AlreadyExists,
@@ -337,6 +342,23 @@ mod tests {
                 info.reason
             );
         }
+        let pull = Status::from(Error::ImagePullFailed {
+            image: "r.example/x:1".into(),
+            node: "n1".into(),
+            cause: crate::runtime::pull::PullCause::Unauthorized,
+            detail: "denied".into(),
+        });
+        assert_eq!(pull.code(), Code::FailedPrecondition);
+        let info = pull.get_details_error_info().expect("reason");
+        assert_eq!(info.reason, "IMAGE_PULL_FAILED");
+        assert_eq!(
+            info.metadata.get("cause").map(String::as_str),
+            Some("unauthorized")
+        );
+        assert_eq!(
+            info.metadata.get("image").map(String::as_str),
+            Some("r.example/x:1")
+        );
         let drain = Status::from(Error::Draining {
             node: "n1".into(),
             reason: "maintenance".into(),

@@ -100,6 +100,11 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
     if sec.mutual_tls() {
         read_certificates("security.client_ca_file", &sec.client_ca_file)?;
     }
+    let auth = &cfg.images.registry_auth_file;
+    if !auth.as_os_str().is_empty() {
+        crate::registry::AuthFile::read(auth)
+            .map_err(|e| bad_file("images.registry_auth_file", auth, e))?;
+    }
     let a = &cfg.activity;
     if a.enabled {
         read_token("activity.token_file", &a.token_file, 1)?;

@@ -62,7 +62,7 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
 }
 
 /// Settings given on the command line; each wins over file and env. Its flags are the
-/// [`settings`] plus `--config`, and it is the argument set of `berthd serve` / `check-config`.
+/// [`settings`] plus `--config`, and it is the argument set of `berthd serve` / `config check`.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--config`: the TOML file.
@@ -177,9 +177,27 @@ fn coerce(like: &Value, raw: &str) -> Result<Value, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match like {
         Value::String(_) => Value::String(raw.to_owned()),
-        Value::Integer(_) => Value::Integer(raw.trim().parse().map_err(|e| err(&e))?),
+        // Not a number: handed on as text, which the `*_bytes`/`*_seconds` keys read as a
+        // human size or duration ("4G", "90s") and any other key refuses, naming itself.
+        Value::Integer(_) => raw
+            .trim()
+            .parse()
+            .map_or_else(|_| Value::String(raw.to_owned()), Value::Integer),
         Value::Float(_) => Value::Float(raw.trim().parse().map_err(|e| err(&e))?),
         Value::Boolean(_) => Value::Boolean(raw.trim().parse().map_err(|e| err(&e))?),
         other => return Err(format!("a {} cannot be given as text", other.type_str())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_for_a_number_key_is_handed_on_for_the_key_to_read() {
+        let n = Value::Integer(0);
+        assert_eq!(coerce(&n, " 42 "), Ok(Value::Integer(42)));
+        assert_eq!(coerce(&n, "4G"), Ok(Value::String("4G".to_owned())));
+        assert!(coerce(&Value::Boolean(false), "maybe").is_err());
+    }
 }

@@ -305,7 +305,21 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     let empty = write(&dir, "empty", "\n");
     let garbage = write(&dir, "garbage.pem", "not a certificate\n");
     let missing = dir.join("missing");
+    let private = |name: &str, text: &str| {
+        let p = write(&dir, name, text);
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(&p, mode).expect("chmod");
+        p
+    };
+    let auths = r#"{"auths": {"r.example": {"username": "u", "password": "abcdef-secret"}}}"#;
+    let auth_ok = private("auth.json", auths);
+    let auth_open = write(&dir, "auth-open.json", auths);
+    let auth_bad = private(
+        "auth-bad.json",
+        r#"{"auths": {"r": {"auth": "abcdef-secret"}}}"#,
+    );
     let s = |p: &PathBuf| p.to_str().expect("utf-8").to_owned();
+    let images = |f: &PathBuf| format!("[images]\nregistry_auth_file = {:?}\n", s(f));
     let mtls = |c: &PathBuf, k: &PathBuf, ca: &PathBuf, t: &PathBuf| {
         format!(
             "[security]\ntls_cert_file = {:?}\ntls_key_file = {:?}\nclient_ca_file = {:?}\ntoken_file = {:?}\n",
@@ -323,6 +337,19 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     };
     // (configuration, None = valid or Some((key named, file named)))
     let cases: Vec<(String, Option<(&str, &PathBuf)>)> = vec![
+        (images(&auth_ok), None),
+        (
+            images(&auth_open),
+            Some(("images.registry_auth_file", &auth_open)),
+        ),
+        (
+            images(&auth_bad),
+            Some(("images.registry_auth_file", &auth_bad)),
+        ),
+        (
+            images(&missing),
+            Some(("images.registry_auth_file", &missing)),
+        ),
         (mtls(&cert, &key, &cert, &token), None),
         (activity(&token, &s(&cert)), None),
         (activity(&token, ""), None),
@@ -420,13 +447,42 @@ fn the_example_config_documents_every_settings_env_and_flag() {
             .find(&line)
             .unwrap_or_else(|| panic!("systemd/config.toml lacks {line:?}"));
         let field = s.key.rsplit('.').next().expect("a key");
+        // node_id follows commented out: each node sets its own.
         let next_key = example[at..]
             .lines()
-            .find(|l| !l.starts_with('#'))
-            .expect("a key follows");
+            .find(|l| !l.starts_with('#') || l.starts_with(&format!("# {field} = ")))
+            .expect("a key follows")
+            .trim_start_matches("# ");
         assert!(
             next_key.starts_with(&format!("{field} = ")),
             "{line:?} is followed by {next_key:?}"
         );
     }
+}
+
+#[test]
+fn node_labels_are_read_and_bad_ones_name_their_key() {
+    let cfg = Config::from_toml("[node]\nlabels = { gpu = \"a100\", zone = \"b\" }")
+        .expect("labels parse");
+    cfg.validate().expect("labels valid");
+    assert_eq!(
+        cfg.runtime().labels.into_iter().collect::<Vec<_>>(),
+        [("gpu".into(), "a100".into()), ("zone".into(), "b".into())]
+    );
+    let cases = [
+        ("\"gpu=x\" = \"a\"", "node.labels.gpu=x"),
+        ("\"\" = \"a\"", "node.labels."),
+        ("gpu = \"\"", "node.labels.gpu"),
+        ("gpu = \"a b\"", "node.labels.gpu"),
+        ("gpu = \"a,b\"", "node.labels.gpu"),
+        ("\"-gpu\" = \"a\"", "node.labels.-gpu"),
+    ];
+    for (labels, key) in cases {
+        let text = format!("[node]\nlabels = {{ {labels} }}");
+        let cfg = Config::from_toml(&text).expect(&text);
+        let err = cfg.validate().expect_err(&text).to_string();
+        assert!(err.contains(&format!("config key {key}:")), "{text}: {err}");
+    }
+    let err = Config::from_toml("[node]\nlabels = { gpu = 1 }").expect_err("a number");
+    assert!(err.contains("labels"), "{err}");
 }

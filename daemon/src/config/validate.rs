@@ -2,6 +2,17 @@
 
 use super::{Config, ConfigError, SecurityConfig, files, invalid};
 
+/// Most labels a node may carry.
+const MAX_LABELS: usize = 64;
+
+/// 1-63 ASCII letters, digits and `extra`, starting with a letter or digit.
+fn label_word(s: &str, extra: &str) -> bool {
+    s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
 impl Config {
     /// Checks every value and then every file the configuration names (readable, parses, key
     /// matches certificate), exactly as `serve` will use them; the error names the key.
@@ -45,7 +56,59 @@ impl Config {
         }
         self.validate_docker()?;
         self.validate_spawn()?;
-        self.validate_capacity()
+        self.validate_images()?;
+        self.validate_capacity()?;
+        self.validate_labels()
+    }
+
+    fn validate_images(&self) -> Result<(), ConfigError> {
+        if self.images.pull_timeout_seconds == 0 || self.images.pull_timeout_seconds > 86_400 {
+            return Err(invalid("images.pull_timeout_seconds", "must be 1-86400"));
+        }
+        let i = &self.images;
+        if i.gc_high_percent > 100
+            || (i.gc_high_percent > 0 && i.gc_low_percent >= i.gc_high_percent)
+        {
+            return Err(invalid(
+                "images.gc_low_percent",
+                "must be below images.gc_high_percent (at most 100; 0 turns image GC off)",
+            ));
+        }
+        if i.gc_interval_seconds == 0 || i.gc_interval_seconds > 86_400 {
+            return Err(invalid("images.gc_interval_seconds", "must be 1-86400"));
+        }
+        Ok(())
+    }
+
+    /// Label keys and values are short words a hub can write as `key=value` in a selector and
+    /// a message: no `=`, `,`, spaces or control characters.
+    fn validate_labels(&self) -> Result<(), ConfigError> {
+        let labels = &self.node.labels;
+        if labels.len() > MAX_LABELS {
+            return Err(invalid(
+                "node.labels",
+                format!("at most {MAX_LABELS} labels, got {}", labels.len()),
+            ));
+        }
+        for (k, v) in labels {
+            if !label_word(k, "./-_") {
+                return Err(invalid(
+                    format!("node.labels.{k}"),
+                    format!(
+                        "the key {k:?} must be 1-63 characters of [A-Za-z0-9._/-], starting with a letter or digit"
+                    ),
+                ));
+            }
+            if !label_word(v, ".-_") {
+                return Err(invalid(
+                    format!("node.labels.{k}"),
+                    format!(
+                        "the value {v:?} must be 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_docker(&self) -> Result<(), ConfigError> {

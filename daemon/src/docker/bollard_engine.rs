@@ -21,7 +21,8 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, LogStream, NewVolume, PortBinding, RunStatus, Usage, VolumeInfo,
+    ImageInfo, ImageSummary, LogChunk, LogStream, NewVolume, PortBinding, PullEvent, RunStatus,
+    Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -303,6 +304,100 @@ impl ContainerEngine for BollardEngine {
             id: i.id.unwrap_or_default(),
             cmd: i.config.and_then(|c| c.cmd).unwrap_or_default(),
         }))
+    }
+
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<PullEvent, EngineError>> {
+        let options = bollard::query_parameters::CreateImageOptions {
+            from_image: Some(reference.to_owned()),
+            ..Default::default()
+        };
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(crate::registry::registry_host(reference).to_owned()),
+            ..Default::default()
+        });
+        let to_u64 = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok());
+        self.docker
+            .create_image(Some(options), None, credentials)
+            .map(move |item| match item {
+                Ok(info) => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    Ok(PullEvent {
+                        layer: info.id.unwrap_or_default(),
+                        status: info.status.unwrap_or_default(),
+                        current: to_u64(detail.current),
+                        total: to_u64(detail.total),
+                    })
+                }
+                // An error in the middle of the stream carries no HTTP status.
+                Err(BollardError::DockerStreamError { error }) => Err(EngineError::Api {
+                    op: "pull",
+                    status: 500,
+                    message: error,
+                }),
+                Err(e) => Err(classify("pull", e)),
+            })
+            .boxed()
+    }
+
+    async fn image_summaries(&self) -> Result<Vec<ImageSummary>, EngineError> {
+        let list = self
+            .bounded(
+                "list images",
+                self.docker
+                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+            )
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id,
+                refs: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                size: u64::try_from(i.size).unwrap_or(0),
+                created: i.created,
+            })
+            .collect())
+    }
+
+    async fn images_in_use(&self) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let list = self
+            .bounded(
+                "list containers",
+                self.docker.list_containers(Some(options)),
+            )
+            .await?;
+        Ok(list.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: false,
+            noprune: false,
+            platforms: None,
+        };
+        match self
+            .bounded(
+                "remove image",
+                self.docker.remove_image(reference, Some(options), None),
+            )
+            .await
+        {
+            Err(EngineError::NotFound { .. }) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {

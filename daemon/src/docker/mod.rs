@@ -95,6 +95,33 @@ pub struct ImageInfo {
     pub cmd: Vec<String>,
 }
 
+/// One report of a pull under way, as the engine streams it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullEvent {
+    /// The layer it is about; "" for the image as a whole.
+    pub layer: String,
+    /// Docker's status text: `Pulling fs layer`, `Waiting`, `Downloading`, `Download
+    /// complete`, `Extracting`, `Pull complete`, `Already exists`, ...
+    pub status: String,
+    /// Bytes done of this step (downloaded, or extracted), when Docker tells.
+    pub current: Option<u64>,
+    /// Size of this step, when Docker tells.
+    pub total: Option<u64>,
+}
+
+/// One image as the engine lists it, for image garbage collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Image id (`sha256:...`).
+    pub id: String,
+    /// Its `repo:tag` references (none for a dangling image).
+    pub refs: Vec<String>,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+}
+
 /// A mount: a named volume or (policy permitting) a host path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -324,6 +351,25 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         reference: &str,
     ) -> impl Future<Output = Result<Option<ImageInfo>, EngineError>> + Send;
+    /// Pulls the full reference `reference` from its registry, with `auth` when given. The
+    /// stream reports each layer's progress and ends after the image is complete, or with the
+    /// error that stopped the pull. Not bounded by the call deadline: the caller bounds it
+    /// (and cancels the pull by dropping the stream).
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<PullEvent, EngineError>>;
+    /// Every image of the engine (not intermediate layers).
+    fn image_summaries(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ImageSummary>, EngineError>> + Send;
+    /// Ids of the images of every container, in any state, berthd's or not.
+    fn images_in_use(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
+    /// Removes one reference (or, by id, an untagged image) without force: an image a container
+    /// uses, or with dependent child images, is a `Conflict`.
+    fn remove_image(&self, reference: &str)
+    -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Creates a container and returns its id.
     fn create(
         &self,

@@ -10,15 +10,27 @@ use crate::state::StoreError;
 /// Why a lifecycle operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The image is not on this node.
+    /// The image is not on this node and the pull policy is `never`.
     #[error(
-        "image {image:?} is not present on node {node:?}; load it on the node first (this berthd does not pull images)"
+        "image {image:?} is not present on node {node:?} and the pull policy is \"never\"; load it on the node first, or pull it (pull_policy ifnotpresent or always)"
     )]
     ImageMissing {
         /// Image reference.
         image: String,
         /// Node id.
         node: String,
+    },
+    /// The image could not be pulled from its registry; nothing was created.
+    #[error("cannot pull image {image:?} on node {node:?}: {cause}: {detail}")]
+    ImagePullFailed {
+        /// Image reference.
+        image: String,
+        /// Node id.
+        node: String,
+        /// Why, as a code.
+        cause: super::pull::PullCause,
+        /// Docker's words.
+        detail: String,
     },
     /// The key runs under another spawn.
     #[error("server {key} already runs on this node under spawn id {spawn_id:?}; stop it first")]
@@ -225,6 +237,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::ImageMissing { .. } => "ImageMissing",
+            Error::ImagePullFailed { .. } => "ImagePullFailed",
             Error::AlreadyRunning { .. } | Error::NameTaken { .. } => "Conflict",
             Error::ExitedDuringStart { reason, .. } => reason,
             Error::StartRefused { .. } => "StartRefused",

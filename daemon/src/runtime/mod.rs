@@ -9,6 +9,8 @@
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
 //! | [`boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `boot_times.rs` |
+//! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
+//! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -34,10 +36,12 @@ use crate::state::FileStore;
 pub mod admission;
 pub mod boot_times;
 mod error;
+pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
 pub mod progress;
+pub mod pull;
 mod read;
 pub mod ready;
 mod reconcile;
@@ -91,6 +95,12 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// Image pulls.
+    pub pulls: pull::PullConfig,
+    /// Image garbage collection.
+    pub image_gc: image_gc::GcConfig,
+    /// The node's labels, reported by Capacity for the hub's node selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A server that answers HTTP.
@@ -128,6 +138,10 @@ struct Inner<E> {
     admission: admission::Admission,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
+    /// The pulls under way.
+    pulls: Arc<pull::Pulls>,
+    /// When each image was last seen in use, for image GC.
+    image_use: image_gc::ImageUse,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
 }
@@ -148,6 +162,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 progress: ProgressRegistry::default(),
                 boot_times: boot_times::BootTimes::default(),
                 transfers: transfer::Busy::default(),
+                pulls: Arc::default(),
+                image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
             }),
         }

@@ -21,6 +21,8 @@ pub const WAIT_FOR_BEGIN: Duration = Duration::from_secs(30);
 pub enum Phase {
     /// Accepted, waiting for the key or a slot.
     Queued,
+    /// Pulling the image.
+    Pulling,
     /// Creating the container.
     Creating,
     /// Starting the container.
@@ -55,6 +57,8 @@ pub struct Event {
     pub reason: Option<String>,
     /// When it happened.
     pub at: SystemTime,
+    /// How far the pull is, while pulling.
+    pub pull: Option<super::pull::PullProgress>,
 }
 
 impl Event {
@@ -67,6 +71,7 @@ impl Event {
             url: None,
             reason: None,
             at: SystemTime::now(),
+            pull: None,
         }
     }
 }

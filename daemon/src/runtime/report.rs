@@ -44,6 +44,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// The configured labels (`[node] labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
@@ -157,24 +159,29 @@ impl<E: ContainerEngine> Runtime<E> {
             Vec::new()
         };
         let mut disks = vec![("state directory", inner.cfg.state_dir.clone())];
+        let mut root_usage = None;
         if let Some(root) = self.docker_root().await {
+            root_usage = super::image_gc::usage_of(std::path::Path::new(&root));
             disks.push(("Docker root", PathBuf::from(root)));
         }
         let draining = inner.admission.draining();
+        let mut conditions = conditions(&host, docker_up, &disks, draining.as_deref());
+        super::image_gc::report_pressure(&mut conditions, root_usage, &inner.cfg.image_gc);
         NodeCapacity {
             host,
             allocatable: capacity::allocatable(host, limits),
             committed,
             running,
             max_servers: limits.max_servers,
-            conditions: conditions(&host, docker_up, &disks, draining.as_deref()),
+            conditions,
             draining: draining.is_some(),
             images,
+            labels: inner.cfg.labels.clone(),
         }
     }
 
     /// Docker's storage root, asked once it answers.
-    async fn docker_root(&self) -> Option<String> {
+    pub(super) async fn docker_root(&self) -> Option<String> {
         self.inner
             .docker_root
             .get_or_try_init(|| async { self.inner.engine.root_dir().await.map(Some) })

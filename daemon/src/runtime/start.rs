@@ -94,15 +94,7 @@ impl<E: ContainerEngine> Runtime<E> {
             return done;
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
-        let image =
-            self.inner
-                .engine
-                .image(&spec.image)
-                .await?
-                .ok_or_else(|| Error::ImageMissing {
-                    image: spec.image.clone(),
-                    node: self.inner.cfg.node_id.clone(),
-                })?;
+        let image = self.ensure_image(spec, progress, cancel).await?;
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {

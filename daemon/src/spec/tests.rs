@@ -220,6 +220,8 @@ proptest! {
             ready_path: "/".into(),
             ready_timeout: None,
             host: HostAccess::default(),
+            pull_policy: None,
+            pull_secret: None,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

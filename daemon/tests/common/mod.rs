@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod fake_node;
+pub mod registry;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -106,6 +107,23 @@ impl Daemon {
         }
     }
 
+    /// The berthd process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for berthd to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -138,6 +156,9 @@ impl Daemon {
             .arg(state_dir)
             .args(extra)
             .env("BERTH_LOG", "info,berthd=debug")
+            // Image GC off: the host engine's images are shared by every test (and may be
+            // unused at the moment a pass runs); image_gc.rs tests GC on its own engine.
+            .env("BERTH_IMAGE_GC_HIGH_PERCENT", "0")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -36,6 +36,54 @@ impl ContainerEngine for FakeEngine {
         }))
     }
 
+    fn pull(
+        &self,
+        reference: &str,
+        auth: Option<&crate::registry::RegistryAuth>,
+    ) -> BoxStream<'static, Result<crate::docker::PullEvent, EngineError>> {
+        self.pull_stream(reference, auth)
+    }
+
+    async fn image_summaries(&self) -> Result<Vec<crate::docker::ImageSummary>, EngineError> {
+        let world = self.enter("image summaries")?;
+        Ok(world
+            .images
+            .iter()
+            .map(|(reference, i)| crate::docker::ImageSummary {
+                id: i.id.clone(),
+                refs: vec![reference.clone()],
+                size: 1,
+                created: 0,
+            })
+            .collect())
+    }
+
+    async fn images_in_use(&self) -> Result<Vec<String>, EngineError> {
+        let world = self.enter("images in use")?;
+        Ok(world
+            .containers
+            .values()
+            .filter_map(|c| world.images.get(&normalise(&c.spec.image)))
+            .map(|i| i.id.clone())
+            .collect())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let mut world = self.enter("remove image")?;
+        let reference = normalise(reference);
+        let used = world
+            .containers
+            .values()
+            .any(|c| normalise(&c.spec.image) == reference);
+        if used {
+            return Err(EngineError::Conflict {
+                message: format!("image {reference} is being used by a container"),
+            });
+        }
+        world.images.remove(&reference);
+        Ok(())
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
         self.enter("create")?.create(spec)
     }

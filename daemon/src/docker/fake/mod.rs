@@ -5,7 +5,9 @@
 //! [`Behaviour`]; the test drives the rest: exits, OOM kills, an engine that goes away and
 //! comes back, slow inspects that answer with a stale snapshot, and a count of calls per method.
 //!
-//! Not modelled: pulls; networks (a server always listens on 127.0.0.1, whatever `host_ip`,
+//! Pulls come from a registry inside the fake (`publish_image`), with per-layer reports.
+//!
+//! Not modelled: networks (a server always listens on 127.0.0.1, whatever `host_ip`,
 //! and host networking publishes nothing reachable); resource enforcement (limits are only
 //! recorded; an OOM kill happens when a test says so); restart policies and restart counts;
 //! HEALTHCHECK probes (a test sets the status); pause; what an image's command does; id
@@ -23,6 +25,7 @@ use super::{EngineError, EngineEvent};
 mod controls;
 mod engine;
 mod model;
+mod pull;
 #[cfg(test)]
 mod tests;
 
@@ -65,6 +68,8 @@ struct Shared {
     reachable: watch::Sender<bool>,
     /// Inspects sleeping in an armed delay right now.
     delayed: watch::Sender<usize>,
+    /// The images a pull can fetch.
+    registry: pull::Registry,
 }
 
 impl Default for FakeEngine {
@@ -81,6 +86,7 @@ impl FakeEngine {
                 world: Mutex::new(World::new()),
                 reachable: watch::channel(true).0,
                 delayed: watch::channel(0).0,
+                registry: pull::Registry::default(),
             }),
         }
     }

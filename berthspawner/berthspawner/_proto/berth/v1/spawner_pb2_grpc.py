@@ -115,6 +115,11 @@ class SpawnerStub:
                 request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.SerializeToString,
                 response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.FromString,
                 _registered_method=True)
+        self.Prepull = channel.unary_stream(
+                '/berth.v1.Spawner/Prepull',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.FromString,
+                _registered_method=True)
 
 
 class SpawnerServicer:
@@ -253,6 +258,16 @@ class SpawnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prepull(self, request, context):
+        """Pulls images onto this node ahead of spawns (e.g. before a class), with the node's
+        credentials, one after another; each image's progress as Start's PULLING events, then one
+        event with `done` (or `error`). A pull already under way for a spawn is joined, not
+        repeated. Images are checked against the node policy's allowed_images first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpawnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +350,11 @@ def add_SpawnerServicer_to_server(servicer, server):
                     servicer.RemoveVolume,
                     request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.FromString,
                     response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.SerializeToString,
+            ),
+            'Prepull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Prepull,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -770,6 +790,33 @@ class Spawner:
             '/berth.v1.Spawner/RemoveVolume',
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeRequest.SerializeToString,
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.RemoveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/berth.v1.Spawner/Prepull',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.FromString,
             options,
             channel_credentials,
             insecure,

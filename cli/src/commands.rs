@@ -1,0 +1,415 @@
+//! One function per command: call berthd, print the answer as a table or as JSON.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use berth_proto::v1 as pb;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::endpoint::{self, Conn, Unreachable};
+use crate::view::{self, Server};
+use crate::{Cli, Command, Output};
+
+/// Deadline of one unary call (streams that follow have none).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the command `cli` names.
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let out = cli.output;
+    match cli.command {
+        Command::Completions { shell } => return crate::docs::completions(shell),
+        Command::Man { dir } => return crate::docs::man(&dir),
+        _ => {}
+    }
+    let conn = endpoint::connect(&cli.conn).await?;
+    match cli.command {
+        Command::Ps { user } => ps(&conn, out, user.unwrap_or_default()).await,
+        Command::Inspect { user, server } => inspect(&conn, out, user, server).await,
+        Command::Logs {
+            user,
+            server,
+            follow,
+            tail,
+        } => logs(&conn, user, server, follow, tail.unwrap_or(0)).await,
+        Command::Stop {
+            user,
+            server,
+            now,
+            remove,
+            grace,
+        } => {
+            let req = pb::StopRequest {
+                key: Some(key(user, server)),
+                now,
+                grace_seconds: grace.unwrap_or(0),
+                remove,
+            };
+            stop(&conn, out, req).await
+        }
+        Command::Capacity => capacity(&conn, out).await,
+        Command::Drain { reason } => drain(&conn, out, Some(reason)).await,
+        Command::Undrain => drain(&conn, out, None).await,
+        Command::Reconcile => reconcile(&conn, out).await,
+        Command::Volumes { user, sizes } => {
+            volumes(&conn, out, user.unwrap_or_default(), sizes).await
+        }
+        Command::Version => version(&conn, out).await,
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+    }
+}
+
+fn key(user: String, server: String) -> pb::ServerKey {
+    pb::ServerKey {
+        user,
+        server_name: server,
+    }
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(CALL_TIMEOUT);
+    req
+}
+
+/// Writes `text` to stdout (a closed pipe, as in `| head`, is not an error worth a message).
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+fn print_json<T: Serialize>(doc: &T) -> Result<()> {
+    print(&(serde_json::to_string_pretty(doc)? + "\n"))
+}
+
+async fn ps(conn: &Conn, out: Output, user: String) -> Result<()> {
+    let mut servers: Vec<Server> = conn
+        .spawner()
+        .list(request(pb::ListRequest { user }))
+        .await?
+        .into_inner()
+        .servers
+        .into_iter()
+        .map(Server::from)
+        .collect();
+    servers.sort_by(|a, b| (&a.user, &a.server).cmp(&(&b.user, &b.server)));
+    if out == Output::Json {
+        return print_json(&view::ServerList { servers });
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.user.clone(),
+                view::or_dash(&s.server),
+                view::state_cell(s),
+                age_of(s, now),
+                s.image.clone(),
+                view::or_dash(&s.url),
+            ]
+        })
+        .collect();
+    print(&view::table(
+        &["USER", "SERVER", "STATE", "AGE", "IMAGE", "URL"],
+        &rows,
+    ))
+}
+
+fn age_of(s: &Server, now: SystemTime) -> String {
+    let t = s
+        .started_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| prost_types::Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        });
+    view::age(t.as_ref(), now)
+}
+
+async fn poll(conn: &Conn, user: String, server: String) -> Result<Server> {
+    let status = conn
+        .spawner()
+        .poll(request(pb::PollRequest {
+            key: Some(key(user, server)),
+        }))
+        .await?
+        .into_inner();
+    Ok(Server::from(status))
+}
+
+/// `key: value` lines, one per field of the server.
+fn server_text(s: &Server) -> String {
+    let fields = [
+        ("user", s.user.clone()),
+        ("server", view::or_dash(&s.server)),
+        ("state", view::state_cell(s)),
+        ("message", s.message.clone()),
+        ("health", s.health.clone()),
+        ("url", s.url.clone()),
+        ("image", s.image.clone()),
+        ("container", s.container_id.clone()),
+        ("spawn id", s.spawn_id.clone()),
+        ("node", s.node_id.clone()),
+        ("started", s.started_at.clone().unwrap_or_default()),
+        ("finished", s.finished_at.clone().unwrap_or_default()),
+        ("last activity", s.last_activity.clone().unwrap_or_default()),
+    ];
+    fields
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{:<14}{v}\n", format!("{k}:")))
+        .collect()
+}
+
+async fn inspect(conn: &Conn, out: Output, user: String, server: String) -> Result<()> {
+    let s = poll(conn, user, server).await?;
+    match out {
+        Output::Json => print_json(&s),
+        Output::Table => print(&server_text(&s)),
+    }
+}
+
+async fn logs(conn: &Conn, user: String, server: String, follow: bool, tail: u32) -> Result<()> {
+    let mut req = tonic::Request::new(pb::LogsRequest {
+        key: Some(key(user, server)),
+        tail,
+        follow,
+    });
+    if !follow {
+        req.set_timeout(CALL_TIMEOUT);
+    }
+    let mut stream = conn.spawner().logs(req).await?.into_inner();
+    while let Some(line) = stream.next().await {
+        let line = line?;
+        let text = line.line + "\n";
+        if line.stream == pb::log_line::Stream::Stderr as i32 {
+            std::io::stderr().lock().write_all(text.as_bytes())?;
+        } else {
+            print(&text)?;
+        }
+    }
+    Ok(())
+}
+
+async fn stop(conn: &Conn, out: Output, req: pb::StopRequest) -> Result<()> {
+    let status = conn
+        .spawner()
+        .stop(request(req))
+        .await?
+        .into_inner()
+        .status
+        .unwrap_or_default();
+    let s = Server::from(status);
+    match out {
+        Output::Json => print_json(&s),
+        Output::Table => print(&format!(
+            "{}{}: {}\n",
+            s.user,
+            if s.server.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", s.server)
+            },
+            view::state_cell(&s)
+        )),
+    }
+}
+
+async fn capacity(conn: &Conn, out: Output) -> Result<()> {
+    let c = conn
+        .spawner()
+        .capacity(request(pb::CapacityRequest {}))
+        .await?
+        .into_inner();
+    let c = view::Capacity::from(c);
+    if out == Output::Json {
+        return print_json(&c);
+    }
+    let max = if c.max_servers == 0 {
+        "no limit".to_owned()
+    } else {
+        format!("max {}", c.max_servers)
+    };
+    let mut text = format!(
+        "node:         {}\n\
+         cpus:         {} (allocatable {:.1}, committed {:.2})\n\
+         memory:       {} total, {} available\n\
+         allocatable:  {}, committed {}\n\
+         servers:      {} running ({max})\n\
+         draining:     {}\n\
+         images:       {}\n\n",
+        c.node_id,
+        c.cpus,
+        c.allocatable.cpu,
+        c.committed.cpu,
+        view::size(c.memory_total_bytes),
+        view::size(c.memory_available_bytes),
+        view::size(c.allocatable.memory_bytes),
+        view::size(c.committed.memory_bytes),
+        c.running_servers,
+        if c.draining { "yes" } else { "no" },
+        c.images.len(),
+    );
+    let rows: Vec<Vec<String>> = c
+        .conditions
+        .iter()
+        .map(|k| {
+            vec![
+                k.kind.clone(),
+                k.status.clone(),
+                k.reason.clone(),
+                k.message.clone(),
+            ]
+        })
+        .collect();
+    text.push_str(&view::table(
+        &["CONDITION", "STATUS", "REASON", "MESSAGE"],
+        &rows,
+    ));
+    print(&text)
+}
+
+/// Drains with `reason`, or undrains when `None`.
+async fn drain(conn: &Conn, out: Output, reason: Option<String>) -> Result<()> {
+    let mut admin = conn.admin()?;
+    let draining = match reason {
+        Some(reason) => admin.drain(request(pb::DrainRequest { reason })).await?,
+        None => admin.undrain(request(pb::DrainRequest::default())).await?,
+    }
+    .into_inner()
+    .draining;
+    match out {
+        Output::Json => print_json(&serde_json::json!({ "draining": draining })),
+        Output::Table if draining => {
+            print("draining: new servers are refused; running servers keep running\n")
+        }
+        Output::Table => print("not draining: new servers are accepted\n"),
+    }
+}
+
+async fn reconcile(conn: &Conn, out: Output) -> Result<()> {
+    let r = conn
+        .admin()?
+        .reconcile(request(pb::ReconcileRequest {}))
+        .await?
+        .into_inner();
+    match out {
+        Output::Json => print_json(&serde_json::json!({
+            "adopted": r.adopted, "rebuilt": r.rebuilt, "vanished": r.vanished,
+        })),
+        Output::Table => print(&format!(
+            "reconciled: {} adopted, {} records rebuilt, {} vanished\n",
+            r.adopted, r.rebuilt, r.vanished
+        )),
+    }
+}
+
+async fn volumes(conn: &Conn, out: Output, user: String, sizes: bool) -> Result<()> {
+    let r = conn
+        .spawner()
+        .list_volumes(request(pb::ListVolumesRequest { user, sizes }))
+        .await?
+        .into_inner();
+    let mut volumes: Vec<view::Volume> = r.volumes.into_iter().map(view::Volume::from).collect();
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    if out == Output::Json {
+        return print_json(&view::VolumeList {
+            node_id: r.node_id,
+            volumes,
+        });
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = volumes
+        .iter()
+        .map(|v| {
+            let used = v
+                .last_used
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| prost_types::Timestamp {
+                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                    nanos: 0,
+                });
+            vec![
+                v.name.clone(),
+                v.user.clone(),
+                view::or_dash(&v.server),
+                v.driver.clone(),
+                v.size_bytes.map_or_else(|| "-".to_owned(), view::size),
+                view::age(used.as_ref(), now),
+            ]
+        })
+        .collect();
+    print(&view::table(
+        &["VOLUME", "USER", "SERVER", "DRIVER", "SIZE", "LAST USED"],
+        &rows,
+    ))
+}
+
+async fn version(conn: &Conn, out: Output) -> Result<()> {
+    let v = conn
+        .spawner()
+        .version(request(pb::VersionRequest {}))
+        .await?
+        .into_inner();
+    let doc = view::Version {
+        client: view::ClientVersion {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        server: view::ServerVersion {
+            api_version: v.api_version,
+            daemon_version: v.daemon_version,
+            node_id: v.node_id,
+            docker_api_version: v.docker_api_version,
+            docker_version: v.docker_version,
+            features: v.features,
+        },
+    };
+    match out {
+        Output::Json => print_json(&doc),
+        Output::Table => print(&format!(
+            "berthctl:  {}\nberthd:    {} (API {}, node {}, via {})\ndocker:    {} (API {})\n",
+            doc.client.version,
+            doc.server.daemon_version,
+            doc.server.api_version,
+            doc.server.node_id,
+            conn.target,
+            doc.server.docker_version,
+            doc.server.docker_api_version,
+        )),
+    }
+}
+
+/// The error for people: a gRPC status with its code and berthd's reason.
+pub(crate) fn describe(e: &anyhow::Error) -> String {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        let reason = reason(s).map(|r| format!(" [{r}]")).unwrap_or_default();
+        return format!("{:?}{reason}: {}", s.code(), s.message());
+    }
+    format!("{e:#}")
+}
+
+/// berthd's machine-readable reason (`google.rpc.ErrorInfo`), if the status carries one.
+fn reason(s: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    s.get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+}
+
+/// 69 (EX_UNAVAILABLE) when no berthd answered, 1 for any other failure.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Unreachable>().is_some() {
+        69
+    } else {
+        1
+    }
+}

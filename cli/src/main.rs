@@ -1,0 +1,150 @@
+//! `berthctl`: the operator's view of one berthd node — its servers, capacity, drain, logs.
+//!
+//! - `main.rs`: the command line (clap), dispatch and exit codes.
+//! - [`endpoint`]: which berthd to talk to (flag, env, berthd's config file, the Admin socket)
+//!   and how (Unix socket, or TCP with TLS and a token).
+//! - [`commands`]: one function per command, calling the RPCs and printing.
+//! - [`view`]: the stable JSON documents of `-o json` and the human tables.
+//! - [`docs`]: shell completions and man pages, generated from the clap definitions.
+
+mod commands;
+mod docs;
+mod endpoint;
+mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Tables and sentences for people.
+    Table,
+    /// One JSON document on stdout, stable for scripts (see README "berthctl").
+    Json,
+}
+
+/// Operate one berth node: list, inspect and stop its servers, read their logs, see capacity,
+/// drain and undrain. As root on the node it needs no credentials: it uses berthd's Admin socket.
+#[derive(Parser, Debug)]
+#[command(name = "berthctl", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) conn: endpoint::ConnArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub(crate) output: Output,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// List the servers the node holds.
+    Ps {
+        /// Only this user's servers.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Show one server in full.
+    Inspect {
+        /// The JupyterHub user name.
+        user: String,
+        /// The named server; omitted = the user's default server.
+        #[arg(default_value = "")]
+        server: String,
+    },
+    /// Print a server's output (stdout to stdout, stderr to stderr).
+    Logs {
+        /// The JupyterHub user name.
+        user: String,
+        /// The named server; omitted = the user's default server.
+        #[arg(default_value = "")]
+        server: String,
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+    },
+    /// Stop a server: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// The JupyterHub user name.
+        user: String,
+        /// The named server; omitted = the user's default server.
+        #[arg(default_value = "")]
+        server: String,
+        /// Kill at once (SIGKILL).
+        #[arg(long)]
+        now: bool,
+        /// Remove the container once stopped.
+        #[arg(long)]
+        remove: bool,
+        /// Time between SIGTERM and SIGKILL, e.g. "30s" (default: the node's).
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<u32>,
+    },
+    /// What the node has, what its servers hold, and its conditions.
+    Capacity,
+    /// Refuse new servers on this node (running ones keep running). Needs the Admin socket.
+    Drain {
+        /// Why, for the log and the Draining condition.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Accept new servers again. Needs the Admin socket.
+    Undrain,
+    /// Relist Docker and repair berthd's records now. Needs the Admin socket.
+    Reconcile,
+    /// The user volumes the node holds.
+    Volumes {
+        /// Only this user's volumes.
+        #[arg(long)]
+        user: Option<String>,
+        /// Measure sizes (Docker walks the volumes: slow on big nodes).
+        #[arg(long)]
+        sizes: bool,
+    },
+    // `images` and `prepull` come with berthd's image RPCs (the image-pull work).
+    /// berthctl's version and the node's (berthd, API, Docker).
+    Version,
+    /// Print a shell completion script, e.g. `berthctl completions bash > /etc/bash_completion.d/berthctl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (berthctl.1 and one per command) into a directory.
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+}
+
+fn parse_grace(text: &str) -> Result<u32, String> {
+    let secs = berthd::config::units::parse_seconds(text)?;
+    u32::try_from(secs).map_err(|_| format!("{text:?} is too long"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthctl: {}", commands::describe(&e));
+            ExitCode::from(commands::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! What berthctl prints: the JSON documents of `-o json` (field names are the proto's; times
+//! RFC 3339 in UTC; absent values `null`; new fields may be added, none renamed or removed) and
+//! the human tables, with sizes in KiB/MiB/GiB and ages like `5m`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_proto::v1 as pb;
+use berthd::config::units::format_size;
+use serde::Serialize;
+
+/// One server: `ps` (as `{"servers": [...]}`), `inspect`, `stop`.
+#[derive(Serialize, Debug)]
+pub(crate) struct Server {
+    pub(crate) user: String,
+    /// "" for the default server.
+    pub(crate) server: String,
+    /// ABSENT, STARTING, RUNNING, STOPPING or EXITED.
+    pub(crate) state: String,
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) started_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
+    pub(crate) last_activity: Option<String>,
+    pub(crate) url: String,
+    pub(crate) container_id: String,
+    pub(crate) spawn_id: String,
+    pub(crate) node_id: String,
+    pub(crate) image: String,
+    pub(crate) health: String,
+}
+
+impl From<pb::ServerStatus> for Server {
+    fn from(s: pb::ServerStatus) -> Self {
+        let key = s.key.unwrap_or_default();
+        let state = pb::server_status::State::try_from(s.state)
+            .unwrap_or(pb::server_status::State::Unspecified)
+            .as_str_name()
+            .to_owned();
+        Self {
+            user: key.user,
+            server: key.server_name,
+            state,
+            exit_code: s.exit_code,
+            reason: s.reason,
+            message: s.message,
+            started_at: s.started_at.as_ref().map(rfc3339),
+            finished_at: s.finished_at.as_ref().map(rfc3339),
+            last_activity: s.last_activity.as_ref().map(rfc3339),
+            url: s.url,
+            container_id: s.container_id,
+            spawn_id: s.spawn_id,
+            node_id: s.node_id,
+            image: s.image,
+            health: s.health,
+        }
+    }
+}
+
+/// `ps -o json`.
+#[derive(Serialize, Debug)]
+pub(crate) struct ServerList {
+    pub(crate) servers: Vec<Server>,
+}
+
+/// `capacity -o json`: the Capacity RPC's answer, field for field.
+#[derive(Serialize, Debug)]
+pub(crate) struct Capacity {
+    pub(crate) node_id: String,
+    pub(crate) cpus: u32,
+    pub(crate) memory_total_bytes: u64,
+    pub(crate) memory_available_bytes: u64,
+    pub(crate) allocatable: Allocation,
+    pub(crate) committed: Allocation,
+    pub(crate) running_servers: u32,
+    /// 0 = no limit.
+    pub(crate) max_servers: u32,
+    pub(crate) draining: bool,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) images: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Allocation {
+    pub(crate) cpu: f64,
+    pub(crate) memory_bytes: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Condition {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) status: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+impl From<Option<pb::Allocation>> for Allocation {
+    fn from(a: Option<pb::Allocation>) -> Self {
+        let a = a.unwrap_or_default();
+        Self {
+            cpu: a.cpu,
+            memory_bytes: a.memory_bytes,
+        }
+    }
+}
+
+impl From<pb::NodeCapacity> for Capacity {
+    fn from(c: pb::NodeCapacity) -> Self {
+        Self {
+            node_id: c.node_id,
+            cpus: c.cpus,
+            memory_total_bytes: c.memory_total_bytes,
+            memory_available_bytes: c.memory_available_bytes,
+            allocatable: c.allocatable.into(),
+            committed: c.committed.into(),
+            running_servers: c.running_servers,
+            max_servers: c.max_servers,
+            draining: c.draining,
+            conditions: c
+                .conditions
+                .into_iter()
+                .map(|c| Condition {
+                    kind: c.r#type,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                })
+                .collect(),
+            images: c.images,
+        }
+    }
+}
+
+/// `volumes -o json`.
+#[derive(Serialize, Debug)]
+pub(crate) struct VolumeList {
+    pub(crate) node_id: String,
+    pub(crate) volumes: Vec<Volume>,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct Volume {
+    pub(crate) name: String,
+    pub(crate) user: String,
+    /// "" for a volume of the user (not of one server).
+    pub(crate) server: String,
+    pub(crate) driver: String,
+    /// null when not measured (no `--sizes`) or not measurable.
+    pub(crate) size_bytes: Option<u64>,
+    pub(crate) last_used: Option<String>,
+}
+
+impl From<pb::UserVolume> for Volume {
+    fn from(v: pb::UserVolume) -> Self {
+        let owner = v.owner.unwrap_or_default();
+        Self {
+            name: v.name,
+            user: owner.user,
+            server: owner.server_name,
+            driver: v.driver,
+            size_bytes: u64::try_from(v.size_bytes).ok(),
+            last_used: v.last_used.as_ref().map(rfc3339),
+        }
+    }
+}
+
+/// `version -o json`.
+#[derive(Serialize, Debug)]
+pub(crate) struct Version {
+    pub(crate) client: ClientVersion,
+    pub(crate) server: ServerVersion,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct ClientVersion {
+    pub(crate) version: String,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct ServerVersion {
+    pub(crate) api_version: String,
+    pub(crate) daemon_version: String,
+    pub(crate) node_id: String,
+    pub(crate) docker_api_version: String,
+    pub(crate) docker_version: String,
+    pub(crate) features: Vec<String>,
+}
+
+fn to_system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
+    let secs = u64::try_from(t.seconds).ok()?;
+    let nanos = u32::try_from(t.nanos).ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// RFC 3339 in UTC, whole seconds.
+pub(crate) fn rfc3339(t: &prost_types::Timestamp) -> String {
+    to_system_time(t)
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// How long ago `t` was, for people: `45s`, `12m`, `3h`, `2d`; "-" when unknown.
+pub(crate) fn age(t: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
+    let Some(then) = t.and_then(to_system_time) else {
+        return "-".to_owned();
+    };
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Bytes for people: "4.0 GiB".
+pub(crate) fn size(bytes: u64) -> String {
+    format_size(bytes)
+}
+
+/// Left-aligned columns separated by two spaces, header first.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// The state column: `RUNNING`, `EXITED (137, Killed)`.
+pub(crate) fn state_cell(s: &Server) -> String {
+    match (s.exit_code, s.reason.is_empty()) {
+        (Some(code), false) => format!("{} ({code}, {})", s.state, s.reason),
+        (Some(code), true) => format!("{} ({code})", s.state),
+        (None, _) => s.state.clone(),
+    }
+}
+
+/// "-" for the default server, for tables.
+pub(crate) fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |ago: i64| prost_types::Timestamp {
+            seconds: 1_000_000 - ago,
+            nanos: 0,
+        };
+        for (ago, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 86_400, "3d"),
+        ] {
+            assert_eq!(age(Some(&at(ago)), now), want);
+        }
+        assert_eq!(age(None, now), "-");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let t = table(
+            &["USER", "STATE"],
+            &[
+                vec!["ann".into(), "RUNNING".into()],
+                vec!["bobby".into(), "EXITED".into()],
+            ],
+        );
+        assert_eq!(t, "USER   STATE\nann    RUNNING\nbobby  EXITED\n");
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let s = Server::from(pb::ServerStatus {
+            key: Some(pb::ServerKey {
+                user: "ann".into(),
+                server_name: String::new(),
+            }),
+            state: pb::server_status::State::Exited as i32,
+            exit_code: Some(137),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(v["user"], "ann");
+        assert_eq!(v["state"], "EXITED");
+        assert_eq!(v["exit_code"], 137);
+        assert_eq!(v["started_at"], "1970-01-01T00:00:00Z");
+        assert!(v["finished_at"].is_null());
+        assert_eq!(state_cell(&s), "EXITED (137)");
+    }
+}

@@ -1,0 +1,356 @@
+//! Image garbage collection, as the kubelet does it: when the disk holding Docker's root is
+//! used above a high mark, images no container uses (berthd's or not) and no pull is fetching
+//! are removed, least recently used first, until usage is down to a low mark.
+//!
+//! "Used" is what berthd saw: an image's last use is the last collection pass that found a
+//! container of it; an image never seen in use goes first, oldest first. An image first seen
+//! less than `min_age` ago is kept (it may have just been pulled for a spawn that has not made
+//! its container yet). Removal never forces: Docker itself refuses an image a container uses
+//! or one with child images, and that refusal is logged and the image skipped. The first pass
+//! runs one interval after start, so a short-lived berthd never removes anything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, Runtime};
+use crate::docker::{ContainerEngine, EngineError, ImageSummary};
+
+/// Disk usage (percent) above which images are collected (the kubelet's default).
+pub const DEFAULT_HIGH_PERCENT: u8 = 85;
+/// Disk usage (percent) collection brings the disk down to (the kubelet's default).
+pub const DEFAULT_LOW_PERCENT: u8 = 80;
+/// Time between two collection passes.
+pub const DEFAULT_INTERVAL_SECONDS: u64 = 300;
+/// Images first seen more recently than this are kept (the kubelet's default).
+pub const DEFAULT_MIN_AGE_SECONDS: u64 = 120;
+
+/// When to collect; filled from `[images]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcConfig {
+    /// Disk usage that starts a collection; 0 = never collect.
+    pub high_percent: u8,
+    /// Disk usage a collection stops at.
+    pub low_percent: u8,
+    /// Time between passes.
+    pub interval: Duration,
+    /// Images first seen more recently are kept.
+    pub min_age: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            high_percent: DEFAULT_HIGH_PERCENT,
+            low_percent: DEFAULT_LOW_PERCENT,
+            interval: Duration::from_secs(DEFAULT_INTERVAL_SECONDS),
+            min_age: Duration::from_secs(DEFAULT_MIN_AGE_SECONDS),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcReport {
+    /// Disk usage (percent) before, when it could be read.
+    pub usage_before: Option<f64>,
+    /// Disk usage after.
+    pub usage_after: Option<f64>,
+    /// Images removed, in the order they went (their references, or the id of an untagged one).
+    pub removed: Vec<String>,
+    /// Images Docker refused to remove (a child image, a container made meanwhile).
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Use {
+    first_seen: SystemTime,
+    last_used: Option<SystemTime>,
+}
+
+/// What berthd has seen of each image, by id.
+#[derive(Default)]
+pub struct ImageUse {
+    seen: Mutex<HashMap<String, Use>>,
+}
+
+impl ImageUse {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Use>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records this pass's sighting: every image seen, those in `used` used now. Images gone
+    /// from the engine are forgotten.
+    fn observe(&self, images: &[ImageSummary], used: &HashSet<String>, now: SystemTime) {
+        let mut seen = self.lock();
+        let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
+        seen.retain(|id, _| present.contains(id.as_str()));
+        for i in images {
+            let u = seen.entry(i.id.clone()).or_insert(Use {
+                first_seen: now,
+                last_used: None,
+            });
+            if used.contains(&i.id) {
+                u.last_used = Some(now);
+            }
+        }
+    }
+
+    /// The images that may go, least recently used first.
+    fn candidates(
+        &self,
+        images: &[ImageSummary],
+        keep: impl Fn(&ImageSummary) -> bool,
+        now: SystemTime,
+        min_age: Duration,
+    ) -> Vec<ImageSummary> {
+        let seen = self.lock();
+        let mut out: Vec<(Option<SystemTime>, SystemTime, i64, ImageSummary)> = images
+            .iter()
+            .filter(|i| !keep(i))
+            .filter_map(|i| {
+                let u = seen.get(&i.id)?;
+                let old = now.duration_since(u.first_seen).unwrap_or_default() >= min_age;
+                old.then(|| (u.last_used, u.first_seen, i.created, i.clone()))
+            })
+            .collect();
+        out.sort_by_key(|a| (a.0, a.1, a.2));
+        out.into_iter().map(|(_, _, _, i)| i).collect()
+    }
+}
+
+/// Sets the DiskPressure condition while the Docker root's disk is above the image GC high mark
+/// (`usage` in percent), so the hub sees why images go.
+pub(super) fn report_pressure(
+    conditions: &mut [super::report::Condition],
+    usage: Option<f64>,
+    cfg: &GcConfig,
+) {
+    let Some(u) = usage else { return };
+    if cfg.high_percent == 0 || u < f64::from(cfg.high_percent) {
+        return;
+    }
+    let Some(c) = conditions.iter_mut().find(|c| c.kind == "DiskPressure") else {
+        return;
+    };
+    let note = format!(
+        "Docker root disk {u:.0}% used, above the image GC high mark of {}%: unused images are being removed down to {}%",
+        cfg.high_percent, cfg.low_percent
+    );
+    if c.status != "True" {
+        c.status = "True";
+        c.reason = "ImageGCHighMark".to_owned();
+        c.message = note;
+    } else {
+        c.message = format!("{}; {note}", c.message);
+    }
+}
+
+/// Percent of the disk holding `path` in use, as `df` counts it: used / (used + available to
+/// unprivileged users). Blocks reserved for root or held outside the filesystem's reach count
+/// as neither, so a disk with much of its size reserved is not taken for a full one.
+pub fn usage_of(path: &std::path::Path) -> Option<f64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    let used = s.f_blocks.saturating_sub(s.f_bfree);
+    let room = used + s.f_bavail;
+    #[allow(clippy::cast_precision_loss)]
+    (room > 0).then(|| 100.0 * used as f64 / room as f64)
+}
+
+impl<E: ContainerEngine> Runtime<E> {
+    /// One collection pass with `cfg`'s marks; see the module docs.
+    pub async fn collect_images(&self, cfg: &GcConfig) -> Result<GcReport, Error> {
+        let engine = &self.inner.engine;
+        let images = engine.image_summaries().await?;
+        let used: HashSet<String> = engine.images_in_use().await?.into_iter().collect();
+        let now = SystemTime::now();
+        let record = &self.inner.image_use;
+        record.observe(&images, &used, now);
+        let Some(root) = self.docker_root().await else {
+            return Ok(GcReport::default());
+        };
+        let root = std::path::PathBuf::from(root);
+        let mut report = GcReport {
+            usage_before: usage_of(&root),
+            ..GcReport::default()
+        };
+        report.usage_after = report.usage_before;
+        let Some(before) = report.usage_before else {
+            return Ok(report);
+        };
+        if cfg.high_percent == 0 || before < f64::from(cfg.high_percent) {
+            return Ok(report);
+        }
+        let pulling: HashSet<String> = self.pulling().into_iter().collect();
+        let keep = |i: &ImageSummary| {
+            used.contains(&i.id)
+                || i.refs
+                    .iter()
+                    .any(|r| pulling.contains(&crate::spec::normalize_image(r)))
+        };
+        let candidates = record.candidates(&images, keep, now, cfg.min_age);
+        tracing::warn!(
+            usage_percent = before,
+            high_percent = cfg.high_percent,
+            low_percent = cfg.low_percent,
+            candidates = candidates.len(),
+            "disk usage above the image GC high mark: removing unused images, least recently used first"
+        );
+        for image in candidates {
+            if report
+                .usage_after
+                .is_some_and(|u| u <= f64::from(cfg.low_percent))
+            {
+                break;
+            }
+            let name = image
+                .refs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone());
+            match self.remove_all_refs(&image).await {
+                Ok(()) => {
+                    tracing::info!(image = %name, id = %image.id, bytes = image.size, "image GC removed an unused image");
+                    report.removed.push(name);
+                }
+                Err(EngineError::Conflict { message }) => {
+                    tracing::info!(image = %name, reason = %message, "image GC skipped an image Docker keeps");
+                    report.refused.push(name);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            report.usage_after = usage_of(&root);
+        }
+        tracing::info!(
+            usage_before = before,
+            usage_after = report.usage_after,
+            removed = report.removed.len(),
+            "image GC pass done"
+        );
+        Ok(report)
+    }
+
+    async fn remove_all_refs(&self, image: &ImageSummary) -> Result<(), EngineError> {
+        if image.refs.is_empty() {
+            return self.inner.engine.remove_image(&image.id).await;
+        }
+        for r in &image.refs {
+            self.inner.engine.remove_image(r).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects images every `cfg.interval` (the first pass after one interval) until `shutdown`.
+pub async fn run<E: ContainerEngine>(rt: Runtime<E>, cfg: GcConfig, shutdown: CancellationToken) {
+    if cfg.high_percent == 0 {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(cfg.interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = rt.collect_images(&cfg).await {
+            tracing::warn!(error = %e, "image GC pass failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, created: i64) -> ImageSummary {
+        ImageSummary {
+            id: id.into(),
+            refs: vec![format!("x/{id}:1")],
+            size: 1,
+            created,
+        }
+    }
+
+    #[test]
+    fn the_high_mark_is_disk_pressure() {
+        let cond = |status: &'static str| super::super::report::Condition {
+            kind: "DiskPressure",
+            status,
+            reason: "SufficientDisk".into(),
+            message: String::new(),
+        };
+        let cfg = GcConfig::default();
+        let mut c = [cond("False")];
+        report_pressure(&mut c, Some(84.0), &cfg);
+        assert_eq!(c[0].status, "False");
+        report_pressure(&mut c, Some(90.0), &cfg);
+        assert_eq!(
+            (c[0].status, c[0].reason.as_str()),
+            ("True", "ImageGCHighMark")
+        );
+        assert!(
+            c[0].message.contains("90%") && c[0].message.contains("85%"),
+            "{}",
+            c[0].message
+        );
+        let mut off = [cond("False")];
+        let none = GcConfig {
+            high_percent: 0,
+            ..cfg
+        };
+        report_pressure(&mut off, Some(99.0), &none);
+        assert_eq!(off[0].status, "False");
+    }
+
+    #[test]
+    fn usage_is_counted_as_df_counts_it() {
+        let u = usage_of(std::path::Path::new("/")).expect("statvfs of /");
+        let df = std::process::Command::new("df")
+            .args(["--output=pcent", "/"])
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&df.stdout);
+        let pcent: f64 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().trim_end_matches('%').parse().ok())
+            .expect("df prints a percentage");
+        // df rounds up, and the disk may change between the two readings.
+        assert!((u - pcent).abs() <= 2.0, "{u} vs df's {pcent}");
+    }
+
+    #[test]
+    fn never_used_go_first_then_least_recently_used_and_used_ones_stay() {
+        let u = ImageUse::default();
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let images = vec![
+            img("a", 3),
+            img("b", 2),
+            img("c", 1),
+            img("d", 0),
+            img("new", 0),
+        ];
+        let used = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<HashSet<_>>();
+        u.observe(&images[..4], &used(&[]), t(100));
+        u.observe(&images[..4], &used(&["c"]), t(200));
+        u.observe(&images[..4], &used(&["a", "b"]), t(300));
+        u.observe(&images[..4], &used(&["b"]), t(400));
+        u.observe(&images, &used(&["b"]), t(500));
+        let in_use = used(&["b"]);
+        let order: Vec<String> = u
+            .candidates(
+                &images,
+                |i| in_use.contains(&i.id),
+                t(500),
+                Duration::from_secs(60),
+            )
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        // d never used; c used at 200; a at 300; b in use; "new" seen too recently.
+        assert_eq!(order, ["d", "c", "a"]);
+    }
+}

@@ -1,0 +1,155 @@
+//! `/metrics` of a real berthd over a real dockerd: spawns and stops are counted, gauges follow.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+/// A loopback port free right now (bound, then released for berthd to take).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The value of the sample line `name` (labels included, exactly as written), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+async fn scrape(port: u16) -> String {
+    let (code, text) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
+#[tokio::test]
+async fn spawns_stops_and_gauges_are_exported() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&["--metrics-listen", &listen]);
+    let c = d.client().await;
+
+    let before = scrape(port).await;
+    assert!(before.contains("# TYPE berthd_server_spawn_duration_seconds histogram"));
+    assert_eq!(
+        sample(
+            &before,
+            r#"berthd_server_spawn_duration_seconds_count{status="success"}"#
+        ),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "berthd_running_servers"), Some(0.0));
+
+    let a = unique("metrics-a");
+    let b = unique("metrics-b");
+    c.clone().start(tiny_start(&a, "s1")).await.unwrap();
+    c.clone().start(tiny_start(&b, "s2")).await.unwrap();
+    let after_starts = scrape(port).await;
+    assert_eq!(
+        sample(
+            &after_starts,
+            r#"berthd_server_spawn_duration_seconds_count{status="success"}"#
+        ),
+        Some(2.0),
+        "{after_starts}"
+    );
+    assert_eq!(
+        sample(&after_starts, "berthd_running_servers"),
+        Some(2.0),
+        "{after_starts}"
+    );
+    // JupyterHub's buckets: both tiny spawns are well under 10 minutes.
+    assert_eq!(
+        sample(
+            &after_starts,
+            r#"berthd_server_spawn_duration_seconds_bucket{le="600.0",status="success"}"#
+        ),
+        Some(2.0),
+        "{after_starts}"
+    );
+    assert!(
+        sample(
+            &after_starts,
+            r#"berthd_grpc_requests_total{method="berth.v1.Spawner/Start",code="OK"}"#
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{after_starts}"
+    );
+    let alloc_mem = sample(&after_starts, "berthd_allocatable_memory_bytes").unwrap();
+    assert!(alloc_mem > 0.0, "{after_starts}");
+
+    stop_remove(&c, &a).await;
+    let after_stop = scrape(port).await;
+    assert_eq!(
+        sample(
+            &after_stop,
+            r#"berthd_server_stop_duration_seconds_count{status="success"}"#
+        ),
+        Some(1.0),
+        "{after_stop}"
+    );
+    assert_eq!(
+        sample(&after_stop, "berthd_running_servers"),
+        Some(1.0),
+        "{after_stop}"
+    );
+    assert_eq!(
+        sample(
+            &after_stop,
+            r#"berthd_server_spawn_duration_seconds_count{status="success"}"#
+        ),
+        Some(2.0)
+    );
+    // Docker's health is reported once the first health ping answered (every 5 s).
+    let up = eventually(std::time::Duration::from_secs(15), || async {
+        let text = scrape(port).await;
+        (sample(&text, "berthd_docker_up") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "berthd_docker_up never became 1");
+
+    // A refused call is counted under its code.
+    let refused = c
+        .clone()
+        .start(pb_start_without_key())
+        .await
+        .expect_err("a Start without a key is refused");
+    let code = berthd::metrics::code_name(refused.code());
+    let text = scrape(port).await;
+    assert!(
+        sample(
+            &text,
+            &format!(r#"berthd_grpc_requests_total{{method="berth.v1.Spawner/Start",code="{code}"}}"#)
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{code}: {text}"
+    );
+    stop_remove(&c, &b).await;
+}
+
+fn pb_start_without_key() -> berth_proto::v1::StartRequest {
+    let mut req = tiny_start("x", "s");
+    req.key = None;
+    req
+}
+
+#[tokio::test]
+async fn metrics_are_off_by_default_and_refused_off_loopback() {
+    // Off by default: no metrics line in the start-up log.
+    let d = Daemon::start();
+    let _ = d.client().await;
+    assert!(!d.log_text().contains("Prometheus"), "{}", d.log_text());
+    drop(d);
+    // A network address without the opt-in is a configuration error naming the key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["config", "check", "--metrics-listen", "0.0.0.0:9151"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics.listen"), "{err}");
+}

@@ -123,7 +123,9 @@ async fn spawns_stops_and_gauges_are_exported() {
     assert!(
         sample(
             &text,
-            &format!(r#"berthd_grpc_requests_total{{method="berth.v1.Spawner/Start",code="{code}"}}"#)
+            &format!(
+                r#"berthd_grpc_requests_total{{method="berth.v1.Spawner/Start",code="{code}"}}"#
+            )
         )
         .is_some_and(|n| n >= 1.0),
         "{code}: {text}"

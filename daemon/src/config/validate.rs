@@ -35,7 +35,7 @@ impl Config {
         files::check(self)
     }
 
-    fn validate_values(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate_values(&self) -> Result<(), ConfigError> {
         let id_ok = !self.node_id.is_empty()
             && self.node_id.len() <= 63
             && self

@@ -34,6 +34,10 @@ pub const SPAWN_BUCKETS: [f64; 12] = [
 ];
 /// Stop-duration buckets: a stop is a SIGTERM and at most the grace before SIGKILL.
 pub const STOP_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0];
+/// Image-pull-duration buckets: seconds for a cached layer set, up to the default pull timeout.
+pub const PULL_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 /// The content type of the text `/metrics` serves.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Longest one scrape connection may stay open.
@@ -62,12 +66,18 @@ fn stop_histogram() -> Histogram {
     Histogram::new(STOP_BUCKETS)
 }
 
+fn pull_histogram() -> Histogram {
+    Histogram::new(PULL_BUCKETS)
+}
+
 /// berthd's metric families and their registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     spawn: Timings,
     stop: Timings,
+    pull: Timings,
+    pull_bytes: Counter,
     running: Gauge,
     docker_up: Gauge,
     grpc: Family<GrpcLabels, Counter>,
@@ -100,13 +110,17 @@ impl Metrics {
         let mut registry = Registry::with_prefix("berthd");
         let spawn = Timings::new_with_constructor(spawn_histogram as fn() -> Histogram);
         let stop = Timings::new_with_constructor(stop_histogram as fn() -> Histogram);
+        let pull = Timings::new_with_constructor(pull_histogram as fn() -> Histogram);
         for ok in [true, false] {
             drop(spawn.get_or_create(&status(ok)));
             drop(stop.get_or_create(&status(ok)));
+            drop(pull.get_or_create(&status(ok)));
         }
         let m = Self {
             spawn,
             stop,
+            pull,
+            pull_bytes: Counter::default(),
             running: Gauge::default(),
             docker_up: Gauge::default(),
             grpc: Family::default(),
@@ -125,6 +139,16 @@ impl Metrics {
             "server_stop_duration_seconds",
             "Time a Stop took",
             m.stop.clone(),
+        );
+        registry.register(
+            "image_pull_duration_seconds",
+            "Time an image pull took (one per pull, however many spawns wait on it)",
+            m.pull.clone(),
+        );
+        registry.register(
+            "image_pull_bytes",
+            "Compressed layer bytes downloaded by finished pulls",
+            m.pull_bytes.clone(),
         );
         registry.register(
             "running_servers",
@@ -176,6 +200,14 @@ impl Metrics {
         self.stop
             .get_or_create(&status(ok))
             .observe(took.as_secs_f64());
+    }
+
+    /// A pull ended after `took`, having downloaded `bytes`.
+    pub fn pull_done(&self, took: Duration, ok: bool, bytes: u64) {
+        self.pull
+            .get_or_create(&status(ok))
+            .observe(took.as_secs_f64());
+        self.pull_bytes.inc_by(bytes);
     }
 
     /// Whether Docker answered the last health ping.

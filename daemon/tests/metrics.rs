@@ -130,6 +130,28 @@ async fn spawns_stops_and_gauges_are_exported() {
         .is_some_and(|n| n >= 1.0),
         "{code}: {text}"
     );
+    // A pull that fails (nothing listens at that registry) is timed as a failure.
+    let mut pull = tiny_start(&unique("metrics-pull"), "p");
+    pull.image = "127.0.0.1:1/berth-test/absent:1".to_owned();
+    pull.pull_policy = berth_proto::v1::PullPolicy::Always as i32;
+    c.clone().start(pull).await.expect_err("the pull fails");
+    let text = scrape(port).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"berthd_image_pull_duration_seconds_count{status="failure"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"berthd_server_spawn_duration_seconds_count{status="failure"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     stop_remove(&c, &b).await;
 }
 

@@ -79,6 +79,7 @@ async fn spawns_stops_and_gauges_are_exported() {
         .is_some_and(|n| n >= 2.0),
         "{after_starts}"
     );
+    dashboard_names_only_exported_families(&after_starts);
     let alloc_mem = sample(&after_starts, "berthd_allocatable_memory_bytes").unwrap();
     assert!(alloc_mem > 0.0, "{after_starts}");
 
@@ -176,4 +177,33 @@ async fn metrics_are_off_by_default_and_refused_off_loopback() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metrics.listen"), "{err}");
+}
+
+/// Every `berthd_*` name the Grafana dashboard queries is a family `/metrics` declares.
+fn dashboard_names_only_exported_families(text: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana-berthd.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("berthd_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "the dashboard queries {name}, not exported: {text}"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried}");
 }

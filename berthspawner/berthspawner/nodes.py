@@ -59,6 +59,9 @@ class Node:
         # Newest status of each key seen on Watch; trusted only while `watching`.
         self.statuses = {}
         self.watching = False
+        # Bumped at every Watch event and every loss of the stream (capcache: an answer older
+        # than the last change is not reused).
+        self.generation = 0
         self._watch_task = None
         self._listeners = {}
         self._snapshot = {}
@@ -162,6 +165,7 @@ class Node:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                self.generation += 1
                 was_watching, self.watching = self.watching, False
                 code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
                 if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -178,6 +182,7 @@ class Node:
                 backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
     def _on_event(self, ev):
+        self.generation += 1
         if ev.kind == pb.WatchEvent.SNAPSHOT:
             self._snapshot[(ev.status.key.user, ev.status.key.server_name)] = ev.status
             return

@@ -3,6 +3,9 @@
 import inspect
 from dataclasses import dataclass, field
 
+# The device class a `gpus` demand names when it gives none (berthd's default too).
+DEFAULT_GPU_CLASS = "gpu"
+
 
 @dataclass
 class Candidate:
@@ -30,6 +33,9 @@ class Candidate:
     labels: dict = field(default_factory=dict)
     inflight: int = 0
     inflight_memory: int = 0
+    # Per device class: {"free": devices with a free share, "total": shares, "models": [...]}.
+    devices: dict = field(default_factory=dict)
+    inflight_gpus: int = 0
 
 
 @dataclass
@@ -39,8 +45,15 @@ class Demand:
     memory: int = 0
     cpu: float = 0.0
     image: str = ""
+    gpus: int = 0
+    gpu_class: str = ""
+    gpu_model: str = ""
     # Labels the node must carry (the spawner's node_selector).
     node_selector: dict = field(default_factory=dict)
+
+    @property
+    def device_class(self):
+        return self.gpu_class or DEFAULT_GPU_CLASS
 
 
 def selector_text(selector):
@@ -68,6 +81,10 @@ def from_capacity(name, c):
         running=c.running_servers,
         max_servers=c.max_servers,
         images=list(c.images),
+        devices={
+            getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)}
+            for d in c.devices
+        },
         labels=dict(c.labels),
     )
 
@@ -124,7 +141,29 @@ def why_not(c, demand):
     if demand.cpu > c.cpu_free + 1e-9:
         return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
     # A node without the image is not refused: it pulls it (placement prefers nodes that have it).
+    return _gpu_shortfall(c, demand)
+
+
+def _gpu_shortfall(c, demand):
+    """Why the node's devices cannot serve the demand's GPUs, or ''."""
+    if not demand.gpus:
+        return ""
+    cls = demand.device_class
+    d = c.devices.get(cls)
+    if d is None:
+        return f"{c.name}: no {cls} devices"
+    if demand.gpu_model and demand.gpu_model.lower() not in (m.lower() for m in d["models"]):
+        return f"{c.name}: no {cls} of model {demand.gpu_model}"
+    if demand.gpus > d["free"]:
+        return f"{c.name}: not enough {cls} devices ({demand.gpus} asked, {d['free']} free)"
     return ""
+
+
+def _free_gpus(c, demand):
+    """Free devices of the demand's class once this hub's starts in flight are counted."""
+    if not demand.gpus:
+        return 0
+    return c.devices.get(demand.device_class, {}).get("free", 0) - c.inflight_gpus
 
 
 def _free(c):
@@ -136,15 +175,24 @@ def _servers(c):
 
 
 def spread(fits, demand=None):
-    """Nodes holding the image first (a pull can take minutes), then most free memory (then
-    fewest servers): spreads servers over the nodes."""
-    return sorted(fits, key=lambda c: (not c.known, not has_image(c, demand), -_free(c), _servers(c), c.name))
+    """Nodes holding the image first (a pull can take minutes), then, for a GPU demand, most free
+    devices of its class, then most free memory (then fewest servers): spreads servers over the
+    nodes."""
+    demand = demand or Demand()
+    return sorted(
+        fits,
+        key=lambda c: (not c.known, not has_image(c, demand), -_free_gpus(c, demand), -_free(c), _servers(c), c.name),
+    )
 
 
 def pack(fits, demand=None):
-    """Nodes holding the image first, then least free memory (then most servers): fills one
-    node before the next."""
-    return sorted(fits, key=lambda c: (not c.known, not has_image(c, demand), _free(c), -_servers(c), c.name))
+    """Nodes holding the image first, then the fewest free devices that fit (for a GPU demand),
+    then least free memory (then most servers): fills one node before the next."""
+    demand = demand or Demand()
+    return sorted(
+        fits,
+        key=lambda c: (not c.known, not has_image(c, demand), _free_gpus(c, demand), _free(c), -_servers(c), c.name),
+    )
 
 
 POLICIES = {"spread": spread, "pack": pack}

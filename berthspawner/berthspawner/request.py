@@ -60,6 +60,14 @@ def volumes(spec, spawner=None, image=""):
     return out
 
 
+def read_only(spec, spawner=None, image=""):
+    """DockerSpawner's read_only_volumes: {source: target}, mounted read-only."""
+    out = volumes(spec, spawner, image)
+    for v in out:
+        v.read_only = True
+    return out
+
+
 # Docker local-driver mount types whose data lives elsewhere than the node.
 _SHARED_TYPES = {"nfs", "nfs4", "cifs", "smb"}
 
@@ -96,7 +104,15 @@ def demand(spawner, image):
     mem = spawner.mem_guarantee or spawner.mem_limit or 0
     cpu = spawner.cpu_guarantee or spawner.cpu_limit or 0.0
     selector = {str(k): str(v) for k, v in (getattr(spawner, "node_selector", None) or {}).items()}
-    return placement.Demand(memory=int(mem), cpu=float(cpu), image=image, node_selector=selector)
+    return placement.Demand(
+        memory=int(mem),
+        cpu=float(cpu),
+        image=image,
+        node_selector=selector,
+        gpus=int(spawner.gpus or 0),
+        gpu_class=spawner.gpu_class or "",
+        gpu_model=spawner.gpu_model or "",
+    )
 
 
 def start_request(spawner, image):
@@ -116,10 +132,15 @@ def start_request(spawner, image):
             mem_guarantee_bytes=int(spawner.mem_guarantee or 0),
             cpu_limit=float(spawner.cpu_limit or 0.0),
             cpu_guarantee=float(spawner.cpu_guarantee or 0.0),
+            gpus=int(spawner.gpus or 0),
+            gpu_class=spawner.gpu_class or "",
+            gpu_model=spawner.gpu_model or "",
         ),
-        volumes=volumes(spawner.volumes, spawner, image),
+        volumes=volumes(spawner.volumes, spawner, image) + read_only(spawner.read_only_volumes, spawner, image),
         user_options=json.dumps(spawner.user_options or {}, default=str),
         ready_path=spawner.server.base_url + "api",
         ready_timeout_seconds=int(spawner.start_timeout),
+        resumable=not spawner.remove,
+        internal_ssl=spawner._certs if spawner.internal_ssl else None,
         pull_policy=PULL_POLICIES[spawner.pull_policy.lower()],
     )

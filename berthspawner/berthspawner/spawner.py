@@ -22,13 +22,22 @@ from traitlets import (
     validate,
 )
 
-from . import errors, form, nodecheck, placement, profiles, request
+from . import capcache, errors, form, nodecheck, placement, profiles, request
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .nodes import State, node_for
+from .options import ContainerOptions
 
 
-class BerthSpawner(Spawner):
+class BerthSpawner(ContainerOptions, Spawner):
     """Runs each server as a Docker container on one of the configured berthd nodes."""
+
+    @classmethod
+    def section_names(cls):
+        # A DockerSpawner configuration applies as written (c.DockerSpawner.image = …): its
+        # section is read after Spawner's and before BerthSpawner's, which wins.
+        names = [n for n in super().section_names() if n != "ContainerOptions"]
+        at = names.index("Spawner") + 1
+        return [*names[:at], "DockerSpawner", *names[at:]]
 
     nodes = List(
         Dict(),
@@ -108,7 +117,24 @@ class BerthSpawner(Spawner):
         Default: "required" when `volumes` has a node-local named volume templated with {user} or
         {server}, else "none".""",
     )
-    remove = Bool(False, config=True, help="Delete the container when the server stops.")
+    gpus = Integer(
+        0,
+        min=0,
+        config=True,
+        help="""Devices of the nodes' class `gpu_class` the server gets to itself (0 = none). Only
+        nodes with that many free are tried, those with the most free first; a node assigns
+        specific devices and keeps them until the server stops. A profile may override it.""",
+    )
+    gpu_class = Unicode("", config=True, help='The node device class `gpus` counts ("" = "gpu").')
+    gpu_model = Unicode("", config=True, help='Only devices of this model, e.g. "NVIDIA A100-SXM4-40GB" ("" = any).')
+    remove = Bool(
+        False,
+        config=True,
+        help="""Delete the container when the server stops. When False (DockerSpawner's default) the
+        stopped container is kept and the next start resumes it when nothing that matters changed
+        (image, command, env, resources, mounts, ports, options), so what the user installed into
+        it survives; otherwise it is recreated and the progress bar says what changed.""",
+    )
     container_port = Integer(8888, config=True, help="Port the server listens on in its container.")
     stop_grace = Integer(10, config=True, help="Seconds between SIGTERM and SIGKILL on stop.")
     unreachable_grace = Float(
@@ -119,6 +145,14 @@ class BerthSpawner(Spawner):
         restart or a short network cut, without ending a session that is likely still alive.""",
     )
     rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
+    capacity_ttl = Float(
+        5.0,
+        config=True,
+        help="""How long a node's Capacity answer may be reused while its Watch stream is up and
+        has shown no change on the node since (0: ask every node at every spawn). Saves asking
+        every node at each spawn; a drain or config change is seen within this time, and a node
+        that refuses a Start hands the spawn on anyway.""",
+    )
 
     # Per-server state (get_state/load_state): where the server runs, and where its files are
     # (kept across stops; also found again by asking the nodes when the hub's state is lost).
@@ -221,6 +255,32 @@ class BerthSpawner(Spawner):
     def _default_image(self):
         return f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}"
 
+    # internal_ssl: where the node writes the server's key, certificate and CA in the container.
+    CERT_PATHS = {
+        "keyfile": "/.berth/certs/server.key",
+        "certfile": "/.berth/certs/server.crt",
+        "cafile": "/.berth/certs/ca.crt",
+    }
+    # The PEM files of the current spawn (internal_ssl), sent in its Start request.
+    _certs = None
+
+    async def move_certs(self, paths):
+        """internal_ssl: the hub made this server's key and certificate on its own disk; their
+        contents travel in the Start request and the node writes them into the container before
+        it starts (never onto the node's disk). Returns their paths in the container."""
+        pem = {}
+        for k in self.CERT_PATHS:
+            with open(paths[k], "rb") as f:
+                pem[k] = f.read()
+        self._certs = pb.InternalSsl(key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"])
+        return dict(self.CERT_PATHS)
+
+    @default("cmd")
+    def _default_cmd(self):
+        # As DockerSpawner and KubeSpawner: the image's own CMD (docker-stacks images need their
+        # start script); `cmd` and `args` still override it.
+        return None
+
     @default("ip")
     def _ip(self):
         # The bind address inside the container.
@@ -254,11 +314,15 @@ class BerthSpawner(Spawner):
         ):
             asyncio.ensure_future(self.poll_and_notify())
 
-    async def _find(self):
-        """This server's key on every node, through List: [(node, status)]."""
+    async def _find(self, seen=None):
+        """This server's key on every node, through List: [(node, status)]. `seen(node, user,
+        server)` may answer for a node without an RPC (a list, or None to ask)."""
         server = self.name or ""
 
         async def on(node):
+            known = seen(node, self.user.name, server) if seen else None
+            if known is not None:
+                return [(node, s) for s in known]
             servers = await node.servers_of(self.user.name, self.rpc_timeout)
             return [(node, s) for s in servers or () if s.key.server_name == server]
 
@@ -382,6 +446,9 @@ class BerthSpawner(Spawner):
         for node, c in zip(nodes, answers):
             c.inflight = len(node.inflight)
             c.inflight_memory = sum(d.memory for d in node.inflight.values())
+            c.inflight_gpus = sum(
+                d.gpus for d in node.inflight.values() if d.gpus and d.device_class == demand.device_class
+            )
         ordered, reasons = placement.rank(answers, demand, self.placement, spawner=self)
         by_name = {n.name: n for n in nodes}
         return [by_name[c.name] for c in ordered], reasons
@@ -390,8 +457,9 @@ class BerthSpawner(Spawner):
         """A server of this key that the hub does not know (its state was lost, e.g. the hub
         died during a long start) may still run on some node: stop and remove it, since it
         holds an API token the hub no longer honours. start() runs only for a server the hub
-        holds stopped, so every live one found is such an orphan."""
-        for node, st in await self._find():
+        holds stopped, so every live one found is such an orphan. A node whose Watch stream is
+        up answers from it; the others are asked (List)."""
+        for node, st in await self._find(seen=capcache.live_servers_seen):
             if st.state in (State.RUNNING, State.STARTING):
                 self.log.warning(
                     "berth: %s has a server unknown to the hub on %s (spawn %s); replacing it",
@@ -410,7 +478,10 @@ class BerthSpawner(Spawner):
         affinity = self._affinity()
         self._notice = ""
         # All ask every node; together, a node that does not answer costs one timeout.
-        asks = [asyncio.gather(*(self._capacity(n) for n in nodes)), self._replace_orphans()]
+        asks = [
+            asyncio.gather(*(capcache.CACHE.get(n, self._capacity, self.capacity_ttl) for n in nodes)),
+            self._replace_orphans(),
+        ]
         if affinity != "none":
             asks.append(self._find_home(nodes))
         answers, _, *home = await asyncio.gather(*asks)
@@ -421,6 +492,12 @@ class BerthSpawner(Spawner):
         nodes, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, nodes, reasons)
         start_request = request.start_request(self, image)
+        try:
+            options, labels = await self.container_options()
+        except (TraitError, ValueError, KeyError, TypeError) as e:
+            raise SpawnException(f"Bad container options: {e}", reason="config", status_code=500) from None
+        start_request.options.CopyFrom(options)
+        start_request.labels.update(labels)
         # Nodes that refused because they lack the image and may not pull it (pull_policy never).
         lacking = []
         for node in nodes:
@@ -450,13 +527,20 @@ class BerthSpawner(Spawner):
                 ) from None
             finally:
                 node.inflight.pop(self.spawn_id, None)
+                capcache.CACHE.forget(node)
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)
+            # Every node's Watch, so that the next spawns take capacity and orphans from it.
+            for n in self._nodes():
+                n.ensure_watch()
             self.log.info("berth: %s started on %s at %s", self._log_name, node.name, resp.url)
+            if resp.note:
+                self.log.info("berth: %s on %s: %s", self._log_name, node.name, resp.note)
             if affinity != "none":
                 self.home_node = self.home_node or node.name
                 await self._remember(node)
-            return resp.url
+            # Under internal_ssl the server speaks HTTPS on the port the node published.
+            return "https://" + resp.url.split("://", 1)[1] if self.internal_ssl else resp.url
         self.node_name = ""
         if affinity == "required" and self.home_node:
             prefix = f"{self.home_node}: "

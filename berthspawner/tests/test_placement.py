@@ -70,3 +70,37 @@ def test_image_references_normalise_as_docker_resolves_them():
 def test_a_callable_policy_orders_the_fitting_nodes():
     order, _ = rank(nodes(), Demand(), lambda fits, demand: sorted(fits, key=lambda c: c.name, reverse=True))
     assert [c.name for c in order] == ["c", "b", "a"]
+
+
+def gpu_nodes():
+    return [
+        Candidate(name="one", memory_free=64 * GIB, cpu_free=8,
+                  devices={"gpu": {"free": 1, "total": 1, "models": ["FakeGPU"]}}),
+        Candidate(name="two", memory_free=8 * GIB, cpu_free=8,
+                  devices={"gpu": {"free": 2, "total": 2, "models": ["FakeGPU"]}}),
+        Candidate(name="none", memory_free=64 * GIB, cpu_free=8),
+    ]
+
+
+def test_gpu_demands_skip_nodes_without_enough_free_devices_and_say_why():
+    order, reasons = rank(gpu_nodes(), Demand(gpus=2))
+    assert [c.name for c in order] == ["two"]
+    text = "; ".join(reasons)
+    assert "one: not enough gpu devices (2 asked, 1 free)" in text, text
+    assert "none: no gpu devices" in text, text
+    order, reasons = rank(gpu_nodes(), Demand(gpus=1, gpu_model="h100"))
+    assert order == [] and "two: no gpu of model h100" in "; ".join(reasons)
+
+
+def test_gpu_demands_rank_by_free_devices_and_count_starts_in_flight():
+    order, _ = rank(gpu_nodes(), Demand(gpus=1, gpu_model="fakegpu"))
+    assert [c.name for c in order] == ["two", "one"], "most free devices first, memory aside"
+    order, _ = rank(gpu_nodes(), Demand(gpus=1), "pack")
+    assert [c.name for c in order] == ["one", "two"]
+    cands = gpu_nodes()
+    cands[1].inflight_gpus = 2
+    order, _ = rank(cands, Demand(gpus=1))
+    assert [c.name for c in order] == ["one", "two"]
+    # Without a GPU demand the devices do not matter.
+    order, _ = rank(gpu_nodes(), Demand())
+    assert [c.name for c in order][0] in ("one", "none")

@@ -40,3 +40,26 @@ def test_start_request_carries_resources_volumes_and_the_ready_path():
     assert r.ready_path == "/user/alice/gpu/api"
     assert r.env["JUPYTERHUB_API_TOKEN"] == "secret-token"
     assert request.demand(s, "img:1").memory == 1 << 30, "the guarantee, where one is set"
+
+
+def test_gpus_reach_the_start_request_and_the_demand():
+    s = spawner([], gpus=2, gpu_model="FakeGPU")
+    s.spawn_id = "sp1"
+    r = request.start_request(s, "img:1")
+    assert (r.resources.gpus, r.resources.gpu_class, r.resources.gpu_model) == (2, "", "FakeGPU")
+    d = request.demand(s, "img:1")
+    assert (d.gpus, d.device_class, d.gpu_model) == (2, "gpu", "FakeGPU")
+    assert request.start_request(spawner([]), "img:1").resources.gpus == 0
+
+
+def test_the_image_cmd_is_used_unless_cmd_is_set_and_a_kept_server_is_resumable():
+    s = spawner([])
+    s.spawn_id = "sp1"
+    r = request.start_request(s, "img:1")
+    assert list(r.cmd) == [], "no cmd: the node runs the image's own CMD, as DockerSpawner does"
+    assert r.resumable, "remove=False (the default) keeps the container to be resumed"
+    s = spawner([], cmd=["start-notebook.sh"], remove=True)
+    s.spawn_id = "sp2"
+    r = request.start_request(s, "img:1")
+    assert list(r.cmd) == ["start-notebook.sh"]
+    assert not r.resumable

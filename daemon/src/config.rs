@@ -118,6 +118,8 @@ section! {
         policy: crate::policy::Policy = crate::policy::Policy::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
+        /// GPUs and other devices the node hands out.
+        devices: DevicesConfig = DevicesConfig::default();
         /// What this node is, for the hub's placement.
         node: NodeConfig = NodeConfig::default();
         /// The Prometheus endpoint.
@@ -139,6 +141,14 @@ impl MetricsConfig {
     /// The endpoint's address, when it is on (`listen` was checked by `validate`).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
+    }
+}
+
+section! {
+    /// `[devices]`
+    pub struct DevicesConfig at "devices." {
+        /// Device classes, each a `[[devices.classes]]` table (see `crate::devices::ClassConfig`).
+        classes: Vec<crate::devices::ClassConfig> = Vec::new();
     }
 }
 
@@ -389,6 +399,7 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            devices: crate::devices::Inventory::discover(&self.devices.classes),
             pulls: crate::runtime::pull::PullConfig {
                 default_policy: self.images.pull_policy,
                 auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())

@@ -5,6 +5,8 @@
 //! - [`key`] and [`spec`]: validated domain types of a request (names, images, resources, env).
 //! - [`docker`]: the narrow [`docker::ContainerEngine`] trait, its bollard implementation and
 //!   (feature `test-util`) an in-memory fake for fast lifecycle tests.
+//! - [`devices`]: GPUs and other device classes the node owns: config, `nvidia-smi` discovery,
+//!   the inventory and the pure choice of free devices (who holds what: `runtime/devices.rs`).
 //! - [`capacity`]: host readings and the pure arithmetic of allocatable, committed, admission.
 //! - [`state`]: the durable per-server records (atomic, checksummed files).
 //! - [`registry`]: images from registries: the pull policy and the node's registry
@@ -44,6 +46,7 @@
 pub mod api;
 pub mod capacity;
 pub mod config;
+pub mod devices;
 pub mod docker;
 pub(crate) mod hostpath;
 pub mod key;

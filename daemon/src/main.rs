@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        match berthd::serve::run(cfg, shutdown).await {
+        match serve(cfg, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "berthd stopped");
@@ -83,6 +83,32 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Runs the daemon: on Docker, or (builds with the `sim` feature, when `BERTHD_SIM_IMAGES` is
+/// set) on the simulated engine, its starts taking `BERTHD_SIM_START_MS`.
+async fn serve(cfg: Config, shutdown: CancellationToken) -> Result<(), berthd::serve::ServeError> {
+    #[cfg(feature = "sim")]
+    if let Ok(images) = std::env::var("BERTHD_SIM_IMAGES") {
+        let images: Vec<String> = images.split(',').map(str::to_owned).collect();
+        let ms = std::env::var("BERTHD_SIM_START_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tracing::warn!(
+            ?images,
+            start_ms = ms,
+            "SIMULATED ENGINE: no container runs"
+        );
+        return berthd::serve::run_sim(
+            cfg,
+            &images,
+            std::time::Duration::from_millis(ms),
+            shutdown,
+        )
+        .await;
+    }
+    berthd::serve::run(cfg, shutdown).await
 }
 
 /// `config check`'s answer: the effective configuration as TOML on stdout (paths, never the

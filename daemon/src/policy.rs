@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{StartSpec, normalize_image_glob};
 
+pub mod options;
+
 /// Mode of a directory made for a templated host path: its owner only.
 pub const DEFAULT_HOST_PATH_MODE: u32 = 0o700;
 
@@ -46,6 +48,8 @@ pub struct Policy {
     pub allowed_capabilities: Vec<String>,
     /// Host devices that may be passed through.
     pub allowed_devices: Vec<String>,
+    /// Which container options (user, shm size, network, …) a hub may set, and their bounds.
+    pub container_options: options::OptionsPolicy,
     /// Accept registry credentials in a Start (`pull_secret`, used for that pull only);
     /// otherwise only the node's own (`images.registry_auth_file`) are used.
     pub allow_pull_secrets: bool,
@@ -68,6 +72,7 @@ impl Default for Policy {
             allow_host_ipc: false,
             allowed_capabilities: Vec::new(),
             allowed_devices: Vec::new(),
+            container_options: options::OptionsPolicy::default(),
             allow_pull_secrets: false,
         }
     }
@@ -173,7 +178,8 @@ impl Policy {
             );
         }
         self.check_resources(spec.resources)?;
-        self.check_host(&spec.host)
+        self.check_host(&spec.host)?;
+        self.container_options.check(&spec.options)
     }
 
     fn check_resources(&self, r: crate::spec::Resources) -> Result<(), Violation> {
@@ -285,7 +291,11 @@ mod tests {
             user_options: String::new(),
             ready_path: "/".into(),
             ready_timeout: None,
+            gpus: crate::devices::Ask::default(),
             host: HostAccess::default(),
+            resumable: false,
+            options: Default::default(),
+            internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
         }

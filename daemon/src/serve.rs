@@ -148,6 +148,35 @@ fn bind_admin_socket(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the daemon until `shutdown` is cancelled. Containers keep running after it returns.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
+    let host = cfg.docker.host.clone();
+    run_on(cfg, BollardEngine::connect(&host, timeout), shutdown).await
+}
+
+/// Runs the daemon on a simulated engine (the in-memory fake: every image in `images` serves
+/// HTTP on 127.0.0.1 from the moment it runs, each start taking `start_delay`), for benchmarks
+/// of many nodes on one machine. Only in builds with the `sim` feature.
+#[cfg(feature = "sim")]
+pub async fn run_sim(
+    cfg: Config,
+    images: &[String],
+    start_delay: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let engine = crate::docker::fake::FakeEngine::new();
+    for image in images {
+        engine.add_image(image, crate::docker::fake::Behaviour::Serve);
+    }
+    engine.set_start_delay(start_delay);
+    run_on(cfg, async { Ok(engine) }, shutdown).await
+}
+
+/// Runs the daemon on the engine `connect` yields (awaited after the configuration checks).
+async fn run_on<E: ContainerEngine>(
+    cfg: Config,
+    connect: impl std::future::Future<Output = Result<E, EngineError>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     // SIGHUP's default action ends the process: take it over before anything else.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let auth = if cfg.security.token() {
@@ -164,7 +193,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
         tracing::warn!(error = %e, "not notifying systemd");
         Notifier::disabled()
     });
-    let (rt, since, reconciled) = runtime(&cfg).await?;
+    let (rt, since, reconciled) = runtime(&cfg, connect).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -254,13 +283,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), ServeEr
 /// The runtime over Docker, its records loaded and reconciled with what runs (a restart never
 /// stops or recreates a container), and the time the monitor's events start from.
 /// The boolean says whether that first reconcile succeeded (Docker answered).
-async fn runtime(cfg: &Config) -> Result<(Runtime<BollardEngine>, i64, bool), ServeError> {
+async fn runtime<E: ContainerEngine>(
+    cfg: &Config,
+    connect: impl std::future::Future<Output = Result<E, EngineError>>,
+) -> Result<(Runtime<E>, i64, bool), ServeError> {
     prepare_state_dir(&cfg.state_dir)?;
     // Pins live only while a container starts; any found now were left by a crash.
     crate::hostpath::clear_staging(&cfg.state_dir);
     let store = FileStore::open(&cfg.state_dir)?;
-    let timeout = Duration::from_secs(cfg.docker.timeout_seconds);
-    let engine = BollardEngine::connect(&cfg.docker.host, timeout).await?;
+    let engine = connect.await?;
     let rt = Runtime::new(engine, cfg.runtime(), store);
     let corrupt = rt.load_records().await?;
     let since = crate::monitor::now_secs();
@@ -300,9 +331,9 @@ async fn spawn_metrics(
 }
 
 /// The activity reporter, when `[activity]` is enabled.
-fn spawn_reporter(
+fn spawn_reporter<E: ContainerEngine>(
     cfg: &Config,
-    rt: &Runtime<BollardEngine>,
+    rt: &Runtime<E>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
@@ -333,9 +364,9 @@ fn spawn_reporter(
 }
 
 /// The Admin service on its Unix socket, with the Spawner's operator methods.
-fn spawn_admin(
+fn spawn_admin<E: ContainerEngine>(
     path: &Path,
-    rt: &Runtime<BollardEngine>,
+    rt: &Runtime<E>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {

@@ -205,6 +205,22 @@ impl Env {
         self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
+    /// Keys and values, for the runtime alone (the values are secret).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The entries whose key `keep` accepts.
+    pub(crate) fn filtered(&self, keep: impl Fn(&str) -> bool) -> Self {
+        Self(
+            self.0
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// The keys, safe to log.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
@@ -478,10 +494,73 @@ pub struct StartSpec {
     pub ready_timeout: Option<Duration>,
     /// Host privileges asked for.
     pub host: HostAccess,
+    /// Devices (GPUs) asked for.
+    pub gpus: crate::devices::Ask,
+    /// The container is kept when the server stops and may be resumed by a later Start.
+    pub resumable: bool,
+    /// Container options (user, shm size, network, …).
+    pub options: options::ContainerOptions,
+    /// JupyterHub's internal_ssl files for the server, if the hub uses it.
+    pub internal_ssl: Option<Certs>,
     /// When to pull the image; `None` = the node's default.
     pub pull_policy: Option<crate::registry::PullPolicy>,
     /// Registry credentials for this Start's pull only (secret: never kept, never hashed).
     pub pull_secret: Option<crate::registry::RegistryAuth>,
+}
+
+/// Largest PEM file of [`Certs`].
+pub const MAX_PEM_BYTES: usize = 64 * 1024;
+
+/// The server's key, certificate and CA bundle for JupyterHub's internal_ssl (PEM). The key is
+/// secret: `Debug` shows sizes only, and it is never hashed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certs {
+    /// Private key.
+    pub key: Vec<u8>,
+    /// Certificate.
+    pub cert: Vec<u8>,
+    /// CA bundle the server trusts for its clients.
+    pub ca: Vec<u8>,
+}
+
+impl fmt::Debug for Certs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Certs {{ key: {} bytes, cert: {} bytes, ca: {} bytes }}",
+            self.key.len(),
+            self.cert.len(),
+            self.ca.len()
+        )
+    }
+}
+
+impl Certs {
+    /// Validates the three files: all given or none, each a bounded PEM file.
+    pub fn new(key: Vec<u8>, cert: Vec<u8>, ca: Vec<u8>) -> Result<Option<Self>, SpecError> {
+        if key.is_empty() && cert.is_empty() && ca.is_empty() {
+            return Ok(None);
+        }
+        for (name, v) in [("key", &key), ("cert", &cert), ("ca", &ca)] {
+            let field = format!("internal_ssl.{name}");
+            if v.is_empty() {
+                return Err(SpecError::new(
+                    field,
+                    "missing (key, cert and ca go together)",
+                ));
+            }
+            if v.len() > MAX_PEM_BYTES {
+                return Err(SpecError::new(
+                    field,
+                    format!("longer than {MAX_PEM_BYTES} bytes"),
+                ));
+            }
+            if !v.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(SpecError::new(field, "not a PEM file"));
+            }
+        }
+        Ok(Some(Self { key, cert, ca }))
+    }
 }
 
 impl StartSpec {
@@ -510,6 +589,11 @@ impl StartSpec {
         }
         put("ready", &self.ready_path);
         put("host", &format!("{:?}", self.host));
+        if self.gpus.count > 0 {
+            put("gpus", &format!("{:?}", self.gpus));
+        }
+        put("options", &format!("{:?}", self.options));
+        put("internal-ssl", &self.internal_ssl.is_some().to_string());
         hex::encode(&h.finalize()[..12])
     }
 }
@@ -821,5 +905,35 @@ fn path_component_ok(c: &str) -> bool {
     true
 }
 
+pub mod options;
+
 #[cfg(test)]
 mod tests;
+
+/// Checks a device ask: a bounded count, class and model names of printable characters.
+pub fn device_ask(count: u32, class: &str, model: &str) -> Result<crate::devices::Ask, SpecError> {
+    if count > crate::devices::MAX_ASK {
+        return Err(SpecError::new(
+            "resources.gpus",
+            format!("{count} is more than {}", crate::devices::MAX_ASK),
+        ));
+    }
+    let printable = |s: &str| s.len() <= 128 && !s.chars().any(char::is_control);
+    if !printable(class) || class.contains('/') {
+        return Err(SpecError::new(
+            "resources.gpu_class",
+            "at most 128 printable characters, no '/'",
+        ));
+    }
+    if !printable(model) {
+        return Err(SpecError::new(
+            "resources.gpu_model",
+            "at most 128 printable characters",
+        ));
+    }
+    Ok(crate::devices::Ask {
+        count,
+        class: class.to_owned(),
+        model: model.to_owned(),
+    })
+}

@@ -84,6 +84,10 @@ pub struct Record {
     /// never).
     #[serde(default)]
     pub started_ms: u64,
+    /// Devices assigned to the current spawn, `class/id`; written before its container is
+    /// created, so they stay held across a crash until reconcile settles them.
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// Now in milliseconds since the epoch.
@@ -116,6 +120,7 @@ impl Record {
             blob_version: 0,
             volumes: Vec::new(),
             started_ms: 0,
+            devices: Vec::new(),
         }
     }
 

@@ -136,6 +136,7 @@ async fn capacity_agrees_with_the_host_and_committed_moves_by_the_guarantee() {
         mem_guarantee_bytes: 64 * MIB,
         cpu_limit: 1.0,
         cpu_guarantee: 0.25,
+        ..Default::default()
     });
     c.start(req).await.unwrap();
     let after = capacity(&mut c).await;

@@ -395,6 +395,7 @@ async fn memory_and_cpu_limits_are_what_docker_enforces() {
         mem_guarantee_bytes: 32 * 1024 * 1024,
         cpu_limit: 0.5,
         cpu_guarantee: 0.25,
+        ..Default::default()
     });
     let r = c.start(req).await.unwrap().into_inner();
     let got = docker(&[

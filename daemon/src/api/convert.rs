@@ -16,6 +16,7 @@ use crate::runtime::report::NodeCapacity;
 use crate::runtime::transfer::{Checksum, ExportPart, ImportPart, VolumeHeader};
 use crate::runtime::view::{WatchEvent, WatchKind};
 use crate::runtime::{LogLine, State, Status};
+use crate::spec::options::{ContainerOptions, RawOptions};
 use crate::spec::{self, Env, HostAccess, Resources, SpecError, StartSpec, VolumeSpec};
 
 /// Longest readiness deadline any request may name, whatever the node allows.
@@ -26,6 +27,28 @@ pub fn key(key: Option<&pb::ServerKey>) -> Result<ServerKey, SpecError> {
     let (user, server) = key.map_or(("", ""), |k| (k.user.as_str(), k.server_name.as_str()));
     ServerKey::new(user, server)
         .map_err(|(field, e)| SpecError::new(format!("key.{field}"), e.to_string()))
+}
+
+fn container_options(o: pb::ContainerOptions) -> Result<ContainerOptions, SpecError> {
+    ContainerOptions::try_from(RawOptions {
+        user: o.user,
+        group_add: o.group_add,
+        working_dir: o.working_dir,
+        shm_size_bytes: o.shm_size_bytes,
+        pids_limit: o.pids_limit,
+        ulimits: o
+            .ulimits
+            .into_iter()
+            .map(|u| (u.name, u.soft, u.hard))
+            .collect(),
+        extra_hosts: o.extra_hosts,
+        dns: o.dns,
+        dns_search: o.dns_search,
+        read_only_rootfs: o.read_only_rootfs,
+        tmpfs: o.tmpfs,
+        network_name: o.network_name,
+        post_start_cmd: o.post_start_cmd,
+    })
 }
 
 impl TryFrom<pb::StartRequest> for StartSpec {
@@ -48,6 +71,7 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             res.cpu_limit,
             res.cpu_guarantee,
         )?;
+        let gpus = spec::device_ask(res.gpus, &res.gpu_class, &res.gpu_model)?;
         if r.volumes.len() > spec::MAX_ENTRIES {
             return Err(SpecError::new("volumes", "too many volumes"));
         }
@@ -94,6 +118,9 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             &h.cap_add,
             &h.devices,
         )?;
+        let options = container_options(r.options.unwrap_or_default())?;
+        let ssl = r.internal_ssl.unwrap_or_default();
+        let internal_ssl = spec::Certs::new(ssl.key, ssl.cert, ssl.ca)?;
         let pull_policy = match pb::PullPolicy::try_from(r.pull_policy) {
             Ok(pb::PullPolicy::Unspecified) => None,
             Ok(pb::PullPolicy::Ifnotpresent) => Some(PullPolicy::IfNotPresent),
@@ -124,6 +151,11 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             user_options: r.user_options,
             ready_path,
             ready_timeout,
+            gpus,
+            // A read-only root has no writable layer to keep, nor room for the env file.
+            resumable: r.resumable && !options.read_only_rootfs,
+            options,
+            internal_ssl,
         })
     }
 }
@@ -298,6 +330,20 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
             .collect(),
         draining: c.draining,
         images: c.images,
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| pb::DeviceClassCapacity {
+                class: d.class,
+                total: d.total,
+                allocatable: d.allocatable,
+                committed: d.committed,
+                models: d.models,
+                free_devices: d.free_devices,
+                shares: d.shares,
+                discovery_error: d.discovery_error,
+            })
+            .collect(),
         labels: c.labels.into_iter().collect(),
     }
 }

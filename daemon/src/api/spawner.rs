@@ -87,6 +87,7 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
             container_id: started.container_id,
             node_id: self.node_id(),
             spawn_id: started.spawn_id,
+            note: started.note,
         }))
     }
 

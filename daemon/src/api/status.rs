@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::capacity::Refusal;
+use crate::devices::DeviceError;
 use crate::docker::EngineError;
 use crate::hostpath::HostPathError;
 use crate::runtime::Error;
@@ -38,6 +39,32 @@ fn engine(e: &EngineError) -> (Code, &'static str) {
             (Code::FailedPrecondition, "DOCKER_REFUSED")
         }
         EngineError::Api { .. } => (Code::Unavailable, "DOCKER_ERROR"),
+    }
+}
+
+fn devices(e: &DeviceError) -> (Code, &'static str, Vec<(&'static str, String)>) {
+    match e {
+        DeviceError::Insufficient {
+            class,
+            model,
+            asked,
+            free,
+            ..
+        } => (
+            Code::ResourceExhausted,
+            "INSUFFICIENT_DEVICES",
+            vec![
+                ("class", class.clone()),
+                ("asked", asked.to_string()),
+                ("free", free.to_string()),
+                ("model", model.clone()),
+            ],
+        ),
+        DeviceError::NotConfigured { class, .. } => (
+            Code::FailedPrecondition,
+            "DEVICES_NOT_CONFIGURED",
+            vec![("class", class.clone())],
+        ),
     }
 }
 
@@ -158,6 +185,7 @@ fn classify(e: &Error) -> (Code, &'static str, Vec<(&'static str, String)>) {
                 vec![("resource", r.resource().to_owned())],
             )
         }
+        Error::Devices(e) => devices(e),
         Error::QueueFull { waiting, limit } => (
             Code::ResourceExhausted,
             "SPAWN_QUEUE_FULL",

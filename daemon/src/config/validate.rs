@@ -19,8 +19,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_values()?;
         self.validate_security()?;
+        if let Some(name) = self.policy.container_options.unknown_option() {
+            return Err(invalid(
+                "policy.container_options.forbidden",
+                format!(
+                    "{name:?} is not a container option (one of {:?})",
+                    crate::spec::options::OPTION_NAMES
+                ),
+            ));
+        }
         self.activity
             .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        crate::devices::validate(&self.devices.classes)
             .map_err(|(key, message)| invalid(key, message))?;
         let sock = self.admin_socket();
         if !sock.is_absolute() || sock.as_os_str().len() > 100 {

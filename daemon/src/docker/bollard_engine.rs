@@ -6,23 +6,26 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
+use bollard::exec::StartExecResults;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
-    EventMessageTypeEnum, HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
-    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    EventMessageTypeEnum, ExecConfig, HealthStatusEnum, HostConfig, Mount as DockerMount,
+    MountType, NetworkCreateRequest, PortBinding as DockerPortBinding, ResourcesUlimits,
+    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
-    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions,
-    StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, EventsOptions, InspectNetworkOptions, KillContainerOptions,
+    ListContainersOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StatsOptions, StopContainerOptions, UploadToContainerOptions,
+    WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, ImageSummary, LogChunk, LogStream, NewVolume, PortBinding, PullEvent, RunStatus,
-    Usage, VolumeInfo,
+    ImageInfo, ImageSummary, LogChunk, LogStream, NewFile, NewVolume, PortBinding, PullEvent,
+    RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -161,21 +164,64 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             cgroup_permissions: Some("rwm".to_owned()),
         })
         .collect();
+    let device_requests: Vec<bollard::models::DeviceRequest> = spec
+        .device_requests
+        .iter()
+        .map(|r| bollard::models::DeviceRequest {
+            driver: Some(r.driver.clone()),
+            device_ids: Some(r.device_ids.clone()),
+            capabilities: Some(vec![vec!["gpu".to_owned()]]),
+            ..Default::default()
+        })
+        .collect();
     let host = |on: bool| on.then(|| "host".to_owned());
+    let o = &spec.options;
+    let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let strings = |v: &[std::net::IpAddr]| {
+        (!v.is_empty()).then(|| v.iter().map(ToString::to_string).collect())
+    };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        entrypoint: spec.entrypoint.clone(),
         cmd: spec.cmd.clone(),
         env: Some(spec.env.clone()),
         labels: Some(spec.labels.clone()),
         exposed_ports: Some(vec![port_key]),
+        user: o.user_string(),
+        working_dir: o.working_dir.clone(),
         host_config: Some(HostConfig {
             port_bindings: (!h.host_network).then_some(bindings),
-            network_mode: host(h.host_network),
+            network_mode: host(h.host_network).or_else(|| o.network_name.clone()),
+            group_add: some(&o.group_add),
+            shm_size: o.shm_size.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            pids_limit: o.pids_limit,
+            ulimits: (!o.ulimits.is_empty()).then(|| {
+                o.ulimits
+                    .iter()
+                    .map(|u| ResourcesUlimits {
+                        name: Some(u.name.clone()),
+                        soft: Some(u.soft),
+                        hard: Some(u.hard),
+                    })
+                    .collect()
+            }),
+            extra_hosts: (!o.extra_hosts.is_empty()).then(|| {
+                o.extra_hosts
+                    .iter()
+                    .map(|(h, ip)| format!("{h}:{ip}"))
+                    .collect()
+            }),
+            dns: strings(&o.dns),
+            dns_search: some(&o.dns_search),
+            readonly_rootfs: o.read_only_rootfs.then_some(true),
+            tmpfs: (!o.tmpfs.is_empty())
+                .then(|| o.tmpfs.iter().map(|t| (t.clone(), String::new())).collect()),
             pid_mode: host(h.host_pid),
             ipc_mode: host(h.host_ipc),
             privileged: Some(h.privileged),
             cap_add: (!h.cap_add.is_empty()).then(|| h.cap_add.clone()),
             devices: Some(devices),
+            device_requests: (!device_requests.is_empty()).then_some(device_requests),
             memory: spec.memory,
             memory_reservation: spec.memory_reservation,
             nano_cpus: spec.nano_cpus,
@@ -191,6 +237,31 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     }
+}
+
+/// An in-memory tar of `files`, owned by root.
+fn tar_of(files: &[NewFile]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(f.mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match &f.contents {
+            Some(bytes) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, &f.path, bytes.as_slice())?;
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &f.path, std::io::empty())?;
+            }
+        }
+    }
+    b.into_inner()
 }
 
 fn volume_info(v: bollard::models::Volume) -> VolumeInfo {
@@ -300,9 +371,13 @@ impl ContainerEngine for BollardEngine {
         let r = self
             .bounded("inspect image", self.docker.inspect_image(reference))
             .await;
-        Ok(not_found_is_none(r)?.map(|i| ImageInfo {
-            id: i.id.unwrap_or_default(),
-            cmd: i.config.and_then(|c| c.cmd).unwrap_or_default(),
+        Ok(not_found_is_none(r)?.map(|i| {
+            let config = i.config.unwrap_or_default();
+            ImageInfo {
+                id: i.id.unwrap_or_default(),
+                cmd: config.cmd.unwrap_or_default(),
+                entrypoint: config.entrypoint.unwrap_or_default(),
+            }
         }))
     }
 
@@ -415,6 +490,93 @@ impl ContainerEngine for BollardEngine {
     async fn start(&self, id: &str) -> Result<(), EngineError> {
         self.bounded("start", self.docker.start_container(id, None))
             .await
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+        let r = self
+            .bounded(
+                "inspect network",
+                self.docker
+                    .inspect_network(name, None::<InspectNetworkOptions>),
+            )
+            .await;
+        Ok(not_found_is_none(r)?.is_some())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let req = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        match self
+            .bounded("create network", self.docker.create_network(req))
+            .await
+        {
+            Err(EngineError::Conflict { .. }) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i64, String), EngineError> {
+        let config = ExecConfig {
+            cmd: Some(argv.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .bounded("exec", self.docker.create_exec(id, config))
+            .await?;
+        let started = self
+            .bounded("exec", self.docker.start_exec(&created.id, None))
+            .await?;
+        // The output is kept only to show why a command failed: its last bytes.
+        let mut tail = String::new();
+        if let StartExecResults::Attached { mut output, .. } = started {
+            let read = async {
+                while let Some(Ok(chunk)) = output.next().await {
+                    tail.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                    if tail.len() > 4096 {
+                        tail.drain(..tail.len() - 2048);
+                    }
+                }
+            };
+            if tokio::time::timeout(self.timeout, read).await.is_err() {
+                return Err(EngineError::Timeout {
+                    op: "exec",
+                    after: self.timeout,
+                });
+            }
+        }
+        let inspected = self
+            .bounded("exec", self.docker.inspect_exec(&created.id))
+            .await?;
+        Ok((inspected.exit_code.unwrap_or(-1), tail.trim().to_owned()))
+    }
+
+    async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
+        let tar = tar_of(files).map_err(|e| EngineError::Api {
+            op: "put files",
+            status: 0,
+            message: format!("cannot build the archive: {e}"),
+        })?;
+        let options = UploadToContainerOptions {
+            path: "/".to_owned(),
+            no_overwrite_dir_non_dir: Some("true".to_owned()),
+            ..Default::default()
+        };
+        self.bounded(
+            "put files",
+            self.docker
+                .upload_to_container(id, Some(options), bollard::body_full(tar.into())),
+        )
+        .await
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {

@@ -33,6 +33,12 @@ pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
 pub const LABEL_VOLUME_SCOPE: &str = "berth.volume-scope";
 /// Label holding the container port the server listens on.
 pub const LABEL_PORT: &str = "berth.port";
+/// Label: the devices the container was given, `class/id` comma-separated.
+pub const LABEL_DEVICES: &str = "berth.devices";
+/// Label marking a container made to be resumed: its per-spawn env comes from a file.
+pub const LABEL_RESUMABLE: &str = "berth.resumable";
+/// Label holding what a resume compares: the image id and a digest per aspect of the spec.
+pub const LABEL_FINGERPRINT: &str = "berth.fingerprint";
 
 /// What went wrong talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,30 @@ pub struct ImageInfo {
     pub id: String,
     /// The image's default command.
     pub cmd: Vec<String>,
+    /// The image's entrypoint.
+    pub entrypoint: Vec<String>,
+}
+
+/// A file or directory to put into a container before it starts. Its contents may be
+/// secret (the per-spawn env): never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// Path relative to the container's root, e.g. `.berth/spawn-env`.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// The bytes of a file; `None` for a directory.
+    pub contents: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for NewFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("bytes", &self.contents.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// One report of a pull under way, as the engine streams it.
@@ -143,6 +173,8 @@ pub struct ContainerSpec {
     pub name: String,
     /// Image reference.
     pub image: String,
+    /// Entrypoint; `None` = the image's.
+    pub entrypoint: Option<Vec<String>>,
     /// Full command; `None` = the image's.
     pub cmd: Option<Vec<String>>,
     /// `KEY=value` strings. Secret: never logged.
@@ -166,6 +198,19 @@ pub struct ContainerSpec {
     /// Privileges over the host (already allowed by the node policy). On the host network
     /// no port is published: the server uses the host's port.
     pub host: crate::spec::HostAccess,
+    /// Container options (already allowed by the node policy).
+    pub options: crate::spec::options::ContainerOptions,
+    /// Devices requested from a Docker device driver (the nvidia runtime), by id.
+    pub device_requests: Vec<DeviceRequest>,
+}
+
+/// Devices of one driver, by id (Docker's `DeviceRequests`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// The driver ("nvidia").
+    pub driver: String,
+    /// The devices' ids as the driver knows them.
+    pub device_ids: Vec<String>,
 }
 
 /// Coarse lifecycle state reported by the engine.
@@ -377,6 +422,28 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Starts a created container.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Whether a network of this name exists.
+    fn network_exists(&self, name: &str) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    /// Creates a bridge network with `labels`; creating one that exists succeeds.
+    fn create_network(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Runs `argv` in the running container (as its user) and returns its exit code and its
+    /// last output.
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+    ) -> impl Future<Output = Result<(i64, String), EngineError>> + Send;
+    /// Writes `files` (directories first) into the container's filesystem, relative to its
+    /// root, owned by root; the container need not run.
+    fn put_files(
+        &self,
+        id: &str,
+        files: &[NewFile],
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// The container by name or id, or `None` when there is none.
     fn inspect(
         &self,

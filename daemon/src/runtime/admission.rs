@@ -71,7 +71,7 @@ pub fn held_by(c: &ContainerInfo) -> Alloc {
     )
 }
 
-fn holds_resources(c: &ContainerInfo) -> bool {
+pub(super) fn holds_resources(c: &ContainerInfo) -> bool {
     matches!(
         c.status,
         RunStatus::Running | RunStatus::Created | RunStatus::Paused | RunStatus::Restarting

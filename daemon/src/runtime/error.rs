@@ -125,6 +125,9 @@ pub enum Error {
     /// The server does not fit.
     #[error("{0}")]
     Capacity(#[from] crate::capacity::Refusal),
+    /// The devices asked for cannot be had.
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DeviceError),
     /// Too many spawns are waiting.
     #[error(
         "the spawn queue of this node is full ({waiting} waiting, limit {limit}); try another node or later"
@@ -250,6 +253,7 @@ impl Error {
             Error::Policy(_) => "PolicyViolation",
             Error::HostPath(e) if e.is_policy() => "PolicyViolation",
             Error::HostPath(_) => "HostPath",
+            Error::Devices(_) => "Capacity",
             Error::Capacity(_) | Error::QueueFull { .. } | Error::QueueTimeout { .. } => "Capacity",
             Error::StateConflict { .. } | Error::BlobTooLarge { .. } => "StateError",
             Error::VolumeNotFound { .. }

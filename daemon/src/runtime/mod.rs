@@ -7,6 +7,7 @@
 //! | [`records::Records`] | the state store and its save lock; writes disk, then the view | `records.rs` |
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
+//! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
 //! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
 //! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
@@ -14,6 +15,7 @@
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
 //! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
+//! `resume.rs` (restarting a kept container, naming a drift),
 //! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
 //! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
 //! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
@@ -21,7 +23,7 @@
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
 //! (`admission`); never the reverse, and no std lock is held across an await. Std locks are
-//! held only to copy or update plain data: `admission.pending` → `view.entries`;
+//! held only to copy or update plain data: `admission.pending` → `view.entries`; `devices.pending` → `view.entries`;
 //! `view.publish` → `view.entries` / `view.activity` / the key table's; no other nesting.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -33,11 +35,13 @@ use crate::key::ServerKey;
 use crate::state::FileStore;
 
 pub mod admission;
+pub mod devices;
 mod error;
 pub mod image_gc;
 pub mod keys;
 mod logs;
 mod observe;
+mod options;
 pub mod progress;
 pub mod pull;
 mod read;
@@ -45,6 +49,7 @@ pub mod ready;
 mod reconcile;
 pub mod records;
 pub mod report;
+pub mod resume;
 mod start;
 pub mod state_ops;
 pub mod status;
@@ -93,6 +98,8 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// The devices the node hands out, as discovered at start-up.
+    pub devices: crate::devices::Inventory,
     /// Image pulls.
     pub pulls: pull::PullConfig,
     /// Image garbage collection.
@@ -110,6 +117,8 @@ pub struct Started {
     pub container_id: String,
     /// The spawn that started it.
     pub spawn_id: String,
+    /// What became of a kept stopped container (resumed, or recreated and why); "" otherwise.
+    pub note: String,
 }
 
 /// The runtime: cheap to clone, shared by every RPC.
@@ -133,6 +142,8 @@ struct Inner<E> {
     view: Arc<View>,
     records: Records,
     admission: admission::Admission,
+    /// Device inventory and who holds what.
+    devices: devices::Devices,
     /// Volumes being exported, imported or removed.
     transfers: transfer::Busy,
     /// The pulls under way.
@@ -153,6 +164,7 @@ impl<E: ContainerEngine> Runtime<E> {
         Self {
             inner: Arc::new(Inner {
                 admission: admission::Admission::new(&cfg),
+                devices: devices::Devices::new(&cfg),
                 records: Records::new(store, view.clone()),
                 view,
                 engine,

@@ -1,6 +1,8 @@
-//! Readiness: probe a server over HTTP from the node, with a fine-grained backoff.
+//! Readiness: probe a server over HTTP (or, under JupyterHub's internal_ssl, TLS) from the
+//! node, with a fine-grained backoff.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,11 +50,96 @@ fn is_status_line(head: &[u8]) -> bool {
     head.len() >= 12 && head.starts_with(b"HTTP/") && head[9..12].iter().all(u8::is_ascii_digit)
 }
 
-/// Probes until the server answers (true) or `deadline` passes (false).
-pub async fn wait_ready(addr: SocketAddr, path: &str, deadline: Instant) -> bool {
+/// One TLS probe of a server under JupyterHub's internal_ssl: true when it answers a TLS
+/// handshake. Such a server demands a client certificate the node does not hold, so a
+/// handshake the server ends with an alert counts too: a TLS server is listening. The
+/// probe sends nothing and trusts nothing it receives, so the server's certificate is not
+/// checked here (the hub checks it).
+pub async fn probe_tls(addr: SocketAddr) -> bool {
+    tokio::time::timeout(PROBE_TIMEOUT, probe_tls_inner(addr))
+        .await
+        .unwrap_or(false)
+}
+
+async fn probe_tls_inner(addr: SocketAddr) -> bool {
+    let Ok(conn) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Some(config) = probe_tls_config() else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match connector.connect(name, conn).await {
+        Ok(_) => true,
+        Err(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_))),
+    }
+}
+
+fn probe_tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyServer(provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Some(Arc::new(config))
+}
+
+/// Accepts any server certificate: the readiness probe only learns that TLS is spoken.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Probes until the server answers (true) or `deadline` passes (false); over TLS when `tls`.
+pub async fn wait_ready(addr: SocketAddr, path: &str, tls: bool, deadline: Instant) -> bool {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        if probe(addr, path).await {
+        let answered = if tls {
+            probe_tls(addr).await
+        } else {
+            probe(addr, path).await
+        };
+        if answered {
             return true;
         }
         let now = Instant::now();
@@ -99,8 +186,13 @@ mod tests {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        assert!(wait_ready(http_addr, "/user/a/api", deadline).await);
+        assert!(wait_ready(http_addr, "/user/a/api", false, deadline).await);
         let past = Instant::now();
-        assert!(!wait_ready(mute_addr, "/", past).await);
+        assert!(!wait_ready(mute_addr, "/", false, past).await);
+        assert!(
+            !probe_tls(mute_addr).await,
+            "a closed connection is not TLS"
+        );
+        assert!(!probe_tls(http_addr).await, "plain HTTP is not TLS");
     }
 }

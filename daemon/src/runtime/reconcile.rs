@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use super::view::WatchKind;
 use super::{Error, Runtime};
 use crate::docker::{
-    ContainerEngine, ContainerInfo, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT,
-    LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, RunStatus,
+    ContainerEngine, ContainerInfo, LABEL_DEVICES, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES,
+    LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, RunStatus,
 };
 use crate::key::ServerKey;
 use crate::state::RecordStatus;
@@ -141,6 +141,9 @@ impl<E: ContainerEngine> Runtime<E> {
             let generation = before.get(&key).map_or(0, |b| b.0);
             self.observe(&key, &id, None, generation, WatchKind::Changed)
                 .await;
+            // No container and no spawn under way: a crash during start left its devices
+            // held; nothing can use them now.
+            self.settle_devices(&key).await;
         }
     }
 
@@ -183,6 +186,11 @@ impl<E: ContainerEngine> Runtime<E> {
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(crate::spec::DEFAULT_PORT);
                 r.owned_volumes = label(LABEL_OWNED_VOLUMES)
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                r.devices = label(LABEL_DEVICES)
                     .split(',')
                     .filter(|v| !v.is_empty())
                     .map(str::to_owned)

@@ -44,6 +44,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// Each device class.
+    pub devices: Vec<super::devices::ClassCapacity>,
     /// The configured labels (`[node] labels`).
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -176,6 +178,7 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         let draining = inner.admission.draining();
         let mut conditions = conditions(&host, docker_up, &disks, draining.as_deref());
+        conditions.extend(inner.devices.conditions());
         super::image_gc::report_pressure(&mut conditions, root_usage, &inner.cfg.image_gc);
         NodeCapacity {
             host,
@@ -186,6 +189,7 @@ impl<E: ContainerEngine> Runtime<E> {
             conditions,
             draining: draining.is_some(),
             images,
+            devices: inner.devices.capacity(&inner.view),
             labels: inner.cfg.labels.clone(),
         }
     }

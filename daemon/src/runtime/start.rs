@@ -9,11 +9,13 @@ use super::error::{blocking, detached};
 use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
 use super::view::WatchKind;
-use super::{Error, Runtime, Started, exit_reason, ready};
+use super::{Error, Runtime, Started, exit_reason, ready, resume};
+use crate::devices::DeviceRef;
 use crate::docker::{
-    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_HOST_NETWORK,
-    LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES, LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID,
-    LABEL_SPEC_HASH, LABEL_USER, Mount, RunStatus,
+    ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_DEVICES,
+    LABEL_FINGERPRINT, LABEL_HOST_NETWORK, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES,
+    LABEL_PORT, LABEL_RESUMABLE, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount,
+    RunStatus,
 };
 use crate::hostpath::{self, HostPathError, Pin};
 use crate::key::ServerKey;
@@ -49,6 +51,7 @@ impl<E: ContainerEngine> Runtime<E> {
         // to the container (or freed).
         self.refresh(&spec.key).await;
         self.inner.admission.release(&spec.key);
+        self.settle_devices(&spec.key).await;
         if result.is_ok()
             && let Err(e) = self
                 .inner
@@ -86,12 +89,14 @@ impl<E: ContainerEngine> Runtime<E> {
         progress: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<Started, Error> {
+        let mut note = String::new();
         if let Some(c) = self.container_of(&spec.key).await?
-            && let Some(done) = self.carry_on(spec, c, progress, cancel).await
+            && let Some(done) = self.carry_on(spec, c, progress, cancel, &mut note).await
         {
             return done;
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
+        let devices = self.assign_devices(spec).await?;
         let image = self.ensure_image(spec, progress, cancel).await?;
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
@@ -109,10 +114,13 @@ impl<E: ContainerEngine> Runtime<E> {
         // is what was checked.
         let pins = self.pin_host_paths(spec).await?;
         self.prepare_volumes(spec).await?;
+        self.prepare_network(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
-        let id = self.create(spec, &image).await?;
-        self.launch(spec, &id, progress, cancel, Some(slot), pins)
-            .await
+        let id = self.create(spec, &image, &devices).await?;
+        let started = self
+            .launch(spec, &id, progress, cancel, Some(slot), pins)
+            .await?;
+        Ok(Started { note, ..started })
     }
 
     /// What to do with the key's existing container `c`: finish a retried spawn that got this
@@ -123,14 +131,16 @@ impl<E: ContainerEngine> Runtime<E> {
         c: ContainerInfo,
         progress: &Reporter,
         cancel: &CancellationToken,
+        note: &mut String,
     ) -> Option<Result<Started, Error>> {
-        let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
-        if self
-            .inner
-            .view
-            .get(&spec.key)
-            .is_none_or(|e| e.record.container_id != c.id)
-        {
+        let recorded = self.inner.view.get(&spec.key);
+        // A resumed container keeps the spawn id label of the spawn that made it; the
+        // record names the spawn that runs it now.
+        let same_spawn = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str())
+            || recorded.as_ref().is_some_and(|e| {
+                e.record.container_id == c.id && e.record.spawn_id == spec.spawn_id
+            });
+        if recorded.is_none_or(|e| e.record.container_id != c.id) {
             // The record lost track of this container (e.g. a crash right after create).
             let id = c.id.clone();
             let spawn = c.label(LABEL_SPAWN_ID).unwrap_or_default().to_owned();
@@ -151,12 +161,7 @@ impl<E: ContainerEngine> Runtime<E> {
             },
             (true, RunStatus::Exited | RunStatus::Dead) => Err(self.exited_error(spec, &c).await),
             (false, RunStatus::Exited | RunStatus::Dead | RunStatus::Created) => {
-                tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "removing the stopped container of an earlier spawn");
-                if let Err(e) = self.inner.engine.remove(&c.id).await {
-                    return Some(Err(e.into()));
-                }
-                self.inner.view.removed(&spec.key, &c.id);
-                return None;
+                return self.resume_or_clear(spec, &c, progress, cancel, note).await;
             }
             _ => Err(Error::AlreadyRunning {
                 key: spec.key.clone(),
@@ -168,9 +173,14 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Writes the spawn's record, then creates its container; the record is durable before
     /// the container exists, so a crash from here on leaves a record to reconcile against,
     /// never an unaccounted container.
-    async fn create(&self, spec: &StartSpec, image: &ImageInfo) -> Result<String, Error> {
+    async fn create(
+        &self,
+        spec: &StartSpec,
+        image: &ImageInfo,
+        devices: &[DeviceRef],
+    ) -> Result<String, Error> {
         let engine = &self.inner.engine;
-        let container = self.container_spec(spec, image);
+        let container = self.container_spec(spec, image, devices);
         let owned = owned_volumes(spec);
         self.inner
             .records
@@ -183,6 +193,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 r.image.clone_from(&spec.image);
                 r.port = spec.port;
                 r.started_ms = crate::state::now_ms();
+                r.devices = devices.iter().map(DeviceRef::encode).collect();
                 r.volumes = spec
                     .volumes
                     .iter()
@@ -222,7 +233,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
     /// first use) and pins it at its staging path, and checks its devices; off the async
     /// threads, as a network filesystem may be slow.
-    async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
+    pub(super) async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
         let devices = spec.host.devices.clone();
         let wanted: Vec<(usize, String, String, bool)> = spec
             .volumes
@@ -297,7 +308,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Starts created container `id` and waits until it answers.
-    async fn launch(
+    pub(super) async fn launch(
         &self,
         spec: &StartSpec,
         id: &str,
@@ -308,6 +319,12 @@ impl<E: ContainerEngine> Runtime<E> {
     ) -> Result<Started, Error> {
         progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
         let engine = &self.inner.engine;
+        if spec.resumable {
+            engine.put_files(id, &resume::env_files(&spec.env)).await?;
+        }
+        if let Some(certs) = &spec.internal_ssl {
+            engine.put_files(id, &resume::cert_files(certs)).await?;
+        }
         let started = engine.start(id).await;
         // The slot bounds Docker work; waiting for HTTP needs none.
         drop(slot);
@@ -327,7 +344,9 @@ impl<E: ContainerEngine> Runtime<E> {
         self.verify_pins(&c, &pins).await?;
         // The container's mount namespace holds its own copy now; the pins can go.
         drop(pins);
-        self.await_ready(spec, &c, progress, cancel).await
+        let started = self.await_ready(spec, &c, progress, cancel).await?;
+        self.post_start(spec, id, progress).await;
+        Ok(started)
     }
 
     /// Probes the running container until it answers HTTP; fails at once when it exits.
@@ -370,9 +389,9 @@ impl<E: ContainerEngine> Runtime<E> {
             }
         };
         tokio::select! {
-            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, deadline) => {
+            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, spec.internal_ssl.is_some(), deadline) => {
                 if ok {
-                    Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone() })
+                    Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone(), note: String::new() })
                 } else {
                     if let Err(e) = self.inner.engine.kill(&c.id).await {
                         tracing::warn!(container = %c.id, error = %e, "cannot kill a server that never became ready");
@@ -413,7 +432,12 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     // Long: a field-by-field translation of the spec into the engine's, clearer whole.
-    fn container_spec(&self, spec: &StartSpec, image: &ImageInfo) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        spec: &StartSpec,
+        image: &ImageInfo,
+        devices: &[DeviceRef],
+    ) -> ContainerSpec {
         let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
             (true, true) => None,
             (true, false) => Some(image.cmd.iter().chain(&spec.args).cloned().collect()),
@@ -421,6 +445,25 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let cfg = &self.inner.cfg;
+        let host_ip = cfg.publish_host_ip.to_string();
+        // A resumable container gets its per-spawn env from a file at every start (see
+        // `resume.rs`): a wrapper in front of the image's own entrypoint and command.
+        let (entrypoint, cmd, env) = if spec.resumable {
+            let argv: Vec<String> = image
+                .entrypoint
+                .iter()
+                .chain(cmd.as_ref().unwrap_or(&image.cmd))
+                .cloned()
+                .collect();
+            let (entrypoint, argv) = resume::wrapped(argv);
+            let fingerprint = resume::Fingerprint::of(spec, &image.id, &host_ip);
+            labels.insert(LABEL_RESUMABLE.to_owned(), "true".to_owned());
+            labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.to_label());
+            let env = spec.env.filtered(|k| !resume::is_per_spawn(k));
+            (Some(entrypoint), Some(argv), env.to_docker())
+        } else {
+            (None, cmd, spec.env.to_docker())
+        };
         for (k, v) in [
             (LABEL_MANAGED, "true"),
             (LABEL_USER, spec.key.user()),
@@ -430,6 +473,14 @@ impl<E: ContainerEngine> Runtime<E> {
             (LABEL_SPEC_HASH, &spec.spec_hash()),
             (LABEL_PORT, &spec.port.to_string()),
             (LABEL_OWNED_VOLUMES, &owned_volumes(spec).join(",")),
+            (
+                LABEL_DEVICES,
+                &devices
+                    .iter()
+                    .map(DeviceRef::encode)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             (
                 LABEL_HOST_NETWORK,
                 if spec.host.host_network {
@@ -441,6 +492,16 @@ impl<E: ContainerEngine> Runtime<E> {
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
+        let passing = self.inner.devices.passing(devices);
+        let mut host = spec.host.clone();
+        host.devices.extend(passing.paths);
+        // The env chosen above: a resumable container's never holds the per-spawn variables.
+        let mut env = env;
+        if let Some(v) = passing.visible {
+            let prefix = format!("{}=", crate::devices::NVIDIA_VISIBLE_DEVICES);
+            env.retain(|e| !e.starts_with(&prefix));
+            env.push(format!("{prefix}{v}"));
+        }
         let r = spec.resources;
         let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         #[allow(clippy::cast_possible_truncation)]
@@ -448,11 +509,12 @@ impl<E: ContainerEngine> Runtime<E> {
         ContainerSpec {
             name: spec.key.container_name(),
             image: spec.image.clone(),
+            entrypoint,
             cmd,
-            env: spec.env.to_docker(),
+            env,
             labels,
             port: spec.port,
-            host_ip: cfg.publish_host_ip.to_string(),
+            host_ip,
             memory: r.mem_limit.map(to_i64),
             memory_reservation: r.mem_guarantee.map(to_i64),
             nano_cpus: r.cpu_limit.map(|c| cores(c, 1e9)),
@@ -474,7 +536,9 @@ impl<E: ContainerEngine> Runtime<E> {
                     read_only: v.read_only,
                 })
                 .collect(),
-            host: spec.host.clone(),
+            host,
+            device_requests: passing.requests,
+            options: spec.options.clone(),
         }
     }
 }

@@ -204,7 +204,11 @@ fn with_container(
     s.container_id.clone_from(&c.id);
     s.health.clone_from(&c.health);
     s.image.clone_from(&c.image);
-    if let Some(id) = c.label(LABEL_SPAWN_ID) {
+    // A resumed container keeps the label of the spawn that made it; the record knows the
+    // spawn that runs it now.
+    if r.container_id != c.id
+        && let Some(id) = c.label(LABEL_SPAWN_ID)
+    {
         s.spawn_id = id.to_owned();
     }
 }

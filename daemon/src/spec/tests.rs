@@ -219,10 +219,47 @@ proptest! {
             user_options: String::new(),
             ready_path: "/".into(),
             ready_timeout: None,
+            gpus: crate::devices::Ask::default(),
             host: HostAccess::default(),
+            resumable: false,
+            options: Default::default(),
+            internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
+    }
+}
+
+#[test]
+fn internal_ssl_files_go_together_as_pem_and_debug_hides_the_key() {
+    let pem = |s: &str| format!("-----BEGIN {s}-----\nAAAA\n-----END {s}-----\n").into_bytes();
+    assert_eq!(crate::spec::Certs::new(vec![], vec![], vec![]), Ok(None));
+    let ok = crate::spec::Certs::new(pem("PRIVATE KEY"), pem("CERTIFICATE"), pem("CERTIFICATE"))
+        .expect("valid")
+        .expect("some");
+    assert!(!format!("{ok:?}").contains("AAAA"));
+    for (key, cert, ca, field) in [
+        (
+            pem("PRIVATE KEY"),
+            vec![],
+            pem("CERTIFICATE"),
+            "internal_ssl.cert",
+        ),
+        (
+            b"not pem".to_vec(),
+            pem("CERTIFICATE"),
+            pem("CERTIFICATE"),
+            "internal_ssl.key",
+        ),
+        (
+            pem("PRIVATE KEY"),
+            pem("CERTIFICATE"),
+            vec![b'x'; 70_000],
+            "internal_ssl.ca",
+        ),
+    ] {
+        let e = crate::spec::Certs::new(key, cert, ca).expect_err(field);
+        assert_eq!(e.field, field);
     }
 }

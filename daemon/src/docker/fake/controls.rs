@@ -1,6 +1,7 @@
 //! What a test does to the fake engine and what it reads back: images, exits, OOM kills,
 //! outages, slow inspects, call counts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::model::{EXIT_SIGKILL, Image, InspectDelay, normalise};
@@ -150,6 +151,15 @@ impl FakeEngine {
         let _ = rx.wait_for(|d| *d >= n).await;
     }
 
+    /// Every later `start` takes `delay` before its container runs (a simulated start time).
+    pub fn set_start_delay(&self, delay: Duration) {
+        *self
+            .shared
+            .start_delay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = delay;
+    }
+
     /// How often `op` was called ("create", "start", "inspect", "wait_exit", "events", ... —
     /// the trait method's name), including calls that failed.
     pub fn calls(&self, op: &str) -> u64 {
@@ -164,6 +174,14 @@ impl FakeEngine {
     /// What the container was created with.
     pub fn spec_of(&self, name_or_id: &str) -> Option<ContainerSpec> {
         self.world().get(name_or_id).map(|c| c.spec.clone())
+    }
+
+    /// The files put into the container, by path.
+    pub fn files_of(&self, name_or_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.world()
+            .get(name_or_id)
+            .map(|c| c.files.clone())
+            .unwrap_or_default()
     }
 
     /// Ids of every container, oldest first.

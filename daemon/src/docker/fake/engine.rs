@@ -13,7 +13,7 @@ use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
     ImageInfo, LogChunk, Usage,
 };
-use crate::docker::{NewVolume, VolumeInfo};
+use crate::docker::{NewFile, NewVolume, VolumeInfo};
 
 impl ContainerEngine for FakeEngine {
     async fn version(&self) -> Result<EngineVersion, EngineError> {
@@ -33,6 +33,7 @@ impl ContainerEngine for FakeEngine {
         Ok(world.images.get(&normalise(reference)).map(|i| ImageInfo {
             id: i.id.clone(),
             cmd: vec!["fake-server".to_owned()],
+            entrypoint: Vec::new(),
         }))
     }
 
@@ -89,6 +90,14 @@ impl ContainerEngine for FakeEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
+        let delay = *self
+            .shared
+            .start_delay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let (id, plan) = {
             let mut world = self.enter("start")?;
             let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
@@ -111,6 +120,51 @@ impl ContainerEngine for FakeEngine {
                 world.terminate(&id, plan.code, false);
             }
         });
+        Ok(())
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(self.enter("network_exists")?.networks.contains(name))
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        _labels: &std::collections::HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        self.enter("create_network")?
+            .networks
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    /// `false` fails with exit 1, anything else succeeds.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<(i64, String), EngineError> {
+        let world = self.enter("exec")?;
+        let c = world.get(id).ok_or_else(|| Self::not_found(id))?;
+        if !c.running() {
+            return Err(EngineError::Conflict {
+                message: format!("container {id} is not running"),
+            });
+        }
+        Ok(match argv.first().map(String::as_str) {
+            Some("false") => (1, "fake failure".to_owned()),
+            _ => (0, String::new()),
+        })
+    }
+
+    async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
+        let mut world = self.enter("put_files")?;
+        let c = world
+            .containers
+            .values_mut()
+            .find(|c| c.info.id == id || c.info.name == id)
+            .ok_or_else(|| Self::not_found(id))?;
+        for f in files {
+            if let Some(bytes) = &f.contents {
+                c.files.insert(f.path.clone(), bytes.clone());
+            }
+        }
         Ok(())
     }
 
@@ -210,7 +264,14 @@ impl ContainerEngine for FakeEngine {
     }
 
     async fn images(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self.enter("images")?.images.keys().cloned().collect())
+        // As dockerd lists repo tags: Docker Hub references without their registry prefix.
+        let short = |r: &String| {
+            r.strip_prefix("docker.io/library/")
+                .or_else(|| r.strip_prefix("docker.io/"))
+                .unwrap_or(r)
+                .to_owned()
+        };
+        Ok(self.enter("images")?.images.keys().map(short).collect())
     }
 
     async fn root_dir(&self) -> Result<String, EngineError> {

@@ -70,6 +70,8 @@ struct Shared {
     delayed: watch::Sender<usize>,
     /// The images a pull can fetch.
     registry: pull::Registry,
+    /// How long each `start` takes before the container runs (the `sim` engine's start time).
+    start_delay: Mutex<Duration>,
 }
 
 impl Default for FakeEngine {
@@ -87,6 +89,7 @@ impl FakeEngine {
                 reachable: watch::channel(true).0,
                 delayed: watch::channel(0).0,
                 registry: pull::Registry::default(),
+                start_delay: Mutex::new(Duration::ZERO),
             }),
         }
     }

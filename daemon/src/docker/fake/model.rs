@@ -61,6 +61,8 @@ impl Image {
 pub(super) struct Container {
     pub(super) info: ContainerInfo,
     pub(super) spec: ContainerSpec,
+    /// Files put into it, by path, with the start they were present at (`run` then).
+    pub(super) files: BTreeMap<String, Vec<u8>>,
     pub(super) behaviour: Behaviour,
     /// Creation order, so `list` answers in a stable order.
     seq: u64,
@@ -88,6 +90,8 @@ pub(super) struct World {
     pub(super) images: BTreeMap<String, Image>,
     pub(super) containers: HashMap<String, Container>,
     pub(super) volumes: BTreeMap<String, VolumeInfo>,
+    /// Networks by name ("bridge" always).
+    pub(super) networks: std::collections::BTreeSet<String>,
     pub(super) history: Vec<EngineEvent>,
     pub(super) calls: BTreeMap<&'static str, u64>,
     pub(super) inspect_delays: Vec<InspectDelay>,
@@ -118,6 +122,7 @@ impl World {
             images: BTreeMap::new(),
             containers: HashMap::new(),
             volumes: BTreeMap::new(),
+            networks: ["bridge".to_owned()].into(),
             history: Vec::new(),
             calls: BTreeMap::new(),
             inspect_delays: Vec::new(),
@@ -238,6 +243,7 @@ impl World {
         let container = Container {
             info,
             spec: spec.clone(),
+            files: BTreeMap::new(),
             behaviour: image.behaviour.clone(),
             seq: self.next_seq,
             run: 0,

@@ -10,6 +10,8 @@ use crate::docker::{
 
 fn spec(name: &str, image: &str) -> ContainerSpec {
     ContainerSpec {
+        entrypoint: None,
+        options: Default::default(),
         name: name.to_owned(),
         image: image.to_owned(),
         cmd: None,
@@ -23,6 +25,7 @@ fn spec(name: &str, image: &str) -> ContainerSpec {
         cpu_shares: None,
         mounts: Vec::new(),
         host: crate::spec::HostAccess::default(),
+        device_requests: vec![],
     }
 }
 

@@ -1,0 +1,366 @@
+"""Spawns through a real JupyterHub: berthspawner on real berthd against DockerSpawner 14.
+
+Both hubs (same JupyterHub, same proxy, same image, same host engine) run at once and every
+scenario runs on one then the other (the order alternates), so machine load hits both alike.
+A spawn is timed from the POST of the server to the `ready` event of the hub's progress stream;
+a stop from the DELETE until the hub's user model no longer lists the server.
+
+    python bench/e2e.py [--smoke] [--out FILE]
+"""
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
+
+import conftest  # noqa: E402  (the e2e suite's Berthd and Hub: one way to start them)
+from conftest import IMAGE, TINY, Berthd, Hub, docker, require_docker  # noqa: E402
+
+# DockerSpawner's containers carry this prefix (and a per-run suffix), so they are told apart
+# from everything else on the shared engine and removed at the end.
+DS_PREFIX = "bench-ds"
+
+
+def hub_ip():
+    """Where the servers reach the hub: the bridge's gateway, or docker0's address when the
+    engine's bridge network does not name its gateway."""
+    gw = docker("network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}")
+    if gw:
+        return gw
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True).stdout
+    assert out.split(), "no docker bridge address found"
+    return out.split()[3].split("/")[0]
+
+
+def dockerspawner_config(prefix):
+    return f'''
+c.JupyterHub.spawner_class = "docker"
+c.DockerSpawner.image = "{IMAGE}"
+c.DockerSpawner.prefix = "{prefix}"
+c.DockerSpawner.name_template = "{{prefix}}-{{username}}--{{servername}}"
+c.DockerSpawner.remove = True
+c.DockerSpawner.pull_policy = "never"
+c.DockerSpawner.extra_labels = {{"berth.bench": "{prefix}"}}
+'''
+
+
+# Both hubs: 30 concurrent single-user servers on a shared 2-core machine can take minutes.
+SLOW_MACHINE = "c.Spawner.start_timeout = 300\nc.Spawner.http_timeout = 300\n"
+
+TINY_HOOK = f"""
+def _tiny(spawner):
+    if spawner.user.name.startswith("tiny"):
+        spawner.image = "{TINY}"
+        spawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]
+c.Spawner.pre_spawn_hook = _tiny
+"""
+
+
+def pct(values, p):
+    """The p-th percentile (nearest rank) of `values`."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+class Timer:
+    """Spawn and stop timings through one hub's REST API."""
+
+    def __init__(self, hub, label):
+        self.hub = hub
+        self.label = label
+
+    def add_users(self, users):
+        r = self.hub.api("POST", "/users", json={"usernames": list(users)})
+        assert r.status_code in (201, 409), (r.status_code, r.text)
+
+    def spawn(self, user, timeout=600):
+        """Seconds from the POST to the hub's `ready` event; (seconds, t0 wall clock)."""
+        t0_wall = time.time()
+        t0 = time.perf_counter()
+        r = self.hub.api("POST", f"/users/{user}/server", json={})
+        assert r.status_code in (201, 202), f"{self.label} spawn {user}: {r.status_code} {r.text}"
+        if r.status_code == 202:
+            stream = requests.get(
+                f"{self.hub.url}/hub/api/users/{user}/server/progress",
+                headers={"Authorization": f"token {self.hub.token}"}, stream=True, timeout=timeout,
+            )
+            ok = False
+            for line in stream.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                ev = json.loads(line[5:])
+                if ev.get("ready"):
+                    ok = True
+                    break
+                if ev.get("failed"):
+                    raise AssertionError(f"{self.label} spawn {user} failed: {ev.get('message')}")
+            stream.close()
+            # The proxy ends a stream after a while (CHP's Python port: 20 s): poll from there.
+            end = t0 + timeout
+            while not ok:
+                assert time.perf_counter() < end, f"{self.label} spawn {user}: not ready after {timeout}s"
+                server = self.hub.api("GET", f"/users/{user}").json().get("servers", {}).get("")
+                assert server is not None, f"{self.label} spawn {user} failed"
+                ok = server.get("ready")
+                time.sleep(0 if ok else 0.2)
+        return time.perf_counter() - t0, t0_wall
+
+    def stop(self, user, timeout=120):
+        t0 = time.perf_counter()
+        r = self.hub.api("DELETE", f"/users/{user}/server")
+        assert r.status_code in (202, 204), f"{self.label} stop {user}: {r.status_code} {r.text}"
+        end = t0 + timeout
+        while r.status_code == 202:
+            model = self.hub.api("GET", f"/users/{user}").json()
+            if "" not in model.get("servers", {}):
+                break
+            assert time.perf_counter() < end, f"{self.label} stop {user} timed out"
+            time.sleep(0.05)
+        return time.perf_counter() - t0
+
+
+def run_scenario(timer, users, concurrent):
+    """Spawns `users` (in order, or all at once), then stops them the same way."""
+    timer.add_users(set(users))
+    spawns, stops = [], []
+    if concurrent:
+        with ThreadPoolExecutor(len(users)) as pool:
+            spawns = [s for s, _ in pool.map(timer.spawn, users)]
+            stops = list(pool.map(timer.stop, users))
+    else:
+        for u in users:
+            spawns.append(timer.spawn(u)[0])
+            stops.append(timer.stop(u))
+    return spawns, stops
+
+
+SCENARIOS = [
+    # (label, users, concurrent)
+    ("1 user ×5, sequential", ["solo"] * 5, False),
+    ("10 users, sequential", [f"seq{i}" for i in range(10)], False),
+    ("10 users, concurrent", [f"cc{i}" for i in range(10)], True),
+    ("30 users, concurrent", [f"cx{i}" for i in range(30)], True),
+]
+QUICK = [
+    ("1 user ×3, sequential", ["solo"] * 3, False),
+    ("10 users, concurrent", [f"cc{i}" for i in range(10)], True),
+]
+SMOKE = [
+    ("1 user, once", ["solo"], False),
+    ("2 users, concurrent", [f"cc{i}" for i in range(2)], True),
+]
+
+
+def breakdown(hub, node, user):
+    """One berth spawn, phase by phase: client clock + berthd's progress timestamps + hub log."""
+    import grpc
+
+    from berthspawner._proto.berth.v1 import spawner_pb2 as pb
+    from berthspawner._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
+
+    t = Timer(hub, "berth")
+    t.add_users([user])
+    hub_log_start = os.path.getsize(hub.log.name)
+    total, t0 = t.spawn(user)
+    t_ready = t0 + total
+    events = []
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.SpawnerStub(ch)
+        req = pb.ProgressRequest(key=pb.ServerKey(user=user, server_name=""))
+        for ev in stub.Progress(req, timeout=10):
+            events.append((pb.ProgressEvent.Phase.Name(ev.phase), ev.time.seconds + ev.time.nanos / 1e9, ev.message))
+            if ev.ready or ev.failed:
+                break
+    with open(hub.log.name) as f:
+        f.seek(hub_log_start)
+        log = f.read()
+    t.stop(user)
+    return t0, t_ready, events, log
+
+
+def hub_time(log, needle):
+    """Wall-clock time of the first hub log line containing `needle`."""
+    import datetime
+
+    for line in log.splitlines():
+        if needle in line and line.startswith("["):
+            stamp = " ".join(line[3:].split(" ")[:2])
+            try:
+                dt = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f")
+            except ValueError:
+                continue
+            return dt.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
+def machine():
+    mem = ""
+    with open("/proc/meminfo") as f:
+        mem = f"{int(f.readline().split()[1]) // 1024 // 1024} GiB"
+    dv = docker("version", "-f", "{{.Server.Version}} (API {{.Server.APIVersion}})")
+    import jupyterhub
+
+    try:
+        import dockerspawner
+
+        dsv = dockerspawner.__version__
+    except ImportError:
+        dsv = "?"
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {mem}, {platform.system()} {platform.release()}, "
+        f"Docker {dv}, JupyterHub {jupyterhub.__version__}, DockerSpawner {dsv}, image {IMAGE}, "
+        f"berthd {os.path.relpath(conftest.BERTHD, os.path.dirname(HERE))}"
+    )
+
+
+def load():
+    return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def fmt(values):
+    return f"{pct(values, 50):.2f} / {pct(values, 90):.2f} / {max(values):.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="two tiny scenarios, to check the harness")
+    ap.add_argument("--quick", action="store_true", help="1 user ×3 and 10 concurrent only (a loaded machine)")
+    ap.add_argument("--out", default=None, help="where the tables go (default: their section of bench/RESULTS.md)")
+    args = ap.parse_args()
+    require_docker()
+    scenarios = SMOKE if args.smoke else QUICK if args.quick else SCENARIOS
+    out = args.out
+    prefix = f"{DS_PREFIX}-{secrets.token_hex(3)}"
+    base = tempfile.mkdtemp(prefix="berth-bench-")
+    # Debug logging for the breakdown; users named tiny* run the tiny image (busybox httpd), so
+    # the hub's and berth's own share of a spawn shows.
+    hub_debug = 'c.JupyterHub.log_level = "DEBUG"\n' + TINY_HOOK + SLOW_MACHINE
+    rows, loads = [], []
+    print(f"bench: work dir {base}; DockerSpawner containers {prefix}-*", file=sys.stderr)
+    started = time.time()
+    ip = hub_ip()
+    with Berthd("bench", base) as node:
+        berth_hub = Hub(os.path.join(base, "berth"), [node], extra=hub_debug, hub_ip=ip)
+        ds_hub = None
+        try:
+            ds_hub = Hub(os.path.join(base, "ds"), [], extra=dockerspawner_config(prefix) + SLOW_MACHINE, hub_ip=ip)
+            timers = {"berth": Timer(berth_hub, "berth"), "DockerSpawner": Timer(ds_hub, "DockerSpawner")}
+            # One warm-up spawn each (first imports, page cache), not counted.
+            for t in timers.values() if not args.smoke else ():
+                run_scenario(t, ["warmup"], False)
+            for i, (label, users, conc) in enumerate(scenarios):
+                order = ["berth", "DockerSpawner"] if i % 2 == 0 else ["DockerSpawner", "berth"]
+                res = {}
+                for name in order:
+                    before = os.getloadavg()[0]
+                    print(f"bench: {label}: {name}", file=sys.stderr)
+                    res[name] = run_scenario(timers[name], users, conc)
+                    print(f"bench: {label} / {name}: spawns {res[name][0]} stops {res[name][1]}", file=sys.stderr, flush=True)
+                    loads.append(f"{label} / {name}: 1-min load {before:.2f} → {os.getloadavg()[0]:.2f}")
+                rows.append((label, res))
+            bd = [breakdown(berth_hub, node, u) for u in ("anatomy", "tinyanatomy")]
+        finally:
+            berth_hub.stop()
+            if ds_hub is not None:
+                ds_hub.stop()
+            left = docker("ps", "-aq", "--filter", f"label=berth.bench={prefix}").split()
+            if left:
+                docker("rm", "-f", *left)
+    elapsed = time.time() - started
+
+    lines = [
+        "## End to end through JupyterHub: berthspawner vs DockerSpawner",
+        "",
+        f"Generated by `bench/run-e2e{' --smoke' if args.smoke else ' --quick' if args.quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed:.0f} s.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"Load: {load()} at the end (the machine was shared with other builds; both spawners ran "
+        "interleaved in the same run, so compare the ratios, not the absolute seconds).",
+        "",
+        "Spawn: POST /hub/api/users/<u>/server → `ready` on the hub's progress stream. "
+        "Stop: DELETE → server gone from the user model. Seconds, p50 / p90 / max.",
+        "",
+        "| scenario | berth spawn | DockerSpawner spawn | ratio p50 (p90) | berth stop | DockerSpawner stop | ratio p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, res in rows:
+        bs, bst = res["berth"]
+        ds, dst = res["DockerSpawner"]
+        lines.append(
+            f"| {label} | {fmt(bs)} | {fmt(ds)} | {pct(bs, 50) / pct(ds, 50):.2f}× ({pct(bs, 90) / pct(ds, 90):.2f}×) "
+            f"| {fmt(bst)} | {fmt(dst)} | {pct(bst, 50) / pct(dst, 50):.2f}× |"
+        )
+    lines += ["", "Load per scenario: " + "; ".join(loads) + ".", ""]
+    for user, (t0, t_ready, events, log) in zip(("anatomy", "tinyanatomy"), bd):
+        lines += breakdown_table(user, t0, t_ready, events, log)
+    text = "\n".join(lines) + "\n"
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    else:
+        replace_section(os.path.join(HERE, "RESULTS.md"), "e2e", text)
+    print(text)
+
+
+def replace_section(path, name, text):
+    """Puts `text` between the section's markers in `path` (appended when it has none)."""
+    begin, end = f"<!-- {name}: generated, begin -->\n", f"<!-- {name}: generated, end -->\n"
+    with open(path) as f:
+        old = f.read()
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + begin + text + old[old.index(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + begin + text + end
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def breakdown_table(user, t0, t_ready, events, log):
+    marks = [(f"POST /hub/api/users/{user}/server sent", t0)]
+    started = hub_time(log, f"berth: {user} started on")
+    for phase, at, _msg in events:
+        marks.append((f"berthd: {phase}", at))
+    if started:
+        marks.append(("hub: Start RPC returned (berthspawner log)", started))
+    up = hub_time(log, "responded with")
+    if up:
+        marks.append(("hub: its own HTTP check of the server answered", up))
+    took = hub_time(log, f"User {user} took")
+    if took:
+        marks.append(("hub: spawn done (\"took … seconds\")", took))
+    marks.append(("client: `ready` on the progress stream", t_ready))
+    marks.sort(key=lambda m: m[1])
+    out = [
+        f"### Where one berth spawn's time goes: {IMAGE if user == 'anatomy' else TINY}",
+        "",
+        "Client clock, berthd's progress timestamps and the hub's (debug) log, on one machine's wall clock.",
+        "",
+        "| step | at (ms from POST) | since previous (ms) |",
+        "|---|---|---|",
+    ]
+    prev = t0
+    for name, at in marks:
+        out.append(f"| {name} | {(at - t0) * 1000:.0f} | {(at - prev) * 1000:.0f} |")
+        prev = at
+    out.append("")
+    return out
+
+
+if __name__ == "__main__":
+    main()

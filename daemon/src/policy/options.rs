@@ -1,0 +1,173 @@
+//! `[policy.container_options]`: which container options a hub may set on this node, and
+//! their bounds.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Violation, deny, glob_match};
+use crate::spec::options::{ContainerOptions, OPTION_NAMES};
+
+/// Which container options a hub may ask for, and how far. Every option is allowed by
+/// default except creating a missing Docker network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptionsPolicy {
+    /// Options refused outright, by name (`user`, `shm_size`, `network_name`, …).
+    pub forbidden: Vec<String>,
+    /// Lowest uid a server may run as (`user`); 0 = any.
+    pub min_uid: u32,
+    /// Largest /dev/shm in bytes; 0 = no cap.
+    pub max_shm_size_bytes: u64,
+    /// Largest `pids_limit`; 0 = no cap.
+    pub max_pids_limit: i64,
+    /// Networks a server may join, as globs; empty = any.
+    pub allowed_networks: Vec<String>,
+    /// Create a missing network (a bridge labelled `berth.managed`); else such a Start is refused.
+    pub allow_network_create: bool,
+}
+
+impl OptionsPolicy {
+    /// An unknown name in `forbidden`, if any (a typo would silently allow the option).
+    pub fn unknown_option(&self) -> Option<&str> {
+        self.forbidden
+            .iter()
+            .find(|f| !OPTION_NAMES.contains(&f.as_str()))
+            .map(String::as_str)
+    }
+
+    /// Checks the options of a Start.
+    pub fn check(&self, o: &ContainerOptions) -> Result<(), Violation> {
+        if let Some(name) = o
+            .set()
+            .into_iter()
+            .find(|n| self.forbidden.iter().any(|f| f == n))
+        {
+            return deny(
+                "container_options.forbidden",
+                format!("the container option {name} is forbidden on this node"),
+            );
+        }
+        if let Some((uid, _)) = o.user
+            && uid < self.min_uid
+        {
+            return deny(
+                "container_options.min_uid",
+                format!("user {uid} is below the node's lowest uid {}", self.min_uid),
+            );
+        }
+        if let Some(shm) = o.shm_size
+            && self.max_shm_size_bytes > 0
+            && shm > self.max_shm_size_bytes
+        {
+            return deny(
+                "container_options.max_shm_size_bytes",
+                format!("shm_size {shm} bytes; at most {}", self.max_shm_size_bytes),
+            );
+        }
+        if let Some(p) = o.pids_limit
+            && self.max_pids_limit > 0
+            && p > self.max_pids_limit
+        {
+            return deny(
+                "container_options.max_pids_limit",
+                format!("pids_limit {p}; at most {}", self.max_pids_limit),
+            );
+        }
+        if let Some(n) = &o.network_name
+            && !self.allowed_networks.is_empty()
+            && !self.allowed_networks.iter().any(|g| glob_match(g, n))
+        {
+            return deny(
+                "container_options.allowed_networks",
+                format!("network {n:?} is not in the node's allow-list"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::options::RawOptions;
+
+    fn opts(r: RawOptions) -> ContainerOptions {
+        ContainerOptions::try_from(r).expect("valid")
+    }
+
+    #[test]
+    fn each_rule_is_named() {
+        let p = OptionsPolicy {
+            forbidden: vec!["dns".into()],
+            min_uid: 1000,
+            max_shm_size_bytes: 1 << 30,
+            max_pids_limit: 1000,
+            allowed_networks: vec!["lab-*".into()],
+            allow_network_create: false,
+        };
+        let cases = [
+            (
+                RawOptions {
+                    dns: vec!["1.1.1.1".into()],
+                    ..Default::default()
+                },
+                "container_options.forbidden",
+            ),
+            (
+                RawOptions {
+                    user: "0".into(),
+                    ..Default::default()
+                },
+                "container_options.min_uid",
+            ),
+            (
+                RawOptions {
+                    shm_size_bytes: 2 << 30,
+                    ..Default::default()
+                },
+                "container_options.max_shm_size_bytes",
+            ),
+            (
+                RawOptions {
+                    pids_limit: 5000,
+                    ..Default::default()
+                },
+                "container_options.max_pids_limit",
+            ),
+            (
+                RawOptions {
+                    network_name: "other".into(),
+                    ..Default::default()
+                },
+                "container_options.allowed_networks",
+            ),
+        ];
+        for (r, rule) in cases {
+            assert_eq!(p.check(&opts(r)).expect_err(rule).rule, rule);
+        }
+        let ok = RawOptions {
+            user: "1000:100".into(),
+            shm_size_bytes: 1 << 30,
+            pids_limit: 1000,
+            network_name: "lab-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(p.check(&opts(ok)), Ok(()));
+        assert_eq!(
+            OptionsPolicy::default().check(&opts(RawOptions {
+                dns: vec!["1.1.1.1".into()],
+                ..Default::default()
+            })),
+            Ok(()),
+            "allowed by default"
+        );
+    }
+
+    #[test]
+    fn an_unknown_forbidden_name_is_found() {
+        let p = OptionsPolicy {
+            forbidden: vec!["usr".into()],
+            ..Default::default()
+        };
+        assert_eq!(p.unknown_option(), Some("usr"));
+    }
+}

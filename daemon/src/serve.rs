@@ -309,9 +309,9 @@ async fn runtime<E: ContainerEngine>(
 }
 
 /// The `/metrics` server, when `[metrics] listen` is set.
-async fn spawn_metrics(
+async fn spawn_metrics<E: ContainerEngine>(
     cfg: &Config,
-    rt: &Runtime<BollardEngine>,
+    rt: &Runtime<E>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {

@@ -49,6 +49,12 @@ struct StatusLabel {
     status: &'static str,
 }
 
+/// `{result}` of an activity report to the hub.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 /// `{method,code}` of a gRPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GrpcLabels {
@@ -80,6 +86,8 @@ pub struct Metrics {
     pull_bytes: Counter,
     running: Gauge,
     docker_up: Gauge,
+    activity: Family<ResultLabel, Counter>,
+    activity_pending: Gauge,
     grpc: Family<GrpcLabels, Counter>,
     allocatable_cpu: Gauge<f64, AtomicU64>,
     committed_cpu: Gauge<f64, AtomicU64>,
@@ -123,6 +131,8 @@ impl Metrics {
             pull_bytes: Counter::default(),
             running: Gauge::default(),
             docker_up: Gauge::default(),
+            activity: Family::default(),
+            activity_pending: Gauge::default(),
             grpc: Family::default(),
             allocatable_cpu: Gauge::default(),
             committed_cpu: Gauge::default(),
@@ -164,6 +174,16 @@ impl Metrics {
             "grpc_requests",
             "gRPC calls by method and status code (a stream counts when its headers go out)",
             m.grpc.clone(),
+        );
+        registry.register(
+            "activity_reports",
+            "Users' activity reports to the hub: sent, failed (retried) or dropped (refused for good)",
+            m.activity.clone(),
+        );
+        registry.register(
+            "activity_pending_servers",
+            "Servers with activity not yet delivered to the hub",
+            m.activity_pending.clone(),
         );
         registry.register(
             "allocatable_cpu_cores",
@@ -210,6 +230,16 @@ impl Metrics {
         self.pull_bytes.inc_by(bytes);
     }
 
+    /// The activity reporter's counts grew by these; `pending` servers wait for delivery.
+    pub fn activity_reported(&self, sent: u64, failed: u64, dropped: u64, pending: usize) {
+        for (result, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
+            self.activity
+                .get_or_create(&ResultLabel { result })
+                .inc_by(n);
+        }
+        self.activity_pending.set(gauge_value(pending));
+    }
+
     /// Whether Docker answered the last health ping.
     pub fn set_docker_up(&self, up: bool) {
         self.docker_up.set(i64::from(up));
@@ -240,6 +270,11 @@ impl Metrics {
         self.committed_cpu.set(committed.cpu);
         self.allocatable_memory.set(gauge_value(allocatable.memory));
         self.committed_memory.set(gauge_value(committed.memory));
+        self.encode()
+    }
+
+    /// Every family as OpenMetrics text, as it stands.
+    fn encode(&self) -> String {
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -403,5 +438,46 @@ pub async fn serve<E: ContainerEngine>(
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_counts_add_up_and_pending_is_a_level() {
+        let m = Metrics::new();
+        m.activity_reported(3, 1, 0, 2);
+        m.activity_reported(2, 0, 1, 0);
+        let text = m.encode();
+        for line in [
+            "berthd_activity_reports_total{result=\"sent\"} 5",
+            "berthd_activity_reports_total{result=\"failed\"} 1",
+            "berthd_activity_reports_total{result=\"dropped\"} 1",
+            "berthd_activity_pending_servers 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn grpc_methods_outside_our_services_share_one_label() {
+        let m = Metrics::new();
+        m.grpc_call("/berth.v1.Spawner/Poll", tonic::Code::NotFound);
+        m.grpc_call("/evil/xyz", tonic::Code::Unimplemented);
+        m.grpc_call("/evil/abc", tonic::Code::Unimplemented);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "berthd_grpc_requests_total{method=\"berth.v1.Spawner/Poll\",code=\"NOT_FOUND\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("berthd_grpc_requests_total{method=\"other\",code=\"UNIMPLEMENTED\"} 2"),
+            "{text}"
+        );
+        assert!(!text.contains("evil"), "{text}");
     }
 }

@@ -517,13 +517,19 @@ class BerthSpawner(ContainerOptions, Spawner):
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue
                 await self._discard_failed(node)
+                # The detail (exit code, last output, addresses) is for the hub's log; the page
+                # says what the user can do.
+                self.log.error("berth: %s failed to start on %s: %s", self._log_name, node.name, e.details())
                 if why == "IMAGE_PULL_FAILED":
                     # The image cannot be had: another node would fail the same way.
                     raise SpawnException(
                         f"The image of your server could not be pulled: {e.details()}", reason="image", status_code=500
                     ) from None
                 raise SpawnException(
-                    f"Your server could not start: {e.details()}", reason="start", status_code=500
+                    "Your server could not start. Please try again; if it keeps happening, ask an "
+                    "administrator (the hub's log has the details).",
+                    reason="start",
+                    status_code=500,
                 ) from None
             finally:
                 node.inflight.pop(self.spawn_id, None)
@@ -593,7 +599,9 @@ class BerthSpawner(ContainerOptions, Spawner):
                 continue
             if self._notice:
                 yield {"message": self._notice}
-            yield {"message": f"Starting on node {node.name}"}
+            if seen > 1:
+                # The node name means nothing to most users; that the first choice said no does.
+                yield {"message": "The first machine tried could not take your server; trying another one."}
             req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
             try:
                 async for ev in node.stub().Progress(req, metadata=node.metadata()):

@@ -16,6 +16,11 @@ import pytest
 import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The proxy JupyterHub runs by default, as Debian packages it (tests/e2e/setup installs it). The
+# installed node does not search Debian's module directory on its own ("Cannot find module
+# 'commander'" without NODE_PATH); the hub hands its environment to the proxy.
+CHP = "/usr/bin/configurable-http-proxy"
+CHP_ENV = {"NODE_PATH": "/usr/share/nodejs"}
 BERTHD = os.environ.get("BERTHD", os.path.join(REPO, "target", "debug", "berthd"))
 IMAGE = "berth-test/singleuser:latest"
 TINY = "berth-test/tiny:latest"
@@ -211,6 +216,7 @@ c.JupyterHub.db_url = "sqlite:///{self.dir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{self.dir}/cookie_secret"
 c.JupyterHub.pid_file = "{self.dir}/hub.pid"
 c.ConfigurableHTTPProxy.pid_file = "{self.dir}/proxy.pid"
+c.ConfigurableHTTPProxy.command = ["{CHP}"]
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 60
 c.JupyterHub.services = [{{"name": "e2e", "api_token": "{self.token}"}}]
@@ -224,7 +230,7 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
     def start(self):
         self.proc = subprocess.Popen(
             ["jupyterhub", "-f", self.config], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, **CHP_ENV},
         )
 
         def up():

@@ -79,8 +79,9 @@ def test_the_progress_bar_shows_the_nodes_phases(cluster):
     posted.join(30)
     messages = [e.get("message", "") for e in events]
     assert events[-1].get("ready"), messages
-    assert any(m.startswith("Starting on node e2e-") for m in messages), messages
-    assert "starting the container" in messages, messages
+    assert "Starting your server." in messages, messages
+    for m in messages:
+        assert "127.0.0.1" not in m and "http://" not in m, f"an internal address reaches the user: {m}"
     assert [e["progress"] for e in events if "progress" in e] == sorted(
         e["progress"] for e in events if "progress" in e
     ), "the bar only moves forward"

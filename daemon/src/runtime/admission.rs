@@ -141,6 +141,11 @@ impl Admission {
         self.slots.clone().try_acquire_owned().ok()
     }
 
+    /// Spawns waiting in the queue now: those ahead of one that joins it.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     /// Waits for a Docker slot in the bounded spawn queue.
     pub async fn slot(&self) -> Result<OwnedSemaphorePermit, Error> {
         if let Some(p) = self.slot_now() {

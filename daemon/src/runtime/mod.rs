@@ -9,6 +9,7 @@
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
+//! | [`boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `boot_times.rs` |
 //! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
 //! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
 //!
@@ -35,6 +36,7 @@ use crate::key::ServerKey;
 use crate::state::FileStore;
 
 pub mod admission;
+pub mod boot_times;
 pub mod devices;
 mod error;
 pub mod image_gc;
@@ -139,6 +141,7 @@ struct Inner<E> {
     cfg: RuntimeConfig,
     keys: Arc<KeyTable>,
     progress: ProgressRegistry,
+    boot_times: boot_times::BootTimes,
     view: Arc<View>,
     records: Records,
     admission: admission::Admission,
@@ -171,6 +174,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 cfg,
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),
+                boot_times: boot_times::BootTimes::default(),
                 transfers: transfer::Busy::default(),
                 pulls: Arc::default(),
                 image_use: image_gc::ImageUse::default(),

@@ -126,16 +126,44 @@ impl Reporter {
 
     /// Ends the spawn as ready at `url`.
     pub fn ready(&self, url: &str) {
-        let mut e = Event::new(Phase::Ready, 100, format!("server ready at {url}"));
+        let mut e = Event::new(Phase::Ready, 100, "Your server is ready.");
         e.url = Some(url.to_owned());
         self.emit(e);
     }
 
-    /// Ends the spawn as failed.
-    pub fn failed(&self, reason: &str, message: String) {
-        let mut e = Event::new(Phase::Failed, 100, message);
+    /// Ends the spawn as failed, telling the user what to do about `reason`; the technical
+    /// detail belongs in the logs, not here.
+    pub fn failed(&self, reason: &str) {
+        let mut e = Event::new(Phase::Failed, 100, advice(reason));
         e.reason = Some(reason.to_owned());
         self.emit(e);
+    }
+}
+
+/// What a user whose spawn failed for `reason` (an `Error::reason` code) can do about it.
+pub fn advice(reason: &str) -> &'static str {
+    match reason {
+        "Capacity" | "Draining" => {
+            "There is no room for your server right now. Please try again in a few minutes."
+        }
+        "ReadyTimeout" => {
+            "Your server took too long to start. Please try again; if it keeps happening, \
+             ask an administrator to look at its logs."
+        }
+        "OOMKilled" => {
+            "Your server ran out of memory while starting. Choose a larger size if you can, \
+             or ask an administrator for more memory."
+        }
+        "PolicyViolation" | "HostPath" | "ImageMissing" | "StartRefused" => {
+            "Your server's settings could not be used on this machine. Please ask an \
+             administrator; the hub's log has the details."
+        }
+        "Conflict" => "Your server is already starting or running. Reload the page in a moment.",
+        "Cancelled" => "The start was cancelled. You can start your server again.",
+        _ => {
+            "Your server could not start. Please try again; if it keeps happening, ask an \
+             administrator (the hub's log has the details)."
+        }
     }
 }
 
@@ -165,7 +193,7 @@ impl ProgressRegistry {
             if !events.is_empty() {
                 return false;
             }
-            events.push(Event::new(Phase::Queued, 0, "spawn queued on the node"));
+            events.push(Event::new(Phase::Queued, 0, "Getting your server ready."));
             true
         });
         Reporter { spawn }
@@ -261,13 +289,52 @@ mod tests {
         let key = ServerKey::new("u", "").expect("valid");
         let sub = reg.subscribe(&key, "s2");
         let r = reg.begin(&key, "s2");
-        r.failed("Error", "boom".into());
+        r.failed("ReadyTimeout");
         let events: Vec<_> = sub.collect().await;
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].as_ref().map(|e| e.phase), Some(Phase::Failed));
+        assert_eq!(
+            events[1].as_ref().map(|e| e.message.as_str()),
+            Some(advice("ReadyTimeout"))
+        );
 
         tokio::time::pause();
         let events: Vec<_> = reg.subscribe(&key, "never").collect().await;
         assert_eq!(events, vec![None]);
+    }
+}
+
+#[cfg(test)]
+mod advice_tests {
+    use super::advice;
+
+    #[test]
+    fn every_failure_tells_the_user_what_to_do_in_a_sentence() {
+        for reason in [
+            "Capacity",
+            "Draining",
+            "ReadyTimeout",
+            "OOMKilled",
+            "PolicyViolation",
+            "HostPath",
+            "ImageMissing",
+            "StartRefused",
+            "Conflict",
+            "Cancelled",
+            "DockerError",
+            "Internal",
+            "Error",
+        ] {
+            let m = advice(reason);
+            assert!(
+                m.starts_with(char::is_uppercase) && m.ends_with('.'),
+                "{reason}: {m}"
+            );
+            assert!(
+                !m.contains("http") && !m.contains("127.0.0.1"),
+                "{reason}: {m}"
+            );
+        }
+        assert_ne!(advice("Capacity"), advice("ReadyTimeout"));
     }
 }

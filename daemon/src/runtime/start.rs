@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::boot_times;
 use super::error::{blocking, detached};
 use super::keys::Op;
 use super::progress::{Event, Phase, Reporter};
@@ -21,6 +22,13 @@ use crate::hostpath::{self, HostPathError, Pin};
 use crate::key::ServerKey;
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
+
+/// The bar's share of a booting server: from here ...
+const BOOT_FROM: u8 = 60;
+/// ... toward here, never reached (the hub ends the bar at 100 once the server answers).
+const BOOT_TO: u8 = 95;
+/// How often the bar moves while the server boots.
+const BOOT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A pinned host path and where the container mounts it.
 type Pins = Vec<(String, Pin)>;
@@ -77,7 +85,7 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             Err(e) => {
                 tracing::warn!(user = spec.key.user(), server = spec.key.server(), reason = e.reason(), error = %e, "start failed");
-                progress.failed(e.reason(), e.to_string());
+                progress.failed(e.reason());
             }
         }
         result
@@ -101,11 +109,12 @@ impl<E: ContainerEngine> Runtime<E> {
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {
-                progress.emit(Event::new(
-                    Phase::Queued,
-                    5,
-                    "waiting for a free spawn slot on the node",
-                ));
+                let ahead = self.inner.admission.queued();
+                let message = match ahead {
+                    0 => "Waiting for a free slot.".to_owned(),
+                    n => format!("Waiting for a free slot ({n} ahead of you)."),
+                };
+                progress.emit(Event::new(Phase::Queued, 5, message));
                 self.inner.admission.slot().await?
             }
         };
@@ -115,7 +124,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let pins = self.pin_host_paths(spec).await?;
         self.prepare_volumes(spec).await?;
         self.prepare_network(spec).await?;
-        progress.emit(Event::new(Phase::Creating, 20, "creating the container"));
+        progress.emit(Event::new(Phase::Creating, 20, "Preparing your server."));
         let id = self.create(spec, &image, &devices).await?;
         let started = self
             .launch(spec, &id, progress, cancel, Some(slot), pins)
@@ -317,7 +326,7 @@ impl<E: ContainerEngine> Runtime<E> {
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
         pins: Pins,
     ) -> Result<Started, Error> {
-        progress.emit(Event::new(Phase::Starting, 40, "starting the container"));
+        progress.emit(Event::new(Phase::Starting, 40, "Starting your server."));
         let engine = &self.inner.engine;
         if spec.resumable {
             engine.put_files(id, &resume::env_files(&spec.env)).await?;
@@ -367,10 +376,11 @@ impl<E: ContainerEngine> Runtime<E> {
             ))
         })?;
         let url = self.url_for(host_port);
+        let boot_began = Instant::now();
         progress.emit(Event::new(
             Phase::WaitingForHttp,
-            60,
-            format!("waiting for the server to answer HTTP at {url}"),
+            BOOT_FROM,
+            "Your server is starting up.",
         ));
         let cfg = &self.inner.cfg;
         let timeout = spec
@@ -391,6 +401,7 @@ impl<E: ContainerEngine> Runtime<E> {
         tokio::select! {
             ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, spec.internal_ssl.is_some(), deadline) => {
                 if ok {
+                    self.inner.boot_times.record(&spec.image, boot_began.elapsed());
                     Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone(), note: String::new() })
                 } else {
                     if let Err(e) = self.inner.engine.kill(&c.id).await {
@@ -404,6 +415,32 @@ impl<E: ContainerEngine> Runtime<E> {
                 Err(self.exited_error(spec, &c).await)
             }
             () = cancel.cancelled() => Err(Error::Cancelled { key: spec.key.clone() }),
+            never = self.tick_boot(&spec.image, boot_began, progress) => match never {},
+        }
+    }
+
+    /// Moves the bar while the server boots, measured against the image's recent boots on
+    /// this node; never ends (the caller's other branches do).
+    async fn tick_boot(
+        &self,
+        image: &str,
+        began: Instant,
+        progress: &Reporter,
+    ) -> std::convert::Infallible {
+        let expected = self.inner.boot_times.expected(image);
+        let bar_expects = expected.unwrap_or(boot_times::DEFAULT_EXPECTED);
+        let mut last = (BOOT_FROM, String::new());
+        loop {
+            tokio::time::sleep(BOOT_TICK).await;
+            let elapsed = began.elapsed();
+            let now = (
+                boot_times::percent(elapsed, bar_expects, BOOT_FROM, BOOT_TO),
+                boot_times::message(elapsed, expected),
+            );
+            if now != last {
+                progress.emit(Event::new(Phase::WaitingForHttp, now.0, now.1.clone()));
+                last = now;
+            }
         }
     }
 

@@ -51,10 +51,15 @@ def test_metrics_parse_and_count_the_hubs_spawns(workdir):
             r = hub.api("DELETE", f"/users/{USERS[0]}/server")
             assert r.status_code in (202, 204), r.text
             wait_for("the stop", lambda: hub.server(USERS[0]) is None)
-            stopped = samples(scrape(port))
             stop_ok = ("berthd_server_stop_duration_seconds_count", frozenset({("status", "success")}))
-            assert stopped[stop_ok] >= 1, stopped
-            assert stopped[("berthd_running_servers", frozenset())] == len(USERS) - 1
+            running = ("berthd_running_servers", frozenset())
+            # The hub may call the server gone before berthd's Stop reply reached it.
+            stopped = wait_for(
+                "the stop in /metrics",
+                lambda: (v := samples(scrape(port)))[stop_ok] >= 1 and v[running] == len(USERS) - 1 and v,
+                30,
+            )
+            assert spawn_count(stopped) == len(USERS), stopped
             starts = [
                 v for (name, labels), v in stopped.items()
                 if name.startswith("berthd_grpc_requests")

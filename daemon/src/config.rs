@@ -122,6 +122,25 @@ section! {
         devices: DevicesConfig = DevicesConfig::default();
         /// What this node is, for the hub's placement.
         node: NodeConfig = NodeConfig::default();
+        /// The Prometheus endpoint.
+        metrics: MetricsConfig = MetricsConfig::default();
+    }
+}
+
+section! {
+    /// `[metrics]`
+    pub struct MetricsConfig at "metrics." {
+        /// Address of the plain-HTTP Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9151; "" = off.
+        listen: String = String::new(), env "BERTH_METRICS_LISTEN", flag "metrics-listen";
+        /// Serve /metrics on a non-loopback address: it is plain HTTP without authentication (counts and timings, no user names or secrets).
+        allow_network: bool = false;
+    }
+}
+
+impl MetricsConfig {
+    /// The endpoint's address, when it is on (`listen` was checked by `validate`).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
     }
 }
 

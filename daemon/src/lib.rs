@@ -51,6 +51,7 @@ pub mod docker;
 pub(crate) mod hostpath;
 pub mod key;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod policy;

@@ -358,6 +358,12 @@ pub(crate) async fn run<E: ContainerEngine, H: HubApi>(
         reporter.flush(Instant::now(), jitter).await;
         if reporter.metrics != last_logged {
             let m = reporter.metrics;
+            rt.metrics().activity_reported(
+                m.sent.saturating_sub(last_logged.sent),
+                m.failed.saturating_sub(last_logged.failed),
+                m.dropped.saturating_sub(last_logged.dropped),
+                m.pending,
+            );
             tracing::info!(
                 sent = m.sent,
                 failed = m.failed,

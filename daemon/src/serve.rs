@@ -233,6 +233,7 @@ async fn run_on<E: ContainerEngine>(
         rt.config().image_gc,
         shutdown.clone(),
     ));
+    spawn_metrics(&cfg, &rt, &tasks, &shutdown).await?;
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), publish_host_ip = %cfg.docker.publish_host_ip, advertise_host = %cfg.advertise_host(), node_id = %cfg.node_id, state_dir = %cfg.state_dir.display(), admin_socket = %admin_path.display(), docker = %cfg.docker.host, tls = cfg.security.tls(), mutual_tls = cfg.security.mutual_tls(), token = cfg.security.token(), "berthd listening");
@@ -254,6 +255,7 @@ async fn run_on<E: ContainerEngine>(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let mut builder = builder.layer(crate::metrics::GrpcLayer::new(rt.metrics().clone()));
     let spawner =
         SpawnerServer::new(SpawnerService::new(rt)).max_decoding_message_size(MAX_REQUEST_BYTES);
     let server = builder
@@ -304,6 +306,28 @@ async fn runtime<E: ContainerEngine>(
         }
     };
     Ok((rt, since, reconciled))
+}
+
+/// The `/metrics` server, when `[metrics] listen` is set.
+async fn spawn_metrics<E: ContainerEngine>(
+    cfg: &Config,
+    rt: &Runtime<E>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let Some(want) = cfg.metrics.addr() else {
+        return Ok(());
+    };
+    let bind_err = |source| ServeError::Bind { addr: want, source };
+    let listener = TcpListener::bind(want).await.map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    tracing::info!(%addr, "serving Prometheus metrics on http://{addr}/metrics");
+    tasks.spawn(crate::metrics::serve(
+        listener,
+        rt.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// The activity reporter, when `[activity]` is enabled.
@@ -463,6 +487,7 @@ async fn watch_docker<E: ContainerEngine>(
             };
             health.set_service_status("", status).await;
             health.set_service_status("berth.v1.Spawner", status).await;
+            rt.metrics().set_docker_up(up);
             if up && was_up.is_some() {
                 tracing::info!("Docker engine is reachable again");
             }

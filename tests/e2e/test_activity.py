@@ -11,6 +11,7 @@ import time
 
 import requests
 from conftest import TINY, Berthd, Hub, bridge_ip, docker, free_port, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 INTERVAL = 2
 
@@ -47,10 +48,21 @@ def direct_url(node, user):
     return f"http://127.0.0.1:{port}/"
 
 
+def activity_reports(port):
+    """berthd_activity_reports_total by result, from berthd's /metrics."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        s.labels["result"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "berthd_activity_reports_total"
+    }
+
+
 def test_activity_culling_and_a_hub_outage(workdir):
     base = os.path.join(workdir, "activity")
     os.makedirs(base, exist_ok=True)
-    hub_port, token = free_port(), secrets.token_hex(24)
+    hub_port, token, metrics_port = free_port(), secrets.token_hex(24), free_port()
     token_file = os.path.join(base, "activity-token")
     with open(token_file, "w") as f:
         f.write(token)
@@ -60,7 +72,8 @@ def test_activity_culling_and_a_hub_outage(workdir):
             base,
             f'[activity]\nenabled = true\nhub_api_url = "http://{bridge_ip()}:{hub_port}/hub/api"\n'
             f'token_file = "{token_file}"\ninterval_seconds = {INTERVAL}\n'
-            "network_bytes_threshold = 2000\ncpu_threshold = 0.5\n",
+            "network_bytes_threshold = 2000\ncpu_threshold = 0.5\n"
+            f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
         ))
         # A plain HTTP server (the tiny image) reports no activity of its own.
         # activity_resolution: the hub ignores activity newer by less than this (default 30 s);
@@ -77,6 +90,7 @@ def test_activity_culling_and_a_hub_outage(workdir):
             advanced = parse(hub.server("busy")["last_activity"])
             assert advanced > start["busy"], "busy server's last_activity advanced through berthd"
             assert parse(hub.server("idle")["last_activity"]) == start["idle"], "idle server's did not"
+            assert activity_reports(metrics_port)["sent"] >= 1
 
             # The real idle culler, with a short timeout: culls the idle server, spares the busy one.
             culler = subprocess.Popen(
@@ -102,6 +116,7 @@ def test_activity_culling_and_a_hub_outage(workdir):
                 rss.append(node.rss_kib())
             assert node.containers("busy", all=False), "berthd kept the server running"
             assert max(rss) - min(rss) < 4096, f"memory stays bounded during the outage: {rss}"
+            assert activity_reports(metrics_port)["failed"] >= 1, "the outage's failed sends are counted"
             last_traffic = time.time()
             direct.stop()
             hub.start()

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Arg, ArgMatches, value_parser};
 use toml::Value;
 
-use super::{CapacityConfig, Config, ConfigError, DockerConfig, SecurityConfig, SpawnConfig};
+use super::{
+    CapacityConfig, Config, ConfigError, DockerConfig, MetricsConfig, SecurityConfig, SpawnConfig,
+};
 
 /// The variable naming the configuration file (the `--config` flag wins over it).
 pub const CONFIG_ENV: &str = "BERTH_CONFIG";
@@ -33,6 +35,7 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         SpawnConfig::OVERRIDABLE,
         CapacityConfig::OVERRIDABLE,
         SecurityConfig::OVERRIDABLE,
+        MetricsConfig::OVERRIDABLE,
     ]
     .into_iter()
     .flatten()

@@ -67,6 +67,7 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
         "BERTH_CLIENT_CA_FILE",
         "client-ca-file",
     ),
+    ("metrics.listen", "BERTH_METRICS_LISTEN", "metrics-listen"),
 ];
 
 #[test]
@@ -134,6 +135,10 @@ const LAYER_VALUES: &[(&str, [&str; 3])] = &[
     (
         "security.client_ca_file",
         ["/ca/file", "/ca/env", "/ca/flag"],
+    ),
+    (
+        "metrics.listen",
+        ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"],
     ),
 ];
 
@@ -485,4 +490,25 @@ fn node_labels_are_read_and_bad_ones_name_their_key() {
     }
     let err = Config::from_toml("[node]\nlabels = { gpu = 1 }").expect_err("a number");
     assert!(err.contains("labels"), "{err}");
+}
+
+#[test]
+fn metrics_listen_is_an_address_on_loopback_unless_allowed() {
+    let check = |toml: &str| {
+        Config::from_toml(toml)
+            .expect("parses")
+            .validate_values()
+            .map_err(|e| e.to_string())
+    };
+    assert!(Config::default().metrics.addr().is_none(), "off by default");
+    check("[metrics]\nlisten = \"127.0.0.1:9151\"").expect("loopback");
+    check("[metrics]\nlisten = \"[::1]:9151\"").expect("loopback v6");
+    let err = check("[metrics]\nlisten = \"nine\"").expect_err("not an address");
+    assert!(err.contains("metrics.listen"), "{err}");
+    let err = check("[metrics]\nlisten = \"0.0.0.0:9151\"").expect_err("network");
+    assert!(
+        err.contains("metrics.listen") && err.contains("allow_network"),
+        "{err}"
+    );
+    check("[metrics]\nlisten = \"0.0.0.0:9151\"\nallow_network = true").expect("opted in");
 }

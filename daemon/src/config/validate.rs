@@ -46,7 +46,7 @@ impl Config {
         files::check(self)
     }
 
-    fn validate_values(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate_values(&self) -> Result<(), ConfigError> {
         let id_ok = !self.node_id.is_empty()
             && self.node_id.len() <= 63
             && self
@@ -69,7 +69,34 @@ impl Config {
         self.validate_spawn()?;
         self.validate_images()?;
         self.validate_capacity()?;
+        self.validate_metrics()?;
         self.validate_labels()
+    }
+
+    /// `metrics.listen` is "" or an address; off loopback only with `metrics.allow_network`.
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let m = &self.metrics;
+        if m.listen.is_empty() {
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = m.listen.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!(
+                    "{:?} must be an address with a port, e.g. 127.0.0.1:9151, or \"\" (off)",
+                    m.listen
+                ),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !m.allow_network {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a loopback address: /metrics is plain HTTP without authentication; set metrics.allow_network = true to serve it there"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_images(&self) -> Result<(), ConfigError> {

@@ -155,6 +155,8 @@ struct Inner<E> {
     image_use: image_gc::ImageUse,
     /// Docker's storage root, asked once (for disk pressure).
     docker_root: tokio::sync::OnceCell<Option<String>>,
+    /// The Prometheus families this runtime records into.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<E: ContainerEngine> Runtime<E> {
@@ -177,8 +179,14 @@ impl<E: ContainerEngine> Runtime<E> {
                 pulls: Arc::default(),
                 image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
+                metrics: Arc::default(),
             }),
         }
+    }
+
+    /// The Prometheus families, for the `/metrics` server and the gRPC layer.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// The container engine, for those who feed or read the runtime (the monitor's events,

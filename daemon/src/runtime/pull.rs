@@ -607,6 +607,9 @@ impl<E: ContainerEngine> Runtime<E> {
             }
         };
         let p = f.state.borrow().progress.clone();
+        self.inner
+            .metrics
+            .pull_done(started.elapsed(), outcome.is_ok(), p.bytes_done);
         match &outcome {
             Ok(()) => tracing::info!(
                 image,

@@ -148,6 +148,16 @@ fn conditions(
 }
 
 impl<E: ContainerEngine> Runtime<E> {
+    /// Allocatable and committed resources now, without asking Docker (for metrics).
+    pub fn allocation(&self) -> (capacity::Alloc, capacity::Alloc) {
+        let inner = &self.inner;
+        let (committed, _) = inner.admission.held(&inner.view);
+        (
+            capacity::allocatable(capacity::read_host(), inner.cfg.limits),
+            committed,
+        )
+    }
+
     /// The capacity report: host readings, arithmetic and conditions.
     pub async fn capacity(&self) -> NodeCapacity {
         let inner = &self.inner;

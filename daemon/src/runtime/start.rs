@@ -41,7 +41,13 @@ impl<E: ContainerEngine> Runtime<E> {
         // Before anything else, even for a retry: the policy may have changed.
         self.inner.cfg.policy.check(&spec)?;
         let rt = self.clone();
-        detached("start", async move { rt.start_serialised(spec).await }).await
+        detached("start", async move {
+            let began = std::time::Instant::now();
+            let result = rt.start_serialised(spec).await;
+            rt.inner.metrics.spawn_done(began.elapsed(), result.is_ok());
+            result
+        })
+        .await
     }
 
     async fn start_serialised(&self, spec: StartSpec) -> Result<Started, Error> {

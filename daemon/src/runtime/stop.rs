@@ -57,7 +57,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let rt = self.clone();
         let key = key.clone();
         // Like Start, a Stop runs to completion even if the caller goes away.
-        detached("stop", async move { rt.stop_serialised(&key, spec).await }).await
+        detached("stop", async move {
+            let began = std::time::Instant::now();
+            let result = rt.stop_serialised(&key, spec).await;
+            rt.inner.metrics.stop_done(began.elapsed(), result.is_ok());
+            result
+        })
+        .await
     }
 
     async fn stop_serialised(&self, key: &ServerKey, spec: StopSpec) -> Result<Status, Error> {

@@ -229,7 +229,17 @@ async fn a_server_that_exits_at_once_fails_fast_with_code_and_output() {
     let last = events.last().unwrap();
     assert!(last.failed && !last.ready, "{events:?}");
     assert_eq!(last.reason, "Error");
-    assert!(last.message.contains("exit code 3"));
+    // The last message says what to do; the technical detail is the event before it (the
+    // event log under the hub's progress bar).
+    assert!(!last.message.contains("exit code 3"), "{}", last.message);
+    let detail = &events[events.len() - 2];
+    assert!(!detail.failed, "{detail:?}");
+    assert!(detail.message.contains("exit code 3"), "{}", detail.message);
+    assert!(
+        detail.message.contains("fatal: notebook dir /nope missing"),
+        "{}",
+        detail.message
+    );
     assert_eq!(last.progress, 100);
 
     let p = c

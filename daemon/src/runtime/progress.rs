@@ -131,9 +131,21 @@ impl Reporter {
         self.emit(e);
     }
 
-    /// Ends the spawn as failed, telling the user what to do about `reason`; the technical
-    /// detail belongs in the logs, not here.
-    pub fn failed(&self, reason: &str) {
+    /// Ends the spawn as failed: first the technical `detail` as an event of its own (it lands
+    /// in the event log under JupyterHub's progress bar, for whoever looks into it), then the
+    /// last message, which tells the user what to do about `reason`.
+    pub fn failed(&self, reason: &str, detail: &str) {
+        let (phase, percent) = self
+            .spawn
+            .tx
+            .borrow()
+            .last()
+            .map_or((Phase::Queued, 0), |e| (e.phase, e.percent));
+        self.emit(Event::new(
+            phase,
+            percent,
+            format!("What went wrong, for an administrator: {detail}"),
+        ));
         let mut e = Event::new(Phase::Failed, 100, advice(reason));
         e.reason = Some(reason.to_owned());
         self.emit(e);
@@ -289,12 +301,15 @@ mod tests {
         let key = ServerKey::new("u", "").expect("valid");
         let sub = reg.subscribe(&key, "s2");
         let r = reg.begin(&key, "s2");
-        r.failed("ReadyTimeout");
+        r.failed("ReadyTimeout", "no answer within 300 s");
         let events: Vec<_> = sub.collect().await;
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[1].as_ref().map(|e| e.phase), Some(Phase::Failed));
+        assert_eq!(events.len(), 3, "{events:?}");
+        let detail = events[1].as_ref().expect("an event");
+        assert_eq!(detail.phase, Phase::Queued, "the detail is not the end");
+        assert!(detail.message.ends_with("no answer within 300 s"));
+        assert_eq!(events[2].as_ref().map(|e| e.phase), Some(Phase::Failed));
         assert_eq!(
-            events[1].as_ref().map(|e| e.message.as_str()),
+            events[2].as_ref().map(|e| e.message.as_str()),
             Some(advice("ReadyTimeout"))
         );
 

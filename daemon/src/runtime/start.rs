@@ -85,7 +85,7 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             Err(e) => {
                 tracing::warn!(user = spec.key.user(), server = spec.key.server(), reason = e.reason(), error = %e, "start failed");
-                progress.failed(e.reason());
+                progress.failed(e.reason(), &e.to_string());
             }
         }
         result

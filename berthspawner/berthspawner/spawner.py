@@ -489,8 +489,16 @@ class BerthSpawner(ContainerOptions, Spawner):
             self.home_node = home[0]
         _check_selector(demand, answers)
         self.spawn_id = uuid.uuid4().hex
-        nodes, reasons = self._rank(nodes, answers, demand)
-        nodes = self._follow_data(affinity, nodes, reasons)
+        ranked, reasons = self._rank(nodes, answers, demand)
+        if not ranked and self.capacity_ttl > 0:
+            # Kept answers say no node fits, but what Watch does not carry (a drain lifted, a
+            # config reloaded) may have changed since: ask every node before saying no.
+            for n in nodes:
+                capcache.CACHE.forget(n)
+            answers = await asyncio.gather(*(capcache.CACHE.get(n, self._capacity, 0) for n in nodes))
+            _check_selector(demand, answers)
+            ranked, reasons = self._rank(nodes, answers, demand)
+        nodes = self._follow_data(affinity, ranked, reasons)
         start_request = request.start_request(self, image)
         try:
             options, labels = await self.container_options()

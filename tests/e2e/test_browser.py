@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -34,6 +35,7 @@ return [m.textContent.trim(), b.getAttribute('aria-valuenow') || '', b.style.wid
 def browser():
     opts = Options()
     opts.binary_location = "/usr/bin/chromium"
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
@@ -63,6 +65,58 @@ def element(driver, css, timeout=30):
 def _first(driver, css):
     found = driver.find_elements(By.CSS_SELECTOR, css)
     return found[0] if found and found[0].is_displayed() else None
+
+
+# The first cell's editor text, its prompt and output, the kernel's status and any open dialog.
+NOTEBOOK_JS = """
+const text = (css) => { const e = document.querySelector(css); return e ? e.textContent.trim() : null; };
+const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+return {
+  kernel: ind ? ind.getAttribute('data-status') : null,
+  source: text('.jp-Notebook .jp-Cell .cm-content'),
+  prompt: text('.jp-Notebook .jp-Cell .jp-InputPrompt'),
+  output: text('.jp-Notebook .jp-Cell .jp-OutputArea-output'),
+  dialog: text('.jp-Dialog'),
+  kernelName: text('.jp-NotebookPanel-toolbar .jp-KernelName, .jp-NotebookPanel-toolbar .jp-Toolbar-kernelName'),
+  status: text('.jp-StatusBar-Widget'),
+};
+"""
+
+
+def notebook_state(driver):
+    return driver.execute_script(NOTEBOOK_JS) or {}
+
+
+def type_cell(driver, code, tries=3):
+    """Types `code` into the first cell's editor, again if the text did not land."""
+    for _ in range(tries):
+        cell = element(driver, ".jp-Notebook .jp-Cell .cm-content", timeout=60)
+        cell.click()
+        active = driver.switch_to.active_element
+        active.send_keys(Keys.CONTROL, "a")
+        active.send_keys(Keys.DELETE)
+        active.send_keys(code)
+        try:
+            wait_for("the cell to hold the code", lambda: notebook_state(driver)["source"] == code, 5, 0.1)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"could not type into the cell: {notebook_state(driver)}")
+
+
+def run_cell(driver, tries=12):
+    """Runs the first cell (Ctrl+Enter in its editor: run, stay on the cell), again while the cell
+    was not queued (its prompt still "[ ]:"): until the notebook's session has its kernel,
+    JupyterLab drops a run without a word, whatever the status shows."""
+    for _ in range(tries):
+        element(driver, ".jp-Notebook .jp-Cell .cm-content").click()
+        driver.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)
+        try:
+            wait_for("the cell to run", lambda: notebook_state(driver)["prompt"] != "[ ]:", 10, 0.1)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"the cell did not run: {notebook_state(driver)}")
 
 
 def hub_spawn_seconds(hub, user):
@@ -123,18 +177,21 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
             for m in messages:
                 assert "127.0.0.1" not in m and ":" + str(hub.port) not in m, f"an internal address on the page: {m}"
 
-            # A notebook, one cell.
+            # A notebook, one cell: typed only once the kernel is idle and the editor holds the
+            # text (on a loaded machine the editor may render, or the kernel start, late).
             element(browser, '.jp-LauncherCard[data-category="Notebook"]').click()
-            cell = element(browser, ".jp-Notebook .jp-Cell .cm-content", timeout=60)
-            cell.click()
-            cell.send_keys("print(6*7)")
-            cell.send_keys(Keys.SHIFT, Keys.ENTER)
             wait_for(
-                "the cell's output 42",
-                lambda: any(o.text.strip() == "42" for o in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")),
-                120,  # the kernel's first start, on a loaded CI machine
+                "the notebook's kernel to be idle",
+                lambda: notebook_state(browser)["kernel"] == "idle",
+                180,  # the kernel's first start, on a loaded CI machine
                 0.2,
             )
+            type_cell(browser, "print(6*7)")
+            try:
+                run_cell(browser)
+                wait_for("the cell's output 42", lambda: notebook_state(browser)["output"] == "42", 120, 0.2)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the notebook then: {notebook_state(browser)}") from None
             shots.take("cell-42")
 
             # Stop from the home page.
@@ -159,6 +216,12 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
             print(timings)
         finally:
             shots.take("last")
+            with open(os.path.join(SHOTS, "browser-console.log"), "w") as f:
+                for entry in browser.get_log("browser"):
+                    f.write(f"{entry['timestamp']} {entry['level']} {entry['message']}\n")
             # What the page does not say is in these, next to the screenshots.
             for log in (os.path.join(hub.dir, "hub.log"), node.log.name):
                 shutil.copy(log, SHOTS)
+            for cid in node.containers(user):
+                with open(os.path.join(SHOTS, f"container-{cid[:12]}.log"), "w") as f:
+                    subprocess.run(["docker", "logs", cid], stdout=f, stderr=subprocess.STDOUT, check=False)

@@ -45,6 +45,7 @@
 
 pub mod api;
 pub mod capacity;
+#[macro_use]
 pub mod config;
 pub mod devices;
 pub mod docker;
@@ -61,3 +62,4 @@ pub mod runtime;
 pub mod serve;
 pub mod spec;
 pub mod state;
+pub mod tls;

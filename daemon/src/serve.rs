@@ -257,9 +257,9 @@ async fn run_on<E: ContainerEngine>(
             crate::tls::incoming(listener, tls, shutdown.clone()),
             stop,
         )),
-        None => Box::pin(
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
-        ),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        }
     };
     let grace = async {
         shutdown.cancelled().await;

@@ -36,12 +36,11 @@ const ACCEPTED_QUEUE: usize = 64;
 pub fn server_config(sec: &SecurityConfig) -> Result<Arc<ServerConfig>, ConfigError> {
     let (certs, key) = config::read_identity(&sec.tls_cert_file, &sec.tls_key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_err = |key: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
-        ConfigError::Invalid {
+    let tls_err =
+        |key: &str, path: &std::path::Path, e: &dyn std::fmt::Display| ConfigError::Invalid {
             key: key.to_owned(),
             message: format!("{}: {e}", path.display()),
-        }
-    };
+        };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("security.tls_cert_file", &sec.tls_cert_file, &e))?;

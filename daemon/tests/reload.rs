@@ -222,11 +222,7 @@ async fn sighup_reloads_the_tls_files_for_new_connections_and_keeps_open_ones() 
         .unwrap()
         .into_inner();
     let first = unique("tlsreload");
-    let running = c
-        .start(tiny_start(&first, "s"))
-        .await
-        .unwrap()
-        .into_inner();
+    let running = c.start(tiny_start(&first, "s")).await.unwrap().into_inner();
 
     // Rotate everything: a new server certificate and key, and a new client CA.
     replace(&cert_file, &new.server.0);
@@ -245,7 +241,10 @@ async fn sighup_reloads_the_tls_files_for_new_connections_and_keeps_open_ones() 
         Err(_) => true,
         Ok(mut stale) => !lists(&mut stale).await,
     };
-    assert!(refused, "a client of the old CA is refused on a new connection");
+    assert!(
+        refused,
+        "a client of the old CA is refused on a new connection"
+    );
 
     // The connection opened before the reload still works, its Watch stream included, and
     // the server started before it runs on, untouched.
@@ -254,7 +253,11 @@ async fn sighup_reloads_the_tls_files_for_new_connections_and_keeps_open_ones() 
     fresh.start(tiny_start(&second, "s")).await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(ev) = watch.message().await.unwrap() {
-            if ev.status.as_ref().is_some_and(|s| s.key == key(&second, "")) {
+            if ev
+                .status
+                .as_ref()
+                .is_some_and(|s| s.key == key(&second, ""))
+            {
                 return true;
             }
         }
@@ -267,7 +270,10 @@ async fn sighup_reloads_the_tls_files_for_new_connections_and_keeps_open_ones() 
     assert_eq!(p.container_id, running.container_id, "the same container");
 
     // A broken certificate keeps the one in force, and the log names the file.
-    replace(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    replace(
+        &cert_file,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
     hup(&d);
     wait_log(&d, "SIGHUP: TLS not reloaded", 1);
     let log = d.log_text();

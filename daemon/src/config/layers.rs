@@ -233,7 +233,10 @@ fn as_text(v: &Value) -> String {
 /// `raw` as a TOML integer: decimal, or `0o`/`0x`/`0b` as in the file (`0o700`).
 fn integer(raw: &str) -> Option<i64> {
     let t = raw.trim().replace('_', "");
-    let radix = |p: &str, r| t.strip_prefix(p).and_then(|d| i64::from_str_radix(d, r).ok());
+    let radix = |p: &str, r| {
+        t.strip_prefix(p)
+            .and_then(|d| i64::from_str_radix(d, r).ok())
+    };
     t.parse()
         .ok()
         .or_else(|| radix("0o", 8))

@@ -182,14 +182,22 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "[\"user\", \"shm_size\"]",
     ),
     ("policy.container_options.min_uid", "1000", "1000"),
-    ("policy.container_options.max_shm_size_bytes", "1024", "1024"),
+    (
+        "policy.container_options.max_shm_size_bytes",
+        "1024",
+        "1024",
+    ),
     ("policy.container_options.max_pids_limit", "100", "100"),
     (
         "policy.container_options.allowed_networks",
         "berth-*",
         "[\"berth-*\"]",
     ),
-    ("policy.container_options.allow_network_create", "true", "true"),
+    (
+        "policy.container_options.allow_network_create",
+        "true",
+        "true",
+    ),
     ("activity.enabled", "true", "true"),
     (
         "activity.hub_api_url",
@@ -221,7 +229,11 @@ fn every_setting_reads_its_text_from_env_and_flag_as_the_file_reads_its_value() 
         let s = settings().find(|s| s.key == key).expect("settable");
         let file = Config::from_toml(&format!("{key} = {toml_value}"))
             .unwrap_or_else(|e| panic!("{key} = {toml_value}: {e}"));
-        assert_ne!(file, Config::default(), "{key}: the sample is not the default");
+        assert_ne!(
+            file,
+            Config::default(),
+            "{key}: the sample is not the default"
+        );
         let by_env = layers::apply(Config::default(), &[(s.env, text)], &Overrides::default())
             .unwrap_or_else(|e| panic!("{} = {text:?}: {e}", s.env));
         assert_eq!(by_env, file, "{} = {text:?}", s.env);
@@ -291,7 +303,10 @@ fn every_key_of_the_default_file_is_a_setting_or_a_documented_file_only_key() {
         .collect();
     want.sort();
     seen.sort();
-    assert_eq!(seen, want, "the file and the declarations hold the same keys");
+    assert_eq!(
+        seen, want,
+        "the file and the declarations hold the same keys"
+    );
     // And `--help` says which keys only the file sets, and how lists and tables are written.
     let help = Overrides::augment_args(clap::Command::new("t"))
         .render_long_help()

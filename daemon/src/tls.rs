@@ -193,3 +193,54 @@ pub fn incoming(
     });
     ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        (
+            params.self_signed(&key).expect("cert").pem(),
+            key.serialize_pem(),
+        )
+    }
+
+    fn current(tls: &ReloadableTls) -> Arc<ServerConfig> {
+        tls.current.read().expect("lock").clone()
+    }
+
+    #[test]
+    fn a_reload_swaps_the_configuration_and_a_bad_file_keeps_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("berth-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        let write = |(c, k): &(String, String)| {
+            std::fs::write(&cert, c).expect("cert");
+            std::fs::write(&key, k).expect("key");
+        };
+        write(&identity());
+        let sec = SecurityConfig {
+            tls_cert_file: cert.clone(),
+            tls_key_file: key.clone(),
+            ..SecurityConfig::default()
+        };
+        let tls = ReloadableTls::load(&sec).expect("loads");
+        let first = current(&tls);
+        assert_eq!(first.alpn_protocols, vec![b"h2".to_vec()], "gRPC is HTTP/2");
+        write(&identity());
+        tls.reload(&sec).expect("reloads");
+        let second = current(&tls);
+        assert!(!Arc::ptr_eq(&first, &second), "swapped");
+        // A key that is not the certificate's: refused, naming the key file; the old stays.
+        let (c, _) = identity();
+        let (_, k) = identity();
+        write(&(c, k.clone()));
+        let err = tls.reload(&sec).expect_err("mismatch").to_string();
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        assert!(!err.contains(k.lines().nth(1).expect("pem")), "{err}");
+        assert!(Arc::ptr_eq(&second, &current(&tls)), "the old one stays");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -128,6 +128,8 @@ section! {
         node: NodeConfig = NodeConfig::default();
         /// The Prometheus endpoint.
         metrics: MetricsConfig = MetricsConfig::default();
+        /// berthd's own log.
+        log: crate::logging::LogConfig = crate::logging::LogConfig::default();
     }
 }
 

@@ -268,3 +268,26 @@ fn lists_tables_optional_numbers_sizes_and_durations_come_from_env_and_flags() {
         "{err}"
     );
 }
+
+#[test]
+fn the_log_settings_are_checked_with_the_rest_naming_key_and_origin() {
+    let (code, err) = berthd(&["serve"], &[("BERTH_LOG_FORMAT", "xml")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("log.format") && err.contains("BERTH_LOG_FORMAT"),
+        "{err}"
+    );
+    let file = temp_file("log.toml", "[log]\nfilter = \"info,=[\"\n");
+    let (code, err) = berthd(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("log.filter"), "{err}");
+    let (code, out, err) = berthd_out(&["config", "check", "--log-format", "json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[log]") && out.contains("format = \"json\""),
+        "{out}"
+    );
+}

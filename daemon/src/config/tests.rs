@@ -73,6 +73,8 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
         "BERTH_IMAGE_GC_HIGH_PERCENT",
         "image-gc-high-percent",
     ),
+    ("log.filter", "BERTH_LOG", "log"),
+    ("log.format", "BERTH_LOG_FORMAT", "log-format"),
 ];
 
 /// A setting's variable by the rule: `BERTH_` and its key, dots as underscores, upper case.
@@ -218,6 +220,8 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ),
     ("metrics.listen", "127.0.0.1:9151", "\"127.0.0.1:9151\""),
     ("metrics.allow_network", "true", "true"),
+    ("log.filter", "info,berthd=debug", "\"info,berthd=debug\""),
+    ("log.format", "json", "\"json\""),
 ];
 
 #[test]

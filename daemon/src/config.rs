@@ -11,8 +11,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::runtime::RuntimeConfig;
 
 mod files;
@@ -21,8 +19,12 @@ pub mod show;
 pub mod units;
 mod validate;
 
-pub use files::{read_certificates, read_private_key, read_token};
-pub use layers::{CONFIG_ENV, EnvSource, Overrides, ProcessEnv, Setting, settings};
+pub use files::{
+    read_certificate_ders, read_certificates, read_identity, read_private_key, read_token,
+};
+pub use layers::{
+    CONFIG_ENV, EnvSource, FILE_ONLY, Overrides, ProcessEnv, Setting, VALUE_RULES, settings,
+};
 
 /// gRPC listen address of the embedded default: loopback only.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
@@ -52,12 +54,14 @@ pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 /// Longest a pull may take before it is given up.
 pub const DEFAULT_PULL_TIMEOUT_SECONDS: u64 = 3600;
 
-/// Declares one section of the file: `/// help` then `key: Type = default` and, for a key the
-/// command line may set, `, env "BERTH_X", flag "x"`. Generates the struct (serde,
+/// Declares one section of the file: `/// help` (one line) then `key: Type = default` and,
+/// for a value (not a sub-section), `, env "BERTH_X", flag "x"`. Generates the struct (serde,
 /// `deny_unknown_fields`, missing keys default), its `Default` and its `OVERRIDABLE` settings.
+/// Sections of other modules (`[policy]`, `[activity]`) use it too. A value without env and
+/// flag must be in [`FILE_ONLY`], which a test holds to the default file.
 macro_rules! section {
     (
-        $(#[doc = $section_doc:literal])*
+        $(#[$section_meta:meta])*
         pub struct $name:ident at $prefix:literal {
             $(
                 #[doc = $doc:literal]
@@ -66,8 +70,8 @@ macro_rules! section {
             )*
         }
     ) => {
-        $(#[doc = $section_doc])*
-        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+        $(#[$section_meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             $( #[doc = $doc] $(#[$attr])* pub $field: $ty, )*
@@ -81,8 +85,8 @@ macro_rules! section {
 
         impl $name {
             /// The keys of this section that a `BERTH_*` variable and a flag may set too.
-            pub const OVERRIDABLE: &'static [Setting] = &[
-                $( $( Setting {
+            pub const OVERRIDABLE: &'static [$crate::config::Setting] = &[
+                $( $( $crate::config::Setting {
                     key: concat!($prefix, stringify!($field)),
                     env: $env,
                     flag: $flag,
@@ -124,6 +128,8 @@ section! {
         node: NodeConfig = NodeConfig::default();
         /// The Prometheus endpoint.
         metrics: MetricsConfig = MetricsConfig::default();
+        /// berthd's own log.
+        log: crate::logging::LogConfig = crate::logging::LogConfig::default();
     }
 }
 
@@ -133,7 +139,8 @@ section! {
         /// Address of the plain-HTTP Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9151; "" = off.
         listen: String = String::new(), env "BERTH_METRICS_LISTEN", flag "metrics-listen";
         /// Serve /metrics on a non-loopback address: it is plain HTTP without authentication (counts and timings, no user names or secrets).
-        allow_network: bool = false;
+        allow_network: bool = false,
+            env "BERTH_METRICS_ALLOW_NETWORK", flag "metrics-allow-network";
     }
 }
 
@@ -155,8 +162,9 @@ section! {
 section! {
     /// `[node]`
     pub struct NodeConfig at "node." {
-        /// Labels reported by Capacity, e.g. { gpu = "a100", zone = "b" }; a hub's node selector places servers only on nodes carrying all the labels it names.
-        labels: BTreeMap<String, String> = BTreeMap::new();
+        /// Labels reported by Capacity (in the file { gpu = "a100", zone = "b" }, else gpu=a100,zone=b); a hub's node selector places servers only on nodes carrying all the labels it names.
+        labels: BTreeMap<String, String> = BTreeMap::new(),
+            env "BERTH_NODE_LABELS", flag "node-labels";
     }
 }
 
@@ -167,7 +175,8 @@ section! {
         host: String = DEFAULT_DOCKER_HOST.to_owned(), env "BERTH_DOCKER_HOST", flag "docker-host";
         /// Deadline of one Docker API call.
         #[serde(deserialize_with = "units::seconds")]
-        timeout_seconds: u64 = DEFAULT_DOCKER_TIMEOUT_SECONDS;
+        timeout_seconds: u64 = DEFAULT_DOCKER_TIMEOUT_SECONDS,
+            env "BERTH_DOCKER_TIMEOUT_SECONDS", flag "docker-timeout-seconds";
         /// Host address that container ports are published on.
         publish_host_ip: IpAddr = DEFAULT_PUBLISH_HOST_IP, env "BERTH_PUBLISH_HOST_IP", flag "publish-host-ip";
         /// Host name or address put in server URLs; "" = publish_host_ip.
@@ -180,15 +189,19 @@ section! {
     pub struct SpawnConfig at "spawn." {
         /// Readiness deadline when a Start gives none.
         #[serde(deserialize_with = "units::seconds")]
-        ready_timeout_seconds: u64 = DEFAULT_READY_TIMEOUT_SECONDS;
+        ready_timeout_seconds: u64 = DEFAULT_READY_TIMEOUT_SECONDS,
+            env "BERTH_SPAWN_READY_TIMEOUT_SECONDS", flag "spawn-ready-timeout-seconds";
         /// Longest readiness deadline a Start may ask for.
         #[serde(deserialize_with = "units::seconds")]
-        max_ready_timeout_seconds: u64 = DEFAULT_MAX_READY_TIMEOUT_SECONDS;
+        max_ready_timeout_seconds: u64 = DEFAULT_MAX_READY_TIMEOUT_SECONDS,
+            env "BERTH_SPAWN_MAX_READY_TIMEOUT_SECONDS", flag "spawn-max-ready-timeout-seconds";
         /// Grace between SIGTERM and SIGKILL when a Stop gives none.
         #[serde(deserialize_with = "units::seconds")]
-        stop_grace_seconds: u64 = DEFAULT_STOP_GRACE_SECONDS;
+        stop_grace_seconds: u64 = DEFAULT_STOP_GRACE_SECONDS,
+            env "BERTH_SPAWN_STOP_GRACE_SECONDS", flag "spawn-stop-grace-seconds";
         /// Output lines quoted when a server dies during start.
-        failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES;
+        failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES,
+            env "BERTH_SPAWN_FAILURE_LOG_LINES", flag "spawn-failure-log-lines";
     }
 }
 
@@ -196,19 +209,25 @@ section! {
     /// `[capacity]`
     pub struct CapacityConfig at "capacity." {
         /// Most servers at once; 0 = no limit.
-        max_servers: u32 = 0;
+        max_servers: u32 = 0,
+            env "BERTH_CAPACITY_MAX_SERVERS", flag "capacity-max-servers";
         /// Cores held back for the system.
-        reserved_cpu: f64 = 0.0;
+        reserved_cpu: f64 = 0.0,
+            env "BERTH_CAPACITY_RESERVED_CPU", flag "capacity-reserved-cpu";
         /// Memory held back for the system, in bytes.
         #[serde(deserialize_with = "units::bytes")]
-        reserved_memory_bytes: u64 = 0;
+        reserved_memory_bytes: u64 = 0,
+            env "BERTH_CAPACITY_RESERVED_MEMORY_BYTES", flag "capacity-reserved-memory-bytes";
         /// Docker create+start operations at once.
-        max_concurrent_spawns: u32 = DEFAULT_MAX_CONCURRENT_SPAWNS;
+        max_concurrent_spawns: u32 = DEFAULT_MAX_CONCURRENT_SPAWNS,
+            env "BERTH_CAPACITY_MAX_CONCURRENT_SPAWNS", flag "capacity-max-concurrent-spawns";
         /// Spawns that may wait for a slot.
-        spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT;
+        spawn_queue_limit: u32 = DEFAULT_SPAWN_QUEUE_LIMIT,
+            env "BERTH_CAPACITY_SPAWN_QUEUE_LIMIT", flag "capacity-spawn-queue-limit";
         /// How long a spawn may wait for a slot.
         #[serde(deserialize_with = "units::seconds")]
-        spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS;
+        spawn_queue_timeout_seconds: u64 = DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS,
+            env "BERTH_CAPACITY_SPAWN_QUEUE_TIMEOUT_SECONDS", flag "capacity-spawn-queue-timeout-seconds";
     }
 }
 
@@ -216,22 +235,28 @@ section! {
     /// `[images]`
     pub struct ImagesConfig at "images." {
         /// When to pull a Start's image if the Start does not say: ifnotpresent, always or never.
-        pull_policy: crate::registry::PullPolicy = crate::registry::PullPolicy::IfNotPresent;
+        pull_policy: crate::registry::PullPolicy = crate::registry::PullPolicy::IfNotPresent,
+            env "BERTH_IMAGES_PULL_POLICY", flag "images-pull-policy";
         /// Registry credentials in Docker's config.json format (`auths`: per registry host, `auth` or `username` and `password`), readable by berthd only; "" = pull anonymously.
-        registry_auth_file: PathBuf = PathBuf::new();
+        registry_auth_file: PathBuf = PathBuf::new(),
+            env "BERTH_IMAGES_REGISTRY_AUTH_FILE", flag "images-registry-auth-file";
         /// Longest one pull may take.
         #[serde(deserialize_with = "units::seconds")]
-        pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS;
+        pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS,
+            env "BERTH_IMAGES_PULL_TIMEOUT_SECONDS", flag "images-pull-timeout-seconds";
         /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
         gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT, env "BERTH_IMAGE_GC_HIGH_PERCENT", flag "image-gc-high-percent";
         /// Disk usage (percent) image GC brings the disk down to.
-        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT;
+        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT,
+            env "BERTH_IMAGES_GC_LOW_PERCENT", flag "images-gc-low-percent";
         /// Time between two image GC passes (the first comes one interval after start).
         #[serde(deserialize_with = "units::seconds")]
-        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS;
+        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS,
+            env "BERTH_IMAGES_GC_INTERVAL_SECONDS", flag "images-gc-interval-seconds";
         /// Images first seen more recently than this are never removed.
         #[serde(deserialize_with = "units::seconds")]
-        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS;
+        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS,
+            env "BERTH_IMAGES_GC_MIN_AGE_SECONDS", flag "images-gc-min-age-seconds";
     }
 }
 
@@ -247,7 +272,8 @@ section! {
         /// CA of accepted client certificates (mutual TLS), PEM.
         client_ca_file: PathBuf = PathBuf::new(), env "BERTH_CLIENT_CA_FILE", flag "client-ca-file";
         /// Serve plaintext gRPC on a non-loopback address: whoever reaches the port controls the node's Docker engine, so only for networks trusted end to end.
-        insecure_plaintext_on_network: bool = false;
+        insecure_plaintext_on_network: bool = false,
+            env "BERTH_SECURITY_INSECURE_PLAINTEXT_ON_NETWORK", flag "security-insecure-plaintext-on-network";
     }
 }
 

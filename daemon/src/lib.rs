@@ -22,7 +22,8 @@
 //! - [`notify`]: systemd notifications (READY, STATUS, STOPPING, the watchdog), written out.
 //! - [`reporter`]: container activity (network, CPU) reported to the hub's activity API.
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
-//! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown.
+//! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown, SIGHUP.
+//! - [`tls`]: the gRPC listener's TLS, done by berthd itself so SIGHUP can swap the files.
 //!
 //! Dependencies point one way: `api` → `runtime` → (`docker`, `state`, `capacity`, `policy`,
 //! `hostpath`); `monitor` and `reporter` feed and read `runtime`; nothing depends on `api`;
@@ -42,9 +43,15 @@
 //!   Docker's 404/409 as typed `EngineError`s), implemented in `docker/bollard_engine.rs` and in
 //!   `docker/fake/engine.rs`, and called from the runtime through `self.inner.engine` (from the
 //!   monitor or reporter through `Runtime::engine()`).
+//! - **A new configuration key**: one line in its `section!` (`config.rs`; `[policy]` in
+//!   `policy.rs`, `[activity]` in `reporter.rs`) with its doc, type, default, `BERTH_*`
+//!   variable and flag (`BERTH_<SECTION>_<KEY>`, `--<section>-<key>`), the key with its default
+//!   in `systemd/config.toml`, and a sample in `config/tests.rs` (`SAMPLES`); the tests fail on
+//!   a key that is in the file but not settable from env and flags, or not in the file.
 
 pub mod api;
 pub mod capacity;
+#[macro_use]
 pub mod config;
 pub mod devices;
 pub mod docker;
@@ -61,3 +68,4 @@ pub mod runtime;
 pub mod serve;
 pub mod spec;
 pub mod state;
+pub mod tls;

@@ -1,15 +1,33 @@
 //! Where berthd's log goes and how it looks: human text on a terminal (colour only there), one
-//! JSON object per line with `BERTH_LOG_FORMAT=json` (for journald forwarding or a log
-//! shipper); the level from `BERTH_LOG`, with the libraries that could log secrets held at info.
+//! JSON object per line with `[log] format = "json"` / `BERTH_LOG_FORMAT=json` (for journald
+//! forwarding or a log shipper); the level from `[log] filter` / `BERTH_LOG`, with the libraries
+//! that could log secrets held at info.
 
 use std::net::SocketAddr;
 
-use crate::config::EnvSource;
-
-/// The variable choosing the format: `json`, or `text` (the default).
+/// The variable choosing the format: `json`, or `text` (the default); `[log] format`.
 pub const FORMAT_ENV: &str = "BERTH_LOG_FORMAT";
-/// The variable holding the filter (`info`, `info,berthd=debug`, ...).
+/// The variable holding the filter (`info`, `info,berthd=debug`, ...); `[log] filter`.
 pub const FILTER_ENV: &str = "BERTH_LOG";
+
+section! {
+    /// `[log]`: berthd's own log, on stderr. Read with the rest of the configuration, so the
+    /// log starts once the configuration is known (an unusable one is reported on stderr).
+    pub struct LogConfig at "log." {
+        /// Log filter: a level (error, warn, info, debug, trace) or tracing directives, e.g. info,berthd=debug; libraries that could log secrets stay at info.
+        filter: String = "info".to_owned(), env "BERTH_LOG", flag "log";
+        /// Log format: text (colour only on a terminal) or json (one object per line).
+        format: Format = Format::Text, env "BERTH_LOG_FORMAT", flag "log-format";
+    }
+}
+
+impl LogConfig {
+    /// The filter, parsed; the error names the key.
+    pub fn env_filter(&self) -> Result<tracing_subscriber::EnvFilter, String> {
+        tracing_subscriber::EnvFilter::try_new(self.filter.trim())
+            .map_err(|e| format!("{:?} is not a log filter: {e}", self.filter))
+    }
+}
 
 /// Libraries whose debug output could carry secrets (request bodies, headers).
 const LIBRARIES_CAPPED_AT_INFO: &[&str] = &[
@@ -25,7 +43,8 @@ const LIBRARIES_CAPPED_AT_INFO: &[&str] = &[
 ];
 
 /// The log's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Human text.
     Text,
@@ -33,27 +52,10 @@ pub enum Format {
     Json,
 }
 
-impl Format {
-    /// The format `BERTH_LOG_FORMAT` asks for; an unknown value is an error naming it.
-    pub fn from_env(env: &dyn EnvSource) -> Result<Self, String> {
-        match env.var(FORMAT_ENV).as_deref().map(str::trim) {
-            None | Some("" | "text") => Ok(Self::Text),
-            Some("json") => Ok(Self::Json),
-            Some(other) => Err(format!(
-                "{FORMAT_ENV}={other:?}: expected \"text\" or \"json\""
-            )),
-        }
-    }
-}
-
-/// Installs the global subscriber (on stderr, which journald collects).
-pub fn init(env: &dyn EnvSource) -> Result<(), String> {
-    let format = Format::from_env(env)?;
-    let mut filter = env
-        .var(FILTER_ENV)
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    // Whatever BERTH_LOG says, libraries that log request bodies or headers at debug/trace
+/// Installs the global subscriber (on stderr, which journald collects); `cfg` was validated.
+pub fn init(cfg: &LogConfig) -> Result<(), String> {
+    let mut filter = cfg.env_filter()?;
+    // Whatever the filter says, libraries that log request bodies or headers at debug/trace
     // (bollard logs the create payload, which holds the hub's token) stay at info.
     for quiet in LIBRARIES_CAPPED_AT_INFO {
         if let Ok(d) = format!("{quiet}=info").parse() {
@@ -63,7 +65,7 @@ pub fn init(env: &dyn EnvSource) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
+    match cfg.format {
         Format::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
@@ -93,12 +95,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn format_from_env() {
-        assert_eq!(Format::from_env(&[("X", "")]), Ok(Format::Text));
-        assert_eq!(Format::from_env(&[(FORMAT_ENV, "text")]), Ok(Format::Text));
-        assert_eq!(Format::from_env(&[(FORMAT_ENV, "json")]), Ok(Format::Json));
-        let err = Format::from_env(&[(FORMAT_ENV, "xml")]).unwrap_err();
-        assert!(err.contains("BERTH_LOG_FORMAT"), "{err}");
+    fn format_and_filter_are_read_and_bad_ones_refused() {
+        let cfg: LogConfig = toml::from_str("format = \"json\"").unwrap();
+        assert_eq!(cfg.format, Format::Json);
+        assert_eq!(LogConfig::default().format, Format::Text);
+        let err = toml::from_str::<LogConfig>("format = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format") && err.contains("json"), "{err}");
+        let bad = LogConfig {
+            filter: "info,=[".to_owned(),
+            ..LogConfig::default()
+        };
+        assert!(bad.env_filter().is_err());
+        assert!(LogConfig::default().env_filter().is_ok());
     }
 
     #[test]

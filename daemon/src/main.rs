@@ -41,11 +41,6 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = berthd::logging::init(&ProcessEnv) {
-        eprintln!("berthd: {e}");
-        return ExitCode::from(64);
-    }
-
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Command::Serve(a) => (a, false),
@@ -63,6 +58,11 @@ fn main() -> ExitCode {
     };
     if check_only {
         return print_config(&cfg);
+    }
+    // The log starts once its configuration is known; nothing logs before this.
+    if let Err(e) = berthd::logging::init(&cfg.log) {
+        eprintln!("berthd: configuration error: config key log.filter: {e}");
+        return ExitCode::from(64);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

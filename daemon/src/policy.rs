@@ -3,8 +3,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::spec::{StartSpec, normalize_image_glob};
 
 pub mod options;
@@ -12,69 +10,57 @@ pub mod options;
 /// Mode of a directory made for a templated host path: its owner only.
 pub const DEFAULT_HOST_PATH_MODE: u32 = 0o700;
 
-/// `[policy]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Policy {
-    /// Image references allowed, as globs (`*` any run of characters, `?` one), matched
-    /// against the full reference Docker resolves (`ubuntu` is
-    /// `docker.io/library/ubuntu:latest`); see [`crate::spec::normalize_image_glob`].
-    pub allowed_images: Vec<String>,
-    /// Host directories under which bind mounts are allowed; empty = no host paths.
-    pub allowed_host_path_roots: Vec<PathBuf>,
-    /// Owner uid of the directories made for templated host paths (`/srv/homes/{user}`) on
-    /// first use; with `host_path_gid`. Unset: root's.
-    pub host_path_uid: Option<u32>,
-    /// Owner gid of those directories.
-    pub host_path_gid: Option<u32>,
-    /// Permission bits of those directories.
-    pub host_path_mode: u32,
-    /// Largest memory limit per server in bytes; 0 = no cap.
-    #[serde(deserialize_with = "crate::config::units::bytes")]
-    pub max_mem_limit_bytes: u64,
-    /// Largest CPU limit per server in cores; 0 = no cap.
-    pub max_cpu_limit: f64,
-    /// Every server must set a memory limit.
-    pub require_mem_limit: bool,
-    /// Allow privileged containers.
-    pub allow_privileged: bool,
-    /// Allow the host's network namespace.
-    pub allow_host_network: bool,
-    /// Allow the host's PID namespace.
-    pub allow_host_pid: bool,
-    /// Allow the host's IPC namespace.
-    pub allow_host_ipc: bool,
-    /// Capabilities that may be added (upper case, without `CAP_`).
-    pub allowed_capabilities: Vec<String>,
-    /// Host devices that may be passed through.
-    pub allowed_devices: Vec<String>,
-    /// Which container options (user, shm size, network, …) a hub may set, and their bounds.
-    pub container_options: options::OptionsPolicy,
-    /// Accept registry credentials in a Start (`pull_secret`, used for that pull only);
-    /// otherwise only the node's own (`images.registry_auth_file`) are used.
-    pub allow_pull_secrets: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            allowed_images: vec!["*".to_owned()],
-            allowed_host_path_roots: Vec::new(),
-            host_path_uid: None,
-            host_path_gid: None,
-            host_path_mode: DEFAULT_HOST_PATH_MODE,
-            max_mem_limit_bytes: 0,
-            max_cpu_limit: 0.0,
-            require_mem_limit: false,
-            allow_privileged: false,
-            allow_host_network: false,
-            allow_host_pid: false,
-            allow_host_ipc: false,
-            allowed_capabilities: Vec::new(),
-            allowed_devices: Vec::new(),
-            container_options: options::OptionsPolicy::default(),
-            allow_pull_secrets: false,
-        }
+section! {
+    /// `[policy]` in the configuration.
+    pub struct Policy at "policy." {
+        /// Image references allowed, as globs (`*` any run of characters, `?` one), matched against the full reference Docker resolves (`ubuntu` is `docker.io/library/ubuntu:latest`).
+        allowed_images: Vec<String> = vec!["*".to_owned()],
+            env "BERTH_POLICY_ALLOWED_IMAGES", flag "policy-allowed-images";
+        /// Host directories under which bind mounts are allowed; empty = no host paths.
+        allowed_host_path_roots: Vec<PathBuf> = Vec::new(),
+            env "BERTH_POLICY_ALLOWED_HOST_PATH_ROOTS", flag "policy-allowed-host-path-roots";
+        /// Owner uid of the directories made for templated host paths (`/srv/homes/{user}`) on first use; unset: root's.
+        host_path_uid: Option<u32> = None,
+            env "BERTH_POLICY_HOST_PATH_UID", flag "policy-host-path-uid";
+        /// Owner gid of those directories; unset: root's.
+        host_path_gid: Option<u32> = None,
+            env "BERTH_POLICY_HOST_PATH_GID", flag "policy-host-path-gid";
+        /// Permission bits of those directories (0o700 or 448).
+        host_path_mode: u32 = DEFAULT_HOST_PATH_MODE,
+            env "BERTH_POLICY_HOST_PATH_MODE", flag "policy-host-path-mode";
+        /// Largest memory limit per server in bytes; 0 = no cap.
+        #[serde(deserialize_with = "crate::config::units::bytes")]
+        max_mem_limit_bytes: u64 = 0,
+            env "BERTH_POLICY_MAX_MEM_LIMIT_BYTES", flag "policy-max-mem-limit-bytes";
+        /// Largest CPU limit per server in cores; 0 = no cap.
+        max_cpu_limit: f64 = 0.0,
+            env "BERTH_POLICY_MAX_CPU_LIMIT", flag "policy-max-cpu-limit";
+        /// Every server must set a memory limit.
+        require_mem_limit: bool = false,
+            env "BERTH_POLICY_REQUIRE_MEM_LIMIT", flag "policy-require-mem-limit";
+        /// Allow privileged containers.
+        allow_privileged: bool = false,
+            env "BERTH_POLICY_ALLOW_PRIVILEGED", flag "policy-allow-privileged";
+        /// Allow the host's network namespace.
+        allow_host_network: bool = false,
+            env "BERTH_POLICY_ALLOW_HOST_NETWORK", flag "policy-allow-host-network";
+        /// Allow the host's PID namespace.
+        allow_host_pid: bool = false,
+            env "BERTH_POLICY_ALLOW_HOST_PID", flag "policy-allow-host-pid";
+        /// Allow the host's IPC namespace.
+        allow_host_ipc: bool = false,
+            env "BERTH_POLICY_ALLOW_HOST_IPC", flag "policy-allow-host-ipc";
+        /// Capabilities that may be added (upper case, without `CAP_`).
+        allowed_capabilities: Vec<String> = Vec::new(),
+            env "BERTH_POLICY_ALLOWED_CAPABILITIES", flag "policy-allowed-capabilities";
+        /// Host devices that may be passed through.
+        allowed_devices: Vec<String> = Vec::new(),
+            env "BERTH_POLICY_ALLOWED_DEVICES", flag "policy-allowed-devices";
+        /// Which container options (user, shm size, network, …) a hub may set, and their bounds.
+        container_options: options::OptionsPolicy = options::OptionsPolicy::default();
+        /// Accept registry credentials in a Start (`pull_secret`, used for that pull only); otherwise only the node's own (`images.registry_auth_file`) are used.
+        allow_pull_secrets: bool = false,
+            env "BERTH_POLICY_ALLOW_PULL_SECRETS", flag "policy-allow-pull-secrets";
     }
 }
 

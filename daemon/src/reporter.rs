@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use berth_hub_client::{Activity, HubApi, HubError};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,45 +27,38 @@ pub(crate) const STATS_CONCURRENCY: usize = 32;
 /// First pause after a failed send.
 pub(crate) const FIRST_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
-/// `[activity]` in the configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ActivityConfig {
-    /// Report activity to the hub.
-    pub enabled: bool,
-    /// The hub's API, e.g. `http://hub.example:8081/hub/api`.
-    pub hub_api_url: String,
-    /// A JupyterHub service token with scope `users:activity`.
-    pub token_file: std::path::PathBuf,
-    /// CA (PEM) of the hub's TLS certificate, if it uses one from a private CA.
-    pub ca_file: std::path::PathBuf,
-    /// Seconds between stats passes.
-    #[serde(deserialize_with = "crate::config::units::seconds")]
-    pub interval_seconds: u64,
-    /// Which signals count as activity: "network", "cpu".
-    pub signals: Vec<String>,
-    /// Network bytes (received + sent) per interval that count as activity.
-    #[serde(deserialize_with = "crate::config::units::bytes")]
-    pub network_bytes_threshold: u64,
-    /// Average cores used over the interval that count as activity.
-    pub cpu_threshold: f64,
-    /// Sends to the hub at once.
-    pub max_concurrent_sends: usize,
-}
-
-impl Default for ActivityConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            hub_api_url: String::new(),
-            token_file: std::path::PathBuf::new(),
-            ca_file: std::path::PathBuf::new(),
-            interval_seconds: 60,
-            signals: vec!["network".to_owned(), "cpu".to_owned()],
-            network_bytes_threshold: 4096,
-            cpu_threshold: 0.05,
-            max_concurrent_sends: 4,
-        }
+section! {
+    /// `[activity]` in the configuration.
+    pub struct ActivityConfig at "activity." {
+        /// Report container activity (network bytes, CPU) to the hub.
+        enabled: bool = false,
+            env "BERTH_ACTIVITY_ENABLED", flag "activity-enabled";
+        /// The hub's API as the node reaches it, e.g. `http://hub.example:8081/hub/api`.
+        hub_api_url: String = String::new(),
+            env "BERTH_ACTIVITY_HUB_API_URL", flag "activity-hub-api-url";
+        /// File with a JupyterHub service token with scope `users:activity`.
+        token_file: std::path::PathBuf = std::path::PathBuf::new(),
+            env "BERTH_ACTIVITY_TOKEN_FILE", flag "activity-token-file";
+        /// CA (PEM) of the hub's TLS certificate, if it uses one from a private CA.
+        ca_file: std::path::PathBuf = std::path::PathBuf::new(),
+            env "BERTH_ACTIVITY_CA_FILE", flag "activity-ca-file";
+        /// Time between two stats passes.
+        #[serde(deserialize_with = "crate::config::units::seconds")]
+        interval_seconds: u64 = 60,
+            env "BERTH_ACTIVITY_INTERVAL_SECONDS", flag "activity-interval-seconds";
+        /// Which signals count as activity: "network", "cpu".
+        signals: Vec<String> = vec!["network".to_owned(), "cpu".to_owned()],
+            env "BERTH_ACTIVITY_SIGNALS", flag "activity-signals";
+        /// Network bytes (received + sent) per interval that count as activity.
+        #[serde(deserialize_with = "crate::config::units::bytes")]
+        network_bytes_threshold: u64 = 4096,
+            env "BERTH_ACTIVITY_NETWORK_BYTES_THRESHOLD", flag "activity-network-bytes-threshold";
+        /// Average cores used over the interval that count as activity.
+        cpu_threshold: f64 = 0.05,
+            env "BERTH_ACTIVITY_CPU_THRESHOLD", flag "activity-cpu-threshold";
+        /// Sends to the hub at once.
+        max_concurrent_sends: usize = 4,
+            env "BERTH_ACTIVITY_MAX_CONCURRENT_SENDS", flag "activity-max-concurrent-sends";
     }
 }
 

@@ -20,9 +20,9 @@ use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::notify::{Notifier, Watchdog};
 use crate::runtime::Runtime;
 use crate::state::FileStore;
+use crate::tls::ReloadableTls;
 use berth_hub_client::HubClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// How often the Docker engine is pinged for the health service.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -105,21 +105,13 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), ServeError> {
 /// Largest request accepted, in bytes (a Start with its env is far smaller).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// The TLS configuration, if any: server identity and, for mutual TLS, the client CA. The
-/// files are read by the same checks as `Config::validate`, so `check-config` agrees with this.
-fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
-    let sec = &cfg.security;
-    if !sec.tls() {
+/// The listener's TLS, if configured: server identity and, for mutual TLS, the client CA, read
+/// by the same checks as `Config::validate`, so `config check` agrees with this.
+fn tls_config(cfg: &Config) -> Result<Option<ReloadableTls>, ServeError> {
+    if !cfg.security.tls() {
         return Ok(None);
     }
-    let cert = config::read_certificates("security.tls_cert_file", &sec.tls_cert_file)?;
-    let key = config::read_private_key("security.tls_key_file", &sec.tls_key_file)?;
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if sec.mutual_tls() {
-        let ca = config::read_certificates("security.client_ca_file", &sec.client_ca_file)?;
-        tls = tls.client_ca_root(Certificate::from_pem(ca));
-    }
-    Ok(Some(tls))
+    Ok(Some(ReloadableTls::load(&cfg.security)?))
 }
 
 /// Binds the Admin socket with mode 0660, replacing a stale socket file of an earlier run.
@@ -211,6 +203,7 @@ async fn run_on<E: ContainerEngine>(
             hangups,
             cfg.security.clone(),
             auth.clone(),
+            tls.clone(),
             shutdown.clone(),
         ));
     }
@@ -251,20 +244,23 @@ async fn run_on<E: ContainerEngine>(
         reconciled,
         shutdown.clone(),
     ));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let mut builder = builder.layer(crate::metrics::GrpcLayer::new(rt.metrics().clone()));
+    let mut builder = tonic::transport::Server::builder()
+        .layer(crate::metrics::GrpcLayer::new(rt.metrics().clone()));
     let spawner =
         SpawnerServer::new(SpawnerService::new(rt)).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let server = builder
+    let router = builder
         .add_service(health_service)
-        .add_service(InterceptedService::new(spawner, auth))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .add_service(InterceptedService::new(spawner, auth));
+    let stop = shutdown.clone().cancelled_owned();
+    let server: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, tls, shutdown.clone()),
+            stop,
+        )),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        }
+    };
     let grace = async {
         shutdown.cancelled().await;
         notifier.stopping();
@@ -388,14 +384,15 @@ fn spawn_admin<E: ContainerEngine>(
     Ok(())
 }
 
-/// SIGHUP: reads the token file again, as at start-up, and swaps it in without dropping a
-/// connection or a server. A file that no longer passes keeps the old token (and says so).
-/// TLS files are not reloaded yet: a new certificate needs a restart (which never touches the
-/// servers).
+/// SIGHUP: reads the token file and the TLS files (certificate, key, client CA) again, as at
+/// start-up, and swaps each in without dropping a connection or a server: new requests check
+/// the new token, new TLS handshakes use the new files, open connections keep their session.
+/// A file that no longer passes keeps what is in force (and the error names the file).
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     sec: config::SecurityConfig,
     auth: BearerAuth,
+    tls: Option<ReloadableTls>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -403,20 +400,38 @@ async fn reload_on_hangup(
             () = shutdown.cancelled() => return,
             got = hangups.recv() => if got.is_none() { return },
         }
-        if !sec.token() {
-            tracing::info!("SIGHUP: no token file configured; nothing to reload");
+        if !sec.token() && tls.is_none() {
+            tracing::info!("SIGHUP: no token or TLS files configured; nothing to reload");
             continue;
         }
-        match config::read_token(
-            "security.token_file",
-            &sec.token_file,
-            crate::api::auth::MIN_TOKEN_BYTES,
-        ) {
-            Ok(token) => {
-                auth.replace(&token);
-                tracing::info!(token_file = %sec.token_file.display(), "SIGHUP: token reloaded");
+        if sec.token() {
+            match config::read_token(
+                "security.token_file",
+                &sec.token_file,
+                crate::api::auth::MIN_TOKEN_BYTES,
+            ) {
+                Ok(token) => {
+                    auth.replace(&token);
+                    tracing::info!(token_file = %sec.token_file.display(), "SIGHUP: token reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: token not reloaded; the old one stays");
+                }
             }
-            Err(e) => tracing::error!(error = %e, "SIGHUP: token not reloaded; the old one stays"),
+        }
+        if let Some(tls) = &tls {
+            match tls.reload(&sec) {
+                Ok(()) => tracing::info!(
+                    tls_cert_file = %sec.tls_cert_file.display(),
+                    tls_key_file = %sec.tls_key_file.display(),
+                    client_ca_file = %sec.client_ca_file.display(),
+                    "SIGHUP: TLS reloaded; new connections use the new files"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: TLS not reloaded; the old certificate, key and client CA stay"
+                ),
+            }
         }
     }
 }

@@ -204,3 +204,90 @@ fn human_sizes_and_durations_read_from_the_file_and_bad_ones_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_help_lists_every_setting_with_its_variable() {
+    let (code, help, _) = berthd_out(&["serve", "--help"], &[]);
+    assert_eq!(code, 0);
+    for s in berthd::config::settings() {
+        assert!(help.contains(&format!("--{} ", s.flag)), "--{}", s.flag);
+        assert!(help.contains(&format!("[env: {}]", s.env)), "{}", s.env);
+    }
+    for (key, _) in berthd::config::FILE_ONLY {
+        assert!(help.contains(key), "{key} is named as file-only");
+    }
+    assert!(help.contains("comma-separated"), "{help}");
+}
+
+#[test]
+fn lists_tables_optional_numbers_sizes_and_durations_come_from_env_and_flags() {
+    let (code, out, err) = berthd_out(
+        &[
+            "config",
+            "check",
+            "--policy-host-path-mode",
+            "0o750",
+            "--capacity-reserved-memory-bytes",
+            "2G",
+        ],
+        &[
+            ("BERTH_POLICY_ALLOWED_IMAGES", "berth-test/*, quay.io/x/*"),
+            ("BERTH_NODE_LABELS", "gpu=a100,zone=b"),
+            ("BERTH_POLICY_HOST_PATH_UID", "1000"),
+            ("BERTH_SPAWN_STOP_GRACE_SECONDS", "1m"),
+            // The flag wins over the variable.
+            ("BERTH_POLICY_HOST_PATH_MODE", "0o700"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cfg: toml::Value = toml::from_str(&out).unwrap();
+    let policy = &cfg["policy"];
+    assert_eq!(
+        policy["allowed_images"].as_array().unwrap(),
+        &vec![
+            toml::Value::from("berth-test/*"),
+            toml::Value::from("quay.io/x/*")
+        ]
+    );
+    assert_eq!(policy["host_path_uid"].as_integer(), Some(1000));
+    assert_eq!(policy["host_path_mode"].as_integer(), Some(0o750));
+    assert_eq!(cfg["node"]["labels"]["zone"].as_str(), Some("b"));
+    assert_eq!(cfg["spawn"]["stop_grace_seconds"].as_integer(), Some(60));
+    assert_eq!(
+        cfg["capacity"]["reserved_memory_bytes"].as_integer(),
+        Some(2 << 30)
+    );
+    // A bad item names the key and where it came from.
+    let (code, err) = berthd(
+        &["config", "check"],
+        &[("BERTH_NODE_LABELS", "gpu=a100,zone")],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("node.labels") && err.contains("BERTH_NODE_LABELS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_log_settings_are_checked_with_the_rest_naming_key_and_origin() {
+    let (code, err) = berthd(&["serve"], &[("BERTH_LOG_FORMAT", "xml")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("log.format") && err.contains("BERTH_LOG_FORMAT"),
+        "{err}"
+    );
+    let file = temp_file("log.toml", "[log]\nfilter = \"info,=[\"\n");
+    let (code, err) = berthd(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("log.filter"), "{err}");
+    let (code, out, err) = berthd_out(&["config", "check", "--log-format", "json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[log]") && out.contains("format = \"json\""),
+        "{out}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The files a configuration names, read and checked the one way both `check-config` and
-//! `serve` use them, so the two cannot disagree about a file.
+//! `serve` use them (the TLS files through [`crate::tls::server_config`], which `serve` and
+//! SIGHUP use), so the two cannot disagree about a file.
 
 use std::path::Path;
 
@@ -95,9 +96,10 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
         read_token("security.token_file", &sec.token_file, MIN_TOKEN_BYTES)?;
     }
     if sec.tls() {
-        check_identity(&sec.tls_cert_file, &sec.tls_key_file)?;
-    }
-    if sec.mutual_tls() {
+        // The listener's TLS configuration, built as `serve` builds it (and SIGHUP rebuilds it):
+        // certificate and key, their match, and the client CA as a verifier's roots.
+        crate::tls::server_config(sec)?;
+    } else if sec.mutual_tls() {
         read_certificates("security.client_ca_file", &sec.client_ca_file)?;
     }
     let auth = &cfg.images.registry_auth_file;
@@ -115,20 +117,35 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The server certificate and key parse, and the key is the certificate's.
-fn check_identity(cert_path: &Path, key_path: &Path) -> Result<(), ConfigError> {
+/// The server certificate chain and its private key, read as [`check`] reads them: both parse
+/// and the key is the certificate's. Errors name the key of the file and its path, never what
+/// the key file holds.
+pub fn read_identity(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
     const CERT: &str = "security.tls_cert_file";
     const KEY: &str = "security.tls_key_file";
     let certs = certificates(CERT, cert_path, &read(CERT, cert_path)?)?;
     let key = PrivateKeyDer::from_pem_slice(&read(KEY, key_path)?)
         .map_err(|e| bad_file(KEY, key_path, format!("holds no PEM private key: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
-    rustls::sign::CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
-        bad_file(
-            KEY,
-            key_path,
-            format!("does not go with {}: {e}", cert_path.display()),
-        )
-    })?;
-    Ok(())
+    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
+        |e| {
+            bad_file(
+                KEY,
+                key_path,
+                format!("does not go with {}: {e}", cert_path.display()),
+            )
+        },
+    )?;
+    Ok((certs, key))
+}
+
+/// The certificates of the CA file of `key` at `path`, parsed.
+pub fn read_certificate_ders(
+    key: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    certificates(key, path, &read(key, path)?)
 }

@@ -7,8 +7,12 @@ use clap::{Arg, ArgMatches, value_parser};
 use toml::Value;
 
 use super::{
-    CapacityConfig, Config, ConfigError, DockerConfig, MetricsConfig, SecurityConfig, SpawnConfig,
+    CapacityConfig, Config, ConfigError, DevicesConfig, DockerConfig, ImagesConfig, MetricsConfig,
+    NodeConfig, SecurityConfig, SpawnConfig,
 };
+use crate::policy::Policy;
+use crate::policy::options::OptionsPolicy;
+use crate::reporter::ActivityConfig;
 
 /// The variable naming the configuration file (the `--config` flag wins over it).
 pub const CONFIG_ENV: &str = "BERTH_CONFIG";
@@ -27,6 +31,18 @@ pub struct Setting {
     pub help: &'static str,
 }
 
+/// The keys of the file that no `BERTH_*` variable or flag can set, each with the reason; a
+/// test walks the default file and fails on any other key that is not in [`settings`].
+pub const FILE_ONLY: &[(&str, &str)] = &[(
+    "devices.classes",
+    "a list of tables, [[devices.classes]], with no one-line form",
+)];
+
+/// How a `BERTH_*` variable or a flag writes a value that is not a plain scalar.
+pub const VALUE_RULES: &str = "Lists are comma-separated (\"a,b\"; \"\" = empty); tables \
+     are comma-separated key=value pairs (\"gpu=a100,zone=b\"; \"\" = empty); sizes and \
+     durations as in the file (\"4G\", \"90s\").";
+
 /// Every key that env and flags may set, in declaration order.
 pub fn settings() -> impl Iterator<Item = &'static Setting> {
     [
@@ -35,7 +51,14 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         SpawnConfig::OVERRIDABLE,
         CapacityConfig::OVERRIDABLE,
         SecurityConfig::OVERRIDABLE,
+        ImagesConfig::OVERRIDABLE,
+        Policy::OVERRIDABLE,
+        OptionsPolicy::OVERRIDABLE,
+        ActivityConfig::OVERRIDABLE,
+        NodeConfig::OVERRIDABLE,
+        DevicesConfig::OVERRIDABLE,
         MetricsConfig::OVERRIDABLE,
+        crate::logging::LogConfig::OVERRIDABLE,
     ]
     .into_iter()
     .flatten()
@@ -93,14 +116,20 @@ impl clap::Args for Overrides {
                 .value_parser(value_parser!(PathBuf))
                 .help(format!("TOML configuration file [env: {CONFIG_ENV}]")),
         );
+        let file_only: Vec<String> = FILE_ONLY
+            .iter()
+            .map(|(key, why)| format!("{key} ({why})"))
+            .collect();
+        let cmd = cmd.next_line_help(true).after_help(format!(
+            "Each setting is read from the file (--config), then its BERTH_* variable, then its \
+             flag; the later wins. {VALUE_RULES} Only in the file: {}.",
+            file_only.join("; ")
+        ));
         settings().fold(cmd, |cmd, s| {
             let shown = defaults
                 .as_ref()
                 .and_then(|d| lookup(d, s.key))
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
+                .map(as_text)
                 .filter(|v| !v.is_empty())
                 .map(|v| format!(" [default: {v}]"))
                 .unwrap_or_default();
@@ -156,9 +185,19 @@ pub(super) fn apply(
     let mut cfg = cfg;
     for (s, origin, raw) in layered {
         let bad = |message: String| super::invalid(format!("{} (from {origin})", s.key), message);
-        let slot = lookup_mut(&mut tree, s.key)
+        let (parent, field) = s.key.rsplit_once('.').unwrap_or(("", s.key));
+        let table = lookup_mut(&mut tree, parent)
+            .and_then(Value::as_table_mut)
             .ok_or_else(|| bad("is not a key of the configuration".to_owned()))?;
-        *slot = coerce(slot, &raw).map_err(|e| bad(format!("{raw:?}: {e}")))?;
+        // A key whose default is unset (an optional number) is absent from the tree.
+        let value = match table.get(field) {
+            Some(like) => coerce(like, &raw),
+            None => Ok(unset(&raw)),
+        };
+        table.insert(
+            field.to_owned(),
+            value.map_err(|e| bad(format!("{raw:?}: {e}")))?,
+        );
         cfg = tree
             .clone()
             .try_into()
@@ -172,7 +211,49 @@ fn lookup<'v>(tree: &'v Value, key: &str) -> Option<&'v Value> {
 }
 
 fn lookup_mut<'v>(tree: &'v mut Value, key: &str) -> Option<&'v mut Value> {
+    if key.is_empty() {
+        return Some(tree);
+    }
     key.split('.').try_fold(tree, |v, part| v.get_mut(part))
+}
+
+/// A value as a variable or flag would give it (the inverse of [`coerce`]), for `--help`.
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(as_text).collect::<Vec<_>>().join(","),
+        Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| format!("{k}={}", as_text(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// `raw` as a TOML integer: decimal, or `0o`/`0x`/`0b` as in the file (`0o700`).
+fn integer(raw: &str) -> Option<i64> {
+    let t = raw.trim().replace('_', "");
+    let radix = |p: &str, r| {
+        t.strip_prefix(p)
+            .and_then(|d| i64::from_str_radix(d, r).ok())
+    };
+    t.parse()
+        .ok()
+        .or_else(|| radix("0o", 8))
+        .or_else(|| radix("0x", 16))
+        .or_else(|| radix("0b", 2))
+}
+
+/// The items of a comma-separated list, trimmed; "" is the empty list.
+fn items(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `raw` for a key unset by default (an optional number): a number if it is one, else text
+/// for the key to refuse, naming itself.
+fn unset(raw: &str) -> Value {
+    integer(raw).map_or_else(|| Value::String(raw.to_owned()), Value::Integer)
 }
 
 /// `raw` as a TOML value of the same type as `like`.
@@ -182,12 +263,22 @@ fn coerce(like: &Value, raw: &str) -> Result<Value, String> {
         Value::String(_) => Value::String(raw.to_owned()),
         // Not a number: handed on as text, which the `*_bytes`/`*_seconds` keys read as a
         // human size or duration ("4G", "90s") and any other key refuses, naming itself.
-        Value::Integer(_) => raw
-            .trim()
-            .parse()
-            .map_or_else(|_| Value::String(raw.to_owned()), Value::Integer),
+        Value::Integer(_) => unset(raw),
         Value::Float(_) => Value::Float(raw.trim().parse().map_err(|e| err(&e))?),
         Value::Boolean(_) => Value::Boolean(raw.trim().parse().map_err(|e| err(&e))?),
+        // A list: comma-separated items, each read as the list's items are (text so far).
+        Value::Array(_) => Value::Array(items(raw).map(|i| Value::String(i.to_owned())).collect()),
+        // A table of text: `k=v,k2=v2`.
+        Value::Table(_) => Value::Table(
+            items(raw)
+                .map(|pair| {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+                    Ok((k.trim().to_owned(), Value::String(v.trim().to_owned())))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
         other => return Err(format!("a {} cannot be given as text", other.type_str())),
     })
 }
@@ -202,5 +293,25 @@ mod tests {
         assert_eq!(coerce(&n, " 42 "), Ok(Value::Integer(42)));
         assert_eq!(coerce(&n, "4G"), Ok(Value::String("4G".to_owned())));
         assert!(coerce(&Value::Boolean(false), "maybe").is_err());
+        assert_eq!(coerce(&n, "0o700"), Ok(Value::Integer(0o700)));
+        assert_eq!(unset("1000"), Value::Integer(1000));
+        assert_eq!(unset("root"), Value::String("root".to_owned()));
+    }
+
+    #[test]
+    fn lists_are_comma_separated_and_tables_key_value_pairs() {
+        let list = Value::Array(vec![]);
+        let text = |s: &str| Value::String(s.to_owned());
+        assert_eq!(
+            coerce(&list, " a/* , b ,"),
+            Ok(Value::Array(vec![text("a/*"), text("b")]))
+        );
+        assert_eq!(coerce(&list, ""), Ok(Value::Array(vec![])));
+        let table = Value::Table(toml::Table::new());
+        let got = coerce(&table, "gpu=a100, zone = b").expect("a table");
+        assert_eq!(as_text(&got), "gpu=a100,zone=b");
+        assert_eq!(coerce(&table, ""), Ok(Value::Table(toml::Table::new())));
+        let err = coerce(&table, "gpu").expect_err("not a pair");
+        assert!(err.contains("key=value"), "{err}");
     }
 }

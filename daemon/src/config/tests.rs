@@ -68,30 +68,257 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
         "client-ca-file",
     ),
     ("metrics.listen", "BERTH_METRICS_LISTEN", "metrics-listen"),
+    (
+        "images.gc_high_percent",
+        "BERTH_IMAGE_GC_HIGH_PERCENT",
+        "image-gc-high-percent",
+    ),
+    ("log.filter", "BERTH_LOG", "log"),
+    ("log.format", "BERTH_LOG_FORMAT", "log-format"),
 ];
+
+/// A setting's variable by the rule: `BERTH_` and its key, dots as underscores, upper case.
+fn env_by_rule(key: &str) -> String {
+    format!("BERTH_{}", key.replace('.', "_").to_uppercase())
+}
 
 #[test]
 fn every_setting_has_its_documented_names_and_a_key_in_the_file() {
-    let all: Vec<_> = settings().collect();
-    assert_eq!(all.len(), DOCUMENTED.len(), "{all:#?}");
     let defaults = Value::try_from(Config::default()).expect("serialisable");
     for &(key, env, flag) in DOCUMENTED {
         let s = settings()
             .find(|s| s.key == key)
             .unwrap_or_else(|| panic!("{key} is settable"));
         assert_eq!((s.env, s.flag), (env, flag), "{key}");
+    }
+    let mut envs = std::collections::BTreeSet::new();
+    for s in settings() {
+        assert!(envs.insert(s.env), "{} is declared twice", s.env);
         assert_eq!(
             s.env,
             format!("BERTH_{}", s.flag.to_uppercase().replace('-', "_")),
-            "{key}: the variable is the flag's name"
+            "{}: the variable is the flag's name",
+            s.key
         );
-        assert!(!s.help.trim().is_empty(), "{key} has help");
-        let default = layers_lookup(&defaults, key).unwrap_or_else(|| panic!("{key} in file"));
+        let legacy = DOCUMENTED.iter().any(|(k, ..)| *k == s.key);
         assert!(
-            matches!(default, Value::String(_)),
-            "{key} is a scalar the command line can give"
+            legacy || s.env == env_by_rule(s.key),
+            "{}: a new setting's variable is {} (only the DOCUMENTED ones keep a short name)",
+            s.key,
+            env_by_rule(s.key)
+        );
+        assert!(!s.help.trim().is_empty(), "{} has help", s.key);
+        // Unset by default, so absent from the defaults (written in the file as comments).
+        let optional = matches!(s.key, "policy.host_path_uid" | "policy.host_path_gid");
+        assert!(
+            optional || layers_lookup(&defaults, s.key).is_some(),
+            "{} is a key of the file",
+            s.key
         );
     }
+}
+
+/// For every setting: the text a variable or flag gives, and the same value as TOML in the
+/// file. Each differs from the default, so a setting the layers drop fails.
+const SAMPLES: &[(&str, &str, &str)] = &[
+    ("node_id", "n1", "\"n1\""),
+    ("listen", "127.0.0.1:9", "\"127.0.0.1:9\""),
+    ("state_dir", "/s", "\"/s\""),
+    ("admin_socket", "/a.sock", "\"/a.sock\""),
+    ("docker.host", "tcp://h:1", "\"tcp://h:1\""),
+    ("docker.timeout_seconds", "90s", "90"),
+    ("docker.publish_host_ip", "10.0.0.1", "\"10.0.0.1\""),
+    ("docker.advertise_host", "h.example", "\"h.example\""),
+    ("spawn.ready_timeout_seconds", "2m", "120"),
+    ("spawn.max_ready_timeout_seconds", "1h", "3600"),
+    ("spawn.stop_grace_seconds", "5", "5"),
+    ("spawn.failure_log_lines", "7", "7"),
+    ("capacity.max_servers", "3", "3"),
+    ("capacity.reserved_cpu", "1.5", "1.5"),
+    ("capacity.reserved_memory_bytes", "2G", "2147483648"),
+    ("capacity.max_concurrent_spawns", "2", "2"),
+    ("capacity.spawn_queue_limit", "9", "9"),
+    ("capacity.spawn_queue_timeout_seconds", "30s", "30"),
+    ("security.token_file", "/t", "\"/t\""),
+    ("security.tls_cert_file", "/c", "\"/c\""),
+    ("security.tls_key_file", "/k", "\"/k\""),
+    ("security.client_ca_file", "/ca", "\"/ca\""),
+    ("security.insecure_plaintext_on_network", "true", "true"),
+    ("images.pull_policy", "always", "\"always\""),
+    ("images.registry_auth_file", "/r.json", "\"/r.json\""),
+    ("images.pull_timeout_seconds", "10m", "600"),
+    ("images.gc_high_percent", "90", "90"),
+    ("images.gc_low_percent", "70", "70"),
+    ("images.gc_interval_seconds", "1m", "60"),
+    ("images.gc_min_age_seconds", "1h", "3600"),
+    (
+        "policy.allowed_images",
+        "berth-test/*, quay.io/x/*",
+        "[\"berth-test/*\", \"quay.io/x/*\"]",
+    ),
+    (
+        "policy.allowed_host_path_roots",
+        "/srv/a,/srv/b",
+        "[\"/srv/a\", \"/srv/b\"]",
+    ),
+    ("policy.host_path_uid", "1000", "1000"),
+    ("policy.host_path_gid", "100", "100"),
+    ("policy.host_path_mode", "0o750", "0o750"),
+    ("policy.max_mem_limit_bytes", "4G", "4294967296"),
+    ("policy.max_cpu_limit", "2", "2.0"),
+    ("policy.require_mem_limit", "true", "true"),
+    ("policy.allow_privileged", "true", "true"),
+    ("policy.allow_host_network", "true", "true"),
+    ("policy.allow_host_pid", "true", "true"),
+    ("policy.allow_host_ipc", "true", "true"),
+    (
+        "policy.allowed_capabilities",
+        "NET_ADMIN,SYS_PTRACE",
+        "[\"NET_ADMIN\", \"SYS_PTRACE\"]",
+    ),
+    ("policy.allowed_devices", "/dev/fuse", "[\"/dev/fuse\"]"),
+    ("policy.allow_pull_secrets", "true", "true"),
+    (
+        "policy.container_options.forbidden",
+        "user,shm_size",
+        "[\"user\", \"shm_size\"]",
+    ),
+    ("policy.container_options.min_uid", "1000", "1000"),
+    (
+        "policy.container_options.max_shm_size_bytes",
+        "1024",
+        "1024",
+    ),
+    ("policy.container_options.max_pids_limit", "100", "100"),
+    (
+        "policy.container_options.allowed_networks",
+        "berth-*",
+        "[\"berth-*\"]",
+    ),
+    (
+        "policy.container_options.allow_network_create",
+        "true",
+        "true",
+    ),
+    ("activity.enabled", "true", "true"),
+    (
+        "activity.hub_api_url",
+        "http://hub:8081/hub/api",
+        "\"http://hub:8081/hub/api\"",
+    ),
+    ("activity.token_file", "/at", "\"/at\""),
+    ("activity.ca_file", "/aca", "\"/aca\""),
+    ("activity.interval_seconds", "30s", "30"),
+    ("activity.signals", "cpu", "[\"cpu\"]"),
+    ("activity.network_bytes_threshold", "8KiB", "8192"),
+    ("activity.cpu_threshold", "0.5", "0.5"),
+    ("activity.max_concurrent_sends", "8", "8"),
+    (
+        "node.labels",
+        "gpu=a100, zone=b",
+        "{ gpu = \"a100\", zone = \"b\" }",
+    ),
+    ("metrics.listen", "127.0.0.1:9151", "\"127.0.0.1:9151\""),
+    ("metrics.allow_network", "true", "true"),
+    ("log.filter", "info,berthd=debug", "\"info,berthd=debug\""),
+    ("log.format", "json", "\"json\""),
+];
+
+#[test]
+fn every_setting_reads_its_text_from_env_and_flag_as_the_file_reads_its_value() {
+    let keys: Vec<_> = SAMPLES.iter().map(|(k, ..)| *k).collect();
+    let declared: Vec<_> = settings().map(|s| s.key).collect();
+    assert_eq!(keys, declared, "SAMPLES has every setting, in order");
+    for &(key, text, toml_value) in SAMPLES {
+        let s = settings().find(|s| s.key == key).expect("settable");
+        let file = Config::from_toml(&format!("{key} = {toml_value}"))
+            .unwrap_or_else(|e| panic!("{key} = {toml_value}: {e}"));
+        assert_ne!(
+            file,
+            Config::default(),
+            "{key}: the sample is not the default"
+        );
+        let by_env = layers::apply(Config::default(), &[(s.env, text)], &Overrides::default())
+            .unwrap_or_else(|e| panic!("{} = {text:?}: {e}", s.env));
+        assert_eq!(by_env, file, "{} = {text:?}", s.env);
+        let flags = Overrides::default().with(s.flag, text).expect("a flag");
+        let by_flag = layers::apply(Config::default(), &[("BERTH_UNRELATED", "x")], &flags)
+            .unwrap_or_else(|e| panic!("--{} {text:?}: {e}", s.flag));
+        assert_eq!(by_flag, file, "--{} {text:?}", s.flag);
+        // The flag wins over the variable, which wins over the file.
+        let over = layers::apply(file.clone(), &[(s.env, text)], &flags).expect("applies");
+        assert_eq!(over, file, "{key}");
+    }
+}
+
+/// The documented default file with its commented-out keys (`# node_id = ...`) written in,
+/// as a TOML tree.
+fn default_file_with_every_key() -> Value {
+    let text: String = show::DEFAULT_FILE
+        .lines()
+        .map(|l| {
+            let bare = l.strip_prefix("# ").unwrap_or(l);
+            let commented_key = l.starts_with("# ")
+                && bare
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            if commented_key { bare } else { l }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    toml::from_str(&text).expect("the default file, its examples written in, is TOML")
+}
+
+/// Walks the file's keys: each is a setting, a documented file-only key, or a section holding
+/// some of those; returns the keys seen.
+fn walk(tree: &Value, at: &str, seen: &mut Vec<String>) {
+    let Value::Table(t) = tree else { return };
+    for (k, v) in t {
+        let key = format!("{at}{k}");
+        if settings().any(|s| s.key == key) || FILE_ONLY.iter().any(|(f, _)| *f == key) {
+            seen.push(key);
+            continue;
+        }
+        let prefix = format!("{key}.");
+        let section = settings().any(|s| s.key.starts_with(&prefix))
+            || FILE_ONLY.iter().any(|(f, _)| f.starts_with(&prefix));
+        assert!(
+            section && matches!(v, Value::Table(_)),
+            "{key} in systemd/config.toml has no BERTH_* variable or flag and is not in FILE_ONLY"
+        );
+        walk(v, &prefix, seen);
+    }
+}
+
+#[test]
+fn every_key_of_the_default_file_is_a_setting_or_a_documented_file_only_key() {
+    let file = default_file_with_every_key();
+    for key in ["node_id", "policy.host_path_uid", "policy.host_path_gid"] {
+        assert!(layers_lookup(&file, key).is_some(), "{key} is written in");
+    }
+    let mut seen = Vec::new();
+    walk(&file, "", &mut seen);
+    // The exceptions, named here so that a new one is a deliberate change to this test.
+    let file_only: Vec<_> = FILE_ONLY.iter().map(|(k, _)| *k).collect();
+    assert_eq!(file_only, ["devices.classes"]);
+    let mut want: Vec<String> = settings()
+        .map(|s| s.key.to_owned())
+        .chain(file_only.iter().map(|k| (*k).to_owned()))
+        .collect();
+    want.sort();
+    seen.sort();
+    assert_eq!(
+        seen, want,
+        "the file and the declarations hold the same keys"
+    );
+    // And `--help` says which keys only the file sets, and how lists and tables are written.
+    let help = Overrides::augment_args(clap::Command::new("t"))
+        .render_long_help()
+        .to_string();
+    for (key, _) in FILE_ONLY {
+        assert!(help.contains(key), "{help}");
+    }
+    assert!(help.contains("comma-separated"), "{help}");
 }
 
 #[test]
@@ -143,8 +370,7 @@ const LAYER_VALUES: &[(&str, [&str; 3])] = &[
 ];
 
 #[test]
-fn precedence_is_defaults_then_file_then_env_then_flags_for_every_setting() {
-    assert_eq!(LAYER_VALUES.len(), settings().count());
+fn precedence_is_defaults_then_file_then_env_then_flags() {
     // (file, env, flag) given → which value wins; None = the default.
     let layers: [([bool; 3], Option<usize>); 7] = [
         ([false, false, false], None),
@@ -446,7 +672,12 @@ fn the_configuration_prints_as_toml_that_reads_back_the_same() {
 #[test]
 fn the_example_config_documents_every_settings_env_and_flag() {
     let example = include_str!("../../../systemd/config.toml");
-    for s in settings() {
+    assert!(
+        example.contains("BERTH_<SECTION>_<KEY>") && example.contains("--<section>-<key>"),
+        "the file states the naming rule"
+    );
+    // The rule names the others; the older short names are written at their keys.
+    for s in settings().filter(|s| DOCUMENTED.iter().any(|(k, ..)| *k == s.key)) {
         let line = format!("# env/flag: {}, --{}\n", s.env, s.flag);
         let at = example
             .find(&line)

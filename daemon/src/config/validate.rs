@@ -65,6 +65,9 @@ impl Config {
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
+        self.log
+            .env_filter()
+            .map_err(|message| invalid("log.filter", message))?;
         self.validate_docker()?;
         self.validate_spawn()?;
         self.validate_images()?;

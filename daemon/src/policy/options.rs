@@ -1,28 +1,33 @@
 //! `[policy.container_options]`: which container options a hub may set on this node, and
 //! their bounds.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Violation, deny, glob_match};
 use crate::spec::options::{ContainerOptions, OPTION_NAMES};
 
-/// Which container options a hub may ask for, and how far. Every option is allowed by
-/// default except creating a missing Docker network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptionsPolicy {
-    /// Options refused outright, by name (`user`, `shm_size`, `network_name`, …).
-    pub forbidden: Vec<String>,
-    /// Lowest uid a server may run as (`user`); 0 = any.
-    pub min_uid: u32,
-    /// Largest /dev/shm in bytes; 0 = no cap.
-    pub max_shm_size_bytes: u64,
-    /// Largest `pids_limit`; 0 = no cap.
-    pub max_pids_limit: i64,
-    /// Networks a server may join, as globs; empty = any.
-    pub allowed_networks: Vec<String>,
-    /// Create a missing network (a bridge labelled `berth.managed`); else such a Start is refused.
-    pub allow_network_create: bool,
+section! {
+    /// `[policy.container_options]`: which typed container options a hub may set, and within
+    /// which bounds. Everything is allowed by default except creating a missing Docker network.
+    #[derive(Eq)]
+    pub struct OptionsPolicy at "policy.container_options." {
+        /// Options refused outright, by name (`user`, `shm_size`, `network_name`, …).
+        forbidden: Vec<String> = Vec::new(),
+            env "BERTH_POLICY_CONTAINER_OPTIONS_FORBIDDEN", flag "policy-container-options-forbidden";
+        /// Lowest uid a server may run as (`user`); 0 = any.
+        min_uid: u32 = 0,
+            env "BERTH_POLICY_CONTAINER_OPTIONS_MIN_UID", flag "policy-container-options-min-uid";
+        /// Largest /dev/shm in bytes; 0 = no cap.
+        max_shm_size_bytes: u64 = 0,
+            env "BERTH_POLICY_CONTAINER_OPTIONS_MAX_SHM_SIZE_BYTES", flag "policy-container-options-max-shm-size-bytes";
+        /// Largest `pids_limit`; 0 = no cap.
+        max_pids_limit: i64 = 0,
+            env "BERTH_POLICY_CONTAINER_OPTIONS_MAX_PIDS_LIMIT", flag "policy-container-options-max-pids-limit";
+        /// Networks a server may join, as globs; empty = any.
+        allowed_networks: Vec<String> = Vec::new(),
+            env "BERTH_POLICY_CONTAINER_OPTIONS_ALLOWED_NETWORKS", flag "policy-container-options-allowed-networks";
+        /// Create a missing network (a bridge labelled `berth.managed`); else such a Start is refused.
+        allow_network_create: bool = false,
+            env "BERTH_POLICY_CONTAINER_OPTIONS_ALLOW_NETWORK_CREATE", flag "policy-container-options-allow-network-create";
+    }
 }
 
 impl OptionsPolicy {

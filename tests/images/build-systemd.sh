@@ -21,7 +21,12 @@ trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
 echo "build-systemd: debootstrapping bookworm with systemd" >&2
 # systemd-sysv: /sbin/init; dbus: what a Debian server has, and systemctl's usual path.
-mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus bookworm "$rootfs"
+# The berth package's dependencies beyond this minimal system (procps) are only downloaded, and
+# apt's lists and cache kept: tests/package installs with `apt-get install --no-download
+# ./berth_*.deb`, as an operator would, and the image is missing what the package must depend on.
+mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus --skip=cleanup/apt \
+  --customize-hook='chroot "$1" apt-get install --download-only -y -qq procps >/dev/null' \
+  bookworm "$rootfs"
 # A container boots without consoles, udev or a network to wait for: mask what would only fail
 # or wait there.
 for unit in getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service \

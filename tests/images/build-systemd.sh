@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds berth-test/systemd:latest with no registry: a Debian bookworm rootfs from mmdebstrap
+# with systemd as its init, imported with `docker import`. tests/package boots it (privileged,
+# systemd as PID 1) and installs the built .deb into it to run the packaged unit for real.
+# Skips the build when the image exists and was built by this version of the script (its hash
+# is a label of the image); FORCE=1 rebuilds.
+set -euo pipefail
+tag=${1:-berth-test/systemd:latest}
+recipe=$(sha256sum < "$0" | cut -c1-16)
+have=$(docker image inspect -f '{{index .Config.Labels "berth.recipe"}}' "$tag" 2>/dev/null || true)
+if [ -z "${FORCE:-}" ] && [ "$have" = "$recipe" ]; then
+  echo "build-systemd: $tag exists" >&2
+  exit 0
+fi
+if ! command -v mmdebstrap >/dev/null; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+rootfs=$work/rootfs
+echo "build-systemd: debootstrapping bookworm with systemd" >&2
+# systemd-sysv: /sbin/init; dbus: what a Debian server has, and systemctl's usual path.
+# The berth package's dependencies beyond this minimal system (procps) are only downloaded, and
+# apt's lists and cache kept: tests/package installs with `apt-get install --no-download
+# ./berth_*.deb`, as an operator would, and the image is missing what the package must depend on.
+mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus --skip=cleanup/apt \
+  --customize-hook='chroot "$1" apt-get install --download-only -y -qq procps >/dev/null' \
+  bookworm "$rootfs"
+# A container boots without consoles, udev or a network to wait for: mask what would only fail
+# or wait there.
+for unit in getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service \
+  systemd-networkd-wait-online.service systemd-firstboot.service systemd-timesyncd.service \
+  apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+  ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+done
+# Stop at multi-user.target; no machine-id is fine (systemd makes a transient one at boot).
+ln -sf /lib/systemd/system/multi-user.target "$rootfs/etc/systemd/system/default.target"
+rm -f "$rootfs/etc/machine-id"
+tar -C "$rootfs" -c . | docker import \
+  --change 'ENV container=docker' \
+  --change 'CMD ["/lib/systemd/systemd"]' \
+  --change "LABEL berth.recipe=$recipe" \
+  - "$tag" >/dev/null
+echo "build-systemd: built $tag" >&2

@@ -448,6 +448,24 @@ class BerthSpawner(ContainerOptions, Spawner):
             return placement.Candidate(name=node.name, error=e.code().name)
         return placement.from_capacity(node.name, c)
 
+    async def _answers(self, nodes, fresh=False):
+        """Each node's Candidate: its pushed capacity at once (no RPC, no wait), the others
+        asked together (reusing kept answers per capacity_ttl unless `fresh`)."""
+        out = []
+        for n in nodes:
+            n.want_capacity = self.capacity_push
+            c = None if fresh or not self.capacity_push else n.pushed()
+            out.append(None if c is None else placement.from_capacity(n.name, c, pushed=True))
+        missing = [i for i, c in enumerate(out) if c is None]
+        if missing:
+            ttl = 0 if fresh else self.capacity_ttl
+            asked = await asyncio.gather(
+                *(capcache.CACHE.get(nodes[i], self._capacity, ttl, pushed=False) for i in missing)
+            )
+            for i, c in zip(missing, asked):
+                out[i] = c
+        return out
+
     def _rank(self, nodes, answers, demand):
         """The nodes to try, best first, and why the others are left out. Synchronous, so that
         start() reserves its first choice before any other spawn ranks: what this hub has in
@@ -489,14 +507,7 @@ class BerthSpawner(ContainerOptions, Spawner):
         affinity = self._affinity()
         self._notice = ""
         # All ask every node; together, a node that does not answer costs one timeout.
-        for n in nodes:
-            n.want_capacity = self.capacity_push
-        asks = [
-            asyncio.gather(
-                *(capcache.CACHE.get(n, self._capacity, self.capacity_ttl, pushed=self.capacity_push) for n in nodes)
-            ),
-            self._replace_orphans(),
-        ]
+        asks = [self._answers(nodes), self._replace_orphans()]
         if affinity != "none":
             asks.append(self._find_home(nodes))
         answers, _, *home = await asyncio.gather(*asks)
@@ -511,7 +522,7 @@ class BerthSpawner(ContainerOptions, Spawner):
             # node before saying no.
             for n in nodes:
                 capcache.CACHE.forget(n)
-            answers = await asyncio.gather(*(capcache.CACHE.get(n, self._capacity, 0, pushed=False) for n in nodes))
+            answers = await self._answers(nodes, fresh=True)
             _check_selector(demand, answers)
             ranked, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, ranked, reasons)

@@ -89,6 +89,12 @@ impl<E: ContainerEngine> Runtime<E> {
         }
     }
 
+    /// Something the capacity report shows may have changed outside the runtime's own
+    /// operations (Docker went down or came back): the feed computes it again.
+    pub fn capacity_changed(&self) {
+        self.inner.view.capacity_changed();
+    }
+
     fn feed_subscribe(&self) -> Subscription {
         let feed = &self.inner.feed;
         feed.subscribers.fetch_add(1, Ordering::SeqCst);

@@ -116,9 +116,7 @@ async fn the_first_report_follows_the_snapshot_and_each_change_brings_one() {
     all.extend(until_capacity(&mut events, |c| !c.draining).await);
     numbers_increase(&all);
     assert_eq!(
-        berthd::api::convert::capacity_change_key(
-            all.last().unwrap().capacity.as_ref().unwrap()
-        ),
+        berthd::api::convert::capacity_change_key(all.last().unwrap().capacity.as_ref().unwrap()),
         capacity_now(&node).await,
         "the last report is what Capacity answers"
     );
@@ -163,7 +161,11 @@ async fn a_burst_of_changes_gives_fewer_reports_and_the_last_one_is_current() {
         seen.push(next(&mut events).await);
     }
     loop {
-        let last = seen.iter().rev().find(|e| kind(e) == Kind::Capacity).unwrap();
+        let last = seen
+            .iter()
+            .rev()
+            .find(|e| kind(e) == Kind::Capacity)
+            .unwrap();
         let last = berthd::api::convert::capacity_change_key(last.capacity.as_ref().unwrap());
         if last == capacity_now(&node).await {
             assert_eq!(last.running_servers, n);
@@ -229,7 +231,9 @@ async fn a_watch_that_did_not_ask_gets_no_reports() {
     assert!(!kinds.contains(&Kind::Capacity), "{kinds:?}");
     let p = node
         .client()
-        .poll(pb::PollRequest { key: key("ann", "") })
+        .poll(pb::PollRequest {
+            key: key("ann", ""),
+        })
         .await
         .unwrap()
         .into_inner();

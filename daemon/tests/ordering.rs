@@ -76,9 +76,9 @@ async fn resubscribe(d: &Daemon, done: Arc<AtomicBool>) -> (usize, usize) {
     while streams < RESUBSCRIPTIONS {
         let mut s = c
             .watch(pb::WatchRequest {
-            snapshot: true,
-            ..Default::default()
-        })
+                snapshot: true,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

@@ -352,7 +352,11 @@ impl View {
         &self,
         snapshot: Option<&dyn Fn(&ServerKey) -> Status>,
         capacity: bool,
-    ) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>, Option<u64>) {
+    ) -> (
+        broadcast::Receiver<WatchEvent>,
+        Vec<WatchEvent>,
+        Option<u64>,
+    ) {
         let _numbering = self.publishing();
         let rx = self.tx.subscribe();
         let Some(status) = snapshot else {

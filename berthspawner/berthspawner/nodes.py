@@ -1,11 +1,13 @@
 """Connections to berthd nodes: one gRPC channel and one shared Watch stream per node per hub."""
 
 import asyncio
+import dataclasses
 import logging
 import time
 
 import grpc
 
+from . import placement
 from ._proto.berth.v1 import spawner_pb2 as pb
 from ._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
 
@@ -74,6 +76,7 @@ class Node:
         # The node's capacity as its Watch stream pushes it (WatchRequest.capacity): the newest
         # NodeCapacity, None while the stream is down or the daemon does not push (older berthd).
         self.capacity = None
+        self._candidate = None
         # Whether to ask the node for pushed capacity (BerthSpawner.capacity_push).
         self.want_capacity = True
         # Spawns this hub placed on the node that its pushed capacity may not show yet:
@@ -229,6 +232,16 @@ class Node:
     def pushed(self):
         """The node's pushed NodeCapacity while its Watch stream is up, else None."""
         return self.capacity if self.watching else None
+
+    def pushed_candidate(self):
+        """The placement.Candidate of the pushed answer (converted once per answer; a copy, as
+        the caller writes its in-flight counts into it), or None."""
+        c = self.pushed()
+        if c is None:
+            return None
+        if self._candidate is None or self._candidate[0] is not c:
+            self._candidate = (c, placement.from_capacity(self.name, c, pushed=True))
+        return dataclasses.replace(self._candidate[1])
 
     def place(self, spawn_id, demand):
         """This hub sends a Start of `spawn_id` to the node: it counts in placement (as in

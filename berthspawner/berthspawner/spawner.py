@@ -327,16 +327,23 @@ class BerthSpawner(ContainerOptions, Spawner):
         """This server's key on every node, through List: [(node, status)]. `seen(node, user,
         server)` may answer for a node without an RPC (a list, or None to ask)."""
         server = self.name or ""
+        found, ask = [], []
+        # The nodes `seen` answers for cost no task and no wait: only the others are asked.
+        for node in self._nodes():
+            known = seen(node, self.user.name, server) if seen else None
+            if known is None:
+                ask.append(node)
+            else:
+                found.extend((node, s) for s in known)
 
         async def on(node):
-            known = seen(node, self.user.name, server) if seen else None
-            if known is not None:
-                return [(node, s) for s in known]
             servers = await node.servers_of(self.user.name, self.rpc_timeout)
             return [(node, s) for s in servers or () if s.key.server_name == server]
 
-        found = await asyncio.gather(*(on(n) for n in self._nodes()))
-        return [pair for pairs in found for pair in pairs]
+        if ask:
+            for pairs in await asyncio.gather(*(on(n) for n in ask)):
+                found.extend(pairs)
+        return found
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -454,8 +461,8 @@ class BerthSpawner(ContainerOptions, Spawner):
         out = []
         for n in nodes:
             n.want_capacity = self.capacity_push
-            c = None if fresh or not self.capacity_push else n.pushed()
-            out.append(None if c is None else placement.from_capacity(n.name, c, pushed=True))
+            c = None if fresh or not self.capacity_push else n.pushed_candidate()
+            out.append(c)
         missing = [i for i, c in enumerate(out) if c is None]
         if missing:
             ttl = 0 if fresh else self.capacity_ttl

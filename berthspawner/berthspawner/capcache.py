@@ -59,9 +59,22 @@ class CapacityCache:
 CACHE = CapacityCache()
 
 
+# A node that has not answered for this long (its Watch stream down and failing) is not asked
+# at each spawn: it would fail again, at one RPC and one warning per spawn.
+UNREACHABLE_SKIP = 5.0
+
+
+def gone(node):
+    """Whether the node is known unreachable (see UNREACHABLE_SKIP)."""
+    return not node.watching and node.unreachable_for() > UNREACHABLE_SKIP
+
+
 def live_servers_seen(node, user, server):
     """The node's live servers of this key as its Watch stream shows them, or None when the node
-    is not watched (then only List can tell)."""
+    is not watched (then only List can tell). A node known unreachable shows none: List would
+    fail, and a server there could not be stopped anyway."""
+    if gone(node):
+        return []
     if not node.watching:
         return None
     st = node.statuses.get((user, server))

@@ -462,6 +462,9 @@ class BerthSpawner(ContainerOptions, Spawner):
         for n in nodes:
             n.want_capacity = self.capacity_push
             c = None if fresh or not self.capacity_push else n.pushed_candidate()
+            if c is None and not fresh and capcache.gone(n):
+                # Known unreachable: not asked at every spawn (a 503 asks it afresh).
+                c = placement.Candidate(name=n.name, error="UNAVAILABLE")
             out.append(c)
         missing = [i for i, c in enumerate(out) if c is None]
         if missing:

@@ -8,6 +8,8 @@ from fakes import GIB, FakeNode, pb, spawner, wait_until
 from jupyterhub.spawner import SpawnException
 from test_spawner import run, up
 
+from berthspawner import capcache
+
 
 async def pushing(*fakes):
     """The fakes up, watched, and (those with `push`) pushing capacity to the hub."""
@@ -129,3 +131,22 @@ async def test_push_off_asks_capacity_and_does_not_ask_for_pushes():
     with pytest.raises(SpawnException):
         a.fail["Start"] = (grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
         await spawner([a], user="third", capacity_push=False, capacity_ttl=0).start()
+
+
+@run
+async def test_a_node_known_unreachable_is_not_asked_at_every_spawn():
+    a, b = FakeNode("a"), FakeNode("b", memory_free=4 * GIB)
+    a.push = b.push = True
+    await pushing(a, b)
+    s = spawner([a, b], user="second")
+    node_a = s._node("a")
+    # a stops answering: its stream ends and every call fails.
+    for m in ("Watch", "Capacity", "List", "Start"):
+        a.fail[m] = (grpc.StatusCode.UNAVAILABLE, "gone")
+    a.events.put_nowait(None)
+    await wait_until("a's stream lost", lambda: not node_a.watching and node_a.unreachable_for() > 0)
+    node_a._first_failure -= capcache.UNREACHABLE_SKIP
+    n = a.calls.count("Capacity") + a.calls.count("List")
+    assert await s.start() == "http://b:1"
+    assert await spawner([a, b], user="third").start() == "http://b:1"
+    assert a.calls.count("Capacity") + a.calls.count("List") == n, "no call to a node known gone"

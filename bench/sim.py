@@ -43,6 +43,14 @@ import berthspawner.nodes as _bn
 import berthspawner.spawner as _bs
 _calls, _placed, _t0 = {{}}, [], contextvars.ContextVar("t0", default=None)
 _chosen = []
+_ready = {{}}
+import jupyterhub.user as _ju
+_orig_spawn = _ju.User.spawn
+async def _spawn(self, *args, **kwargs):
+    out = await _orig_spawn(self, *args, **kwargs)
+    _ready[self.name] = time.time()
+    return out
+_ju.User.spawn = _spawn
 _orig_call, _orig_start = _bn.Node.call, _bs.BerthSpawner.start
 _orig_answers, _orig_rank = _bs.BerthSpawner._answers, _bs.BerthSpawner._rank
 async def _answers(self, nodes, fresh=False):
@@ -77,7 +85,7 @@ def _dump():
         w = sum(1 for n in ns if n.watching)
         p = sum(1 for n in ns if n.pushed() is not None)
         with open("{path}.tmp", "w") as f:
-            json.dump({{"calls": dict(_calls), "placed": list(_placed), "chosen": list(_chosen), "watching": w, "pushing": p}}, f)
+            json.dump({{"calls": dict(_calls), "placed": list(_placed), "chosen": list(_chosen), "watching": w, "pushing": p, "ready": dict(_ready)}}, f)
         os.replace("{path}.tmp", "{path}")
 threading.Thread(target=_dump, daemon=True).start()
 c.BerthSpawner.capacity_ttl = {ttl}
@@ -108,12 +116,16 @@ def probe(path):
                 return json.load(f)
         except (OSError, ValueError):
             time.sleep(0.25)
-    return {"calls": {}, "placed": [], "chosen": [], "watching": 0, "pushing": 0}
+    return {"calls": {}, "placed": [], "chosen": [], "watching": 0, "pushing": 0, "ready": {}}
 
 
-def spawn_at_rate(hub, users, rate, at=None):
-    """POSTs each user's server at `rate` per second; waits until all are ready. Seconds each
-    (None: failed). `at(i)` is called just before the i-th POST (the vanish step)."""
+def spawn_at_rate(hub, users, rate, path, at=None):
+    """POSTs each user's server at `rate` per second (from enough threads that a slow hub
+    answer does not delay the next POST); waits until each is up, as the probe in the hub saw
+    it (User.spawn returned: the server answered the hub's check; the client does not poll
+    the hub, which would add to the hub's load). Seconds each (None: the POST was refused or
+    the server was not up within 120 s). `at(i)` is called just before the i-th POST."""
+    posted = [None] * len(users)
 
     def one(i_user):
         i, user = i_user
@@ -122,25 +134,27 @@ def spawn_at_rate(hub, users, rate, at=None):
             time.sleep(delay)
         if at is not None:
             at(i)
-        t0 = time.perf_counter()
+        t0 = time.time()
         try:
             r = hub.api("POST", f"/users/{user}/server", json={})
-            if r.status_code not in (201, 202):
-                return None
-            while r.status_code == 202:
-                s = hub.server(user) or {}
-                if s.get("ready"):
-                    break
-                if not s or time.perf_counter() - t0 > 120:
-                    return None
-                time.sleep(0.2)
         except requests.RequestException:
-            return None  # the hub did not answer within 30 s: counted as failed
-        return time.perf_counter() - t0
+            return  # the hub did not answer within 30 s: counted as failed
+        if r.status_code in (201, 202):
+            posted[i] = t0
 
     start = time.perf_counter() + 0.5
-    with ThreadPoolExecutor(64) as pool:
-        return list(pool.map(one, enumerate(users)))
+    with ThreadPoolExecutor(max(8, int(rate * 2))) as pool:
+        list(pool.map(one, enumerate(users)))
+    while True:
+        ready = probe(path)["ready"]
+        now = time.time()
+        waiting = [t for u, t in zip(users, posted) if t is not None and u not in ready and now - t < 120]
+        if not waiting:
+            break
+        time.sleep(1)
+    return [
+        ready[u] - t if t is not None and u in ready and ready[u] - t < 120 else None for u, t in zip(users, posted)
+    ]
 
 
 def servers_per_node(nodes):
@@ -173,7 +187,7 @@ def run(k, n, rate, ttl, push, vanish=0, base=None):
             for i in range(0, n, 200):
                 hub.api("POST", "/users", json={"usernames": users[i : i + 200]})
             # One spawn first, so the nodes' Watch streams are up (as in a running hub).
-            spawn_at_rate(hub, ["warm"], 1) if hub.api("POST", "/users", json={"usernames": ["warm"]}) else None
+            spawn_at_rate(hub, ["warm"], 1, path) if hub.api("POST", "/users", json={"usernames": ["warm"]}) else None
             time.sleep(1)
             before, cpu0 = probe(path), cpu_ticks(hub.proc.pid)
             killed = {}
@@ -189,7 +203,7 @@ def run(k, n, rate, ttl, push, vanish=0, base=None):
                         node.proc.kill()
 
             t0 = time.perf_counter()
-            times = spawn_at_rate(hub, users, rate, at)
+            times = spawn_at_rate(hub, users, rate, path, at)
             wall = time.perf_counter() - t0
             cpu = (cpu_ticks(hub.proc.pid) - cpu0) / os.sysconf("SC_CLK_TCK")
             time.sleep(1)
@@ -309,6 +323,10 @@ def render(args, curve, big, elapsed):
         "- **choice**: the node choice itself: gathering every node's capacity answer "
         "(`BerthSpawner._answers`: pushed answers read at once, the others asked) plus ranking them "
         "(`_rank`).",
+        "- **spawn**: POST /users/<u>/server sent → the hub's User.spawn returned (the server answered the "
+        "hub's check; its proxy route is added next), both on this machine's clock; POSTs come from a "
+        "pool of 2 × rate threads and nothing polls the hub meanwhile. Failed: the POST refused (e.g. 429, "
+        "the hub's concurrent_spawn_limit) or no server up within 120 s.",
         "- **hub CPU**: the hub process's user+system time over the spawns (not the proxy), per ready spawn.",
         "- **RPCs**: unary calls from the hub to the nodes per ready spawn (Watch and Progress streams not "
         "counted). **Watch**: streams up / of which pushing capacity, before the spawns.",

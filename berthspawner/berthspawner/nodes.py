@@ -1,11 +1,13 @@
 """Connections to berthd nodes: one gRPC channel and one shared Watch stream per node per hub."""
 
 import asyncio
+import dataclasses
 import logging
 import time
 
 import grpc
 
+from . import placement
 from ._proto.berth.v1 import spawner_pb2 as pb
 from ._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
 
@@ -18,6 +20,9 @@ State = pb.ServerStatus.State
 WATCH_BACKOFF_FIRST = 0.2
 WATCH_BACKOFF_MAX = 5.0
 WATCH_UNIMPLEMENTED_RETRY = 60.0
+# A placement the node's pushed capacity has not shown within this long stops counting (a
+# safety net: it normally counts until the first CAPACITY event after the node showed it).
+PLACED_FORGET = 30.0
 # Keepalive pings on every node channel: interval, and how long an unanswered ping may wait.
 KEEPALIVE_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
@@ -68,6 +73,18 @@ class Node:
         self._first_failure = None
         # Starts this hub has sent and not yet seen answered: spawn id -> placement.Demand.
         self.inflight = {}
+        # The node's capacity as its Watch stream pushes it (WatchRequest.capacity): the newest
+        # NodeCapacity, None while the stream is down or the daemon does not push (older berthd).
+        self.capacity = None
+        self._candidate = None
+        # Whether to ask the node for pushed capacity (BerthSpawner.capacity_push).
+        self.want_capacity = True
+        # Spawns this hub placed on the node that its pushed capacity may not show yet:
+        # spawn id -> _Placed. Counted in placement until a CAPACITY event shows them.
+        self.placed = {}
+        # Bumped at every new Watch stream: a stream begun after a Start was answered shows it
+        # in its first CAPACITY event.
+        self.stream_epoch = 0
 
     def metadata(self):
         """Call metadata: the bearer token (see `bearer`)."""
@@ -155,8 +172,10 @@ class Node:
         backoff = WATCH_BACKOFF_FIRST
         while True:
             self._snapshot = {}
+            self.stream_epoch += 1
             try:
-                stream = self.stub().Watch(pb.WatchRequest(snapshot=True), metadata=self.metadata())
+                request = pb.WatchRequest(snapshot=True, capacity=self.want_capacity)
+                stream = self.stub().Watch(request, metadata=self.metadata())
                 async for ev in stream:
                     backoff = WATCH_BACKOFF_FIRST
                     self.note_success()
@@ -166,6 +185,7 @@ class Node:
                 raise
             except Exception as e:
                 self.generation += 1
+                self.capacity = None
                 was_watching, self.watching = self.watching, False
                 code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
                 if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -183,6 +203,11 @@ class Node:
 
     def _on_event(self, ev):
         self.generation += 1
+        if ev.kind == pb.WatchEvent.CAPACITY:
+            self.capacity = ev.capacity
+            self._reflected()
+            return
+        self._seen(ev.status.spawn_id)
         if ev.kind == pb.WatchEvent.SNAPSHOT:
             self._snapshot[(ev.status.key.user, ev.status.key.server_name)] = ev.status
             return
@@ -202,6 +227,62 @@ class Node:
         if cb is not None:
             self._notify(k, cb, s)
 
+    # ---- pushed capacity --------------------------------------------------------------------
+
+    def pushed(self):
+        """The node's pushed NodeCapacity while its Watch stream is up, else None."""
+        return self.capacity if self.watching else None
+
+    def pushed_candidate(self):
+        """The placement.Candidate of the pushed answer (converted once per answer; a copy, as
+        the caller writes its in-flight counts into it), or None."""
+        c = self.pushed()
+        if c is None:
+            return None
+        if self._candidate is None or self._candidate[0] is not c:
+            self._candidate = (c, placement.from_capacity(self.name, c, pushed=True))
+        return dataclasses.replace(self._candidate[1])
+
+    def place(self, spawn_id, demand):
+        """This hub sends a Start of `spawn_id` to the node: it counts in placement (as in
+        flight, then as placed) until the node's pushed capacity shows it."""
+        self.inflight[spawn_id] = demand
+        self.placed[spawn_id] = _Placed(demand)
+
+    def placed_answered(self, spawn_id, started):
+        """The Start of `spawn_id` was answered: no longer in flight; if it started, it counts
+        on until a CAPACITY event after the node showed it, or one on a newer stream."""
+        self.inflight.pop(spawn_id, None)
+        p = self.placed.get(spawn_id)
+        if p is None:
+            return
+        if not started:
+            del self.placed[spawn_id]
+            return
+        p.answered = time.monotonic()
+        p.epoch = self.stream_epoch
+
+    def unreflected(self):
+        """Demands of the spawns this hub placed that the pushed capacity may not show yet."""
+        now = time.monotonic()
+        for sid, p in list(self.placed.items()):
+            if p.answered is not None and now - p.answered > PLACED_FORGET:
+                del self.placed[sid]
+        return {sid: p.demand for sid, p in self.placed.items()}
+
+    def _seen(self, spawn_id):
+        p = self.placed.get(spawn_id) if spawn_id else None
+        if p is not None:
+            p.seen = True
+
+    def _reflected(self):
+        # berthd numbers a CAPACITY event after every change it reflects: an answered spawn the
+        # stream showed before this event (its admission came before any status of it), or one
+        # answered before this stream began, is in this answer.
+        for sid, p in list(self.placed.items()):
+            if p.answered is not None and (p.seen or p.epoch < self.stream_epoch):
+                del self.placed[sid]
+
     def _notify(self, k, cb, status):
         try:
             cb(status)
@@ -220,6 +301,20 @@ class Node:
     def unreachable_for(self):
         """Seconds since the node stopped answering (0 while it answers)."""
         return 0.0 if self._first_failure is None else time.monotonic() - self._first_failure
+
+
+class _Placed:
+    """A spawn this hub placed on a node, until its pushed capacity shows it."""
+
+    __slots__ = ("demand", "seen", "answered", "epoch")
+
+    def __init__(self, demand):
+        self.demand = demand
+        # The node's Watch showed a status of this spawn.
+        self.seen = False
+        # When the Start was answered (None while in flight), and the stream then.
+        self.answered = None
+        self.epoch = 0
 
 
 _NODES = {}

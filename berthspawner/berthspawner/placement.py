@@ -15,8 +15,9 @@ class Candidate:
     cannot report capacity (Capacity unimplemented): such a node is assumed to fit, is tried
     after the nodes that do report, and its own admission control has the last word.
     `inflight`/`inflight_memory` count the starts this hub has sent to the node and not yet
-    seen answered: they order concurrent spawns but never refuse a node (the node counts
-    admitted spawns in its own answer already).
+    seen answered (and, for an answer the node pushed on Watch, those it may not show yet):
+    they order concurrent spawns but never refuse a node (the node counts admitted spawns in
+    its own answer already). `pushed` says the answer came from the node's Watch stream.
     """
 
     name: str
@@ -36,6 +37,7 @@ class Candidate:
     # Per device class: {"free": devices with a free share, "total": shares, "models": [...]}.
     devices: dict = field(default_factory=dict)
     inflight_gpus: int = 0
+    pushed: bool = False
 
 
 @dataclass
@@ -67,12 +69,13 @@ def labels_match(c, demand):
     return all(c.labels.get(k) == v for k, v in demand.node_selector.items())
 
 
-def from_capacity(name, c):
+def from_capacity(name, c, pushed=False):
     """The Candidate for a node's NodeCapacity answer. Free = allocatable - committed; a node
     without a Ready condition counts as Ready."""
     conditions = {k.type: k.status for k in c.conditions}
     return Candidate(
         name=name,
+        pushed=pushed,
         draining=c.draining,
         ready=conditions.get("Ready", "True") == "True",
         cpus=c.cpus,

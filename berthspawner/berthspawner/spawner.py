@@ -154,6 +154,15 @@ class BerthSpawner(ContainerOptions, Spawner):
         that refuses a Start hands the spawn on anyway.""",
     )
 
+    capacity_push = Bool(
+        True,
+        config=True,
+        help="""Ask each node to push its capacity on its Watch stream, and place servers by the
+        pushed answers (no Capacity call per spawn). Nodes whose daemon does not push (older
+        berthd) or whose stream is down are asked as capacity_ttl says. False: never push
+        (the benchmark's baseline).""",
+    )
+
     # Per-server state (get_state/load_state): where the server runs, and where its files are
     # (kept across stops; also found again by asking the nodes when the hub's state is lost).
     node_name = Unicode("")
@@ -318,16 +327,23 @@ class BerthSpawner(ContainerOptions, Spawner):
         """This server's key on every node, through List: [(node, status)]. `seen(node, user,
         server)` may answer for a node without an RPC (a list, or None to ask)."""
         server = self.name or ""
+        found, ask = [], []
+        # The nodes `seen` answers for cost no task and no wait: only the others are asked.
+        for node in self._nodes():
+            known = seen(node, self.user.name, server) if seen else None
+            if known is None:
+                ask.append(node)
+            else:
+                found.extend((node, s) for s in known)
 
         async def on(node):
-            known = seen(node, self.user.name, server) if seen else None
-            if known is not None:
-                return [(node, s) for s in known]
             servers = await node.servers_of(self.user.name, self.rpc_timeout)
             return [(node, s) for s in servers or () if s.key.server_name == server]
 
-        found = await asyncio.gather(*(on(n) for n in self._nodes()))
-        return [pair for pairs in found for pair in pairs]
+        if ask:
+            for pairs in await asyncio.gather(*(on(n) for n in ask)):
+                found.extend(pairs)
+        return found
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -439,15 +455,38 @@ class BerthSpawner(ContainerOptions, Spawner):
             return placement.Candidate(name=node.name, error=e.code().name)
         return placement.from_capacity(node.name, c)
 
+    async def _answers(self, nodes, fresh=False):
+        """Each node's Candidate: its pushed capacity at once (no RPC, no wait), the others
+        asked together (reusing kept answers per capacity_ttl unless `fresh`)."""
+        out = []
+        for n in nodes:
+            n.want_capacity = self.capacity_push
+            c = None if fresh or not self.capacity_push else n.pushed_candidate()
+            if c is None and not fresh and capcache.gone(n):
+                # Known unreachable: not asked at every spawn (a 503 asks it afresh).
+                c = placement.Candidate(name=n.name, error="UNAVAILABLE")
+            out.append(c)
+        missing = [i for i, c in enumerate(out) if c is None]
+        if missing:
+            ttl = 0 if fresh else self.capacity_ttl
+            asked = await asyncio.gather(
+                *(capcache.CACHE.get(nodes[i], self._capacity, ttl, pushed=False) for i in missing)
+            )
+            for i, c in zip(missing, asked):
+                out[i] = c
+        return out
+
     def _rank(self, nodes, answers, demand):
         """The nodes to try, best first, and why the others are left out. Synchronous, so that
         start() reserves its first choice before any other spawn ranks: what this hub has in
         flight is read now, not when Capacity was asked, and concurrent spawns see each other."""
         for node, c in zip(nodes, answers):
-            c.inflight = len(node.inflight)
-            c.inflight_memory = sum(d.memory for d in node.inflight.values())
+            # A pushed answer may not show yet the spawns placed here that were answered.
+            pending = node.unreflected() if c.pushed else node.inflight
+            c.inflight = len(pending)
+            c.inflight_memory = sum(d.memory for d in pending.values())
             c.inflight_gpus = sum(
-                d.gpus for d in node.inflight.values() if d.gpus and d.device_class == demand.device_class
+                d.gpus for d in pending.values() if d.gpus and d.device_class == demand.device_class
             )
         ordered, reasons = placement.rank(answers, demand, self.placement, spawner=self)
         by_name = {n.name: n for n in nodes}
@@ -478,10 +517,7 @@ class BerthSpawner(ContainerOptions, Spawner):
         affinity = self._affinity()
         self._notice = ""
         # All ask every node; together, a node that does not answer costs one timeout.
-        asks = [
-            asyncio.gather(*(capcache.CACHE.get(n, self._capacity, self.capacity_ttl) for n in nodes)),
-            self._replace_orphans(),
-        ]
+        asks = [self._answers(nodes), self._replace_orphans()]
         if affinity != "none":
             asks.append(self._find_home(nodes))
         answers, _, *home = await asyncio.gather(*asks)
@@ -490,12 +526,13 @@ class BerthSpawner(ContainerOptions, Spawner):
         _check_selector(demand, answers)
         self.spawn_id = uuid.uuid4().hex
         ranked, reasons = self._rank(nodes, answers, demand)
-        if not ranked and self.capacity_ttl > 0:
-            # Kept answers say no node fits, but what Watch does not carry (a drain lifted, a
-            # config reloaded) may have changed since: ask every node before saying no.
+        if not ranked and (self.capacity_ttl > 0 or any(c.pushed for c in answers)):
+            # Kept or pushed answers say no node fits, but what Watch does not carry (a drain
+            # lifted, a config reloaded on an older node) may have changed since: ask every
+            # node before saying no.
             for n in nodes:
                 capcache.CACHE.forget(n)
-            answers = await asyncio.gather(*(capcache.CACHE.get(n, self._capacity, 0) for n in nodes))
+            answers = await self._answers(nodes, fresh=True)
             _check_selector(demand, answers)
             ranked, reasons = self._rank(nodes, answers, demand)
         nodes = self._follow_data(affinity, ranked, reasons)
@@ -513,7 +550,8 @@ class BerthSpawner(ContainerOptions, Spawner):
                 self._away_from_home(affinity, self.home_node, "it refused the server")
             self.node_name = node.name
             self._attempt += 1
-            node.inflight[self.spawn_id] = demand
+            node.place(self.spawn_id, demand)
+            started = False
             try:
                 resp = await node.call("Start", start_request, self.start_timeout + 10)
             except grpc.aio.AioRpcError as e:
@@ -539,8 +577,10 @@ class BerthSpawner(ContainerOptions, Spawner):
                     reason="start",
                     status_code=500,
                 ) from None
+            else:
+                started = True
             finally:
-                node.inflight.pop(self.spawn_id, None)
+                node.placed_answered(self.spawn_id, started)
                 capcache.CACHE.forget(node)
             self.container_id = resp.container_id
             node.listen(self.user.name, self.name or "", self._on_status)

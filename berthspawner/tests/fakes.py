@@ -33,6 +33,11 @@ class FakeNode(pb_grpc.SpawnerServicer):
         self.start_delay = start_delay
         self.fail = {}
         self.watch = False
+        # Push capacity on Watch when asked (a berthd with "watch-capacity"); `auto_push`: as
+        # berthd does, a Start shows on Watch (STARTED) and a fresh CAPACITY follows.
+        self.push = False
+        self.auto_push = True
+        self.watch_requests = []
         self.events = asyncio.Queue()
         self.servers = {}
         # Named volumes made from {user}/{server} templates: name -> (user, server, last start).
@@ -75,6 +80,9 @@ class FakeNode(pb_grpc.SpawnerServicer):
 
     async def Capacity(self, request, context):
         await self._enter("Capacity", context)
+        return self.capacity()
+
+    def capacity(self):
         return pb.NodeCapacity(
             node_id=self.name,
             allocatable=pb.Allocation(cpu=4, memory_bytes=self.memory_free),
@@ -98,6 +106,9 @@ class FakeNode(pb_grpc.SpawnerServicer):
             key=request.key, state=State.RUNNING, container_id=cid, spawn_id=request.spawn_id, node_id=self.name
         )
         self.running += 1
+        if self.push and self.auto_push:
+            self.events.put_nowait(pb.WatchEvent(kind=pb.WatchEvent.STARTED, status=self.servers[key]))
+            self.push_capacity()
         for v in request.volumes:
             if not v.source.startswith("/") and ("{user}" in v.source or "{server}" in v.source):
                 name = v.source.replace("{user}", request.key.user).replace("{server}", request.key.server_name)
@@ -182,11 +193,23 @@ class FakeNode(pb_grpc.SpawnerServicer):
         await self._enter("Watch", context)
         if not self.watch:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no Watch in this berthd")
+        self.watch_requests.append(request)
         for s in list(self.servers.values()):
             yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT, status=s)
         yield pb.WatchEvent(kind=pb.WatchEvent.SNAPSHOT_END)
+        if self.push and request.capacity:
+            yield pb.WatchEvent(kind=pb.WatchEvent.CAPACITY, capacity=self.capacity())
         while True:
-            yield await self.events.get()
+            ev = await self.events.get()
+            if ev is None:
+                return
+            if ev.kind == pb.WatchEvent.CAPACITY and not (self.push and request.capacity):
+                continue
+            yield ev
+
+    def push_capacity(self):
+        """Watch pushes the node's capacity now (to streams that asked for it)."""
+        self.events.put_nowait(pb.WatchEvent(kind=pb.WatchEvent.CAPACITY, capacity=self.capacity()))
 
     def exit(self, user, server="", code=137):
         """The server's container dies (as if killed from outside); Watch reports it."""

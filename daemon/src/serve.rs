@@ -503,6 +503,7 @@ async fn watch_docker<E: ContainerEngine>(
             health.set_service_status("", status).await;
             health.set_service_status("berth.v1.Spawner", status).await;
             rt.metrics().set_docker_up(up);
+            rt.capacity_changed();
             if up && was_up.is_some() {
                 tracing::info!("Docker engine is reachable again");
             }

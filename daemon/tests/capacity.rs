@@ -266,6 +266,84 @@ async fn admission_refuses_what_does_not_fit_and_drain_refuses_everything_new() 
     let _ = std::fs::remove_file(&sock);
 }
 
+/// The next CAPACITY event on `watch` that satisfies `want` (other events passed over).
+async fn pushed_until(
+    watch: &mut tonic::Streaming<pb::WatchEvent>,
+    want: impl Fn(&pb::NodeCapacity) -> bool,
+) -> pb::NodeCapacity {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), watch.message())
+            .await
+            .expect("a Watch event within a minute")
+            .unwrap()
+            .expect("the stream goes on");
+        if ev.kind == pb::watch_event::Kind::Capacity as i32 {
+            let cap = ev.capacity.unwrap();
+            if want(&cap) {
+                return cap;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn capacity_is_pushed_on_watch_as_servers_start_and_the_node_drains() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("capw")));
+    let d = Daemon::start_with(&["--admin-socket", sock.to_str().unwrap()]);
+    let mut c = d.client().await;
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            snapshot: true,
+            capacity: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = pushed_until(&mut watch, |_| true).await;
+    let asked = capacity(&mut c).await;
+    assert_eq!(first.node_id, d.node_id);
+    assert_eq!(first.running_servers, asked.running_servers);
+    assert_eq!(first.committed, asked.committed);
+
+    // A server with a memory guarantee starts: the push shows it and what it holds.
+    let user = unique("pushed");
+    let mut req = tiny_start(&user, "s");
+    req.resources = Some(pb::Resources {
+        mem_limit_bytes: 64 * MIB,
+        mem_guarantee_bytes: 64 * MIB,
+        ..Default::default()
+    });
+    c.start(req).await.unwrap();
+    let running = first.running_servers + 1;
+    let cap = pushed_until(&mut watch, |k| k.running_servers == running).await;
+    let before = first.committed.unwrap().memory_bytes;
+    assert_eq!(cap.committed.unwrap().memory_bytes, before + (64 << 20));
+
+    // A drain shows, with its reason.
+    let mut adm = admin(&sock).await;
+    adm.drain(pb::DrainRequest {
+        reason: "pushed drain".into(),
+    })
+    .await
+    .unwrap();
+    let cap = pushed_until(&mut watch, |k| k.draining).await;
+    assert_eq!(condition(&cap, "Draining").message, "pushed drain");
+    adm.undrain(pb::DrainRequest::default()).await.unwrap();
+    pushed_until(&mut watch, |k| !k.draining).await;
+
+    // The stop shows, and the last push is what Capacity answers (images aside: other tests
+    // share this Docker engine).
+    stop_remove(&c, &user).await;
+    let cap = pushed_until(&mut watch, |k| k.running_servers == running - 1).await;
+    assert_eq!(cap.committed.unwrap().memory_bytes, before);
+    let asked = capacity(&mut c).await;
+    assert_eq!(
+        (cap.running_servers, cap.committed, cap.draining),
+        (asked.running_servers, asked.committed, asked.draining)
+    );
+    let _ = std::fs::remove_file(&sock);
+}
+
 /// A proxy in front of the Docker socket that counts container creates in flight, and can
 /// hold each create back to make the queue observable.
 struct DockerProxy {

@@ -176,7 +176,10 @@ async fn a_slow_event_inspect_does_not_report_a_removed_server_running_again() {
     let ann = started(&node, "ann", "s", SERVE).await;
     let mut watch = node
         .client()
-        .watch(pb::WatchRequest { snapshot: false })
+        .watch(pb::WatchRequest {
+            snapshot: false,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -46,7 +46,10 @@ async fn docker_health_status_shows_in_poll_and_on_watch() {
     let d = Daemon::start();
     let mut c = d.client().await;
     let mut watch = c
-        .watch(pb::WatchRequest { snapshot: false })
+        .watch(pb::WatchRequest {
+            snapshot: false,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -95,7 +98,10 @@ async fn an_oom_kill_is_reported_as_oomkilled_on_poll_and_watch() {
     let d = Daemon::start();
     let mut c = d.client().await;
     let mut watch = c
-        .watch(pb::WatchRequest { snapshot: false })
+        .watch(pb::WatchRequest {
+            snapshot: false,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

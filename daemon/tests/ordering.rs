@@ -75,7 +75,10 @@ async fn resubscribe(d: &Daemon, done: Arc<AtomicBool>) -> (usize, usize) {
     let (mut streams, mut live_seen) = (0, 0);
     while streams < RESUBSCRIPTIONS {
         let mut s = c
-            .watch(pb::WatchRequest { snapshot: true })
+            .watch(pb::WatchRequest {
+                snapshot: true,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

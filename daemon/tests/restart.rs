@@ -251,7 +251,10 @@ async fn watch_reports_an_outside_kill_within_two_seconds() {
     let mut c = d.client().await;
     let user = unique("watch");
     let mut watch = c
-        .watch(pb::WatchRequest { snapshot: true })
+        .watch(pb::WatchRequest {
+            snapshot: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

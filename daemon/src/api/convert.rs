@@ -288,9 +288,13 @@ pub fn watch_event(ev: WatchEvent, node_id: &str) -> pb::WatchEvent {
         WatchKind::Removed => K::Removed,
         WatchKind::Health => K::Health,
         WatchKind::Changed => K::Changed,
+        WatchKind::Capacity => K::Capacity,
     };
     pb::WatchEvent {
         kind: kind.into(),
+        capacity: ev
+            .capacity
+            .map(|c| node_capacity((*c).clone(), node_id.to_owned())),
         status: ev.status.map(|s| {
             let mut p = pb::ServerStatus::from(s);
             p.node_id = node_id.to_owned();
@@ -301,6 +305,17 @@ pub fn watch_event(ev: WatchEvent, node_id: &str) -> pb::WatchEvent {
         )),
         sequence: ev.seq,
     }
+}
+
+/// What of a capacity report counts as a change worth a Watch event: all of it but the
+/// readings that move all the time (available memory, condition messages).
+pub fn capacity_change_key(c: &pb::NodeCapacity) -> pb::NodeCapacity {
+    let mut k = c.clone();
+    k.memory_available_bytes = 0;
+    for cond in &mut k.conditions {
+        cond.message.clear();
+    }
+    k
 }
 
 /// The capacity report for the wire.

@@ -19,6 +19,7 @@ pub const FEATURES: &[&str] = &[
     "progress",
     "logs",
     "watch",
+    "watch-capacity",
     "state",
     "capacity",
     "admission",
@@ -194,11 +195,13 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
     ) -> Result<Response<Self::WatchStream>, Status> {
         // One point of the event sequence: no change is lost between the snapshot and the
         // live events, and numbers only increase.
-        let (rx, snapshot) = self.rt.watch(request.get_ref().snapshot);
+        let r = request.into_inner();
+        let w = self.rt.watch(r.snapshot, r.capacity);
         let node = self.node_id();
         let n1 = node.clone();
-        let live = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |ev| match ev {
-            Ok(ev) => Ok(convert::watch_event(ev, &n1)),
+        let n2 = node.clone();
+        let live = tokio_stream::wrappers::BroadcastStream::new(w.live).map(move |ev| match ev {
+            Ok(ev) => Ok(ev),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 Err(with_reason(
                     Code::DataLoss,
@@ -218,12 +221,43 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
             }
             futures::future::ready(out)
         });
-        let head = futures::stream::iter(
-            snapshot
-                .into_iter()
-                .map(move |ev| Ok(convert::watch_event(ev, &node))),
-        );
-        Ok(Response::new(head.chain(live).boxed()))
+        let head = futures::stream::iter(w.snapshot.into_iter().map(Ok));
+        let (first, feed) = match w.capacity {
+            Some((seq, feed)) => {
+                let rt = self.rt.clone();
+                let first = futures::stream::once(async move { Ok(rt.first_capacity(seq).await) });
+                (first.boxed(), Some(feed))
+            }
+            None => (futures::stream::empty().boxed(), None),
+        };
+        let wants_capacity = feed.is_some();
+        // Capacity reports go only to those who asked, and only when they differ from the
+        // last one this stream sent; the subscription keeps the feed computing while the
+        // stream lives.
+        let mut sent: Option<pb::NodeCapacity> = None;
+        let events = head.chain(first).chain(live).filter_map(move |ev| {
+            let _feed = &feed;
+            let out = match ev {
+                Ok(ev) if ev.kind == crate::runtime::view::WatchKind::Capacity => {
+                    if wants_capacity {
+                        let ev = convert::watch_event(ev, &n1);
+                        let key = ev.capacity.as_ref().map(convert::capacity_change_key);
+                        if key.is_some() && key == sent {
+                            None
+                        } else {
+                            sent = key;
+                            Some(Ok(ev))
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Ok(ev) => Some(Ok(convert::watch_event(ev, &n2))),
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Response::new(events.boxed()))
     }
 
     async fn get_state(

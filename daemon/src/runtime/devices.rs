@@ -278,6 +278,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// no container of the key holds resources, frees the devices its record names.
     pub(super) async fn settle_devices(&self, key: &ServerKey) {
         self.inner.devices.release(key);
+        self.inner.view.capacity_changed();
         let Some(e) = self.inner.view.get(key) else {
             return;
         };

@@ -12,6 +12,7 @@
 //! | [`boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `boot_times.rs` |
 //! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
 //! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
+//! | [`capfeed::Feed`] | the capacity report pushed on Watch, recomputed at each change | `capfeed.rs` |
 //!
 //! What is derived, not stored: a server's status ([`status::derive`], a pure function of
 //! record, container and operation); the capacity report (`report.rs`). The operations on top:
@@ -25,7 +26,8 @@
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
 //! (`admission`); never the reverse, and no std lock is held across an await. Std locks are
 //! held only to copy or update plain data: `admission.pending` → `view.entries`; `devices.pending` → `view.entries`;
-//! `view.publish` → `view.entries` / `view.activity` / the key table's; no other nesting.
+//! `view.publish` → `view.entries` / `view.activity` / the key table's; `view.publish` →
+//! `admission.pending` / `devices.pending` (the capacity feed's report); no other nesting.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::state::FileStore;
 
 pub mod admission;
 pub mod boot_times;
+pub mod capfeed;
 pub mod devices;
 mod error;
 pub mod image_gc;
@@ -157,6 +160,8 @@ struct Inner<E> {
     docker_root: tokio::sync::OnceCell<Option<String>>,
     /// The Prometheus families this runtime records into.
     metrics: Arc<crate::metrics::Metrics>,
+    /// The capacity pushed on Watch.
+    feed: capfeed::Feed,
 }
 
 impl<E: ContainerEngine> Runtime<E> {
@@ -180,6 +185,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 image_use: image_gc::ImageUse::default(),
                 docker_root: tokio::sync::OnceCell::new(),
                 metrics: Arc::default(),
+                feed: capfeed::Feed::default(),
             }),
         }
     }

@@ -1,11 +1,9 @@
 //! Poll, List and Watch: answered from the view, no Docker call; and the one place a status
 //! change is published.
 
-use tokio::sync::broadcast;
-
 use super::Runtime;
 use super::status::{self, State, Status};
-use super::view::{Entry, WatchEvent, WatchKind};
+use super::view::{Entry, WatchKind};
 use crate::docker::ContainerEngine;
 use crate::key::ServerKey;
 
@@ -38,15 +36,6 @@ impl<E: ContainerEngine> Runtime<E> {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
-    }
-
-    /// Every change from now on and, with `snapshot`, first the status of every known server
-    /// (see [`super::view::View::subscribe`] for why the numbers only increase).
-    pub fn watch(&self, snapshot: bool) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
-        let poll = |k: &ServerKey| self.poll(k);
-        self.inner
-            .view
-            .subscribe(snapshot.then_some(&poll as &dyn Fn(&ServerKey) -> Status))
     }
 
     /// Sends `key`'s current status to Watch subscribers.

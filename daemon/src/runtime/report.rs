@@ -94,17 +94,28 @@ fn disk_pressure(disks: &[(&str, PathBuf)]) -> (Vec<String>, bool) {
     (msgs, known)
 }
 
+/// What the capacity report reads from the host and Docker (the part that takes I/O).
+#[derive(Debug)]
+pub(super) struct Readings {
+    host: Host,
+    docker_up: bool,
+    images: Vec<String>,
+    /// Disks under pressure, and whether every disk could be read.
+    disk_msgs: Vec<String>,
+    disk_known: bool,
+    root_usage: Option<f64>,
+}
+
 /// The conditions of a node with these readings.
 fn conditions(
     host: &Host,
     docker_up: bool,
-    disks: &[(&str, PathBuf)],
+    (disk_msgs, disk_known): (Vec<String>, bool),
     draining: Option<&str>,
 ) -> Vec<Condition> {
     #[allow(clippy::cast_precision_loss)]
     let mem_ratio = host.memory_available as f64 / host.memory_total.max(1) as f64;
     let low_memory = mem_ratio < MEMORY_PRESSURE_RATIO;
-    let (disk_msgs, disk_known) = disk_pressure(disks);
     let disk_on = if disk_msgs.is_empty() && !disk_known {
         None
     } else {
@@ -160,10 +171,15 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// The capacity report: host readings, arithmetic and conditions.
     pub async fn capacity(&self) -> NodeCapacity {
+        let readings = self.capacity_readings().await;
+        self.capacity_report(readings)
+    }
+
+    /// The capacity report's readings that take I/O (host, Docker, disks), for
+    /// [`Runtime::capacity_report`].
+    pub(super) async fn capacity_readings(&self) -> Readings {
         let inner = &self.inner;
         let host = capacity::read_host();
-        let limits = inner.cfg.limits;
-        let (committed, running) = inner.admission.held(&inner.view);
         let docker_up = inner.engine.ping().await.is_ok();
         let images = if docker_up {
             inner.engine.images().await.unwrap_or_default()
@@ -176,8 +192,38 @@ impl<E: ContainerEngine> Runtime<E> {
             root_usage = super::image_gc::usage_of(std::path::Path::new(&root));
             disks.push(("Docker root", PathBuf::from(root)));
         }
+        let (disk_msgs, disk_known) = disk_pressure(&disks);
+        Readings {
+            host,
+            docker_up,
+            images,
+            disk_msgs,
+            disk_known,
+            root_usage,
+        }
+    }
+
+    /// The capacity report from `readings` and what servers, drains and devices hold now:
+    /// memory only, no I/O, so the capacity feed can take it under the Watch publish lock.
+    pub(super) fn capacity_report(&self, readings: Readings) -> NodeCapacity {
+        let inner = &self.inner;
+        let Readings {
+            host,
+            docker_up,
+            images,
+            disk_msgs,
+            disk_known,
+            root_usage,
+        } = readings;
+        let limits = inner.cfg.limits;
+        let (committed, running) = inner.admission.held(&inner.view);
         let draining = inner.admission.draining();
-        let mut conditions = conditions(&host, docker_up, &disks, draining.as_deref());
+        let mut conditions = conditions(
+            &host,
+            docker_up,
+            (disk_msgs, disk_known),
+            draining.as_deref(),
+        );
         conditions.extend(inner.devices.conditions());
         super::image_gc::report_pressure(&mut conditions, root_usage, &inner.cfg.image_gc);
         NodeCapacity {
@@ -207,12 +253,16 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Refuses new Starts from now on (and after restarts) until [`Runtime::undrain`].
     pub fn drain(&self, reason: &str) -> Result<(), super::Error> {
-        self.inner.admission.drain(reason)
+        let r = self.inner.admission.drain(reason);
+        self.inner.view.capacity_changed();
+        r
     }
 
     /// Accepts new Starts again.
     pub fn undrain(&self) -> Result<(), super::Error> {
-        self.inner.admission.undrain()
+        let r = self.inner.admission.undrain();
+        self.inner.view.capacity_changed();
+        r
     }
 
     /// Why the node is draining, if it is.

@@ -292,6 +292,7 @@ impl<E: ContainerEngine> Runtime<E> {
         cancel: &CancellationToken,
     ) -> Result<Started, Error> {
         self.inner.admission.admit(&self.inner.view, spec)?;
+        self.inner.view.capacity_changed();
         self.inner
             .records
             .save(&spec.key, |r| {

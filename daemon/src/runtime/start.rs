@@ -60,6 +60,7 @@ impl<E: ContainerEngine> Runtime<E> {
         self.refresh(&spec.key).await;
         self.inner.admission.release(&spec.key);
         self.settle_devices(&spec.key).await;
+        self.inner.view.capacity_changed();
         if result.is_ok()
             && let Err(e) = self
                 .inner
@@ -104,7 +105,9 @@ impl<E: ContainerEngine> Runtime<E> {
             return done;
         }
         self.inner.admission.admit(&self.inner.view, spec)?;
+        self.inner.view.capacity_changed();
         let devices = self.assign_devices(spec).await?;
+        self.inner.view.capacity_changed();
         let image = self.ensure_image(spec, progress, cancel).await?;
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,

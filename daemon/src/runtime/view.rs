@@ -99,6 +99,8 @@ pub enum WatchKind {
     Health,
     /// Anything else.
     Changed,
+    /// The node's capacity (only to subscribers who asked for it).
+    Capacity,
 }
 
 /// One status change.
@@ -106,8 +108,10 @@ pub enum WatchKind {
 pub struct WatchEvent {
     /// Kind.
     pub kind: WatchKind,
-    /// The server's status after the change (`None` only for SnapshotEnd).
+    /// The server's status after the change (`None` for SnapshotEnd and Capacity).
     pub status: Option<Status>,
+    /// With Capacity: the node's capacity report.
+    pub capacity: Option<std::sync::Arc<super::report::NodeCapacity>>,
     /// Sequence number on this daemon run.
     pub seq: u64,
     /// When.
@@ -123,6 +127,8 @@ pub struct View {
     seq: AtomicU64,
     /// Held while an event is numbered and sent, and while a subscriber takes its snapshot.
     publish: Mutex<()>,
+    /// Woken at every change the capacity report may show (the capacity feed, `capfeed.rs`).
+    capacity_changed: tokio::sync::Notify,
 }
 
 impl Default for View {
@@ -133,6 +139,7 @@ impl Default for View {
             tx: broadcast::channel(WATCH_BUFFER).0,
             seq: AtomicU64::new(0),
             publish: Mutex::new(()),
+            capacity_changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -154,6 +161,17 @@ impl View {
         self.publish
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Something the capacity report shows may have changed (a server, an admission, a drain,
+    /// a device hold): the capacity feed computes it again.
+    pub(super) fn capacity_changed(&self) {
+        self.capacity_changed.notify_one();
+    }
+
+    /// Waits for [`View::capacity_changed`] (a change before the wait counts).
+    pub(super) async fn capacity_change(&self) {
+        self.capacity_changed.notified().await;
     }
 
     fn next_seq(&self) -> u64 {
@@ -188,12 +206,15 @@ impl View {
                 view.insert(key.clone(), Entry::new(record));
             }
         }
+        drop(view);
+        self.capacity_changed();
     }
 
     /// Forgets `key` altogether (DeleteForever).
     pub(super) fn forget(&self, key: &ServerKey) {
         self.lock().remove(key);
         self.activity().remove(key);
+        self.capacity_changed();
     }
 
     /// Running servers and their containers, for the activity reporter.
@@ -267,6 +288,8 @@ impl View {
             }
         }
         entry.generation += 1;
+        drop(view);
+        self.capacity_changed();
         Applied::Taken
     }
 
@@ -286,6 +309,8 @@ impl View {
             entry.removed.drain(..excess);
         }
         entry.generation += 1;
+        drop(view);
+        self.capacity_changed();
     }
 
     /// Numbers and sends one change; `status` is computed under the publish lock, so the
@@ -296,6 +321,22 @@ impl View {
         let _ = self.tx.send(WatchEvent {
             kind,
             status: Some(status()),
+            capacity: None,
+            seq: self.next_seq(),
+            at: SystemTime::now(),
+        });
+        drop(_numbering);
+        self.capacity_changed();
+    }
+
+    /// Numbers and sends a capacity report; `report` is completed under the publish lock, so
+    /// what servers hold in it reflects every change numbered before it.
+    pub(super) fn publish_capacity(&self, report: impl FnOnce() -> super::report::NodeCapacity) {
+        let _numbering = self.publishing();
+        let _ = self.tx.send(WatchEvent {
+            kind: WatchKind::Capacity,
+            status: None,
+            capacity: Some(std::sync::Arc::new(report())),
             seq: self.next_seq(),
             at: SystemTime::now(),
         });
@@ -304,14 +345,22 @@ impl View {
     /// A receiver of every change from now on and, when `snapshot` is given, the status of
     /// every known server it derives followed by SnapshotEnd, numbered at the same point of the
     /// event sequence as the subscription: numbers only increase along the stream.
+    ///
+    /// With `capacity`, one more number is taken after the snapshot and returned: the
+    /// subscriber's first capacity event, computed after this call, goes before every live one.
     pub(super) fn subscribe(
         &self,
         snapshot: Option<&dyn Fn(&ServerKey) -> Status>,
-    ) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
+        capacity: bool,
+    ) -> (
+        broadcast::Receiver<WatchEvent>,
+        Vec<WatchEvent>,
+        Option<u64>,
+    ) {
         let _numbering = self.publishing();
         let rx = self.tx.subscribe();
         let Some(status) = snapshot else {
-            return (rx, Vec::new());
+            return (rx, Vec::new(), capacity.then(|| self.next_seq()));
         };
         let mut out: Vec<WatchEvent> = self
             .keys()
@@ -319,6 +368,7 @@ impl View {
             .map(|k| WatchEvent {
                 kind: WatchKind::Snapshot,
                 status: Some(status(k)),
+                capacity: None,
                 seq: self.next_seq(),
                 at: SystemTime::now(),
             })
@@ -326,10 +376,11 @@ impl View {
         out.push(WatchEvent {
             kind: WatchKind::SnapshotEnd,
             status: None,
+            capacity: None,
             seq: self.next_seq(),
             at: SystemTime::now(),
         });
-        (rx, out)
+        (rx, out, capacity.then(|| self.next_seq()))
     }
 }
 

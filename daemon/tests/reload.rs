@@ -217,7 +217,10 @@ async fn sighup_reloads_the_tls_files_for_new_connections_and_keeps_open_ones() 
     );
     let mut c = tls_client(&d, &old.ca_pem, &old.client).await.unwrap();
     let mut watch = c
-        .watch(pb::WatchRequest { snapshot: false })
+        .watch(pb::WatchRequest {
+            snapshot: false,
+            capacity: false,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -239,6 +239,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="two tiny scenarios, to check the harness")
     ap.add_argument("--quick", action="store_true", help="1 user ×3 and 10 concurrent only (a loaded machine)")
+    ap.add_argument("--only", choices=["berth", "DockerSpawner"], help="one spawner (to study it), not the comparison")
     ap.add_argument("--out", default=None, help="where the tables go (default: their section of bench/RESULTS.md)")
     args = ap.parse_args()
     require_docker()
@@ -266,6 +267,8 @@ def main():
                 order = ["berth", "DockerSpawner"] if i % 2 == 0 else ["DockerSpawner", "berth"]
                 res = {}
                 for name in order:
+                    if args.only and name != args.only:
+                        continue
                     before = os.getloadavg()[0]
                     print(f"bench: {label}: {name}", file=sys.stderr)
                     res[name] = run_scenario(timers[name], users, conc)

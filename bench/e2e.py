@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -131,6 +132,74 @@ class Timer:
             assert time.perf_counter() < end, f"{self.label} stop {user} timed out"
             time.sleep(0.05)
         return time.perf_counter() - t0
+
+
+class CpuMeter:
+    """CPU seconds by part while a scenario runs, from /proc: the spawner's hub process, berthd,
+    the Docker engine (dockerd, containerd and its shims, docker-proxy, fuse-overlayfs) and the
+    single-user servers. Sampled every 0.2 s; a process that ends loses what it used since its
+    last sample (a short-lived process may be missed altogether)."""
+
+    DOCKER = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy", "fuse-overlayfs")
+
+    def __init__(self, pids):
+        self.named = {pid: part for part, pid in pids.items()}  # the hub, berthd
+        self.base, self.last, self.part = {}, {}, {}
+        self._stop = threading.Event()
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _classify(self, pid):
+        if pid in self.named:
+            return self.named[pid]
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        if comm in self.DOCKER or comm.startswith("containerd-shim"):
+            return "docker"
+        if "jupyterhub-singleuser" in cmd or "ipykernel" in cmd or "httpd" == comm:
+            return "servers"
+        return None
+
+    def _sample(self, first=False):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if self.part.get(pid) is None:
+                # Again until known: a container's first process execs into the server.
+                self.part[pid] = self._classify(pid)
+            if self.part[pid] is None:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks = int(fields[11]) + int(fields[12])
+            self.base.setdefault(pid, ticks if first else 0)
+            self.last[pid] = ticks
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self):
+        """CPU seconds by part since the meter started."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        parts = {}
+        for pid, ticks in self.last.items():
+            part = self.part[pid]
+            parts[part] = parts.get(part, 0.0) + (ticks - self.base[pid]) / hz
+        return parts
 
 
 def run_scenario(timer, users, concurrent):
@@ -250,7 +319,7 @@ def main():
     # Debug logging for the breakdown; users named tiny* run the tiny image (busybox httpd), so
     # the hub's and berth's own share of a spawn shows.
     hub_debug = 'c.JupyterHub.log_level = "DEBUG"\n' + TINY_HOOK + SLOW_MACHINE
-    rows, loads = [], []
+    rows, loads, cpu = [], [], {}
     print(f"bench: work dir {base}; DockerSpawner containers {prefix}-*", file=sys.stderr)
     started = time.time()
     ip = hub_ip()
@@ -271,7 +340,12 @@ def main():
                         continue
                     before = os.getloadavg()[0]
                     print(f"bench: {label}: {name}", file=sys.stderr)
+                    pids = {"hub": timers[name].hub.proc.pid}
+                    if name == "berth":
+                        pids["berthd"] = node.proc.pid
+                    meter = CpuMeter(pids)
                     res[name] = run_scenario(timers[name], users, conc)
+                    cpu[(label, name)] = (meter.stop(), len(users))
                     print(f"bench: {label} / {name}: spawns {res[name][0]} stops {res[name][1]}", file=sys.stderr, flush=True)
                     loads.append(f"{label} / {name}: 1-min load {before:.2f} → {os.getloadavg()[0]:.2f}")
                 rows.append((label, res))
@@ -303,6 +377,8 @@ def main():
         "|---|---|---|---|---|---|---|",
     ]
     for label, res in rows:
+        if len(res) < 2:
+            continue
         bs, bst = res["berth"]
         ds, dst = res["DockerSpawner"]
         lines.append(
@@ -310,6 +386,7 @@ def main():
             f"| {fmt(bst)} | {fmt(dst)} | {pct(bst, 50) / pct(dst, 50):.2f}× |"
         )
     lines += ["", "Load per scenario: " + "; ".join(loads) + ".", ""]
+    lines += cpu_table(rows, cpu)
     for user, (t0, t_ready, events, log) in zip(("anatomy", "tinyanatomy"), bd):
         lines += breakdown_table(user, t0, t_ready, events, log)
     text = "\n".join(lines) + "\n"
@@ -319,6 +396,31 @@ def main():
     else:
         replace_section(os.path.join(HERE, "RESULTS.md"), "e2e", text)
     print(text)
+
+
+def cpu_table(rows, cpu):
+    """CPU seconds per spawn (spawn and stop together) by part, for each scenario and spawner."""
+    out = [
+        "### Where the CPU goes",
+        "",
+        "CPU seconds per server (its spawn and its stop), by part, from /proc while each scenario "
+        "ran (bench/e2e.py `CpuMeter`). The machine has 2 cores: n servers booting at once need "
+        "n × (servers' CPU per server) / 2 seconds at least.",
+        "",
+        "| scenario | spawner | single-user servers | Docker engine | hub | berthd | all |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, res in rows:
+        for name in res:
+            parts, n = cpu[(label, name)]
+            each = {k: v / n for k, v in parts.items()}
+            berthd = f"{each.get('berthd', 0):.2f}" if name == "berth" else "—"
+            out.append(
+                f"| {label} | {name} | {each.get('servers', 0):.2f} | {each.get('docker', 0):.2f} | "
+                f"{each.get('hub', 0):.2f} | {berthd} | {sum(each.values()):.2f} |"
+            )
+    out.append("")
+    return out
 
 
 def replace_section(path, name, text):

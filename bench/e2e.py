@@ -367,8 +367,8 @@ def main():
         "",
         f"Machine: {machine()}.",
         "",
-        f"Load: {load()} at the end (the machine was shared with other builds; both spawners ran "
-        "interleaved in the same run, so compare the ratios, not the absolute seconds).",
+        f"Load: {load()} at the end (the concurrent scenarios load the machine themselves; both spawners "
+        "ran interleaved in the same run: compare the ratios; the load per scenario is below).",
         "",
         "Spawn: POST /hub/api/users/<u>/server → `ready` on the hub's progress stream. "
         "Stop: DELETE → server gone from the user model. Seconds, p50 / p90 / max.",

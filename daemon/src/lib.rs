@@ -60,6 +60,7 @@ pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod mutation;
 pub mod notify;
 pub mod policy;
 pub mod registry;

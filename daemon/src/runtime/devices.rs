@@ -41,7 +41,7 @@ fn holds(e: &Entry) -> bool {
         return false;
     }
     match &e.live {
-        Some(c) => holds_resources(c),
+        Some(c) => holds_resources(c) || crate::mutation::active("devices.held_by_stopped"),
         None => e.record.status == RecordStatus::Starting,
     }
 }

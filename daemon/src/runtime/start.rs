@@ -417,7 +417,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 let c = self.inner.engine.inspect(&c.id).await?.unwrap_or_else(|| c.clone());
                 Err(self.exited_error(spec, &c).await)
             }
-            () = cancel.cancelled() => Err(Error::Cancelled { key: spec.key.clone() }),
+            () = cancel.cancelled(), if !crate::mutation::active("start.ignore_cancel") => Err(Error::Cancelled { key: spec.key.clone() }),
             never = self.tick_boot(&spec.image, boot_began, progress) => match never {},
         }
     }
@@ -499,7 +499,9 @@ impl<E: ContainerEngine> Runtime<E> {
             let fingerprint = resume::Fingerprint::of(spec, &image.id, &host_ip);
             labels.insert(LABEL_RESUMABLE.to_owned(), "true".to_owned());
             labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.to_label());
-            let env = spec.env.filtered(|k| !resume::is_per_spawn(k));
+            let env = spec.env.filtered(|k| {
+                !resume::is_per_spawn(k) || crate::mutation::active("resume.secret_in_config")
+            });
             (Some(entrypoint), Some(argv), env.to_docker())
         } else {
             (None, cmd, spec.env.to_docker())

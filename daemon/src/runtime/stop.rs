@@ -41,8 +41,11 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         let seen = self.inner.view.generation(key);
         let after = engine.inspect(&c.id).await?;
-        let exit_code = after.as_ref().and_then(|a| a.exit_code);
-        if spec.remove {
+        let exit_code = after
+            .as_ref()
+            .and_then(|a| a.exit_code)
+            .or_else(|| crate::mutation::active("stop.claim_exit_code").then_some(0));
+        if spec.remove && !crate::mutation::active("stop.skip_remove") {
             engine.remove(&c.id).await?;
             self.inner.view.removed(key, &c.id);
         } else if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {

@@ -194,6 +194,12 @@ impl FakeEngine {
         self.world().history.clone()
     }
 
+    /// Runs containers' servers and timers on `handle` from now on, so they outlive the
+    /// runtime of a berthd a test crashes (as containers outlive their daemon).
+    pub fn run_containers_on(&self, handle: tokio::runtime::Handle) {
+        self.world().background = Some(handle);
+    }
+
     /// Sets what `root_dir` answers (by default the temporary directory).
     pub fn set_root_dir(&self, dir: &str) {
         dir.clone_into(&mut self.world().root_dir);

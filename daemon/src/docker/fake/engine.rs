@@ -17,24 +17,31 @@ use crate::docker::{NewFile, NewVolume, VolumeInfo};
 
 impl ContainerEngine for FakeEngine {
     async fn version(&self) -> Result<EngineVersion, EngineError> {
-        drop(self.enter("version")?);
-        Ok(EngineVersion {
-            version: "fake".to_owned(),
-            api_version: "1.41".to_owned(),
+        self.faulty("version", async {
+            drop(self.enter("version")?);
+            Ok(EngineVersion {
+                version: "fake".to_owned(),
+                api_version: "1.41".to_owned(),
+            })
         })
+        .await
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
-        self.enter("ping").map(drop)
+        self.faulty("ping", async { self.enter("ping").map(drop) })
+            .await
     }
 
     async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
-        let world = self.enter("image")?;
-        Ok(world.images.get(&normalise(reference)).map(|i| ImageInfo {
-            id: i.id.clone(),
-            cmd: vec!["fake-server".to_owned()],
-            entrypoint: Vec::new(),
-        }))
+        self.faulty("image", async {
+            let world = self.enter("image")?;
+            Ok(world.images.get(&normalise(reference)).map(|i| ImageInfo {
+                id: i.id.clone(),
+                cmd: vec!["fake-server".to_owned()],
+                entrypoint: Vec::new(),
+            }))
+        })
+        .await
     }
 
     fn pull(
@@ -42,89 +49,105 @@ impl ContainerEngine for FakeEngine {
         reference: &str,
         auth: Option<&crate::registry::RegistryAuth>,
     ) -> BoxStream<'static, Result<crate::docker::PullEvent, EngineError>> {
-        self.pull_stream(reference, auth)
+        self.faulty_stream("pull", || self.pull_stream(reference, auth))
     }
 
     async fn image_summaries(&self) -> Result<Vec<crate::docker::ImageSummary>, EngineError> {
-        let world = self.enter("image summaries")?;
-        Ok(world
-            .images
-            .iter()
-            .map(|(reference, i)| crate::docker::ImageSummary {
-                id: i.id.clone(),
-                refs: vec![reference.clone()],
-                size: 1,
-                created: 0,
-            })
-            .collect())
+        self.faulty("image_summaries", async {
+            let world = self.enter("image summaries")?;
+            Ok(world
+                .images
+                .iter()
+                .map(|(reference, i)| crate::docker::ImageSummary {
+                    id: i.id.clone(),
+                    refs: vec![reference.clone()],
+                    size: 1,
+                    created: 0,
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn images_in_use(&self) -> Result<Vec<String>, EngineError> {
-        let world = self.enter("images in use")?;
-        Ok(world
-            .containers
-            .values()
-            .filter_map(|c| world.images.get(&normalise(&c.spec.image)))
-            .map(|i| i.id.clone())
-            .collect())
+        self.faulty("images_in_use", async {
+            let world = self.enter("images in use")?;
+            Ok(world
+                .containers
+                .values()
+                .filter_map(|c| world.images.get(&normalise(&c.spec.image)))
+                .map(|i| i.id.clone())
+                .collect())
+        })
+        .await
     }
 
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
-        let mut world = self.enter("remove image")?;
-        let reference = normalise(reference);
-        let used = world
-            .containers
-            .values()
-            .any(|c| normalise(&c.spec.image) == reference);
-        if used {
-            return Err(EngineError::Conflict {
-                message: format!("image {reference} is being used by a container"),
-            });
-        }
-        world.images.remove(&reference);
-        Ok(())
+        self.faulty("remove_image", async {
+            let mut world = self.enter("remove image")?;
+            let reference = normalise(reference);
+            let used = world
+                .containers
+                .values()
+                .any(|c| normalise(&c.spec.image) == reference);
+            if used {
+                return Err(EngineError::Conflict {
+                    message: format!("image {reference} is being used by a container"),
+                });
+            }
+            world.images.remove(&reference);
+            Ok(())
+        })
+        .await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
-        self.enter("create")?.create(spec)
+        self.faulty("create", async { self.enter("create")?.create(spec) })
+            .await
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        let delay = *self
-            .shared
-            .start_delay
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let (id, plan) = {
-            let mut world = self.enter("start")?;
-            let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
-            let plan = world.start(&id)?;
-            (id, plan)
-        };
-        let Some(plan) = plan else {
-            return Ok(());
-        };
-        if plan.after.is_zero() {
-            self.world().terminate(&id, plan.code, false);
-            return Ok(());
-        }
-        let fake = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(plan.after).await;
-            let mut world = fake.world();
-            // A later run of the same container (restarted meanwhile) is not this one.
-            if world.containers.get(&id).is_some_and(|c| c.run == plan.run) {
-                world.terminate(&id, plan.code, false);
+        self.faulty("start", async {
+            let delay = *self
+                .shared
+                .start_delay
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
-        });
-        Ok(())
+            let (id, plan) = {
+                let mut world = self.enter("start")?;
+                let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+                let plan = world.start(&id)?;
+                (id, plan)
+            };
+            let Some(plan) = plan else {
+                return Ok(());
+            };
+            if plan.after.is_zero() {
+                self.world().terminate(&id, plan.code, false);
+                return Ok(());
+            }
+            let fake = self.clone();
+            self.spawn_bg(async move {
+                tokio::time::sleep(plan.after).await;
+                let mut world = fake.world();
+                // A later run of the same container (restarted meanwhile) is not this one.
+                if world.containers.get(&id).is_some_and(|c| c.run == plan.run) {
+                    world.terminate(&id, plan.code, false);
+                }
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
-        Ok(self.enter("network_exists")?.networks.contains(name))
+        self.faulty("network_exists", async {
+            Ok(self.enter("network_exists")?.networks.contains(name))
+        })
+        .await
     }
 
     async fn create_network(
@@ -132,219 +155,290 @@ impl ContainerEngine for FakeEngine {
         name: &str,
         _labels: &std::collections::HashMap<String, String>,
     ) -> Result<(), EngineError> {
-        self.enter("create_network")?
-            .networks
-            .insert(name.to_owned());
-        Ok(())
+        self.faulty("create_network", async {
+            self.enter("create_network")?
+                .networks
+                .insert(name.to_owned());
+            Ok(())
+        })
+        .await
     }
 
     /// `false` fails with exit 1, anything else succeeds.
     async fn exec(&self, id: &str, argv: &[String]) -> Result<(i64, String), EngineError> {
-        let world = self.enter("exec")?;
-        let c = world.get(id).ok_or_else(|| Self::not_found(id))?;
-        if !c.running() {
-            return Err(EngineError::Conflict {
-                message: format!("container {id} is not running"),
-            });
-        }
-        Ok(match argv.first().map(String::as_str) {
-            Some("false") => (1, "fake failure".to_owned()),
-            _ => (0, String::new()),
+        self.faulty("exec", async {
+            let world = self.enter("exec")?;
+            let c = world.get(id).ok_or_else(|| Self::not_found(id))?;
+            if !c.running() {
+                return Err(EngineError::Conflict {
+                    message: format!("container {id} is not running"),
+                });
+            }
+            Ok(match argv.first().map(String::as_str) {
+                Some("false") => (1, "fake failure".to_owned()),
+                _ => (0, String::new()),
+            })
         })
+        .await
     }
 
     async fn put_files(&self, id: &str, files: &[NewFile]) -> Result<(), EngineError> {
-        let mut world = self.enter("put_files")?;
-        let c = world
-            .containers
-            .values_mut()
-            .find(|c| c.info.id == id || c.info.name == id)
-            .ok_or_else(|| Self::not_found(id))?;
-        for f in files {
-            if let Some(bytes) = &f.contents {
-                c.files.insert(f.path.clone(), bytes.clone());
+        self.faulty("put_files", async {
+            let mut world = self.enter("put_files")?;
+            let c = world
+                .containers
+                .values_mut()
+                .find(|c| c.info.id == id || c.info.name == id)
+                .ok_or_else(|| Self::not_found(id))?;
+            for f in files {
+                if let Some(bytes) = &f.contents {
+                    c.files.insert(f.path.clone(), bytes.clone());
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let (snapshot, delay) = {
-            let mut world = self.enter("inspect")?;
-            let snapshot = world.get(name_or_id).map(|c| c.info.clone());
-            (snapshot, world.take_inspect_delay(name_or_id))
-        };
-        if let Some(delay) = delay {
-            self.shared.delayed.send_modify(|d| *d += 1);
-            let _counted = Delayed(&self.shared.delayed);
-            tokio::time::sleep(delay).await;
-        }
-        Ok(snapshot)
+        self.faulty("inspect", async {
+            let (snapshot, delay) = {
+                let mut world = self.enter("inspect")?;
+                let snapshot = world.get(name_or_id).map(|c| c.info.clone());
+                (snapshot, world.take_inspect_delay(name_or_id))
+            };
+            if let Some(delay) = delay {
+                self.shared.delayed.send_modify(|d| *d += 1);
+                let _counted = Delayed(&self.shared.delayed);
+                tokio::time::sleep(delay).await;
+            }
+            Ok(snapshot)
+        })
+        .await
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<String>, EngineError> {
-        let world = self.enter("list")?;
-        Ok(world
-            .ids()
-            .into_iter()
-            .filter(|id| {
-                world
-                    .containers
-                    .get(id)
-                    .is_some_and(|c| labels.iter().all(|(k, v)| c.info.label(k) == Some(*v)))
-            })
-            .collect())
+        self.faulty("list", async {
+            let world = self.enter("list")?;
+            Ok(world
+                .ids()
+                .into_iter()
+                .filter(|id| {
+                    world
+                        .containers
+                        .get(id)
+                        .is_some_and(|c| labels.iter().all(|(k, v)| c.info.label(k) == Some(*v)))
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn kill(&self, id: &str) -> Result<(), EngineError> {
-        let mut world = self.enter("kill")?;
-        let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
-        world.kill(&id);
-        Ok(())
+        self.faulty("kill", async {
+            let mut world = self.enter("kill")?;
+            let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+            world.kill(&id);
+            Ok(())
+        })
+        .await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let (mut exit, id) = {
-            let mut world = self.enter("stop")?;
-            let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
-            let Some(c) = world.containers.get(&id) else {
-                return Err(Self::not_found(&id));
+        self.faulty("stop", async {
+            let (mut exit, id) = {
+                let mut world = self.enter("stop")?;
+                let id = world.resolve(id).ok_or_else(|| Self::not_found(id))?;
+                let Some(c) = world.containers.get(&id) else {
+                    return Err(Self::not_found(&id));
+                };
+                if !c.running() {
+                    return Ok(());
+                }
+                let ignores = c.ignores_sigterm;
+                let exit = c.exit.subscribe();
+                world.emit(&id, "kill", &[("signal", "15".to_owned())]);
+                if !ignores {
+                    world.terminate(&id, EXIT_SIGTERM, false);
+                    world.emit(&id, "stop", &[]);
+                    return Ok(());
+                }
+                (exit, id)
             };
-            if !c.running() {
-                return Ok(());
+            // It ignores SIGTERM: dockerd waits out the grace (or an exit), then kills.
+            let ended = tokio::select! {
+                r = exit.wait_for(Option::is_some) => r.is_ok(),
+                () = tokio::time::sleep(grace) => false,
+            };
+            let mut world = self.world();
+            if !ended {
+                world.kill(&id);
             }
-            let ignores = c.ignores_sigterm;
-            let exit = c.exit.subscribe();
-            world.emit(&id, "kill", &[("signal", "15".to_owned())]);
-            if !ignores {
-                world.terminate(&id, EXIT_SIGTERM, false);
-                world.emit(&id, "stop", &[]);
-                return Ok(());
-            }
-            (exit, id)
-        };
-        // It ignores SIGTERM: dockerd waits out the grace (or an exit), then kills.
-        let ended = tokio::select! {
-            r = exit.wait_for(Option::is_some) => r.is_ok(),
-            () = tokio::time::sleep(grace) => false,
-        };
-        let mut world = self.world();
-        if !ended {
-            world.kill(&id);
-        }
-        world.emit(&id, "stop", &[]);
-        Ok(())
+            world.emit(&id, "stop", &[]);
+            Ok(())
+        })
+        .await
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let mut world = self.enter("remove")?;
-        if let Some(id) = world.resolve(id) {
-            world.remove(&id);
-        }
-        Ok(())
+        self.faulty("remove", async {
+            let mut world = self.enter("remove")?;
+            if let Some(id) = world.resolve(id) {
+                world.remove(&id);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn wait_exit(&self, id: &str) -> Result<i64, EngineError> {
-        let mut exit = {
-            let world = self.enter("wait_exit")?;
-            world
-                .get(id)
-                .ok_or_else(|| Self::not_found(id))?
-                .exit
-                .subscribe()
-        };
-        tokio::select! {
-            r = exit.wait_for(Option::is_some) => match r {
-                Ok(code) => Ok((*code).unwrap_or(0)),
-                // Removed while waiting: it was killed first, so this is a race we lost.
-                Err(_) => Ok(EXIT_SIGKILL),
-            },
-            e = self.outage("wait") => Err(e),
-        }
+        self.faulty("wait_exit", async {
+            let mut exit = {
+                let world = self.enter("wait_exit")?;
+                world
+                    .get(id)
+                    .ok_or_else(|| Self::not_found(id))?
+                    .exit
+                    .subscribe()
+            };
+            tokio::select! {
+                r = exit.wait_for(Option::is_some) => match r {
+                    Ok(code) => Ok((*code).unwrap_or(0)),
+                    // Removed while waiting: it was killed first, so this is a race we lost.
+                    Err(_) => Ok(EXIT_SIGKILL),
+                },
+                e = self.outage("wait") => Err(e),
+            }
+        })
+        .await
     }
 
     async fn images(&self) -> Result<Vec<String>, EngineError> {
-        // As dockerd lists repo tags: Docker Hub references without their registry prefix.
-        let short = |r: &String| {
-            r.strip_prefix("docker.io/library/")
-                .or_else(|| r.strip_prefix("docker.io/"))
-                .unwrap_or(r)
-                .to_owned()
-        };
-        Ok(self.enter("images")?.images.keys().map(short).collect())
+        self.faulty("images", async {
+            // As dockerd lists repo tags: Docker Hub references without their registry prefix.
+            let short = |r: &String| {
+                r.strip_prefix("docker.io/library/")
+                    .or_else(|| r.strip_prefix("docker.io/"))
+                    .unwrap_or(r)
+                    .to_owned()
+            };
+            Ok(self.enter("images")?.images.keys().map(short).collect())
+        })
+        .await
     }
 
     async fn root_dir(&self) -> Result<String, EngineError> {
-        Ok(self.enter("root_dir")?.root_dir.clone())
+        self.faulty("root_dir", async {
+            Ok(self.enter("root_dir")?.root_dir.clone())
+        })
+        .await
     }
 
     async fn usage(&self, id: &str) -> Result<Usage, EngineError> {
-        let world = self.enter("usage")?;
-        Ok(world.get(id).ok_or_else(|| Self::not_found(id))?.usage)
+        self.faulty("usage", async {
+            let world = self.enter("usage")?;
+            Ok(world.get(id).ok_or_else(|| Self::not_found(id))?.usage)
+        })
+        .await
     }
 
     async fn volume(&self, name: &str) -> Result<Option<VolumeInfo>, EngineError> {
-        let world = self.enter("volume")?;
-        Ok(world.volumes.get(name).cloned())
+        self.faulty("volume", async {
+            let world = self.enter("volume")?;
+            Ok(world.volumes.get(name).cloned())
+        })
+        .await
     }
 
     async fn create_volume(&self, v: &NewVolume) -> Result<(), EngineError> {
-        let mut world = self.enter("create_volume")?;
-        world
-            .volumes
-            .entry(v.name.clone())
-            .or_insert_with(|| VolumeInfo {
-                name: v.name.clone(),
-                driver: if v.driver.is_empty() {
-                    "local".to_owned()
-                } else {
-                    v.driver.clone()
-                },
-                options: v.options.clone(),
-                labels: v.labels.clone(),
-                mountpoint: String::new(),
-            });
-        Ok(())
+        self.faulty("create_volume", async {
+            let mut world = self.enter("create_volume")?;
+            world
+                .volumes
+                .entry(v.name.clone())
+                .or_insert_with(|| VolumeInfo {
+                    name: v.name.clone(),
+                    driver: if v.driver.is_empty() {
+                        "local".to_owned()
+                    } else {
+                        v.driver.clone()
+                    },
+                    options: v.options.clone(),
+                    labels: v.labels.clone(),
+                    mountpoint: String::new(),
+                });
+            Ok(())
+        })
+        .await
     }
 
     async fn list_volumes(&self, labels: &[(&str, &str)]) -> Result<Vec<VolumeInfo>, EngineError> {
-        let world = self.enter("list_volumes")?;
-        Ok(world
-            .volumes
-            .values()
-            .filter(|v| {
-                labels
-                    .iter()
-                    .all(|(k, want)| v.labels.get(*k).is_some_and(|got| got == want))
-            })
-            .cloned()
-            .collect())
+        self.faulty("list_volumes", async {
+            let world = self.enter("list_volumes")?;
+            Ok(world
+                .volumes
+                .values()
+                .filter(|v| {
+                    labels
+                        .iter()
+                        .all(|(k, want)| v.labels.get(*k).is_some_and(|got| got == want))
+                })
+                .cloned()
+                .collect())
+        })
+        .await
     }
 
     async fn volume_users(&self, name: &str) -> Result<Vec<String>, EngineError> {
-        let world = self.enter("volume_users")?;
-        let mut ids: Vec<String> = world
-            .containers
-            .values()
-            .filter(|c| c.spec.mounts.iter().any(|m| !m.bind && m.volume == name))
-            .map(|c| c.info.id.clone())
-            .collect();
-        ids.sort();
-        Ok(ids)
+        self.faulty("volume_users", async {
+            let world = self.enter("volume_users")?;
+            let mut ids: Vec<String> = world
+                .containers
+                .values()
+                .filter(|c| c.spec.mounts.iter().any(|m| !m.bind && m.volume == name))
+                .map(|c| c.info.id.clone())
+                .collect();
+            ids.sort();
+            Ok(ids)
+        })
+        .await
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
-        let mut world = self.enter("remove_volume")?;
-        if let Some(user) = world.volume_in_use(name) {
-            return Err(EngineError::Conflict {
-                message: format!("remove {name}: volume is in use - [{user}]"),
-            });
-        }
-        world.volumes.remove(name);
-        Ok(())
+        self.faulty("remove_volume", async {
+            let mut world = self.enter("remove_volume")?;
+            if let Some(user) = world.volume_in_use(name) {
+                return Err(EngineError::Conflict {
+                    message: format!("remove {name}: volume is in use - [{user}]"),
+                });
+            }
+            world.volumes.remove(name);
+            Ok(())
+        })
+        .await
     }
 
     fn events(
+        &self,
+        labels: &[(&str, &str)],
+        since: Option<i64>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        self.faulty_stream("events", || self.events_stream(labels, since))
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        tail: Option<u32>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        self.faulty_stream("logs", || self.logs_stream(id, tail, follow))
+    }
+}
+
+/// The streams as they answer without faults.
+impl FakeEngine {
+    fn events_stream(
         &self,
         labels: &[(&str, &str)],
         since: Option<i64>,
@@ -401,7 +495,7 @@ impl ContainerEngine for FakeEngine {
             .boxed()
     }
 
-    fn logs(
+    fn logs_stream(
         &self,
         id: &str,
         tail: Option<u32>,

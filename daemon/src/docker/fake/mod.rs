@@ -12,8 +12,9 @@
 //! recorded; an OOM kill happens when a test says so); restart policies and restart counts;
 //! HEALTHCHECK probes (a test sets the status); pause; what an image's command does; id
 //! prefixes in lookups; events other than containers'; dockerd losing its event log when it
-//! restarts (the history is kept for good); and call deadlines (no fake call times out: an
-//! armed inspect delay and the grace of a SIGTERM-ignoring container are the only waits).
+//! restarts (the history is kept for good); and call deadlines (no fake call times out by
+//! itself: an armed inspect delay and the grace of a SIGTERM-ignoring container are the only
+//! waits, and a [`FaultPlan`] injects timeouts, errors, hangs and crashes).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,11 +25,13 @@ use super::{EngineError, EngineEvent};
 
 mod controls;
 mod engine;
+mod faults;
 mod model;
 mod pull;
 #[cfg(test)]
 mod tests;
 
+pub use faults::{Fault, FaultPlan};
 use model::World;
 
 /// What a container made from an image does once started.
@@ -72,6 +75,12 @@ struct Shared {
     registry: pull::Registry,
     /// How long each `start` takes before the container runs (the `sim` engine's start time).
     start_delay: Mutex<Duration>,
+    /// The fault schedule.
+    faults: Mutex<faults::Schedule>,
+    /// True once a [`Fault::Crash`] was injected, until cleared.
+    crash: watch::Sender<bool>,
+    /// Calls hanging now (not counting streams).
+    hung: watch::Sender<usize>,
 }
 
 impl Default for FakeEngine {
@@ -90,6 +99,9 @@ impl FakeEngine {
                 delayed: watch::channel(0).0,
                 registry: pull::Registry::default(),
                 start_delay: Mutex::new(Duration::ZERO),
+                faults: Mutex::default(),
+                crash: watch::channel(false).0,
+                hung: watch::channel(0).0,
             }),
         }
     }
@@ -99,6 +111,19 @@ impl FakeEngine {
             .world
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `task` (a container's server or timer) on the runtime given to
+    /// [`FakeEngine::run_containers_on`], or the caller's.
+    fn spawn_bg(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        let bg = self.world().background.clone();
+        match bg {
+            Some(h) => h.spawn(task).abort_handle(),
+            None => tokio::spawn(task).abort_handle(),
+        }
     }
 
     /// Counts a call of `op` and fails it while the engine is away.
@@ -139,7 +164,8 @@ fn matches(ev: &EngineEvent, labels: &[(String, String)]) -> bool {
         .all(|(k, v)| ev.labels.get(k).is_some_and(|x| x == v))
 }
 
-/// Decrements the count of delayed inspects when the delay ends or the call is dropped.
+/// Decrements a count of waiting calls (delayed inspects, hanging calls) when the call ends or
+/// is dropped.
 struct Delayed<'a>(&'a watch::Sender<usize>);
 
 impl Drop for Delayed<'_> {

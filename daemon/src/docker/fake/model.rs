@@ -96,6 +96,9 @@ pub(super) struct World {
     pub(super) calls: BTreeMap<&'static str, u64>,
     pub(super) inspect_delays: Vec<InspectDelay>,
     pub(super) root_dir: String,
+    /// Where containers' servers and timers run (`None`: the caller's runtime), so a test
+    /// may drop the runtime of a crashed berthd while its containers run on.
+    pub(super) background: Option<tokio::runtime::Handle>,
     next_seq: u64,
     last_event_nano: i64,
     pub(super) events: broadcast::Sender<EngineEvent>,
@@ -127,6 +130,7 @@ impl World {
             calls: BTreeMap::new(),
             inspect_delays: Vec::new(),
             root_dir: std::env::temp_dir().display().to_string(),
+            background: None,
             next_seq: 0,
             last_event_nano: 0,
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -285,7 +289,7 @@ impl World {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(|l| {
                 let port = l.local_addr()?.port();
-                Ok((TcpListener::from_std(l)?, port))
+                Ok((l, port))
             });
         let (listener, host_port) = listener.map_err(|e| EngineError::Api {
             op: "start",
@@ -295,7 +299,12 @@ impl World {
         c.run += 1;
         c.answering
             .store(c.behaviour == Behaviour::Serve, Ordering::SeqCst);
-        c.server = Some(tokio::spawn(serve_http(listener, c.answering.clone())).abort_handle());
+        // Registered with the reactor of the runtime it runs on, inside the task.
+        let server = serve_http(listener, c.answering.clone());
+        c.server = Some(match &self.background {
+            Some(h) => h.spawn(server).abort_handle(),
+            None => tokio::spawn(server).abort_handle(),
+        });
         c.info.status = RunStatus::Running;
         c.info.exit_code = None;
         c.info.oom_killed = false;
@@ -406,7 +415,10 @@ impl World {
 
 /// The container's "server": answers `HTTP/1.1 200 OK` while `answering`, and otherwise
 /// closes each connection unanswered (as Docker's port proxy does before the server listens).
-async fn serve_http(listener: TcpListener, answering: Arc<AtomicBool>) {
+async fn serve_http(listener: std::net::TcpListener, answering: Arc<AtomicBool>) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        return;
+    };
     while let Ok((mut conn, _)) = listener.accept().await {
         if !answering.load(Ordering::SeqCst) {
             drop(conn);

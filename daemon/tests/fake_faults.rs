@@ -773,6 +773,11 @@ fn random_faults_crashes_and_cancellations_keep_every_invariant() {
         .values()
         .map(|(n, v)| format!("{n} violation(s), first: {v}"))
         .collect();
+    if std::env::var_os("BERTH_FAULT_ALL").is_some() {
+        for v in &found {
+            eprintln!("{v}");
+        }
+    }
     assert!(found.is_empty(), "{}", report.join("\n"));
     assert!(
         elapsed < Duration::from_secs(60),

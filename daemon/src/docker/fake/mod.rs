@@ -10,7 +10,8 @@
 //! Not modelled: networks (a server always listens on 127.0.0.1, whatever `host_ip`,
 //! and host networking publishes nothing reachable); resource enforcement (limits are only
 //! recorded; an OOM kill happens when a test says so); restart policies and restart counts;
-//! HEALTHCHECK probes (a test sets the status); pause; what an image's command does; id
+//! HEALTHCHECK probes (a test sets the status); pause; what an image's command does (but for
+//! the resume wrapper, which deletes the per-spawn env file it reads); id
 //! prefixes in lookups; events other than containers'; dockerd losing its event log when it
 //! restarts (the history is kept for good); and call deadlines (no fake call times out by
 //! itself: an armed inspect delay and the grace of a SIGTERM-ignoring container are the only

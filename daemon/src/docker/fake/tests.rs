@@ -218,3 +218,100 @@ async fn a_wait_ends_unavailable_when_the_engine_goes_away() {
     let r = wait.await.expect("task");
     assert!(matches!(r, Err(EngineError::Unavailable { .. })), "{r:?}");
 }
+
+/// Runs `n` `ping`s under `plan`; what each answered ("ok", "error", "timeout", "hang").
+async fn pings(fake: &FakeEngine, n: usize) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = tokio::time::timeout(Duration::from_millis(20), fake.ping()).await;
+        out.push(match r {
+            Err(_) => "hang",
+            Ok(Ok(())) => "ok",
+            Ok(Err(EngineError::Timeout { .. })) => "timeout",
+            Ok(Err(_)) => "error",
+        });
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_fault_plan_is_a_seeded_schedule_of_every_kind_of_fault() {
+    let fake = FakeEngine::new();
+    let plan = FaultPlan {
+        seed: 7,
+        errors: 300,
+        hangs: 100,
+        crashes: 0,
+    };
+    fake.set_faults(Some(plan));
+    let first = pings(&fake, 60).await;
+    let injected = fake.injected();
+    fake.set_faults(Some(plan));
+    assert_eq!(
+        pings(&fake, 60).await,
+        first,
+        "the same seed, the same faults"
+    );
+    for kind in ["ok", "error", "timeout", "hang"] {
+        assert!(first.contains(&kind), "{kind} never happened: {first:?}");
+    }
+    assert_eq!(
+        injected.len(),
+        first.iter().filter(|a| **a != "ok").count(),
+        "{injected:?}"
+    );
+    assert_eq!(
+        fake.hung_calls(),
+        0,
+        "a dropped hanging call is no longer counted"
+    );
+    fake.set_faults(None);
+    assert!(pings(&fake, 20).await.iter().all(|a| *a == "ok"));
+}
+
+#[tokio::test]
+async fn a_lost_reply_does_the_call_and_a_failed_one_does_not() {
+    // Every call faults: each seed's first draw is one of the three kinds.
+    let mut seen = Vec::new();
+    for seed in 0..200 {
+        let fake = FakeEngine::new();
+        fake.add_image("img", Behaviour::Serve);
+        fake.set_faults(Some(FaultPlan {
+            seed,
+            errors: 1000,
+            ..FaultPlan::default()
+        }));
+        let r = fake.create(&spec("a", "img")).await;
+        let fault = fake.injected()[0].1;
+        let made = fake.container("a").is_some();
+        assert!(r.is_err(), "{fault:?} answered {r:?}");
+        assert_eq!(made, fault == Fault::LostReply, "{fault:?}");
+        seen.push(fault);
+    }
+    for kind in [Fault::Fail, Fault::Timeout, Fault::LostReply] {
+        assert!(seen.contains(&kind), "{kind:?} never drawn");
+    }
+}
+
+#[tokio::test]
+async fn a_crash_hangs_every_later_call_until_cleared() {
+    let fake = FakeEngine::new();
+    fake.set_faults(Some(FaultPlan {
+        seed: 1,
+        crashes: 1000,
+        ..FaultPlan::default()
+    }));
+    assert_eq!(pings(&fake, 1).await, ["hang"]);
+    assert!(fake.crashed());
+    tokio::time::timeout(Duration::from_secs(1), fake.wait_crashed())
+        .await
+        .expect("the crash is reported");
+    fake.set_faults(None);
+    assert_eq!(
+        pings(&fake, 2).await,
+        ["hang", "hang"],
+        "a crashed berthd gets no answers"
+    );
+    fake.clear_crash();
+    assert_eq!(pings(&fake, 1).await, ["ok"]);
+}

@@ -8,7 +8,7 @@
 //!   gets the per-spawn env in its config — (b);
 //! - `stop.skip_remove` (`runtime/stop.rs`, `halt`): Stop(remove) leaves the container — (c);
 //! - `start.ignore_cancel` (`runtime/start.rs`, `await_ready`): a Start carries on after it was
-//!   cancelled — (d);
+//!   cancelled — (d) (it belongs where a Start learns that its caller went away);
 //! - `stop.claim_exit_code` (`runtime/stop.rs`, `halt`): a stopped container that never ran is
 //!   given exit code 0 — (e).
 //!

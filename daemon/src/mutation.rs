@@ -7,8 +7,8 @@
 //! - `resume.secret_in_config` (`runtime/start.rs`, `container_spec`): a resumable container
 //!   gets the per-spawn env in its config — (b);
 //! - `stop.skip_remove` (`runtime/stop.rs`, `halt`): Stop(remove) leaves the container — (c);
-//! - `start.ignore_cancel` (`runtime/start.rs`, `await_ready`): a Start carries on after it was
-//!   cancelled — (d) (it belongs where a Start learns that its caller went away);
+//! - `start.ignore_abandon` (`runtime/start.rs`, `start_serialised`): a Start whose callers
+//!   went away carries on — (d);
 //! - `stop.claim_exit_code` (`runtime/stop.rs`, `halt`): a stopped container that never ran is
 //!   given exit code 0 — (e).
 //!

@@ -80,7 +80,9 @@ impl<E: ContainerEngine> Runtime<E> {
             let abandoned = abandoned.clone();
             async move {
                 abandoned.cancelled().await;
-                token.cancel();
+                if !crate::mutation::active("start.ignore_abandon") {
+                    token.cancel();
+                }
             }
         });
         let mut result = self.start_locked(&spec, &progress, &token).await;
@@ -519,7 +521,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 let c = self.inner.engine.inspect(&c.id).await?.unwrap_or_else(|| c.clone());
                 Err(self.exited_error(spec, &c).await)
             }
-            () = cancel.cancelled(), if !crate::mutation::active("start.ignore_cancel") => Err(Error::Cancelled { key: spec.key.clone() }),
+            () = cancel.cancelled() => Err(Error::Cancelled { key: spec.key.clone() }),
             never = self.tick_boot(&spec.image, boot_began, progress) => match never {},
         }
     }

@@ -8,10 +8,10 @@ OPTION_PREFIX = "profile-option-"
 
 
 def single(value):
-    """A form value as one string: JupyterHub hands form data over as lists of strings
-    ("passthrough"), and a list of one is what a single field sends."""
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        return value[0]
+    """A form value as one string: JupyterHub hands form data over as lists of strings, and
+    of a field sent more than once the first value counts (as DockerSpawner takes it)."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else ""
     return value
 
 

@@ -160,9 +160,9 @@ def berth_node():
 @pytest.fixture
 def dockerspawner_configured_app(app, berth_node):
     """The hub of JupyterHub's test fixtures with the site's two changes: the spawner class
-    (DockerSpawner, which is BerthSpawner here) and `nodes`."""
+    (DockerSpawner, which is BerthSpawner here) and `nodes`; named servers on, as the tests
+    start one (test_start_stop)."""
     nodes = [{"name": berth_node.name, "address": berth_node.address}]
-    with mock.patch.dict(app.tornado_settings, {"spawner_class": DockerSpawner}), mock.patch.dict(
-        app.config.DockerSpawner, {"nodes": nodes}
-    ):
+    settings = {"spawner_class": DockerSpawner, "allow_named_servers": True, "named_server_limit_per_user": 2}
+    with mock.patch.dict(app.tornado_settings, settings), mock.patch.dict(app.config.DockerSpawner, {"nodes": nodes}):
         yield app

@@ -17,8 +17,8 @@ except ImportError:  # JupyterHub < 6
 
     class SpawnException(web.HTTPError):
         """JupyterHub 6's SpawnException for older hubs: the message the user sees, a short
-        `reason` label, an optional `log_message` (only logged) and `message_html`, and the
-        HTTP status (400 unless said)."""
+        `reason` label, an optional `log_message` (in str(), which the hub logs) and
+        `message_html`, and the HTTP status (400 unless said)."""
 
         def __init__(self, message, *, reason, log_message="", message_html="", status_code=400):
             self.message = message
@@ -27,14 +27,15 @@ except ImportError:  # JupyterHub < 6
             self.jupyterhub_message = message
             if message_html:
                 self.jupyterhub_html_message = message_html
-            # HTTPError keeps the log message (tornado formats it with "%" only when given args:
-            # none are); newer tornado makes `log_message` a read-only property over it.
-            super().__init__(status_code, log_message or message)
+            # Older hubs answer the REST API with the HTTPError's log message: that must be what
+            # the user may read (tornado formats it with "%" only when given args: none are).
+            super().__init__(status_code, message)
+            self.detail = log_message or message
             # After HTTPError's __init__, which sets `reason` to the HTTP reason phrase.
             self.reason = reason
 
         def __str__(self):
-            return f"{self.status_code} {self.__class__.__name__}(reason={self.reason}): {self.get_message()}"
+            return f"{self.status_code} {self.__class__.__name__}(reason={self.reason}): {self.detail}"
 
 
 __all__ = ["JUPYTERHUB_VERSION", "SpawnException"]

@@ -151,3 +151,12 @@ def test_volume_modes_ro_and_rw_are_the_read_only_flag():
     s = BerthSpawner(volumes={"a": {"bind": "/a", "mode": "ro"}, "b": {"bind": "/b", "mode": "rw"}, "c": "/c"})
     assert [(v.source, v.target, v.read_only) for v in request.volumes(s.volumes)] == [
         ("a", "/a", True), ("b", "/b", False), ("c", "/c", False)]
+
+
+def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hub():
+    e = SpawnException("No node has room", reason="capacity", status_code=503, log_message="detail for the log")
+    assert (e.status_code, e.reason) == (503, "capacity")
+    assert "detail for the log" in str(e)
+    # What a hub before 6 shows (pages, progress and the REST API's message).
+    assert getattr(e, "jupyterhub_message", e.message) == "No node has room"
+    assert getattr(e, "jupyterhub_message", None) is None or e.log_message == "No node has room"

@@ -47,7 +47,7 @@ NOT_APPLICABLE = {
         "are the node's (daemon/tests/pulls.rs, tests/e2e/test_pulls.py)",
     "test_dockerspawner.py::test_post_start":
         "mocks DockerSpawner's post_start_exec and get_ip_and_port (its methods); berth's "
-        "post_start_cmd runs on the node (berthspawner/tests/test_dockerspawner_names.py)",
+        "post_start_cmd runs on the node (berthspawner/tests/test_options.py)",
     "test_dockerspawner.py::test_cpu_limit":
         "mocks DockerSpawner's docker-py client and calls its private create_object; the callable "
         "cpu_limit is test_dockerspawner_names.py::test_cpu_limit_takes_a_callable_of_the_spawner",

@@ -3,6 +3,7 @@ deprecated image_whitelist, multi-value form fields, the user's image as `spawne
 DockerSpawner's public methods (check_allowed, get_object)."""
 
 import logging
+import re
 import types
 
 import pytest
@@ -160,3 +161,16 @@ def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hu
     # What a hub before 6 shows (pages, progress and the REST API's message).
     assert getattr(e, "jupyterhub_message", e.message) == "No node has room"
     assert getattr(e, "jupyterhub_message", None) is None or e.log_message == "No node has room"
+
+
+def test_a_docker_key_berth_has_under_another_option_is_refused_naming_that_option():
+    for trait, value, says in [
+        ("extra_host_config", {"device_requests": []}, "'device_requests' is BerthSpawner.gpus"),
+        ("extra_host_config", {"mem_limit": "1G", "cpu_quota": 50000},
+         "'cpu_quota' is BerthSpawner.cpu_limit; 'mem_limit' is BerthSpawner.mem_limit"),
+        ("extra_create_kwargs", {"environment": {"A": "1"}}, "'environment' is BerthSpawner.environment"),
+    ]:
+        c = Config()
+        c.DockerSpawner[trait] = value
+        with pytest.raises(TraitError, match=f"BerthSpawner.{trait}: .* not supported " + re.escape(f"({says})")):
+            made(c)

@@ -8,7 +8,6 @@
   kind of error on every version.
 """
 
-from jupyterhub import __version__ as JUPYTERHUB_VERSION
 from tornado import web
 
 try:
@@ -38,4 +37,4 @@ except ImportError:  # JupyterHub < 6
             return f"{self.status_code} {self.__class__.__name__}(reason={self.reason}): {self.detail}"
 
 
-__all__ = ["JUPYTERHUB_VERSION", "SpawnException"]
+__all__ = ["SpawnException"]

@@ -3,15 +3,17 @@ HTML for JupyterHub's spawn page, and the form's answer turned back into `user_o
 
 from html import escape
 
-# Form fields of a profile's options: profile-option-<profile slug>--<option name>.
+# Form fields of a profile's options: profile-option-<profile slug>--<option name>, and
+# ...--<option name>--unlisted-choice for a value typed in (KubeSpawner's names).
 OPTION_PREFIX = "profile-option-"
+UNLISTED = "unlisted-choice"
 
 
 def single(value):
-    """A form value as one string: JupyterHub hands form data over as lists of strings
-    ("passthrough"), and a list of one is what a single field sends."""
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        return value[0]
+    """A form value as one string: JupyterHub hands form data over as lists of strings, and
+    of a field sent more than once the first value counts (as DockerSpawner takes it)."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else ""
     return value
 
 
@@ -68,12 +70,24 @@ def _profile_options(profile, chosen):
             f"{escape(choice.get('display_name', key))}</option>"
             for key, choice in option["choices"].items()
         )
+        unlisted = option.get("unlisted_choice") or {}
+        free = ""
+        if unlisted.get("enabled"):
+            # KubeSpawner's names: the select's "unlisted-choice", and a text field beside it.
+            label = unlisted.get("display_name_in_choices") or unlisted.get("display_name") or "Other"
+            choices += f'\n        <option value="{UNLISTED}">{escape(label)}</option>'
+            typed = chosen.get(f"{name}--{UNLISTED}", "") if chosen.get("profile") == slug else ""
+            pattern = f' pattern="{escape(unlisted["validation_regex"])}"' if unlisted.get("validation_regex") else ""
+            free = (
+                f'\n      <input type="text" class="form-control" name="{escape(field)}--{UNLISTED}"'
+                f' placeholder="{escape(unlisted.get("display_name", "Other"))}" value="{escape(typed)}"{pattern}>'
+            )
         out.append(
             '    <div class="berth-profile-option">\n'
             f'      <label for="{escape(field)}">{escape(option.get("display_name", name))}</label>\n'
             f'      <select class="form-control" id="{escape(field)}" name="{escape(field)}">\n'
             f"{choices}\n"
-            "      </select>\n"
+            f"      </select>{free}\n"
             "    </div>"
         )
     return "\n".join(out)

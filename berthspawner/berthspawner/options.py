@@ -32,10 +32,21 @@ _WHY_NOT = (
 )
 
 
+# Docker keys whose meaning berth has under another option: the refusal names it.
+_ELSEWHERE = {
+    "device_requests": "gpus", "mem_limit": "mem_limit", "memory": "mem_limit", "cpu_quota": "cpu_limit",
+    "cpu_period": "cpu_limit", "nano_cpus": "cpu_limit", "cpu_shares": "cpu_guarantee",
+    "mem_reservation": "mem_guarantee", "binds": "volumes", "volumes": "volumes", "mounts": "volumes",
+    "environment": "environment", "command": "cmd", "image": "image", "port_bindings": "container_port",
+}
+
+
 def _unknown(trait, value, known):
     bad = sorted(set(value) - set(known))
     if bad:
-        raise TraitError(f"BerthSpawner.{trait}: {', '.join(map(repr, bad))} not supported: "
+        instead = [f"{k!r} is BerthSpawner.{_ELSEWHERE[k]}" for k in bad if k in _ELSEWHERE]
+        hint = f" ({'; '.join(instead)})" if instead else ""
+        raise TraitError(f"BerthSpawner.{trait}: {', '.join(map(repr, bad))} not supported{hint}: "
                          + _WHY_NOT.format(", ".join(sorted(known))))
 
 

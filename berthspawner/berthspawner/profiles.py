@@ -1,13 +1,31 @@
 """Profiles (KubeSpawner's `profile_list`, with `berth_override`): checking the list, finding the
-user's choice, and applying its overrides to a spawner for one start."""
+user's choice, and applying its overrides to a spawner for one start. A KubeSpawner list works
+as written: its `kubespawner_override` keys that mean something here are read as berth's
+(`KUBESPAWNER_KEYS`), any other is refused by name at config load, and an option's
+`unlisted_choice` (a free value, checked by its `validation_regex`) is offered as there."""
 
 import copy
 import inspect
 import re
 
-PROFILE_KEYS = {"display_name", "slug", "description", "default", "berth_override", "profile_options"}
-OPTION_KEYS = {"display_name", "choices"}
-CHOICE_KEYS = {"display_name", "default", "berth_override"}
+PROFILE_KEYS = {"display_name", "slug", "description", "default", "berth_override", "kubespawner_override",
+                "profile_options"}
+OPTION_KEYS = {"display_name", "choices", "unlisted_choice"}
+CHOICE_KEYS = {"display_name", "default", "berth_override", "kubespawner_override"}
+UNLISTED_KEYS = {"enabled", "display_name", "display_name_in_choices", "validation_regex", "validation_message",
+                 "berth_override", "kubespawner_override"}
+# The user_options value (and form choice) that picks an option's unlisted choice, and the key
+# suffix of the value typed in (KubeSpawner's names).
+UNLISTED = "unlisted-choice"
+# KubeSpawner's override keys that mean the same here: key -> BerthSpawner trait.
+KUBESPAWNER_KEYS = {
+    "image": "image", "image_pull_policy": "pull_policy", "cpu_limit": "cpu_limit",
+    "cpu_guarantee": "cpu_guarantee", "mem_limit": "mem_limit", "mem_guarantee": "mem_guarantee",
+    "node_selector": "node_selector", "environment": "environment", "cmd": "cmd", "args": "args",
+    "default_url": "default_url", "start_timeout": "start_timeout",
+}
+# Extended resources KubeSpawner asks for that berth counts: the GPUs of `gpu_class`.
+GPU_RESOURCES = {"nvidia.com/gpu", "amd.com/gpu"}
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -30,11 +48,37 @@ def _check_keys(where, entry, allowed):
         raise ProfileError(f"{where} must be a dict, not {type(entry).__name__}")
     unknown = sorted(set(entry) - allowed)
     if unknown:
-        hint = " (berth calls it berth_override)" if "kubespawner_override" in unknown else ""
-        raise ProfileError(f"{where}: unknown key {unknown[0]!r}{hint}; known: {', '.join(sorted(allowed))}")
+        raise ProfileError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(allowed))}")
     override = entry.get("berth_override", {})
     if not isinstance(override, dict):
         raise ProfileError(f"{where}: berth_override must be a dict of BerthSpawner options")
+    if "kubespawner_override" in entry:
+        # Read once, here: berth's own override wins over the translated one.
+        entry["berth_override"] = {**from_kubespawner(where, entry.pop("kubespawner_override")), **override}
+
+
+def from_kubespawner(where, override):
+    """A `kubespawner_override` as berth's override; a key without a meaning here is a
+    ProfileError naming it."""
+    if not isinstance(override, dict):
+        raise ProfileError(f"{where}: kubespawner_override must be a dict")
+    out = {}
+    for key, value in override.items():
+        if key in KUBESPAWNER_KEYS:
+            out[KUBESPAWNER_KEYS[key]] = value
+        elif key in ("extra_resource_limits", "extra_resource_guarantees") and isinstance(value, dict):
+            other = sorted(set(value) - GPU_RESOURCES)
+            if other:
+                raise ProfileError(f"{where}: kubespawner_override {key} {other[0]!r} has no meaning here (berth counts GPUs: "
+                                   f"{', '.join(sorted(GPU_RESOURCES))})")
+            if value:
+                out["gpus"] = max(int(v) for v in value.values())
+        else:
+            raise ProfileError(
+                f"{where}: kubespawner_override key {key!r} has no meaning here; berth reads "
+                f"{', '.join(sorted([*KUBESPAWNER_KEYS, 'extra_resource_limits']))} (or use berth_override)"
+            )
+    return out
 
 
 def _check_option(where, option):
@@ -44,6 +88,13 @@ def _check_option(where, option):
         raise ProfileError(f"{where}: choices must be a non-empty dict")
     for key, choice in choices.items():
         _check_keys(f"{where} choice {key!r}", choice, CHOICE_KEYS)
+    unlisted = option.get("unlisted_choice")
+    if unlisted is not None:
+        _check_keys(f"{where} unlisted_choice", unlisted, UNLISTED_KEYS)
+        try:
+            re.compile(unlisted.get("validation_regex", ""))
+        except re.error as e:
+            raise ProfileError(f"{where} unlisted_choice: validation_regex: {e}") from None
     if not any(c.get("default") for c in choices.values()):
         next(iter(choices.values()))["default"] = True
 
@@ -107,6 +158,11 @@ def choose(profiles, user_options):
     options = profile.get("profile_options", {})
     for name, option in options.items():
         picked = opts.get(name)
+        unlisted = option.get("unlisted_choice") or {}
+        typed = opts.get(f"{name}--{UNLISTED}")
+        if unlisted.get("enabled") and typed is not None and picked in (None, UNLISTED):
+            overrides.append(_unlisted(profile["slug"], name, unlisted, typed))
+            continue
         if picked is None:
             key, choice = next((k, c) for k, c in option["choices"].items() if c.get("default"))
         elif picked in option["choices"]:
@@ -117,7 +173,30 @@ def choose(profiles, user_options):
                 f"profile {profile['slug']!r}: unknown {name} {picked!r}; choose one of: {known}", user_error=True
             )
         overrides.append((f"profile {profile['slug']!r} option {name}={key!r}", choice.get("berth_override", {})))
-    return overrides, set(options)
+    return overrides, set(options) | {f"{n}--{UNLISTED}" for n in options}
+
+
+def _unlisted(slug, name, unlisted, typed):
+    """The overrides of a value typed in for an option's unlisted choice: checked against its
+    `validation_regex` (a user ProfileError with its `validation_message` when it does not
+    match), then put where the overrides say `{value}`."""
+    if not isinstance(typed, str) or not typed:
+        raise ProfileError(f"profile {slug!r}: {name} must be a non-empty string", user_error=True)
+    regex = unlisted.get("validation_regex")
+    if regex and not re.match(regex, typed):
+        why = unlisted.get("validation_message") or f"it must match {regex}"
+        raise ProfileError(f"profile {slug!r}: {name} {typed!r} is not accepted: {why}", user_error=True)
+
+    def put(v):
+        if isinstance(v, str):
+            return v.replace("{value}", typed)
+        if isinstance(v, dict):
+            return {k: put(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [put(x) for x in v]
+        return v
+
+    return (f"profile {slug!r} option {name}={typed!r}", put(unlisted.get("berth_override", {})))
 
 
 def restore(spawner):

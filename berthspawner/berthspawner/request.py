@@ -3,7 +3,7 @@ from a BerthSpawner's configuration and the user's options."""
 
 import json
 
-from jupyterhub.spawner import SpawnException
+from ._compat import SpawnException
 
 from . import form, placement, templates
 from ._proto.berth.v1 import spawner_pb2 as pb
@@ -12,9 +12,18 @@ from ._proto.berth.v1 import spawner_pb2 as pb
 def image(spawner):
     """The image: the configured one (or the chosen profile's), or the user's choice among
     `allowed_images`."""
-    choice = form.single((spawner.user_options or {}).get("image"))
+    choice = (spawner.user_options or {}).get("image")
+    if isinstance(choice, (list, tuple)) and len(choice) == 1:
+        # options_from_form = "passthrough" hands the form's list over; of two, none is meant.
+        choice = choice[0]
     if not choice or "image" in getattr(spawner, "_profile_option_names", ()):
         return spawner.image
+    return allowed_image(spawner, choice)
+
+
+def allowed_image(spawner, choice):
+    """The image the user's `choice` stands for (DockerSpawner's check_allowed): a display name
+    of `allowed_images`, or any image under "*"; else a 400 naming the choices."""
     if not isinstance(choice, str):
         raise SpawnException(f"user_options image must be a string, not {type(choice).__name__}", reason="image", status_code=400)
     allowed = form.allowed_images(spawner)
@@ -27,6 +36,50 @@ def image(spawner):
     raise SpawnException(
         f"image {choice!r} is not allowed; choose one of: {', '.join(allowed)}", reason="image", status_code=400
     )
+
+
+# A volume's dict form, as DockerSpawner takes it (docker-py's binds), plus berth's driver keys.
+VOLUME_KEYS = {"bind", "mode", "driver", "driver_opts"}
+# docker-py's bind modes (comma-separated) that berth's Volume has no field for, and why not.
+_REFUSED_MODES = {
+    "z": "SELinux relabelling (z/Z) is not done by berth's nodes",
+    "Z": "SELinux relabelling (z/Z) is not done by berth's nodes",
+    **{p: "mount propagation is not offered by berth's nodes (mounts are rprivate)"
+       for p in ("shared", "rshared", "slave", "rslave", "private", "rprivate")},
+    **{c: "consistency modes are Docker Desktop's, not a node's" for c in ("consistent", "cached", "delegated")},
+    "nocopy": "berth's nodes always copy the image's files into a new volume",
+}
+
+
+def check_volumes(trait, spec):
+    """DockerSpawner's `volumes`/`read_only_volumes` as berth can honour them: {source: target}
+    or {source: {"bind", "mode", "driver", "driver_opts"}}, `mode` "ro" or "rw". A mode berth has
+    no field for (z, Z, propagation) or an unknown key is a ValueError naming it and the volume:
+    refused at config load, never dropped without a word."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"BerthSpawner.{trait} must be a dict {{source: target}}")
+    for source, target in spec.items():
+        if isinstance(target, str):
+            continue
+        if not isinstance(target, dict):
+            raise ValueError(f"BerthSpawner.{trait}[{source!r}] must be a path or a dict with bind and mode")
+        unknown = sorted(set(target) - VOLUME_KEYS)
+        if unknown:
+            raise ValueError(
+                f"BerthSpawner.{trait}[{source!r}]: key {unknown[0]!r} is not supported (known: {', '.join(sorted(VOLUME_KEYS))})"
+            )
+        if "bind" not in target:
+            raise ValueError(f"BerthSpawner.{trait}[{source!r}]: has no bind (the path in the container)")
+        for mode in filter(None, str(target.get("mode", "")).split(",")):
+            if mode in ("ro", "rw"):
+                continue
+            why = _REFUSED_MODES.get(mode, "it is not a Docker bind mode")
+            raise ValueError(f"BerthSpawner.{trait}[{source!r}]: mode {mode!r} is not supported: {why}")
+
+
+def read_only_mode(target):
+    """Whether a volume's dict form asks for read-only ("ro", alone or with other modes)."""
+    return "ro" in str(target.get("mode", "")).split(",")
 
 
 def volumes(spec, spawner=None, image=""):
@@ -50,7 +103,7 @@ def volumes(spec, spawner=None, image=""):
                 pb.Volume(
                     source=source,
                     target=bind,
-                    read_only=target.get("mode") == "ro",
+                    read_only=read_only_mode(target),
                     driver=target.get("driver", ""),
                     driver_opts={k: str(v) for k, v in (target.get("driver_opts") or {}).items()},
                 )

@@ -6,7 +6,7 @@ import uuid
 
 import grpc
 import jupyterhub
-from jupyterhub.spawner import SpawnException, Spawner
+from jupyterhub.spawner import Spawner
 from traitlets import (
     Any,
     Bool,
@@ -23,19 +23,24 @@ from traitlets import (
 )
 
 from . import capcache, errors, form, nodecheck, placement, profiles, request
+from ._compat import SpawnException
 from ._proto.berth.v1 import spawner_pb2 as pb
+from .dsnames import DockerSpawnerNames
 from .nodes import State, node_for
 from .options import ContainerOptions
 
+# Mixins holding BerthSpawner's traits by concern; their names are no config sections.
+_MIXINS = ("ContainerOptions", "DockerSpawnerNames")
 
-class BerthSpawner(ContainerOptions, Spawner):
+
+class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     """Runs each server as a Docker container on one of the configured berthd nodes."""
 
     @classmethod
     def section_names(cls):
         # A DockerSpawner configuration applies as written (c.DockerSpawner.image = …): its
         # section is read after Spawner's and before BerthSpawner's, which wins.
-        names = [n for n in super().section_names() if n != "ContainerOptions"]
+        names = [n for n in super().section_names() if n not in _MIXINS]
         at = names.index("Spawner") + 1
         return [*names[:at], "DockerSpawner", *names[at:]]
 
@@ -252,6 +257,14 @@ class BerthSpawner(ContainerOptions, Spawner):
         except SpawnException as e:
             self._profile_saved = {}
             self.log.warning("berth: the profile of %s no longer applies: %s", self._log_name, e)
+
+    @validate("volumes", "read_only_volumes")
+    def _check_volumes(self, proposal):
+        try:
+            request.check_volumes(proposal["trait"].name, proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+        return proposal["value"]
 
     @validate("volume_affinity")
     def _check_affinity(self, proposal):
@@ -510,6 +523,11 @@ class BerthSpawner(ContainerOptions, Spawner):
         self._attempt = 0
         await self._apply_profile()
         image = request.image(self)
+        if image != self.image:
+            # The user's pick is this start's `image`, as in DockerSpawner (hooks, the admin
+            # API and the logs see it); put back at the next start, as a profile's overrides.
+            self._profile_saved.setdefault("image", self.image)
+            self.image = image
         demand = request.demand(self, image)
         nodes = self._nodes()
         if not nodes:
@@ -711,6 +729,26 @@ class BerthSpawner(ContainerOptions, Spawner):
         if self.remove:
             await self._remove_exited(node)
         return int(status.exit_code) if status.HasField("exit_code") else 0
+
+    async def get_object(self):
+        """DockerSpawner's get_object, as far as the node tells: the container's Id, its
+        Config.Image and State (Running, Status, ExitCode); None when there is no container."""
+        node = self._node(self.node_name) if self.node_name else None
+        if node is None:
+            return None
+        status = await node.call("Poll", pb.PollRequest(key=self._key()), self.rpc_timeout)
+        if status.state == State.ABSENT:
+            return None
+        running = status.state in (State.RUNNING, State.STARTING, State.STOPPING)
+        return {
+            "Id": status.container_id,
+            "Config": {"Image": status.image},
+            "State": {
+                "Running": running,
+                "Status": "running" if running else "exited",
+                "ExitCode": int(status.exit_code) if status.HasField("exit_code") else 0,
+            },
+        }
 
     async def _relocate(self):
         """The node of our container when the state names a node no longer configured under

@@ -46,27 +46,39 @@ def fields(template):
         raise TemplateError(f"{template!r}: {e}") from None
 
 
-def _raw(name, what, template):
-    if name and not _PLAIN.match(name):
-        raise TemplateError(
-            f"{template!r}: {{{what}}} would put {name!r} unescaped into a volume name or path; "
-            "use the escaped {username}/{servername} instead"
-        )
-    return name
+def _raw(name, what, template, path):
+    """A raw name where it cannot change the shape of what it goes into: in a path, any name
+    that is one path component (JupyterHub users are often e-mail addresses, as DockerSpawner
+    allows: /home/{raw_username} -> /home/alice@example.org); in a named volume, a name of
+    Docker's volume-name characters (the node would refuse any other)."""
+    if not name:
+        return name
+    if path:
+        if "/" not in name and "\0" not in name and name not in (".", ".."):
+            return name
+        why = "is not one path component"
+    elif _PLAIN.match(name):
+        return name
+    else:
+        why = "has characters a Docker volume name cannot hold"
+    raise TemplateError(
+        f"{template!r}: {{{what}}} is {name!r}, which {why}; use the escaped {{username}}/{{servername}} instead"
+    )
 
 
-def source(template, user="", server="", image="", prefix="jupyter"):
+def source(template, user="", server="", image="", prefix="jupyter", path=None):
     """A volume source as the node takes it: DockerSpawner's escaped names become the node's
     `{user}`/`{server}` (expanded and escaped by the node, which labels the volume with its
     owner); raw names and `{imagename}` are expanded here. Unknown names are a TemplateError."""
     values = {}
+    path = template.startswith("/") if path is None else path
     for f in fields(template):
         if f in _TO_NODE:
             values[f] = _TO_NODE[f]
         elif f in ("raw_username", "unescaped_username"):
-            values[f] = _raw(user, f, template)
+            values[f] = _raw(user, f, template, path)
         elif f in ("raw_servername", "unescaped_servername"):
-            values[f] = _raw(server, f, template)
+            values[f] = _raw(server, f, template, path)
         elif f == "imagename":
             values[f] = image.replace("/", "-").replace(":", "-")
         elif f == "prefix":
@@ -79,5 +91,5 @@ def source(template, user="", server="", image="", prefix="jupyter"):
 def target(template, user="", server="", image="", prefix="jupyter"):
     """A mount point: every name expanded here (the node does not template targets), escaped
     names with the node's escaping."""
-    node_side = source(template, user, server, image, prefix)
+    node_side = source(template, user, server, image, prefix, path=True)
     return node_side.replace("{user}", escape(user)).replace("{server}", escape(server))

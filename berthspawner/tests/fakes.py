@@ -103,7 +103,8 @@ class FakeNode(pb_grpc.SpawnerServicer):
         key = (request.key.user, request.key.server_name)
         cid = f"{self.name}-{request.spawn_id[:8]}"
         self.servers[key] = pb.ServerStatus(
-            key=request.key, state=State.RUNNING, container_id=cid, spawn_id=request.spawn_id, node_id=self.name
+            key=request.key, state=State.RUNNING, container_id=cid, spawn_id=request.spawn_id, node_id=self.name,
+            image=request.image,
         )
         self.running += 1
         if self.push and self.auto_push:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from fakes import GIB, FakeNode, spawner
-from jupyterhub.spawner import SpawnException
+from berthspawner._compat import SpawnException
 from test_spawner import run, up
 
 from berthspawner import request

@@ -5,7 +5,7 @@ spawns it placed until a pushed answer shows them."""
 import grpc
 import pytest
 from fakes import GIB, FakeNode, pb, spawner, wait_until
-from jupyterhub.spawner import SpawnException
+from berthspawner._compat import SpawnException
 from test_spawner import run, up
 
 from berthspawner import capcache

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 from fakes import GIB, FakeNode, spawner
-from jupyterhub.spawner import SpawnException
+from berthspawner._compat import SpawnException
 from test_spawner import run, up
 from traitlets import TraitError
 
@@ -214,7 +214,7 @@ async def test_an_override_of_an_unknown_option_is_a_500_naming_it():
 
 def test_a_bad_profile_list_is_refused_when_configured_naming_the_profile():
     for bad, says in [
-        ([{"display_name": "K", "kubespawner_override": {}}], "berth calls it berth_override"),
+        ([{"display_name": "K", "kubespawner_override": {"tolerations": []}}], "key 'tolerations' has no meaning here"),
         ([{"slug": "x"}], "profile_list: entry 0: display_name is missing"),
         ([{"display_name": "A", "slug": "a"}, {"display_name": "B", "slug": "a"}], "slug 'a' is used twice"),
         ([{"display_name": "A", "profile_options": {"o": {"choices": {}}}}], "option 'o': choices must be"),
@@ -260,7 +260,7 @@ def test_dockerspawner_volume_names_mean_the_same_volumes():
     assert templates.target("/home/{username}/{servername}", user="Alice.B", server="gpu") == "/home/-41lice-2e-42/gpu"
     with pytest.raises(templates.TemplateError, match="unknown name {usr}"):
         src("home-{usr}")
-    with pytest.raises(templates.TemplateError, match="unescaped"):
+    with pytest.raises(templates.TemplateError, match="not one path component"):
         src("/srv/{raw_username}", user="../root")
 
 
@@ -301,3 +301,87 @@ def test_the_hub_checks_nodes_when_it_reads_its_config_file(tmp_path):
         app.load_config_file("jupyterhub_config.py", path=str(tmp_path))
     (tmp_path / "ok.py").write_text('c.BerthSpawner.nodes = [{"name": "n", "address": "n:1"}]\n')
     JupyterHub().load_config_file("ok.py", path=str(tmp_path))
+
+
+# ---- coming from KubeSpawner ----------------------------------------------------------------
+
+KUBE = [
+    {
+        "display_name": "Data science",
+        "slug": "ds",
+        "kubespawner_override": {"cpu_limit": 2, "mem_guarantee": "1G", "node_selector": {"zone": "a"}},
+        "profile_options": {
+            "image": {
+                "display_name": "Image",
+                "choices": {
+                    "base": {"display_name": "Base", "kubespawner_override": {"image": "base:1"}},
+                    "gpu": {"display_name": "GPU", "kubespawner_override": {
+                        "image": "gpu:1", "extra_resource_limits": {"nvidia.com/gpu": "1"}}},
+                },
+                "unlisted_choice": {
+                    "enabled": True,
+                    "display_name": "Other image",
+                    "validation_regex": "^quay\\.io/[a-z/]+:[0-9.]+$",
+                    "validation_message": "an image of quay.io with a version tag",
+                    "kubespawner_override": {"image": "{value}"},
+                },
+            }
+        },
+    }
+]
+
+
+def test_kubespawner_overrides_with_a_meaning_here_are_berths_overrides():
+    (p,) = profiles.initialized(KUBE)
+    assert p["berth_override"] == {"cpu_limit": 2, "mem_guarantee": "1G", "node_selector": {"zone": "a"}}
+    assert p["profile_options"]["image"]["choices"]["gpu"]["berth_override"] == {"image": "gpu:1", "gpus": 1}
+    overrides, _ = profiles.choose([p], {"profile": "ds", "image": "gpu"})
+    assert [o for _, o in overrides] == [p["berth_override"], {"image": "gpu:1", "gpus": 1}]
+
+
+@pytest.mark.parametrize(
+    "override, refused",
+    [({"tolerations": []}, "kubespawner_override key 'tolerations' has no meaning here"),
+     ({"extra_resource_limits": {"example.com/fpga": 1}}, "extra_resource_limits 'example.com/fpga' has no meaning"),
+     ({"volume_mounts": []}, "key 'volume_mounts'")],
+)
+def test_kubespawner_overrides_without_a_meaning_here_are_refused_by_name_at_config_load(override, refused):
+    with pytest.raises(TraitError, match=refused):
+        spawner([], profile_list=[{"display_name": "K", "kubespawner_override": override}])
+
+
+def test_an_unlisted_choice_is_checked_by_its_regex_and_put_where_the_override_says_value():
+    (p,) = profiles.initialized(KUBE)
+    for opts in ({"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/x/y:1.2"},
+                 {"profile": "ds", "image--unlisted-choice": "quay.io/x/y:1.2"}):
+        overrides, names = profiles.choose([p], opts)
+        assert overrides[-1][1] == {"image": "quay.io/x/y:1.2"}
+        assert "image--unlisted-choice" in names
+    with pytest.raises(profiles.ProfileError, match="is not accepted: an image of quay.io with a version tag") as e:
+        profiles.choose([p], {"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "evil/x:latest"})
+    assert e.value.user_error
+    with pytest.raises(TraitError, match="validation_regex"):
+        spawner([], profile_list=[{"display_name": "K", "profile_options": {"o": {
+            "choices": {"a": {}}, "unlisted_choice": {"enabled": True, "validation_regex": "("}}}}])
+
+
+def test_the_form_offers_the_unlisted_choice_and_its_field_becomes_user_options():
+    s = spawner([], profile_list=KUBE)
+    html = asyncio.run(s.get_options_form())
+    assert '<option value="unlisted-choice">Other image</option>' in html
+    assert 'name="profile-option-ds--image--unlisted-choice"' in html
+    data = {"profile": ["ds"], "profile-option-ds--image": ["unlisted-choice"],
+            "profile-option-ds--image--unlisted-choice": ["quay.io/a/b:2"]}
+    assert s.run_options_from_form(data) == {
+        "profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/a/b:2"}
+
+
+@run
+async def test_a_kubespawner_profile_with_a_typed_image_starts_that_image_with_its_limits():
+    (node,) = await up(FakeNode("n", labels={"zone": "a"}))
+    s = spawner([node], image="default:1", profile_list=KUBE)
+    s.user_options = {"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/a/b:2"}
+    await s.start()
+    r = node.started
+    assert (r.image, r.resources.cpu_limit, r.resources.mem_guarantee_bytes) == ("quay.io/a/b:2", 2.0, 1 << 30)
+    assert s.image == "quay.io/a/b:2"

@@ -2,7 +2,7 @@
 
 import pytest
 from fakes import spawner
-from jupyterhub.spawner import SpawnException
+from berthspawner._compat import SpawnException
 
 from berthspawner import request
 

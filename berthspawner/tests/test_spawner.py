@@ -7,7 +7,7 @@ import socket
 import grpc
 import pytest
 from fakes import GIB, FakeNode, State, spawner, wait_until
-from jupyterhub.spawner import SpawnException
+from berthspawner._compat import SpawnException
 
 from berthspawner import nodes as nodes_mod
 from berthspawner._proto.berth.v1 import spawner_pb2 as pb

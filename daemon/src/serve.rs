@@ -251,7 +251,17 @@ async fn run_on<E: ContainerEngine>(
     let router = builder
         .add_service(health_service)
         .add_service(InterceptedService::new(spawner, auth));
-    let stop = shutdown.clone().cancelled_owned();
+    // STOPPING=1 goes out before the server winds down: were it sent beside the server's
+    // future, a server with nothing in flight would finish first and it would never be sent.
+    let stop = {
+        let shutdown = shutdown.clone();
+        let notifier = notifier.clone();
+        async move {
+            shutdown.cancelled().await;
+            notifier.stopping();
+            tracing::info!("shutting down; containers keep running");
+        }
+    };
     let server: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
             crate::tls::incoming(listener, tls, shutdown.clone()),
@@ -263,8 +273,6 @@ async fn run_on<E: ContainerEngine>(
     };
     let grace = async {
         shutdown.cancelled().await;
-        notifier.stopping();
-        tracing::info!("shutting down; containers keep running");
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {

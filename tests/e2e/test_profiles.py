@@ -35,6 +35,26 @@ PROFILES = [
         },
     },
     {"display_name": "H100", "slug": "h100", "berth_override": {"node_selector": {"gpu": "h100"}}},
+    # As a KubeSpawner site writes it: kubespawner_override, and an image option whose unlisted
+    # choice lets the user type an image the regex accepts.
+    {
+        "display_name": "Kube style",
+        "slug": "kube",
+        "kubespawner_override": {"cmd": TINY_CMD, "mem_limit": "200M", "node_selector": {"zone": "a"}},
+        "profile_options": {
+            "image": {
+                "display_name": "Image",
+                "choices": {"default": {"display_name": "Default image", "kubespawner_override": {"image": IMAGE}}},
+                "unlisted_choice": {
+                    "enabled": True,
+                    "display_name": "Other image",
+                    "validation_regex": "^berth-test/[a-z]+:latest$",
+                    "validation_message": "a berth-test image",
+                    "kubespawner_override": {"image": "{value}"},
+                },
+            }
+        },
+    },
 ]
 
 
@@ -138,3 +158,42 @@ def test_a_hub_with_a_bad_node_entry_stops_at_start_naming_it(workdir):
     p = subprocess.run(["jupyterhub", "-f", "jupyterhub_config.py"], cwd=d, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "BerthSpawner.nodes[0] ('n1'): token_file /nonexistent/token cannot be read" in p.stderr, p.stderr[-2000:]
+
+
+def test_a_kubespawner_profile_with_a_typed_image_spawns_it_through_the_form(labelled):
+    hub, nodes = labelled
+    user = "formkube"
+    hub.api("POST", "/users", json={"usernames": [user]})
+    s = hub.login(user)
+    page = s.get(f"{hub.url}/hub/spawn", timeout=30)
+    assert '<option value="unlisted-choice">Other image</option>' in page.text, page.text[:2000]
+    assert 'name="profile-option-kube--image--unlisted-choice"' in page.text
+    r = s.post(
+        f"{hub.url}/hub/spawn",
+        data={"profile": "kube", "profile-option-kube--image": "unlisted-choice",
+              "profile-option-kube--image--unlisted-choice": TINY, "_xsrf": s.cookies.get("_xsrf", "")},
+        timeout=60, allow_redirects=False,
+    )
+    assert r.status_code in (302, 303), (r.status_code, r.text[:500])
+    wait_for(f"{user} ready", lambda: (hub.server(user) or {}).get("ready"), 90)
+    node, c = only_container(nodes, user)
+    assert node == "plain", "kubespawner_override's node_selector"
+    assert c["Config"]["Image"].endswith(TINY) and c["Config"]["Cmd"] == TINY_CMD
+    assert c["HostConfig"]["Memory"] == 200 * MIB
+    assert hub.server(user)["user_options"] == {
+        "profile": "kube", "image": "unlisted-choice", "image--unlisted-choice": TINY}
+
+
+def test_a_kubespawner_profile_with_a_typed_image_through_the_rest_api_and_a_refused_one(labelled):
+    hub, nodes = labelled
+    user = "apikube"
+    hub.spawn(user, options={"profile": "kube", "image--unlisted-choice": TINY})
+    node, c = only_container(nodes, user)
+    assert (node, c["HostConfig"]["Memory"]) == ("plain", 200 * MIB)
+    assert c["Config"]["Image"].endswith(TINY)
+    bad = "apikubebad"
+    hub.api("POST", "/users", json={"usernames": [bad]})
+    r = hub.api("POST", f"/users/{bad}/server", json={"profile": "kube", "image--unlisted-choice": "evil/x:1"})
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert "'evil/x:1' is not accepted: a berth-test image" in r.json()["message"], r.text
+    assert all(not n.containers(bad) for n in nodes.values())

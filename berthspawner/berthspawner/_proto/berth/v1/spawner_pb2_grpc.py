@@ -136,6 +136,16 @@ class SpawnerServicer:
     def Start(self, request, context):
         """Starts a server and returns once it answers HTTP on its readiness path.
         Idempotent by spawn_id; a key running under another spawn_id is ALREADY_EXISTS.
+        Cancellation: a Start whose every caller has gone (deadline passed, connection dropped)
+        goes on for [spawn] abandon_grace_seconds (10 s); a retry with the same spawn_id within
+        that time joins it and gets its answer, else it is cancelled as a Stop would cancel it
+        (its pull stops unless another spawn follows it, nothing further is created, and what it
+        made is removed).
+        A failed Start leaves nothing of a container it created: the container is removed (its
+        last output is in the error first), which frees its devices and its share of the node;
+        Poll then says ABSENT, with the exit code only if the container ever ran. A kept container
+        it resumed stays, stopped, with the spawn's secret files (env, internal_ssl key)
+        overwritten empty. A container of another spawn is never touched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

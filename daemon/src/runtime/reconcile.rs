@@ -100,23 +100,36 @@ impl<E: ContainerEngine> Runtime<E> {
         let never_started = c.status == RunStatus::Created;
         self.observe(&key, &id, Some(c), generation, WatchKind::Changed)
             .await;
-        if never_started && self.inner.keys.current(&key).is_none() {
-            self.discard_never_started(&key, &id).await;
+        let starting = self
+            .inner
+            .view
+            .get(&key)
+            .is_some_and(|e| e.record.status == RecordStatus::Starting);
+        if (never_started || starting) && self.inner.keys.current(&key).is_none() {
+            self.settle_orphan(&key, &id).await;
         }
         Ok(Some(key))
     }
 
-    /// Removes container `id` of `key` if it is still one that never started, with the key
-    /// held so no Start can be carrying it on meanwhile.
-    async fn discard_never_started(&self, key: &ServerKey, id: &str) {
+    /// Settles container `id` of `key`, left by a Start that no one holds any more (berthd
+    /// stopped mid-start, so the hub's call failed with it): what that spawn made is removed
+    /// and a container it resumed is stopped without its secrets, as a failed Start leaves
+    /// them; a container that never started is removed whatever made it. The key is held
+    /// meanwhile, so no Start can be carrying it on.
+    async fn settle_orphan(&self, key: &ServerKey, id: &str) {
         let guard = self
             .inner
             .keys
             .acquire(key, super::keys::Op::Stopping)
             .await;
+        let entry = self.inner.view.get(key);
+        if let Some(e) = entry.filter(|e| e.record.status == RecordStatus::Starting) {
+            tracing::warn!(user = key.user(), server = key.server(), container = %id, spawn_id = %e.record.spawn_id, "a start no one holds any more (berthd stopped mid-start): undoing it");
+            self.clean_up_spawn(key, &e.record.spawn_id).await;
+        }
         let still = matches!(self.inner.engine.inspect(id).await, Ok(Some(c)) if c.status == RunStatus::Created);
         if still {
-            match self.inner.engine.remove(id).await {
+            match super::start::persist("remove", || self.inner.engine.remove(id)).await {
                 Ok(()) => {
                     tracing::warn!(user = key.user(), server = key.server(), container = %id, "removed a container that never started and that no Start holds (berthd stopped mid-start)");
                     self.inner.view.removed(key, id);
@@ -136,6 +149,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
             }
         }
+        self.refresh(key).await;
         drop(guard);
         self.settle_devices(key).await;
         self.publish(key, WatchKind::Changed);

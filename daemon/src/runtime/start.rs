@@ -87,6 +87,13 @@ impl<E: ContainerEngine> Runtime<E> {
         });
         let mut result = self.start_locked(&spec, &progress, &token).await;
         link.abort();
+        if result.is_ok() && !self.answer_wanted(&spec, &abandoned).await {
+            // Nobody will receive the answer: the server must not run for no one.
+            self.clean_up_spawn(&spec.key, &spec.spawn_id).await;
+            result = Err(Error::Cancelled {
+                key: spec.key.clone(),
+            });
+        }
         if let Err(e) = &result {
             // A Stop that cancelled the Start deals with the container itself, as it asks
             // (kept or removed); every other failure is cleaned up here.
@@ -133,6 +140,31 @@ impl<E: ContainerEngine> Runtime<E> {
         result
     }
 
+    /// Whether anyone will receive the answer of a spawn that succeeded: a caller waits now,
+    /// or a retry arrives before the spawn is abandoned. The key stays held (the server reads
+    /// STARTING) meanwhile, so a retry carries on from here.
+    async fn answer_wanted(&self, spec: &StartSpec, abandoned: &CancellationToken) -> bool {
+        let callers = &self.inner.callers;
+        let limit = tokio::time::Instant::now() + callers.grace() + ANSWER_MARGIN;
+        loop {
+            if callers.waiting(&spec.key, &spec.spawn_id) > 0 {
+                return true;
+            }
+            if abandoned.is_cancelled() {
+                return false;
+            }
+            if tokio::time::Instant::now() >= limit {
+                // The grace passed without the spawn being abandoned: a retry came and got
+                // its answer (or the table forgot the spawn); keep the server.
+                return true;
+            }
+            tokio::select! {
+                () = abandoned.cancelled() => {}
+                () = tokio::time::sleep(ANSWER_POLL) => {}
+            }
+        }
+    }
+
     /// What a failed Start leaves: nothing of a container this spawn made (its last output is
     /// already in the error), which frees its devices; a kept container it resumed stays,
     /// stopped, without the spawn's secrets. A container of another spawn is not touched.
@@ -140,20 +172,33 @@ impl<E: ContainerEngine> Runtime<E> {
         if matches!(e, Error::AlreadyRunning { .. } | Error::NameTaken { .. }) {
             return;
         }
-        let Ok(Some(c)) = self.container_of(&spec.key).await else {
+        self.clean_up_spawn(&spec.key, &spec.spawn_id).await;
+    }
+
+    /// Undoes what spawn `spawn_id` of `key` left: its own container removed, a container it
+    /// resumed stopped and scrubbed. Each Docker call is retried ([`persist`]): a passing
+    /// hiccup must not leave a container, a device or a secret behind. The caller holds the
+    /// key.
+    pub(super) async fn clean_up_spawn(&self, key: &ServerKey, spawn_id: &str) {
+        let engine = &self.inner.engine;
+        let name = key.container_name();
+        let Ok(Some(c)) = persist("inspect", || engine.inspect(&name)).await else {
             return;
         };
-        let made_here = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
+        if self.container_of(key).await.ok().flatten().is_none() {
+            return;
+        }
+        let made_here = c.label(LABEL_SPAWN_ID) == Some(spawn_id);
         let resumed_here = !made_here
-            && self.inner.view.get(&spec.key).is_some_and(|r| {
-                r.record.container_id == c.id && r.record.spawn_id == spec.spawn_id
+            && self.inner.view.get(key).is_some_and(|r| {
+                r.record.container_id == c.id && r.record.spawn_id == spawn_id
             });
-        let (user, server) = (spec.key.user(), spec.key.server());
+        let (user, server) = (key.user(), key.server());
         if made_here {
-            match self.inner.engine.remove(&c.id).await {
+            match persist("remove", || engine.remove(&c.id)).await {
                 Ok(()) => {
-                    self.inner.view.removed(&spec.key, &c.id);
-                    let saved = self.inner.records.save(&spec.key, |r| {
+                    self.inner.view.removed(key, &c.id);
+                    let saved = self.inner.records.save(key, |r| {
                         r.container_id.clear();
                         r.status = RecordStatus::Absent;
                         r.exit_code = c.exit_code.filter(|_| c.started_at.is_some());
@@ -165,25 +210,34 @@ impl<E: ContainerEngine> Runtime<E> {
                     tracing::info!(user, server, container = %c.id, "removed the container of a failed start");
                 }
                 Err(rm) => {
-                    tracing::error!(user, server, container = %c.id, error = %rm, "cannot remove the container of a failed start");
+                    tracing::error!(user, server, container = %c.id, error = %rm, "cannot remove the container of a failed start; the next reconcile tries again");
                 }
             }
         } else if resumed_here {
             if matches!(
                 c.status,
                 RunStatus::Running | RunStatus::Paused | RunStatus::Restarting
-            ) && let Err(k) = self.inner.engine.kill(&c.id).await
+            ) && let Err(k) = persist("kill", || engine.kill(&c.id)).await
             {
                 tracing::error!(user, server, container = %c.id, error = %k, "cannot stop a resumed server whose start failed");
             }
-            self.scrub_secrets(&spec.key, &c.id).await;
+            let saved = self
+                .inner
+                .records
+                .save(key, |r| r.status = RecordStatus::Exited);
+            if let Err(e) = saved.await {
+                tracing::error!(user, server, error = %e, "cannot record the end of a failed resume");
+            }
+            self.scrub_secrets(key, &c.id).await;
         }
     }
 
     /// Overwrites the per-spawn files (env, internal_ssl key) of kept container `id` with
     /// empty ones, so no secret of a spawn outlives it in the container's writable layer.
     pub(super) async fn scrub_secrets(&self, key: &ServerKey, id: &str) {
-        if let Err(e) = self.inner.engine.put_files(id, &resume::scrubbed()).await {
+        let files = resume::scrubbed();
+        let engine = &self.inner.engine;
+        if let Err(e) = persist("put_files", || engine.put_files(id, &files)).await {
             tracing::error!(user = key.user(), server = key.server(), container = %id, error = %e, "cannot scrub the spawn's secrets from a kept container");
         }
     }
@@ -687,6 +741,45 @@ impl<E: ContainerEngine> Runtime<E> {
             device_requests: passing.requests,
             options: spec.options.clone(),
         }
+    }
+}
+
+/// How often a spawn whose callers have gone looks for a retry.
+const ANSWER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long past the grace it waits for the verdict.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Tries of a clean-up call.
+const CLEANUP_TRIES: u32 = 4;
+/// The longest one try of a clean-up call may take.
+const CLEANUP_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs clean-up call `f` until it succeeds, up to [`CLEANUP_TRIES`] times with a doubling
+/// pause, each try bounded by [`CLEANUP_CALL_LIMIT`]. A container that is already gone counts
+/// as removed (the engine answers `Ok` for that).
+pub(super) async fn persist<T, F, Fut>(what: &'static str, mut f: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let err = match tokio::time::timeout(CLEANUP_CALL_LIMIT, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => EngineError::Timeout {
+                op: what,
+                after: CLEANUP_CALL_LIMIT,
+            },
+        };
+        if tries >= CLEANUP_TRIES {
+            return Err(err);
+        }
+        tracing::debug!(call = what, error = %err, "clean-up call failed; trying again");
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
 }
 

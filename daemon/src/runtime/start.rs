@@ -441,7 +441,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 boot_times::message(elapsed, expected),
             );
             if now != last {
-                progress.emit(Event::new(Phase::WaitingForHttp, now.0, now.1.clone()));
+                progress.emit(Event::tick(Phase::WaitingForHttp, now.0, now.1.clone()));
                 last = now;
             }
         }

@@ -91,10 +91,13 @@ pub(super) fn run<E: ContainerEngine>(
                 () = tx.closed() => return,
             };
             let last = match outcome {
-                Ok(()) => pb::PrepullEvent {
-                    done: true,
-                    ..event(&image, None)
-                },
+                Ok(()) => {
+                    rt.note_pulled(&image).await;
+                    pb::PrepullEvent {
+                        done: true,
+                        ..event(&image, None)
+                    }
+                }
                 Err(e) => failed(&image, &Status::from(e)),
             };
             if tx.send(Ok(last)).await.is_err() {

@@ -109,6 +109,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let devices = self.assign_devices(spec).await?;
         self.inner.view.capacity_changed();
         let image = self.ensure_image(spec, progress, cancel).await?;
+        self.inner.image_use.note(&image.id, true);
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {

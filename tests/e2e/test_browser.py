@@ -306,13 +306,13 @@ def watch_spawn(driver, url, timeout=90):
 
 
 def assert_log_is_terse(lines):
-    """At most one line per phase or few seconds: two lines of the same kind (their first two
-    words) come at least 4 s apart, and no line repeats the one before it."""
+    """At most one line per phase or few seconds: two lines of the same kind (their words before
+    the first colon) come at least 4 s apart, and no line repeats the one before it."""
     last = {}
     for (t, line), (_, before) in zip(lines[1:], lines[:-1], strict=True):
         assert line != before, f"a line twice: {line!r}"
     for t, line in lines:
-        kind = " ".join(line.split()[:2])
+        kind = line.split(":")[0].rstrip(".")
         if kind in last:
             assert t - last[kind] >= 4, f"{line!r} {t - last[kind]:.1f} s after the last {kind!r} line: {lines}"
         last[kind] = t

@@ -22,7 +22,7 @@ from traitlets import (
     validate,
 )
 
-from . import capcache, errors, form, nodecheck, placement, profiles, request
+from . import capcache, errors, form, nodecheck, placement, profiles, request, userfacing
 from ._compat import SpawnException
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .dsnames import DockerSpawnerNames
@@ -176,6 +176,8 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     home_node = Unicode("")
     # Said once on the progress stream of the current start (e.g. "a fresh volume").
     _notice = ""
+    # Set by progress() once the current attempt's events are relayed (None: nobody follows).
+    _attempt_ended = None
     # Node attempts of the current start(), followed by progress().
     _attempt = 0
     # The chosen profile's option names (user_options keys it consumes), and the values its
@@ -521,6 +523,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
 
     async def start(self):
         self._attempt = 0
+        self._attempt_ended = None
         await self._apply_profile()
         image = request.image(self)
         if image != self.image:
@@ -584,16 +587,16 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                 # The detail (exit code, last output, addresses) is for the hub's log; the page
                 # says what the user can do.
                 self.log.error("berth: %s failed to start on %s: %s", self._log_name, node.name, e.details())
+                await self._failure_relayed()
                 if why == "IMAGE_PULL_FAILED":
                     # The image cannot be had: another node would fail the same way.
-                    raise SpawnException(
-                        f"The image of your server could not be pulled: {e.details()}", reason="image", status_code=500
+                    raise userfacing.failure(
+                        userfacing.PULL_FAILED,
+                        reason="image",
+                        detail=f"The image of your server could not be pulled: {e.details()}",
                     ) from None
-                raise SpawnException(
-                    "Your server could not start. Please try again; if it keeps happening, ask an "
-                    "administrator (the hub's log has the details).",
-                    reason="start",
-                    status_code=500,
+                raise userfacing.failure(
+                    userfacing.START_FAILED, reason="start", detail=f"Your server could not start: {e.details()}"
                 ) from None
             else:
                 started = True
@@ -621,17 +624,28 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         why = "; ".join(reasons) or "no node answered"
         if lacking and len(lacking) == self._attempt:
             # Every node tried had room but not the image: not a matter of room.
-            raise SpawnException(
-                f"The image {image} is not on the nodes that could take your server and the pull policy "
-                f"is {self.pull_policy!r} ({why}).",
+            raise userfacing.failure(
+                userfacing.IMAGE_MISSING,
                 reason="image",
-                status_code=500,
+                detail=f"The image {image} is not on the nodes that could take your server and the pull "
+                f"policy is {self.pull_policy!r} ({why}).",
             )
-        raise SpawnException(
-            f"No node has room for your server right now ({why}). Try again later.",
+        raise userfacing.failure(
+            userfacing.NO_ROOM,
             reason="capacity",
             status_code=503,
+            detail=f"No node has room for your server right now ({why}). Try again later.",
         )
+
+    async def _failure_relayed(self, timeout=1.0):
+        """Waits (briefly) until progress() has relayed the failed attempt's detail, so that
+        the Event log holds it before the hub ends the page with the user's sentence."""
+        ended = self._attempt_ended
+        if ended is not None:
+            try:
+                await asyncio.wait_for(ended.wait(), timeout)
+            except TimeoutError:
+                pass
 
     async def _discard_failed(self, node):
         """After a failed Start: the hub will not call stop() (poll() says the server is not
@@ -669,13 +683,16 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                 # The node name means nothing to most users; that the first choice said no does.
                 yield {"message": "The first machine tried could not take your server; trying another one."}
             req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
+            self._attempt_ended = ended = asyncio.Event()
+            last_message = ""
             try:
                 async for ev in node.stub().Progress(req, metadata=node.metadata()):
                     if ev.ready or ev.failed or self._attempt != seen:
                         break
-                    out = {"message": ev.message}
-                    if ev.progress:
-                        out["progress"] = ev.progress
+                    out = userfacing.hub_event(ev, last_message)
+                    if out is None:
+                        continue
+                    last_message = out.get("message", last_message)
                     if ev.phase == pb.ProgressEvent.PULLING:
                         # The bytes are in the message; the numbers too, as KubeSpawner's raw_event.
                         out["raw_event"] = {
@@ -689,6 +706,8 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                     yield out
             except grpc.aio.AioRpcError as e:
                 self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)
+            finally:
+                ended.set()
 
     # ---- poll / stop ------------------------------------------------------------------------
 

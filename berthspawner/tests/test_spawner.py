@@ -124,7 +124,9 @@ async def test_a_server_that_fails_to_start_is_not_retried_elsewhere_and_is_clea
     with pytest.raises(SpawnException) as e:
         await s.start()
     # The user reads what to do; the exit code is for the hub's log.
-    assert e.value.status_code == 500 and "try again" in str(e.value) and "exit code" not in str(e.value)
+    page = e.value.jupyterhub_message
+    assert e.value.status_code == 500 and "try again" in page and "exit code" not in page, page
+    assert "exit code 1" in str(e.value), "the hub's log has the detail"
     assert "Start" not in b.calls
     assert a.calls[-1] == "Stop", "the failed container is handed to Stop (remove) at once"
     assert await s.poll() == 0

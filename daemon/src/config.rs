@@ -266,6 +266,9 @@ section! {
         #[serde(deserialize_with = "units::seconds")]
         gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS,
             env "BERTH_IMAGES_GC_MIN_AGE_SECONDS", flag "images-gc-min-age-seconds";
+        /// Images image GC may remove besides berth's own (those this berthd pulled or started a server of), as globs like `policy.allowed_images`; empty = berth's own only.
+        gc_images: Vec<String> = Vec::new(),
+            env "BERTH_IMAGES_GC_IMAGES", flag "images-gc-images";
     }
 }
 
@@ -447,6 +450,7 @@ impl Config {
                 low_percent: self.images.gc_low_percent,
                 interval: Duration::from_secs(self.images.gc_interval_seconds),
                 min_age: Duration::from_secs(self.images.gc_min_age_seconds),
+                images: self.images.gc_images.clone(),
             },
             labels: self.node.labels.clone(),
         }

@@ -127,12 +127,8 @@ pub fn validate(classes: &[ClassConfig]) -> Result<(), (String, String)> {
                 "a class without discovery lists its devices".to_owned(),
             ));
         }
-        let abs = |p: &String| p.starts_with('/') && !p.split('/').any(|s| s == "..");
-        if let Some(p) = c.common_paths.iter().find(|p| !abs(p)) {
-            return Err((
-                key("common_paths"),
-                format!("{p:?} is not an absolute path"),
-            ));
+        if let Some(p) = c.common_paths.iter().find(|p| !under_dev(p)) {
+            return Err((key("common_paths"), format!("{p:?} {NOT_UNDER_DEV}")));
         }
         let mut ids = BTreeSet::new();
         for (j, d) in c.devices.iter().enumerate() {
@@ -152,12 +148,84 @@ pub fn validate(classes: &[ClassConfig]) -> Result<(), (String, String)> {
                     "device-nodes passing needs the device's nodes".to_owned(),
                 ));
             }
-            if let Some(p) = d.paths.iter().find(|p| !abs(p)) {
-                return Err((dkey("paths"), format!("{p:?} is not an absolute path")));
+            if let Some(p) = d.paths.iter().find(|p| !under_dev(p)) {
+                return Err((dkey("paths"), format!("{p:?} {NOT_UNDER_DEV}")));
             }
         }
     }
     Ok(())
+}
+
+const NOT_UNDER_DEV: &str = "is not an absolute path under /dev";
+
+/// The text test: an absolute path below `/dev` that does not climb out with `..`.
+fn under_dev(p: &str) -> bool {
+    p.strip_prefix("/dev/")
+        .is_some_and(|rest| !rest.is_empty() && !rest.split('/').any(|s| s == ".."))
+}
+
+/// Checks on the node that every path a device-nodes class hands to containers is a device
+/// node (not a link, not a regular file) in directories only root can change, with `check`
+/// (the one Start runs, [`crate::hostpath::check_device`]); the error names the key. Run by
+/// `config check` and `serve` alike, so a path Start would refuse never reaches Capacity.
+pub fn check_nodes(
+    classes: &[ClassConfig],
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<(), (String, String)> {
+    for (i, c) in classes.iter().enumerate() {
+        if c.pass != Pass::DeviceNodes {
+            continue;
+        }
+        for p in &c.common_paths {
+            check(p).map_err(|why| (format!("devices.classes[{i}].common_paths"), why))?;
+        }
+        for (j, d) in c.devices.iter().enumerate() {
+            for p in &d.paths {
+                check(p)
+                    .map_err(|why| (format!("devices.classes[{i}].devices[{j}].paths"), why))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The node check of one device path, as Start runs it, its refusal as text.
+pub fn check_node(path: &str) -> Result<(), String> {
+    if !under_dev(path) {
+        return Err(format!("{path:?} {NOT_UNDER_DEV}"));
+    }
+    crate::hostpath::check_device(path).map_err(|e| match e {
+        crate::hostpath::HostPathError::Device { path, why } => format!("{path} {why}"),
+        other => other.to_string(),
+    })
+}
+
+/// Drops from a device-nodes `class` every device whose nodes (or the class's common nodes)
+/// fail `check`, noting why in `discovery_error`: a device Start would refuse is never
+/// advertised as free.
+pub fn drop_unusable(class: &mut Class, check: impl Fn(&str) -> Result<(), String>) {
+    if class.pass != Pass::DeviceNodes {
+        return;
+    }
+    let common = class.common_paths.iter().find_map(|p| check(p).err());
+    let mut why = Vec::new();
+    class.devices.retain(|d| {
+        let bad = common
+            .clone()
+            .or_else(|| d.paths.iter().find_map(|p| check(p).err()));
+        if let Some(b) = &bad {
+            why.push(format!("device {}: {b}", d.id));
+        }
+        bad.is_none()
+    });
+    if !why.is_empty() {
+        let why = why.join("; ");
+        tracing::warn!(class = %class.name, error = %why, "devices left out of the inventory");
+        class.discovery_error = Some(match class.discovery_error.take() {
+            Some(e) => format!("{e}; {why}"),
+            None => why,
+        });
+    }
 }
 
 /// One device of the inventory.
@@ -238,7 +306,9 @@ impl Inventory {
                     Discover::None => Ok(Vec::new()),
                     Discover::NvidiaSmi => run_nvidia_smi(&c.nvidia_smi),
                 };
-                Self::class(c, found)
+                let mut class = Self::class(c, found);
+                drop_unusable(&mut class, check_node);
+                class
             })
             .collect();
         Self { classes }

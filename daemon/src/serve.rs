@@ -223,7 +223,7 @@ async fn run_on<E: ContainerEngine>(
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
     tasks.spawn(crate::runtime::image_gc::run(
         rt.clone(),
-        rt.config().image_gc,
+        rt.config().image_gc.clone(),
         shutdown.clone(),
     ));
     spawn_metrics(&cfg, &rt, &tasks, &shutdown).await?;

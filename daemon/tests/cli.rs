@@ -291,3 +291,83 @@ fn the_log_settings_are_checked_with_the_rest_naming_key_and_origin() {
         "{out}"
     );
 }
+
+/// A device path Start would refuse (a symbolic link, a regular file, a path outside /dev) is
+/// a configuration error naming its key for `config check` and `serve` alike, so it is never
+/// advertised as a free device. Mutation check: drop `check_nodes` from `Config::validate`
+/// and the link and the regular file pass.
+#[test]
+fn a_device_path_that_is_a_link_a_file_or_outside_dev_is_a_config_error_naming_the_key() {
+    let dir =
+        std::path::PathBuf::from("/dev").join(format!("berth-cli-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("this test runs as root (it writes under /dev)");
+    let link = dir.join("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    let file = dir.join("file");
+    std::fs::write(&file, "").unwrap();
+    let (link, file) = (link.to_str().unwrap(), file.to_str().unwrap());
+    // (the device's paths, the common paths, the key the error names, words it must hold)
+    let cases = [
+        (
+            link,
+            "",
+            "devices.classes[0].devices[1].paths",
+            "symbolic link",
+        ),
+        (
+            file,
+            "",
+            "devices.classes[0].devices[1].paths",
+            "regular file",
+        ),
+        (
+            "/tmp/gpu0",
+            "",
+            "devices.classes[0].devices[1].paths",
+            "under /dev",
+        ),
+        (
+            "/dev/null",
+            link,
+            "devices.classes[0].common_paths",
+            "symbolic link",
+        ),
+    ];
+    for (path, common, key, words) in cases {
+        let common = if common.is_empty() {
+            String::new()
+        } else {
+            format!("common_paths = [\"{common}\"]\n")
+        };
+        let toml = format!(
+            "[[devices.classes]]\nname = \"gpu\"\n{common}\
+             [[devices.classes.devices]]\nid = \"0\"\npaths = [\"/dev/null\"]\n\
+             [[devices.classes.devices]]\nid = \"1\"\npaths = [\"{path}\"]\n"
+        );
+        let cfg = temp_file("devices.toml", &toml);
+        for command in [&["config", "check"][..], &["serve"]] {
+            let mut args = command.to_vec();
+            args.extend_from_slice(&["--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+            args.extend_from_slice(&["--state-dir", "/proc/berth-cli-state"]);
+            let (code, err) = berthd(&args, &[]);
+            assert_eq!(code, 64, "{command:?} {path}: {err}");
+            assert!(err.contains(key), "{command:?} {path} names {key}: {err}");
+            assert!(
+                err.contains(words),
+                "{command:?} {path} says {words}: {err}"
+            );
+        }
+    }
+    // The same class with good nodes only passes the check.
+    let good = temp_file(
+        "good-devices.toml",
+        "[[devices.classes]]\nname = \"gpu\"\n[[devices.classes.devices]]\nid = \"0\"\npaths = [\"/dev/null\"]\n",
+    );
+    let (code, err) = berthd(
+        &["config", "check", "--config", good.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

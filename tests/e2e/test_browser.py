@@ -1,5 +1,8 @@
 """The spawn as a user sees it: headless Chromium through the real proxy to a real JupyterHub,
-berthspawner, berthd and the single-user image. One spawn, to keep CI time small.
+berthspawner, berthd and the single-user image. One spawn to JupyterLab, to keep CI time small,
+and one page of spawns as the user reads them: a pull (the bar moves), a failed pull and a server
+that crashes while booting (one sentence each), with the Event log at one line per phase or few
+seconds.
 
 Screenshots of each step land in target/e2e-screenshots/ (kept after a failed run), with
 timings.txt: click on "Start" → JupyterLab's launcher rendered, beside the hub's own spawn time.
@@ -13,7 +16,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import IMAGE, REPO, Berthd, Hub, wait_for
+from conftest import IMAGE, REPO, TINY, Berthd, Hub, docker, wait_for
+from registry import Registry, SlowProxy, push_image
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -225,3 +229,175 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
             for cid in node.containers(user):
                 with open(os.path.join(SHOTS, f"container-{cid[:12]}.log"), "w") as f:
                     subprocess.run(["docker", "logs", cid], stdout=f, stderr=subprocess.STDOUT, check=False)
+
+
+TINY_CMD = ["sh", "-c", "exec httpd -f -p 8888 -h /www"]
+CRASH_CMD = ["sh", "-c", "echo 'first line of output'; echo 'second line of output'; sleep 6; exit 3"]
+# The Event log's lines, as the user sees them once they open it (innerText: a <br> is a line
+# break; the log is a collapsed <details> until opened).
+LOG_JS = """
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+return Array.from(document.querySelectorAll('#progress-log .progress-log-event')).map(e => e.innerText);
+"""
+# A spawn that failed before the progress page loaded: the spawn form again with the hub's
+# "Error: <message>" (a spawn from a link), or the hub's "Spawn failed" page with the sentence
+# in the paragraph after "The latest attempt ... has failed."
+FAILED_PAGE_JS = """
+const err = document.querySelector('.spawn-error-msg');
+if (err) return err.textContent.trim().replace(/^Error: /, '');
+const h = document.querySelector('h1');
+if (!h || h.textContent.trim() !== 'Spawn failed') return null;
+const ps = Array.from(document.querySelectorAll('.container p')).map(p => p.textContent.trim()).filter(t => t);
+return ps.length > 1 ? ps[1] : '';
+"""
+# What a user must never read on the page: exception classes, Docker's or the network's words.
+INTERNALS = ("SpawnException", "reason=", "Error:", "127.0.0.1", "manifest", "dial tcp", "lookup", "exit code",
+             "docker", "Docker", "rpc", "grpc")
+
+
+def watch_spawn(driver, url, timeout=90):
+    """Opens `url` (a /hub/spawn/... link) and samples the spawn page until it fails or leaves:
+    returns ([(seconds, message, bar)], [(seconds, Event log line)], how it ended)."""
+    t0 = time.monotonic()
+    driver.get(url)
+    samples, lines, ended = [], [], "timeout"
+    while time.monotonic() - t0 < timeout:
+        if "/spawn-pending/" not in driver.current_url and "/hub/spawn" not in driver.current_url:
+            ended = "left"
+            break
+        try:
+            state = driver.execute_script(PROGRESS_JS)
+            log = driver.execute_script(LOG_JS) or []
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            state, log = None, []
+        now = round(time.monotonic() - t0, 2)
+        for line in log[len(lines):]:
+            lines.append((now, line))
+        if state and (not samples or samples[-1][1:] != (state[0], state[1])):
+            samples.append((now, state[0], state[1]))
+        try:
+            red = driver.execute_script("return !!document.querySelector('#progress-bar.bg-danger');")
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            red = False
+        if state and red:
+            # The hub's failed event: the bar turns red, the message is the exception's
+            # jupyterhub_html_message (else "Spawn failed: <message>").
+            text = state[0] if state[0].startswith("Spawn failed: ") else f"Spawn failed: {state[0]}"
+            samples.append((now, text, state[1]))
+            ended = "failed"
+            break
+        try:
+            page = driver.execute_script(FAILED_PAGE_JS)
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            page = None
+        if page is not None:
+            samples.append((now, f"Spawn failed: {page}", ""))
+            ended = "failed"
+            break
+        time.sleep(0.05)
+    if ended == "timeout":
+        body = driver.find_elements(By.TAG_NAME, "body")
+        print(f"  still on {driver.current_url}: {body[0].text if body else ''!r}")
+    for t, m, a in samples:
+        print(f"  +{t:5.2f}s  bar {a or '-':>3}  {m}")
+    for t, line in lines:
+        print(f"  +{t:5.2f}s  log  {line!r}")
+    return samples, lines, ended
+
+
+def assert_log_is_terse(lines):
+    """At most one line per phase or few seconds: two lines of the same kind (their words before
+    the first colon) come at least 4 s apart, and no line repeats the one before it."""
+    last = {}
+    for (t, line), (_, before) in zip(lines[1:], lines[:-1], strict=True):
+        assert line != before, f"a line twice: {line!r}"
+    for t, line in lines:
+        kind = line.split(":")[0].rstrip(".")
+        if kind in last:
+            assert t - last[kind] >= 4, f"{line!r} {t - last[kind]:.1f} s after the last {kind!r} line: {lines}"
+        last[kind] = t
+
+
+def one_sentence_failure(samples):
+    text = samples[-1][1]
+    assert text.startswith("Spawn failed: "), text
+    sentence = text[len("Spawn failed: "):]
+    assert sentence[:1].isupper() and sentence.endswith(".") and ". " not in sentence, sentence
+    assert "try again" in sentence or "administrator" in sentence, f"says what to do: {sentence}"
+    for word in INTERNALS:
+        assert word not in sentence, f"{word!r} on the page: {text}"
+    return sentence
+
+
+def test_browser_a_pull_a_failed_pull_and_a_crash_as_the_user_reads_them(workdir, browser):
+    base = os.path.join(workdir, f"browser-fail-{secrets.token_hex(2)}")
+    user = f"reader-{secrets.token_hex(3)}"
+    with Registry() as reg:
+        # On top of the tiny image, which is on the node: its layers "Already exist".
+        _, repo, sizes = push_image(reg, TINY, layers=2, mib=4)
+        proxy = SlowProxy(reg.port, 2_000_000)
+        image = f"127.0.0.1:{proxy.port}/{repo}:1"
+        missing = f"127.0.0.1:{proxy.port}/{repo}:no-such-tag"
+        profiles = [
+            {"display_name": "pull", "slug": "pull",
+             "berth_override": {"image": image, "cmd": TINY_CMD, "pull_policy": "always"}},
+            {"display_name": "bad pull", "slug": "badpull",
+             "berth_override": {"image": missing, "cmd": TINY_CMD, "pull_policy": "always"}},
+            {"display_name": "crash", "slug": "crash", "berth_override": {"image": TINY, "cmd": CRASH_CMD}},
+        ]
+        extra = (
+            f"c.BerthSpawner.profile_list = {profiles!r}\n"
+            f'c.BerthSpawner.allowed_images = ["{IMAGE}", "{TINY}", "{image}", "{missing}"]\n'
+            # Always the progress page, however fast the spawn fails.
+            "c.JupyterHub.slow_spawn_timeout = 0\nc.JupyterHub.redirect_to_server = False\n"
+        )
+        try:
+            with Berthd("reader", base) as node, Hub(base, [node], extra=extra) as hub:
+                try:
+                    browser.get(f"{hub.url}/hub/login")
+                    element(browser, "#username_input").send_keys(user)
+                    element(browser, "#password_input").send_keys("any")
+                    element(browser, "#login_submit").click()
+                    element(browser, "#start")
+                    spawn = f"{hub.url}/hub/spawn/{user}?profile="
+
+                    # A pull of an image sharing its base with one on the node: the bar moves with it.
+                    samples, lines, ended = watch_spawn(browser, spawn + "pull")
+                    assert ended == "left", f"the pulled server did not start: {samples}"
+                    pulling = [int(a) for _, m, a in samples if a and m.startswith("Pulling")]
+                    assert len(set(pulling)) >= 3, f"the bar did not move during the pull: {samples}"
+                    assert max(pulling) - min(pulling) >= 20, f"the pull filled little of the bar: {samples}"
+                    bars = [int(a) for _, _, a in samples if a]
+                    assert bars == sorted(bars), f"the bar went back: {samples}"
+                    worded = sum(1 for _, line in lines if line.startswith("Pulling"))
+                    assert worded < len(set(pulling)), f"a log line per bar step: {lines}"
+                    assert_log_is_terse(lines)
+                    wait_for("the server to run", lambda: (hub.server(user) or {}).get("ready"), 30)
+                    hub.api("DELETE", f"/users/{user}/server")
+                    wait_for("the server to stop", lambda: not hub.server(user), 60)
+
+                    # A pull that fails: one sentence, the detail in the Event log only.
+                    samples, lines, ended = watch_spawn(browser, spawn + "badpull")
+                    assert ended == "failed", samples
+                    one_sentence_failure(samples)
+                    if lines:  # the progress page saw it fail (not only the hub's failure page)
+                        assert any("no-such-tag" in line for _, line in lines), f"the detail, for admins: {lines}"
+                    assert_log_is_terse(lines)
+
+                    # A server that crashes while booting: one sentence; its last output in the
+                    # Event log, line by line.
+                    samples, lines, ended = watch_spawn(browser, spawn + "crash")
+                    assert ended == "failed", samples
+                    one_sentence_failure(samples)
+                    output = [line for _, line in lines if "first line of output" in line]
+                    assert output and "first line of output\nsecond line of output" in output[0], lines
+                    assert_log_is_terse(lines)
+                    assert not node.containers(user), "a failed spawn left a container"
+                except BaseException:
+                    os.makedirs(SHOTS, exist_ok=True)
+                    for log in (os.path.join(hub.dir, "hub.log"), node.log.name):
+                        shutil.copy(log, os.path.join(SHOTS, "reader-" + os.path.basename(log)))
+                    raise
+        finally:
+            proxy.close()
+            docker("rmi", "-f", image)

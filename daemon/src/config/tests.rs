@@ -153,6 +153,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("images.gc_interval_seconds", "1m", "60"),
     ("images.gc_min_age_seconds", "1h", "3600"),
     (
+        "images.gc_images",
+        "quay.io/jupyter/*, berth-test/*",
+        "[\"quay.io/jupyter/*\", \"berth-test/*\"]",
+    ),
+    (
         "policy.allowed_images",
         "berth-test/*, quay.io/x/*",
         "[\"berth-test/*\", \"quay.io/x/*\"]",

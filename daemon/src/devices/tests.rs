@@ -219,7 +219,7 @@ fn refs_round_trip_and_config_is_checked() {
     };
     assert!(validate(std::slice::from_ref(&good)).is_ok());
     type Change = fn(&mut ClassConfig);
-    let table: [(&str, Change); 6] = [
+    let table: [(&str, Change); 8] = [
         ("devices.classes[0].name", |c| c.name = "a/b".into()),
         ("devices.classes[0].shares", |c| c.shares = 0),
         ("devices.classes[0].devices", |c| c.devices.clear()),
@@ -231,6 +231,12 @@ fn refs_round_trip_and_config_is_checked() {
         }),
         ("devices.classes[0].common_paths", |c| {
             c.common_paths = vec!["/dev/../etc".into()];
+        }),
+        ("devices.classes[0].devices[0].paths", |c| {
+            c.devices[0].paths = vec!["/etc/passwd".into()];
+        }),
+        ("devices.classes[0].common_paths", |c| {
+            c.common_paths = vec!["/dev/".into()];
         }),
     ];
     for (key, change) in table {
@@ -276,4 +282,81 @@ proptest! {
             Err(e) => prop_assert!(false, "{e}"),
         }
     }
+}
+
+#[test]
+fn the_node_check_refuses_links_other_files_and_paths_outside_dev() {
+    assert_eq!(check_node("/dev/null"), Ok(()));
+    // (path, words of the refusal); /dev/stdin is a link and /dev/shm a directory on Linux.
+    for (path, words) in [
+        ("/dev/stdin", "symbolic link"),
+        ("/dev/shm", "directory"),
+        ("/etc/passwd", "under /dev"),
+        ("/dev/../etc/passwd", "under /dev"),
+        ("/dev/berth-no-such-device", "cannot be read"),
+    ] {
+        let e = check_node(path).expect_err(path);
+        assert!(e.contains(words), "{path}: {e}");
+    }
+}
+
+#[test]
+fn unusable_devices_are_left_out_of_the_inventory_and_the_reason_kept() {
+    let bad = |p: &str| {
+        if p.ends_with('1') {
+            Err(format!("{p} is bad"))
+        } else {
+            Ok(())
+        }
+    };
+    let mut c = listed("gpu", 1, &["A", "B", "C"]);
+    drop_unusable(&mut c, bad);
+    assert_eq!(
+        c.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["0", "2"]
+    );
+    assert_eq!(
+        c.discovery_error.as_deref(),
+        Some("device 1: /dev/fake1 is bad")
+    );
+    // A bad common node makes every device of the class unusable.
+    let mut c = listed("gpu", 1, &["A", "B"]);
+    c.common_paths = vec!["/dev/ctl1".into()];
+    drop_unusable(&mut c, bad);
+    assert!(c.devices.is_empty());
+    // Devices passed through the nvidia driver have no nodes of berth's to check.
+    let mut c = listed("gpu", 1, &["A", "B"]);
+    c.pass = Pass::Nvidia;
+    drop_unusable(&mut c, bad);
+    assert_eq!(c.devices.len(), 2);
+}
+
+#[test]
+fn check_nodes_names_the_key_of_the_first_bad_path() {
+    let class = |pass: Pass, paths: &[&str]| ClassConfig {
+        name: "gpu".into(),
+        discover: Discover::None,
+        nvidia_smi: PathBuf::from(DEFAULT_NVIDIA_SMI),
+        shares: 1,
+        pass,
+        common_paths: vec![],
+        devices: paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| DeviceConfig {
+                id: i.to_string(),
+                paths: vec![(*p).to_owned()],
+                model: String::new(),
+                memory_bytes: 0,
+            })
+            .collect(),
+    };
+    let ok = class(Pass::DeviceNodes, &["/dev/null"]);
+    let bad = class(Pass::DeviceNodes, &["/dev/null", "/dev/stdin"]);
+    let (key, why) = check_nodes(&[ok.clone(), bad], check_node).unwrap_err();
+    assert_eq!(key, "devices.classes[1].devices[1].paths");
+    assert!(why.contains("symbolic link"), "{why}");
+    assert_eq!(check_nodes(&[ok], check_node), Ok(()));
+    let nvidia = class(Pass::Nvidia, &["/dev/stdin"]);
+    assert_eq!(check_nodes(&[nvidia], check_node), Ok(()));
 }

@@ -2,8 +2,14 @@
 //! used above a high mark, images no container uses (berthd's or not) and no pull is fetching
 //! are removed, least recently used first, until usage is down to a low mark.
 //!
+//! Only berth's images are ever removed: those this berthd pulled or started a server of since
+//! it started, and those matching `[images] gc_images` (globs as `allowed_images`; empty by
+//! default). Another tool's images on the same engine stay, however unused; a restart forgets
+//! which images were berth's, so after one only `gc_images` ones go until they are used again.
+//!
 //! "Used" is what berthd saw: an image's last use is the last collection pass that found a
-//! container of it; an image never seen in use goes first, oldest first. An image first seen
+//! container of it, or that followed a Start of it (a server that lived and went between two
+//! passes counts as used); an image never seen in use goes first, oldest first. An image first seen
 //! less than `min_age` ago is kept (it may have just been pulled for a spawn that has not made
 //! its container yet). Removal never forces: Docker itself refuses an image a container uses
 //! or one with child images, and that refusal is logged and the image skipped. The first pass
@@ -28,7 +34,7 @@ pub const DEFAULT_INTERVAL_SECONDS: u64 = 300;
 pub const DEFAULT_MIN_AGE_SECONDS: u64 = 120;
 
 /// When to collect; filled from `[images]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcConfig {
     /// Disk usage that starts a collection; 0 = never collect.
     pub high_percent: u8,
@@ -38,6 +44,8 @@ pub struct GcConfig {
     pub interval: Duration,
     /// Images first seen more recently are kept.
     pub min_age: Duration,
+    /// Globs of references GC may remove besides berth's own (`[images] gc_images`).
+    pub images: Vec<String>,
 }
 
 impl Default for GcConfig {
@@ -47,6 +55,7 @@ impl Default for GcConfig {
             low_percent: DEFAULT_LOW_PERCENT,
             interval: Duration::from_secs(DEFAULT_INTERVAL_SECONDS),
             min_age: Duration::from_secs(DEFAULT_MIN_AGE_SECONDS),
+            images: Vec::new(),
         }
     }
 }
@@ -60,6 +69,9 @@ pub struct GcReport {
     pub usage_after: Option<f64>,
     /// Images removed, in the order they went (their references, or the id of an untagged one).
     pub removed: Vec<String>,
+    /// Images whose references were removed but which Docker keeps (a parent of another
+    /// image): untagged, no bytes freed.
+    pub untagged: Vec<String>,
     /// Images Docker refused to remove (a child image, a container made meanwhile).
     pub refused: Vec<String>,
 }
@@ -70,34 +82,66 @@ struct Use {
     last_used: Option<SystemTime>,
 }
 
+#[derive(Default)]
+struct Seen {
+    by_id: HashMap<String, Use>,
+    /// Images berthd pulled or started a server of (berth's, which GC may remove).
+    ours: HashSet<String>,
+    /// Images started since the last pass.
+    started: HashSet<String>,
+}
+
 /// What berthd has seen of each image, by id.
 #[derive(Default)]
 pub struct ImageUse {
-    seen: Mutex<HashMap<String, Use>>,
+    seen: Mutex<Seen>,
 }
 
 impl ImageUse {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Use>> {
+    fn lock(&self) -> MutexGuard<'_, Seen> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records this pass's sighting: every image seen, those in `used` used now. Images gone
-    /// from the engine are forgotten.
+    /// Notes that berthd pulled image `id` or started a server of it: the image is berth's,
+    /// and used at the next pass even if its server is gone by then.
+    pub fn note(&self, id: &str, started: bool) {
+        let mut seen = self.lock();
+        seen.ours.insert(id.to_owned());
+        if started {
+            seen.started.insert(id.to_owned());
+        }
+    }
+
+    /// Records this pass's sighting: every image seen, those in `used` or started since the
+    /// last pass used now. Images gone from the engine are forgotten.
     fn observe(&self, images: &[ImageSummary], used: &HashSet<String>, now: SystemTime) {
         let mut seen = self.lock();
         let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
-        seen.retain(|id, _| present.contains(id.as_str()));
+        seen.by_id.retain(|id, _| present.contains(id.as_str()));
+        seen.ours.retain(|id| present.contains(id.as_str()));
+        let started = std::mem::take(&mut seen.started);
         for i in images {
-            let u = seen.entry(i.id.clone()).or_insert(Use {
+            let u = seen.by_id.entry(i.id.clone()).or_insert(Use {
                 first_seen: now,
                 last_used: None,
             });
-            if used.contains(&i.id) {
+            if used.contains(&i.id) || started.contains(&i.id) {
                 u.last_used = Some(now);
             }
         }
+    }
+
+    /// Whether GC may remove `image` at all: berth's own, or matching one of `globs`.
+    fn removable(&self, image: &ImageSummary, globs: &[String]) -> bool {
+        self.lock().ours.contains(&image.id)
+            || image.refs.iter().any(|r| {
+                let full = crate::spec::normalize_image(r);
+                globs.iter().any(|g| {
+                    crate::policy::glob_match(&crate::spec::normalize_image_glob(g), &full)
+                })
+            })
     }
 
     /// The images that may go, least recently used first.
@@ -113,7 +157,7 @@ impl ImageUse {
             .iter()
             .filter(|i| !keep(i))
             .filter_map(|i| {
-                let u = seen.get(&i.id)?;
+                let u = seen.by_id.get(&i.id)?;
                 let old = now.duration_since(u.first_seen).unwrap_or_default() >= min_age;
                 old.then(|| (u.last_used, u.first_seen, i.created, i.clone()))
             })
@@ -188,6 +232,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let pulling: HashSet<String> = self.pulling().into_iter().collect();
         let keep = |i: &ImageSummary| {
             used.contains(&i.id)
+                || !record.removable(i, &cfg.images)
                 || i.refs
                     .iter()
                     .any(|r| pulling.contains(&crate::spec::normalize_image(r)))
@@ -213,6 +258,11 @@ impl<E: ContainerEngine> Runtime<E> {
                 .cloned()
                 .unwrap_or_else(|| image.id.clone());
             match self.remove_all_refs(&image).await {
+                // Docker keeps an image other images are built on: only its names went.
+                Ok(()) if matches!(self.inner.engine.image(&image.id).await, Ok(Some(_))) => {
+                    tracing::info!(image = %name, id = %image.id, "image GC untagged an unused image (Docker keeps it for the images built on it; no bytes freed)");
+                    report.untagged.push(name);
+                }
                 Ok(()) => {
                     tracing::info!(image = %name, id = %image.id, bytes = image.size, "image GC removed an unused image");
                     report.removed.push(name);
@@ -229,9 +279,17 @@ impl<E: ContainerEngine> Runtime<E> {
             usage_before = before,
             usage_after = report.usage_after,
             removed = report.removed.len(),
+            untagged = report.untagged.len(),
             "image GC pass done"
         );
         Ok(report)
+    }
+
+    /// Notes that `reference` was pulled by berthd (a prepull): the image is berth's.
+    pub async fn note_pulled(&self, reference: &str) {
+        if let Ok(Some(image)) = self.inner.engine.image(reference).await {
+            self.inner.image_use.note(&image.id, false);
+        }
     }
 
     async fn remove_all_refs(&self, image: &ImageSummary) -> Result<(), EngineError> {
@@ -352,5 +410,42 @@ mod tests {
             .collect();
         // d never used; c used at 200; a at 300; b in use; "new" seen too recently.
         assert_eq!(order, ["d", "c", "a"]);
+    }
+
+    #[test]
+    fn a_server_started_between_two_passes_counts_as_used_at_the_next() {
+        let u = ImageUse::default();
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let images = vec![img("a", 0), img("b", 0)];
+        let none = HashSet::new();
+        u.observe(&images, &none, t(100));
+        // A server of b lives and goes between the passes at 100 and 200: no container of it
+        // is left for the pass to see. Mutation check: drop `started` from `observe` and b
+        // counts as never used, going before a.
+        u.note("b", true);
+        u.observe(&images, &none, t(200));
+        u.observe(&images, &none, t(300));
+        let order: Vec<String> = u
+            .candidates(&images, |_| false, t(300), Duration::ZERO)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(order, ["a", "b"]);
+    }
+
+    #[test]
+    fn only_berths_images_and_listed_ones_may_be_removed() {
+        let u = ImageUse::default();
+        let mut foreign = img("f", 0);
+        foreign.refs = vec!["postgres:16".into()];
+        let mut listed = img("l", 0);
+        listed.refs = vec!["quay.io/jupyter/base-notebook:2025-01-06".into()];
+        let pulled = img("p", 0);
+        u.note("p", false);
+        let globs = vec!["quay.io/jupyter/*".to_owned()];
+        assert!(!u.removable(&foreign, &globs), "another tool's image stays");
+        assert!(u.removable(&listed, &globs));
+        assert!(!u.removable(&listed, &[]), "the default list is empty");
+        assert!(u.removable(&pulled, &[]), "what berth pulled is berth's");
     }
 }

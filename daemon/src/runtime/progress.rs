@@ -1,4 +1,11 @@
 //! The progress of each spawn, kept for replay so a late subscriber sees every phase.
+//!
+//! The bar and the words move at different paces. JupyterHub adds a line to its Event log for
+//! every event that carries words, so a pull reporting each half megabyte, or a boot clock
+//! ticking twice a second, would fill it with hundreds of lines. Ticks (a pull's bytes, the
+//! boot clock) therefore keep their words only when they say something new: the first of a
+//! phase, or the first [`WORDS_EVERY`] after the last worded one; in between they move the
+//! bar alone (an event with no message). The bar never moves backwards while a spawn runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +22,8 @@ pub const MAX_SPAWNS: usize = 4096;
 pub const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
 /// How long a subscriber waits for a spawn that has not begun before giving up.
 pub const WAIT_FOR_BEGIN: Duration = Duration::from_secs(30);
+/// A tick of the same phase carries words at most this often.
+pub const WORDS_EVERY: Duration = Duration::from_secs(5);
 
 /// A phase of a spawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,9 @@ pub struct Event {
     pub at: SystemTime,
     /// How far the pull is, while pulling.
     pub pull: Option<super::pull::PullProgress>,
+    /// A repeated report of the same phase (a pull's bytes, the boot clock): its words may be
+    /// dropped, see the module docs.
+    pub tick: bool,
 }
 
 impl Event {
@@ -72,8 +84,41 @@ impl Event {
             reason: None,
             at: SystemTime::now(),
             pull: None,
+            tick: false,
         }
     }
+
+    /// A tick: its words are kept only when they say something new.
+    pub fn tick(phase: Phase, percent: u8, message: impl Into<String>) -> Self {
+        Self {
+            tick: true,
+            ..Self::new(phase, percent, message)
+        }
+    }
+}
+
+/// What of `event` to append after `events`, or `None` when it would add nothing: a tick loses
+/// its words within [`WORDS_EVERY`] of the last worded event of its phase, and a running
+/// spawn's bar never goes back. Pure.
+pub fn shape(events: &[Event], mut event: Event) -> Option<Event> {
+    let bar = events.iter().map(|e| e.percent).max().unwrap_or(0);
+    if !event.phase.is_terminal() {
+        event.percent = event.percent.max(bar);
+    }
+    if event.tick {
+        let worded = events.iter().rev().find(|e| !e.message.is_empty());
+        let fresh = worded.is_some_and(|w| {
+            w.phase == event.phase
+                && event.at.duration_since(w.at).unwrap_or_default() < WORDS_EVERY
+        });
+        if fresh || worded.is_some_and(|w| w.message == event.message) {
+            event.message.clear();
+            if event.percent <= bar {
+                return None;
+            }
+        }
+    }
+    Some(event)
 }
 
 struct Spawn {
@@ -113,14 +158,19 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Appends an event unless the spawn already ended.
+    /// Appends an event unless the spawn already ended, shaped by [`shape`].
     pub fn emit(&self, event: Event) {
         self.spawn.tx.send_if_modified(|events| {
             if events.last().is_some_and(|e| e.phase.is_terminal()) {
                 return false;
             }
-            events.push(event);
-            true
+            match shape(events, event) {
+                Some(e) => {
+                    events.push(e);
+                    true
+                }
+                None => false,
+            }
         });
     }
 
@@ -318,6 +368,9 @@ mod tests {
         assert_eq!(events, vec![None]);
     }
 }
+
+#[cfg(test)]
+mod shape_tests;
 
 #[cfg(test)]
 mod advice_tests {

@@ -259,6 +259,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let devices = self.assign_devices(spec).await?;
         self.inner.view.capacity_changed();
         let image = self.ensure_image(spec, progress, cancel).await?;
+        self.inner.image_use.note(&image.id, true);
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {
@@ -599,7 +600,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 boot_times::message(elapsed, expected),
             );
             if now != last {
-                progress.emit(Event::new(Phase::WaitingForHttp, now.0, now.1.clone()));
+                progress.emit(Event::tick(Phase::WaitingForHttp, now.0, now.1.clone()));
                 last = now;
             }
         }

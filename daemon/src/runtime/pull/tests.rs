@@ -72,7 +72,7 @@ fn messages_read_like_docker() {
     assert_eq!(human_bytes(950), "950 B");
     assert_eq!(human_bytes(4_500), "4.5 kB");
     assert_eq!(human_bytes(12_600_000), "13 MB");
-    assert_eq!(p.percent(), PULL_FROM + 4);
+    assert_eq!(p.percent(), PULL_FROM + 15);
     let empty = PullProgress {
         image: "x".into(),
         ..PullProgress::default()
@@ -125,4 +125,39 @@ fn failures_are_read_by_cause() {
         down.engine_down,
         "Docker down is the node's problem, not the image's"
     );
+}
+
+/// A 25 MB pull of an image one of whose layers is already on the node (the usual case: images
+/// share base layers): the bar starts at the bottom and moves with the bytes. Mutation check:
+/// count present layers in the fraction again and the bar sits near PULL_TO from the start.
+#[test]
+fn a_layer_already_on_the_node_does_not_fill_the_bar_and_the_bar_follows_the_bytes() {
+    let mut t = Tally::new("127.0.0.1:5000/x:1");
+    t.apply(&ev("base", "Already exists", None));
+    assert_eq!(t.progress().percent(), PULL_FROM, "nothing fetched yet");
+    t.apply(&ev("app", "Pulling fs layer", None));
+    let mut percents = Vec::new();
+    for mb in (1..=25).step_by(2) {
+        t.apply(&ev(
+            "app",
+            "Downloading",
+            Some((mb * 1_000_000, 25_000_000)),
+        ));
+        percents.push(t.progress().percent());
+    }
+    let mut distinct = percents.clone();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 10,
+        "the bar moves with the bytes: {percents:?}"
+    );
+    // 13 of 25 MB fetched: about half of the download's share of the pull's part of the bar.
+    let half = percents[6];
+    let expect = f64::from(PULL_FROM) + 0.8 * 13.0 / 25.0 * f64::from(PULL_TO - PULL_FROM);
+    assert!(
+        (f64::from(half) - expect).abs() <= 1.0,
+        "{half} vs {expect}"
+    );
+    t.apply(&ev("app", "Pull complete", None));
+    assert!(t.progress().percent() < PULL_TO + 1 && t.progress().percent() >= PULL_TO - 1);
 }

@@ -1,7 +1,7 @@
 //! A volume's tree as a tar stream and back (blocking file work): packed in a fixed order
 //! without following links or leaving the volume's file system, unpacked beneath the volume
-//! only — absolute paths, `..`, device nodes and writes through links are refused — with
-//! owner, mode and times kept.
+//! only — absolute paths, `..`, device nodes and writes through links are refused; links
+//! themselves are kept as they are, wherever they point — with owner, mode and times kept.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -179,7 +179,10 @@ pub fn unpack(root: &Path, input: impl Read) -> Result<u64, ArchiveError> {
                     .link_name()
                     .map_err(io_at(&raw))?
                     .ok_or_else(|| refused("hard link without a target"))?;
-                checked(&target)?;
+                let target = checked(&target)?;
+                if through_link(root, &target) {
+                    return Err(refused("hard link to a path through a link"));
+                }
             }
             EntryType::Regular
             | EntryType::Directory
@@ -201,8 +204,13 @@ pub fn unpack(root: &Path, input: impl Read) -> Result<u64, ArchiveError> {
             dirs.push((root.to_owned(), mtime));
             continue;
         }
-        // `unpack_in` checks (by the real path) that the parent lies beneath `root`, so
-        // nothing is written through a link, here or in a hard link's target.
+        // A symbolic link the archive made earlier is kept as a link (pointing anywhere: it
+        // is resolved inside the container, where it is harmless), but nothing is written
+        // through one: the archive is refused, as for `..`. `unpack_in` checks the same by
+        // the real path, as a second line.
+        if through_link(root, &rel) {
+            return Err(refused("write through a link in the archive"));
+        }
         let done = entry.unpack_in(root).map_err(io_at(&raw))?;
         if !done {
             return Err(refused("entry outside the volume"));
@@ -218,6 +226,16 @@ pub fn unpack(root: &Path, input: impl Read) -> Result<u64, ArchiveError> {
         filetime::set_symlink_file_times(&dir, t, t).map_err(io_at(&dir))?;
     }
     Ok(count)
+}
+
+/// Whether `rel` (plain names beneath `root`) passes through or ends at a symbolic link
+/// already unpacked.
+fn through_link(root: &Path, rel: &Path) -> bool {
+    let mut at = root.to_path_buf();
+    rel.components().any(|c| {
+        at.push(c);
+        fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 fn own_root(root: &Path, uid: u64, gid: u64, mode: u32) -> Result<(), ArchiveError> {

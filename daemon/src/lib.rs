@@ -55,7 +55,7 @@ pub mod capacity;
 pub mod config;
 pub mod devices;
 pub mod docker;
-pub(crate) mod hostpath;
+pub mod hostpath;
 pub mod key;
 pub mod logging;
 pub mod metrics;

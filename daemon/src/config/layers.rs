@@ -58,6 +58,7 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         NodeConfig::OVERRIDABLE,
         DevicesConfig::OVERRIDABLE,
         MetricsConfig::OVERRIDABLE,
+        crate::hostpath::HostPathsConfig::OVERRIDABLE,
         crate::logging::LogConfig::OVERRIDABLE,
     ]
     .into_iter()

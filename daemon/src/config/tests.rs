@@ -218,6 +218,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "gpu=a100, zone=b",
         "{ gpu = \"a100\", zone = \"b\" }",
     ),
+    (
+        "hostpaths.pin_helper_socket",
+        "/run/berth-pin/pin.sock",
+        "\"/run/berth-pin/pin.sock\"",
+    ),
     ("metrics.listen", "127.0.0.1:9151", "\"127.0.0.1:9151\""),
     ("metrics.allow_network", "true", "true"),
     ("log.filter", "info,berthd=debug", "\"info,berthd=debug\""),

@@ -54,11 +54,11 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         ImagesConfig::OVERRIDABLE,
         Policy::OVERRIDABLE,
         OptionsPolicy::OVERRIDABLE,
+        crate::hostpath::HostPathsConfig::OVERRIDABLE,
         ActivityConfig::OVERRIDABLE,
         NodeConfig::OVERRIDABLE,
         DevicesConfig::OVERRIDABLE,
         MetricsConfig::OVERRIDABLE,
-        crate::hostpath::HostPathsConfig::OVERRIDABLE,
         crate::logging::LogConfig::OVERRIDABLE,
     ]
     .into_iter()

@@ -200,6 +200,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "true",
         "true",
     ),
+    (
+        "hostpaths.pin_helper_socket",
+        "/run/berth-pin/pin.sock",
+        "\"/run/berth-pin/pin.sock\"",
+    ),
     ("activity.enabled", "true", "true"),
     (
         "activity.hub_api_url",
@@ -217,11 +222,6 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "node.labels",
         "gpu=a100, zone=b",
         "{ gpu = \"a100\", zone = \"b\" }",
-    ),
-    (
-        "hostpaths.pin_helper_socket",
-        "/run/berth-pin/pin.sock",
-        "\"/run/berth-pin/pin.sock\"",
     ),
     ("metrics.listen", "127.0.0.1:9151", "\"127.0.0.1:9151\""),
     ("metrics.allow_network", "true", "true"),

@@ -28,6 +28,15 @@
 //!    namespace (a systemd unit with `ProtectSystem=`/`PrivateTmp=`), where the pin is invisible
 //!    to Docker.
 //!
+//! 5. **Who does it.** Steps 1, 3 and 4 need the host's view of the file system and its mount
+//!    namespace (a pin made in a namespace of berthd's own never reaches dockerd), and
+//!    CAP_SYS_ADMIN. berthd does them itself when `[hostpaths] pin_helper_socket` is empty (a
+//!    dev run; it must then share dockerd's namespace), or asks `berth-pin` ([`helper`], over
+//!    the protocol in [`wire`]) so that the packaged berthd can run sandboxed, in a mount
+//!    namespace of its own and without CAP_SYS_ADMIN. The helper applies the roots of its
+//!    own configuration, so a request cannot widen them. Device nodes (`check_device`) stay in
+//!    berthd: it sees the host's `/dev`, read-only.
+//!
 //! The remaining race: none on the path itself, which is resolved once into a descriptor. The
 //! staging path could be swapped only by root. What is mounted is the directory the user had
 //! at check time; they may rename it elsewhere inside the root afterwards, which is theirs to do.

@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_READY_TIMEOUT_SECONDS: u64 = 900;
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 10;
 /// Output lines quoted when a server dies during start.
 pub const DEFAULT_FAILURE_LOG_LINES: u32 = 20;
+/// Seconds a Start whose caller has gone waits for a retry of its spawn id before it is
+/// cancelled.
+pub const DEFAULT_ABANDON_GRACE_SECONDS: u64 = 10;
 /// Docker create+start operations at once; more wait in the spawn queue.
 pub const DEFAULT_MAX_CONCURRENT_SPAWNS: u32 = 4;
 /// Spawns that may wait for a slot; beyond it a Start is refused at once.
@@ -204,6 +207,12 @@ section! {
         /// Output lines quoted when a server dies during start.
         failure_log_lines: u32 = DEFAULT_FAILURE_LOG_LINES,
             env "BERTH_SPAWN_FAILURE_LOG_LINES", flag "spawn-failure-log-lines";
+        /// How long a Start whose caller has gone (the hub's deadline passed, its connection
+        /// dropped) waits for a retry with the same spawn id before it is cancelled and what
+        /// it made is removed.
+        #[serde(deserialize_with = "units::seconds")]
+        abandon_grace_seconds: u64 = DEFAULT_ABANDON_GRACE_SECONDS,
+            env "BERTH_SPAWN_ABANDON_GRACE_SECONDS", flag "spawn-abandon-grace-seconds";
     }
 }
 
@@ -415,6 +424,7 @@ impl Config {
             max_ready_timeout: Duration::from_secs(self.spawn.max_ready_timeout_seconds),
             stop_grace: Duration::from_secs(self.spawn.stop_grace_seconds),
             failure_log_lines: self.spawn.failure_log_lines,
+            abandon_grace: Duration::from_secs(self.spawn.abandon_grace_seconds),
             limits: crate::capacity::Limits {
                 reserved: crate::capacity::Alloc {
                     cpu: self.capacity.reserved_cpu,

@@ -168,6 +168,14 @@ impl Policy {
         self.container_options.check(&spec.options)
     }
 
+    /// `spec` with each bound of the policy applied where the Start leaves its option out
+    /// (see [`options::OptionsPolicy::with_defaults`]); the memory and CPU caps refuse an
+    /// omitted limit in [`Policy::check`] instead.
+    pub fn with_defaults(&self, mut spec: StartSpec) -> StartSpec {
+        spec.options = self.container_options.with_defaults(spec.options);
+        spec
+    }
+
     fn check_resources(&self, r: crate::spec::Resources) -> Result<(), Violation> {
         if self.require_mem_limit && r.mem_limit.is_none() {
             return deny(

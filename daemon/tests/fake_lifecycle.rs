@@ -208,8 +208,14 @@ async fn a_server_that_never_answers_fails_at_its_ready_timeout_and_is_killed() 
         "{:?}",
         t0.elapsed()
     );
+    // A failed start leaves nothing of the container it made; it ran, so its exit code stays.
     let p = poll(&node.client, "fay", "").await;
-    assert_eq!((state(&p), p.reason.as_str()), (State::Exited, "Killed"));
+    assert_eq!((state(&p), p.exit_code), (State::Absent, Some(137)));
+    assert!(
+        node.fake
+            .container(&FakeNode::container_name("fay"))
+            .is_none()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -133,6 +133,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("spawn.max_ready_timeout_seconds", "1h", "3600"),
     ("spawn.stop_grace_seconds", "5", "5"),
     ("spawn.failure_log_lines", "7", "7"),
+    ("spawn.abandon_grace_seconds", "30s", "30"),
     ("capacity.max_servers", "3", "3"),
     ("capacity.reserved_cpu", "1.5", "1.5"),
     ("capacity.reserved_memory_bytes", "2G", "2147483648"),

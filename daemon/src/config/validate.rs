@@ -199,6 +199,12 @@ impl Config {
         if s.failure_log_lines > 1000 {
             return Err(invalid("spawn.failure_log_lines", "must be at most 1000"));
         }
+        if s.abandon_grace_seconds > 3600 {
+            return Err(invalid(
+                "spawn.abandon_grace_seconds",
+                "must be at most 3600",
+            ));
+        }
         Ok(())
     }
 

@@ -335,6 +335,7 @@ fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
         nano_cpus: host.nano_cpus.unwrap_or(0),
         memory_reservation: host.memory_reservation.unwrap_or(0),
         cpu_shares: host.cpu_shares.unwrap_or(0),
+        pids_limit: host.pids_limit.unwrap_or(0).max(0),
         health: state
             .health
             .and_then(|h| h.status)

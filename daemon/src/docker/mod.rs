@@ -276,6 +276,8 @@ pub struct ContainerInfo {
     pub memory_reservation: i64,
     /// CPU shares (0 = default).
     pub cpu_shares: i64,
+    /// Most processes at once (0 = no limit).
+    pub pids_limit: i64,
     /// Docker HEALTHCHECK status ("starting", "healthy", "unhealthy"), "" without one.
     pub health: String,
     /// How often Docker restarted it.

@@ -4,6 +4,9 @@
 use super::{Violation, deny, glob_match};
 use crate::spec::options::{ContainerOptions, OPTION_NAMES};
 
+/// Docker's /dev/shm size when a container asks for none.
+const DOCKER_DEFAULT_SHM_BYTES: u64 = 64 << 20;
+
 section! {
     /// `[policy.container_options]`: which typed container options a hub may set, and within
     /// which bounds. Everything is allowed by default except creating a missing Docker network.
@@ -37,6 +40,29 @@ impl OptionsPolicy {
             .iter()
             .find(|f| !OPTION_NAMES.contains(&f.as_str()))
             .map(String::as_str)
+    }
+
+    /// `o` with the bounds applied where the Start leaves an option out, so that no omitted
+    /// option escapes a bound: without `user`, a node with `min_uid` runs the server as
+    /// `min_uid` (the image's own user may be root, and cannot be trusted); without
+    /// `pids_limit`, a node with `max_pids_limit` sets that limit; without `shm_size`, a node
+    /// whose `max_shm_size_bytes` is below Docker's default (64 MiB) sets its cap. Without
+    /// `network_name` the server joins the node's own network, which `allowed_networks` does
+    /// not restrict.
+    pub fn with_defaults(&self, mut o: ContainerOptions) -> ContainerOptions {
+        if o.user.is_none() && self.min_uid > 0 {
+            o.user = Some((self.min_uid, None));
+        }
+        if o.pids_limit.is_none() && self.max_pids_limit > 0 {
+            o.pids_limit = Some(self.max_pids_limit);
+        }
+        if o.shm_size.is_none()
+            && self.max_shm_size_bytes > 0
+            && self.max_shm_size_bytes < DOCKER_DEFAULT_SHM_BYTES
+        {
+            o.shm_size = Some(self.max_shm_size_bytes);
+        }
+        o
     }
 
     /// Checks the options of a Start.
@@ -174,5 +200,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.unknown_option(), Some("usr"));
+    }
+
+    #[test]
+    fn an_omitted_option_gets_the_bound_and_a_set_one_is_kept() {
+        let p = OptionsPolicy {
+            min_uid: 1000,
+            max_pids_limit: 500,
+            max_shm_size_bytes: 32 << 20,
+            ..OptionsPolicy::default()
+        };
+        let o = p.with_defaults(opts(RawOptions::default()));
+        assert_eq!(o.user, Some((1000, None)));
+        assert_eq!(o.pids_limit, Some(500));
+        assert_eq!(o.shm_size, Some(32 << 20));
+        let set = p.with_defaults(opts(RawOptions {
+            user: "2000:100".into(),
+            pids_limit: 50,
+            shm_size_bytes: 1 << 20,
+            ..Default::default()
+        }));
+        assert_eq!(set.user, Some((2000, Some(100))));
+        assert_eq!(set.pids_limit, Some(50));
+        assert_eq!(set.shm_size, Some(1 << 20));
+        // No bound: nothing is added.
+        let open = OptionsPolicy::default().with_defaults(opts(RawOptions::default()));
+        assert_eq!(
+            (open.user, open.pids_limit, open.shm_size),
+            (None, None, None)
+        );
+        // A cap above Docker's default leaves the default alone.
+        let roomy = OptionsPolicy {
+            max_shm_size_bytes: 1 << 30,
+            ..OptionsPolicy::default()
+        };
+        assert_eq!(
+            roomy.with_defaults(opts(RawOptions::default())).shm_size,
+            None
+        );
     }
 }

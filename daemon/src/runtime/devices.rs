@@ -51,7 +51,7 @@ fn holds(e: &Entry) -> bool {
 pub struct Passing {
     /// Device nodes to map (same path inside).
     pub paths: Vec<String>,
-    /// The value of `NVIDIA_VISIBLE_DEVICES` ("void" for none), when the node has devices.
+    /// The value of `NVIDIA_VISIBLE_DEVICES` ("void" for none); set on every node.
     pub visible: Option<String>,
     /// Docker DeviceRequests.
     pub requests: Vec<DeviceRequest>,
@@ -130,6 +130,9 @@ impl Devices {
     pub fn passing(&self, assigned: &[DeviceRef]) -> Passing {
         let mut out = Passing::default();
         if self.inventory.is_empty() {
+            // Every node, with devices configured or not: where nvidia is the default runtime
+            // an image whose ENV says `all` would otherwise see every GPU.
+            out.visible = Some("void".to_owned());
             return out;
         }
         let mut visible = Vec::new();
@@ -346,6 +349,18 @@ mod tests {
     }
 
     #[test]
+    fn a_node_without_devices_still_hides_every_gpu() {
+        let d = Devices {
+            inventory: Inventory::default(),
+            node_id: "n".into(),
+            pending: Mutex::default(),
+        };
+        let p = d.passing(&[]);
+        assert_eq!(p.visible.as_deref(), Some("void"));
+        assert!(p.paths.is_empty() && p.requests.is_empty());
+    }
+
+    #[test]
     fn nvidia_passes_a_device_request_with_the_ids() {
         let p = devices(Pass::Nvidia).passing(&[r("0"), r("1")]);
         assert!(p.paths.is_empty());
@@ -434,15 +449,5 @@ mod tests {
             d.assign(&view, &other),
             Err(DeviceError::NotConfigured { .. })
         ));
-    }
-
-    #[test]
-    fn a_node_without_devices_changes_nothing() {
-        let d = Devices {
-            inventory: Inventory::default(),
-            node_id: "n".into(),
-            pending: Mutex::default(),
-        };
-        assert_eq!(d.passing(&[]), Passing::default());
     }
 }

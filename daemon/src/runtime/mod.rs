@@ -39,6 +39,7 @@ use crate::state::FileStore;
 
 pub mod admission;
 pub mod boot_times;
+pub mod callers;
 pub mod capfeed;
 pub mod devices;
 mod error;
@@ -91,6 +92,8 @@ pub struct RuntimeConfig {
     pub stop_grace: Duration,
     /// Log lines quoted when a server dies during start.
     pub failure_log_lines: u32,
+    /// How long a Start whose callers have all gone waits for a retry before it is cancelled.
+    pub abandon_grace: Duration,
     /// Reservation and server limit.
     pub limits: crate::capacity::Limits,
     /// Docker create+start operations at once.
@@ -145,6 +148,8 @@ struct Inner<E> {
     engine: E,
     cfg: RuntimeConfig,
     keys: Arc<KeyTable>,
+    /// Who still waits for each spawn.
+    callers: Arc<callers::Callers>,
     progress: ProgressRegistry,
     boot_times: boot_times::BootTimes,
     view: Arc<View>,
@@ -178,6 +183,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 records: Records::new(store, view.clone()),
                 view,
                 engine,
+                callers: callers::Callers::new(cfg.abandon_grace),
                 cfg,
                 keys: Arc::default(),
                 progress: ProgressRegistry::default(),

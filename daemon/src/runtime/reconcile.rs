@@ -1,5 +1,7 @@
 //! Reconciliation: rebuild the view from the records on disk and the containers Docker runs.
-//! It never starts, stops, restarts or recreates a container.
+//! It never starts, stops, restarts or recreates a container; the one container it removes is
+//! one that never started and that no Start holds (berthd stopped between create and start):
+//! its caller is gone, and it would hold its devices and the key for nothing.
 
 use std::collections::{HashMap, HashSet};
 
@@ -95,9 +97,48 @@ impl<E: ContainerEngine> Runtime<E> {
         // Read before the list, so anything applied since wins over this relist.
         let generation = before.get(&key).map_or(0, |b| b.0);
         let id = c.id.clone();
+        let never_started = c.status == RunStatus::Created;
         self.observe(&key, &id, Some(c), generation, WatchKind::Changed)
             .await;
+        if never_started && self.inner.keys.current(&key).is_none() {
+            self.discard_never_started(&key, &id).await;
+        }
         Ok(Some(key))
+    }
+
+    /// Removes container `id` of `key` if it is still one that never started, with the key
+    /// held so no Start can be carrying it on meanwhile.
+    async fn discard_never_started(&self, key: &ServerKey, id: &str) {
+        let guard = self
+            .inner
+            .keys
+            .acquire(key, super::keys::Op::Stopping)
+            .await;
+        let still = matches!(self.inner.engine.inspect(id).await, Ok(Some(c)) if c.status == RunStatus::Created);
+        if still {
+            match self.inner.engine.remove(id).await {
+                Ok(()) => {
+                    tracing::warn!(user = key.user(), server = key.server(), container = %id, "removed a container that never started and that no Start holds (berthd stopped mid-start)");
+                    self.inner.view.removed(key, id);
+                    let saved = self.inner.records.save(key, |r| {
+                        if r.container_id == id {
+                            r.container_id.clear();
+                            r.status = RecordStatus::Absent;
+                            r.exit_code = None;
+                        }
+                    });
+                    if let Err(e) = saved.await {
+                        tracing::error!(user = key.user(), server = key.server(), error = %e, "cannot record the removal");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a container that never started");
+                }
+            }
+        }
+        drop(guard);
+        self.settle_devices(key).await;
+        self.publish(key, WatchKind::Changed);
     }
 
     /// Marks gone the containers of keys the list did not show and that nothing touched since.

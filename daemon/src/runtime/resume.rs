@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::progress::{Event, Phase, Reporter};
+use super::start::Limits;
 use super::{Error, Runtime, Started};
 use crate::docker::{
     ContainerEngine, ContainerInfo, LABEL_DEVICES, LABEL_FINGERPRINT, LABEL_RESUMABLE, NewFile,
@@ -228,12 +229,39 @@ fn drift(spec: &StartSpec, c: &ContainerInfo, now: &Fingerprint) -> Vec<String> 
         .and_then(Fingerprint::parse);
     match then {
         None => vec!["the container was not made to be resumed".to_owned()],
+        // The label says what berthd asked for; the container's own config says what it is:
+        // a `docker update` by hand changes the one and not the other.
         Some(then) => then
             .changes(now)
             .into_iter()
             .map(|a| format!("{a} changed"))
+            .chain(Limits::on(c).changed(Limits::of(spec)))
             .collect(),
     }
+}
+
+/// The per-spawn files of a kept container, overwritten empty: what stays of a spawn's
+/// secrets in its writable layer once the spawn failed.
+pub fn scrubbed() -> Vec<NewFile> {
+    let empty = |path: &str| NewFile {
+        path: path.to_owned(),
+        mode: 0o444,
+        contents: Some(Vec::new()),
+    };
+    vec![
+        NewFile {
+            path: ENV_DIR.to_owned(),
+            mode: 0o777,
+            contents: None,
+        },
+        empty(ENV_FILE),
+        NewFile {
+            path: CERT_DIR.to_owned(),
+            mode: 0o755,
+            contents: None,
+        },
+        empty(&format!("{CERT_DIR}/server.key")),
+    ]
 }
 
 impl<E: ContainerEngine> Runtime<E> {

@@ -40,20 +40,59 @@ impl<E: ContainerEngine> Runtime<E> {
     pub async fn start(&self, spec: StartSpec) -> Result<Started, Error> {
         // Before anything else, even for a retry: the policy may have changed.
         self.inner.cfg.policy.check(&spec)?;
+        let spec = self.inner.cfg.policy.with_defaults(spec);
+        // The work runs in its own task, so a caller that gives up never leaves a spawn half
+        // done; a retry with the same spawn id within the grace joins it, else it is cancelled
+        // and what it made removed (`callers.rs`).
+        let caller = self.inner.callers.arrive(&spec.key, &spec.spawn_id);
+        let abandoned = caller.abandoned();
         let rt = self.clone();
-        detached("start", async move {
+        let result = detached("start", async move {
             let began = std::time::Instant::now();
-            let result = rt.start_serialised(spec).await;
+            let result = rt.start_serialised(spec, abandoned).await;
             rt.inner.metrics.spawn_done(began.elapsed(), result.is_ok());
             result
         })
-        .await
+        .await;
+        caller.answered();
+        result
     }
 
-    async fn start_serialised(&self, spec: StartSpec) -> Result<Started, Error> {
+    async fn start_serialised(
+        &self,
+        spec: StartSpec,
+        abandoned: CancellationToken,
+    ) -> Result<Started, Error> {
         let progress = self.inner.progress.begin(&spec.key, &spec.spawn_id);
-        let guard = self.inner.keys.acquire(&spec.key, Op::Starting).await;
-        let mut result = self.start_locked(&spec, &progress, guard.token()).await;
+        let guard = tokio::select! {
+            g = self.inner.keys.acquire(&spec.key, Op::Starting) => g,
+            () = abandoned.cancelled() => {
+                let e = Error::Cancelled { key: spec.key.clone() };
+                progress.failed(e.reason(), &e.to_string());
+                return Err(e);
+            }
+        };
+        // Abandonment cancels the spawn as a Stop would: the pull it follows, its wait for a
+        // slot, its wait for HTTP.
+        let token = guard.token().clone();
+        let link = tokio::spawn({
+            let token = token.clone();
+            let abandoned = abandoned.clone();
+            async move {
+                abandoned.cancelled().await;
+                token.cancel();
+            }
+        });
+        let mut result = self.start_locked(&spec, &progress, &token).await;
+        link.abort();
+        if let Err(e) = &result {
+            // A Stop that cancelled the Start deals with the container itself, as it asks
+            // (kept or removed); every other failure is cleaned up here.
+            let by_stop = matches!(e, Error::Cancelled { .. }) && !abandoned.is_cancelled();
+            if !by_stop {
+                self.clean_up_failed(&spec, e).await;
+            }
+        }
         // The view must hold the outcome before the key is released, or a Poll in between
         // would see a record without its container; then the admitted share is handed over
         // to the container (or freed).
@@ -92,6 +131,61 @@ impl<E: ContainerEngine> Runtime<E> {
         result
     }
 
+    /// What a failed Start leaves: nothing of a container this spawn made (its last output is
+    /// already in the error), which frees its devices; a kept container it resumed stays,
+    /// stopped, without the spawn's secrets. A container of another spawn is not touched.
+    async fn clean_up_failed(&self, spec: &StartSpec, e: &Error) {
+        if matches!(e, Error::AlreadyRunning { .. } | Error::NameTaken { .. }) {
+            return;
+        }
+        let Ok(Some(c)) = self.container_of(&spec.key).await else {
+            return;
+        };
+        let made_here = c.label(LABEL_SPAWN_ID) == Some(spec.spawn_id.as_str());
+        let resumed_here = !made_here
+            && self.inner.view.get(&spec.key).is_some_and(|r| {
+                r.record.container_id == c.id && r.record.spawn_id == spec.spawn_id
+            });
+        let (user, server) = (spec.key.user(), spec.key.server());
+        if made_here {
+            match self.inner.engine.remove(&c.id).await {
+                Ok(()) => {
+                    self.inner.view.removed(&spec.key, &c.id);
+                    let saved = self.inner.records.save(&spec.key, |r| {
+                        r.container_id.clear();
+                        r.status = RecordStatus::Absent;
+                        r.exit_code = c.exit_code.filter(|_| c.started_at.is_some());
+                        r.devices.clear();
+                    });
+                    if let Err(e) = saved.await {
+                        tracing::error!(user, server, error = %e, "cannot record the removal of a failed start's container");
+                    }
+                    tracing::info!(user, server, container = %c.id, "removed the container of a failed start");
+                }
+                Err(rm) => {
+                    tracing::error!(user, server, container = %c.id, error = %rm, "cannot remove the container of a failed start");
+                }
+            }
+        } else if resumed_here {
+            if matches!(
+                c.status,
+                RunStatus::Running | RunStatus::Paused | RunStatus::Restarting
+            ) && let Err(k) = self.inner.engine.kill(&c.id).await
+            {
+                tracing::error!(user, server, container = %c.id, error = %k, "cannot stop a resumed server whose start failed");
+            }
+            self.scrub_secrets(&spec.key, &c.id).await;
+        }
+    }
+
+    /// Overwrites the per-spawn files (env, internal_ssl key) of kept container `id` with
+    /// empty ones, so no secret of a spawn outlives it in the container's writable layer.
+    pub(super) async fn scrub_secrets(&self, key: &ServerKey, id: &str) {
+        if let Err(e) = self.inner.engine.put_files(id, &resume::scrubbed()).await {
+            tracing::error!(user = key.user(), server = key.server(), container = %id, error = %e, "cannot scrub the spawn's secrets from a kept container");
+        }
+    }
+
     async fn start_locked(
         &self,
         spec: &StartSpec,
@@ -118,7 +212,10 @@ impl<E: ContainerEngine> Runtime<E> {
                     n => format!("Waiting for a free slot ({n} ahead of you)."),
                 };
                 progress.emit(Event::new(Phase::Queued, 5, message));
-                self.inner.admission.slot().await?
+                tokio::select! {
+                    slot = self.inner.admission.slot() => slot?,
+                    () = cancel.cancelled() => return Err(Error::Cancelled { key: spec.key.clone() }),
+                }
             }
         };
         // Host paths are resolved and pinned, and volumes checked and made, before the
@@ -321,6 +418,11 @@ impl<E: ContainerEngine> Runtime<E> {
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
         pins: Pins,
     ) -> Result<Started, Error> {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled {
+                key: spec.key.clone(),
+            });
+        }
         progress.emit(Event::new(Phase::Starting, 40, "Starting your server."));
         let engine = &self.inner.engine;
         if spec.resumable {
@@ -336,7 +438,7 @@ impl<E: ContainerEngine> Runtime<E> {
             return Err(match e {
                 EngineError::Api { message, .. } => Error::StartRefused {
                     key: spec.key.clone(),
-                    message,
+                    message: with_shell_hint(spec, message),
                 },
                 other => other.into(),
             });
@@ -444,17 +546,20 @@ impl<E: ContainerEngine> Runtime<E> {
         if !c.error.is_empty() && exit_code != 0 && c.started_at.is_none() {
             return Error::StartRefused {
                 key: spec.key.clone(),
-                message: c.error.clone(),
+                message: with_shell_hint(spec, c.error.clone()),
             };
         }
         let lines = self
             .last_lines(&c.id, self.inner.cfg.failure_log_lines)
             .await;
-        let output = if lines.is_empty() {
+        let mut output = if lines.is_empty() {
             String::new()
         } else {
             format!("; last output:\n{}", lines.join("\n"))
         };
+        if spec.resumable && exit_code == 127 {
+            output.push_str(SHELL_HINT);
+        }
         Error::ExitedDuringStart {
             key: spec.key.clone(),
             exit_code,
@@ -535,10 +640,8 @@ impl<E: ContainerEngine> Runtime<E> {
             env.retain(|e| !e.starts_with(&prefix));
             env.push(format!("{prefix}{v}"));
         }
-        let r = spec.resources;
-        let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
-        #[allow(clippy::cast_possible_truncation)]
-        let cores = |c: f64, unit: f64| (c * unit).round() as i64;
+        let limits = Limits::of(spec);
+        let some = |v: i64| (v > 0).then_some(v);
         ContainerSpec {
             name: spec.key.container_name(),
             image: spec.image.clone(),
@@ -548,10 +651,10 @@ impl<E: ContainerEngine> Runtime<E> {
             labels,
             port: spec.port,
             host_ip,
-            memory: r.mem_limit.map(to_i64),
-            memory_reservation: r.mem_guarantee.map(to_i64),
-            nano_cpus: r.cpu_limit.map(|c| cores(c, 1e9)),
-            cpu_shares: r.cpu_guarantee.map(|c| cores(c, 1024.0).max(2)),
+            memory: some(limits.memory),
+            memory_reservation: some(limits.memory_reservation),
+            nano_cpus: some(limits.nano_cpus),
+            cpu_shares: some(limits.cpu_shares),
             mounts: spec
                 .volumes
                 .iter()
@@ -585,6 +688,80 @@ impl<E: ContainerEngine> Runtime<E> {
             device_requests: passing.requests,
             options: spec.options.clone(),
         }
+    }
+}
+
+/// Why a kept server may fail at once: its wrapper needs the image's `/bin/sh`.
+const SHELL_HINT: &str = "; a server kept between spawns (remove = false) starts through the image's /bin/sh, which this image may lack (exit code 127: /bin/sh or the command not found)";
+
+/// `message` of a refused start, with the `/bin/sh` hint when the wrapper of a kept server
+/// may be the cause.
+fn with_shell_hint(spec: &StartSpec, message: String) -> String {
+    if spec.resumable && message.contains("/bin/sh") {
+        format!("{message}{SHELL_HINT}")
+    } else {
+        message
+    }
+}
+
+/// The resource limits Docker holds for a container of `spec`, as inspect reports them
+/// (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Limits {
+    pub(super) memory: i64,
+    pub(super) memory_reservation: i64,
+    pub(super) nano_cpus: i64,
+    pub(super) cpu_shares: i64,
+    pub(super) pids_limit: i64,
+}
+
+impl Limits {
+    pub(super) fn of(spec: &StartSpec) -> Self {
+        let r = spec.resources;
+        let to_i64 = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_possible_truncation)]
+        let cores = |c: f64, unit: f64| (c * unit).round() as i64;
+        Self {
+            memory: to_i64(r.mem_limit),
+            memory_reservation: to_i64(r.mem_guarantee),
+            nano_cpus: r.cpu_limit.map_or(0, |c| cores(c, 1e9)),
+            cpu_shares: r.cpu_guarantee.map_or(0, |c| cores(c, 1024.0).max(2)),
+            pids_limit: spec.options.pids_limit.unwrap_or(0),
+        }
+    }
+
+    /// The limits container `c` has now.
+    pub(super) fn on(c: &ContainerInfo) -> Self {
+        Self {
+            memory: c.memory,
+            memory_reservation: c.memory_reservation,
+            nano_cpus: c.nano_cpus,
+            cpu_shares: c.cpu_shares,
+            pids_limit: c.pids_limit,
+        }
+    }
+
+    /// What differs between `self` (the container's) and `want`, as drift reasons.
+    pub(super) fn changed(self, want: Self) -> Vec<String> {
+        [
+            ("memory limit", self.memory, want.memory),
+            (
+                "memory guarantee",
+                self.memory_reservation,
+                want.memory_reservation,
+            ),
+            ("cpu limit", self.nano_cpus, want.nano_cpus),
+            ("cpu guarantee", self.cpu_shares, want.cpu_shares),
+            ("pids_limit", self.pids_limit, want.pids_limit),
+        ]
+        .into_iter()
+        .filter(|(_, have, want)| have != want)
+        .map(|(what, have, want)| {
+            format!(
+                "{what} changed outside berth (the container has {have}, the start asks {want})"
+            )
+        })
+        .collect()
     }
 }
 

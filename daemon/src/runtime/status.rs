@@ -167,10 +167,11 @@ fn state_of(c: &ContainerInfo, op: Option<Op>) -> (State, Option<i64>, &'static 
             RunStatus::Created | RunStatus::Restarting | RunStatus::Running | RunStatus::Paused,
             Some(Op::Starting),
         ) => (State::Starting, None, "", String::new()),
+        // It never ran, so it has no exit code to report.
         (RunStatus::Created, _) => (
             State::Exited,
-            Some(0),
-            "Error",
+            None,
+            "NeverStarted",
             "created but never started".to_owned(),
         ),
         (RunStatus::Paused, _) => (State::Running, None, "", "paused".to_owned()),

@@ -6,7 +6,7 @@ use super::error::detached;
 use super::keys::Op;
 use super::view::{Applied, WatchKind};
 use super::{Error, Runtime, State, Status};
-use crate::docker::{ContainerEngine, ContainerInfo, RunStatus};
+use crate::docker::{ContainerEngine, ContainerInfo, LABEL_RESUMABLE, RunStatus};
 use crate::key::ServerKey;
 use crate::state::RecordStatus;
 
@@ -45,8 +45,19 @@ impl<E: ContainerEngine> Runtime<E> {
         if spec.remove {
             engine.remove(&c.id).await?;
             self.inner.view.removed(key, &c.id);
-        } else if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
-            self.refresh(key).await;
+        } else {
+            if c.label(LABEL_RESUMABLE) == Some("true")
+                && after
+                    .as_ref()
+                    .is_some_and(|a| matches!(a.status, RunStatus::Exited | RunStatus::Dead))
+            {
+                // Kept: the spawn's internal_ssl key (and an env file a failed wrapper left)
+                // must not outlive the spawn in the writable layer.
+                self.scrub_secrets(key, &c.id).await;
+            }
+            if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
+                self.refresh(key).await;
+            }
         }
         Ok(exit_code)
     }

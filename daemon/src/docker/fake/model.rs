@@ -235,6 +235,7 @@ impl World {
             nano_cpus: spec.nano_cpus.unwrap_or(0),
             memory_reservation: spec.memory_reservation.unwrap_or(0),
             cpu_shares: spec.cpu_shares.unwrap_or(0),
+            pids_limit: spec.options.pids_limit.unwrap_or(0),
             health: String::new(),
             restart_count: 0,
             // No process: host-path pins are never verified against a fake container.

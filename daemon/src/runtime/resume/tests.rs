@@ -205,6 +205,7 @@ fn a_container_with_devices_or_a_start_asking_for_them_is_never_resumed() {
         nano_cpus: 0,
         memory_reservation: 0,
         cpu_shares: 0,
+        pids_limit: 0,
         health: String::new(),
         restart_count: 0,
         pid: None,

@@ -37,6 +37,7 @@ fn container(status: RunStatus, exit_code: Option<i64>, oom: bool) -> ContainerI
         nano_cpus: 0,
         memory_reservation: 0,
         cpu_shares: 0,
+        pids_limit: 0,
         health: String::new(),
         restart_count: 0,
         pid: None,
@@ -148,8 +149,8 @@ fn the_status_table() {
             Some(entry(rec(RecordStatus::Running), run(R::Created))),
             None,
             S::Exited,
-            "Error",
-            Some(0),
+            "NeverStarted",
+            None,
             "c2",
         ),
         (

@@ -123,6 +123,8 @@ section! {
         images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
         policy: crate::policy::Policy = crate::policy::Policy::default();
+        /// Who pins host paths.
+        hostpaths: crate::hostpath::HostPathsConfig = crate::hostpath::HostPathsConfig::default();
         /// Activity reports to the hub.
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
         /// GPUs and other devices the node hands out.
@@ -438,6 +440,7 @@ impl Config {
             spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
             state_dir: self.state_dir.clone(),
             policy: self.policy.clone(),
+            hostpaths: self.hostpaths.clone(),
             devices: crate::devices::Inventory::discover(&self.devices.classes),
             pulls: crate::runtime::pull::PullConfig {
                 default_policy: self.images.pull_policy,

@@ -28,6 +28,15 @@
 //!    namespace (a systemd unit with `ProtectSystem=`/`PrivateTmp=`), where the pin is invisible
 //!    to Docker.
 //!
+//! 5. **Who does it.** Steps 1, 3 and 4 need the host's view of the file system and its mount
+//!    namespace (a pin made in a namespace of berthd's own never reaches dockerd), and
+//!    CAP_SYS_ADMIN. berthd does them itself when `[hostpaths] pin_helper_socket` is empty (a
+//!    dev run; it must then share dockerd's namespace), or asks `berth-pin` ([`helper`], over
+//!    the protocol in [`wire`]) so that the packaged berthd can run sandboxed, in a mount
+//!    namespace of its own and without CAP_SYS_ADMIN. The helper applies the roots of its
+//!    own configuration, so a request cannot widen them. Device nodes (`check_device`) stay in
+//!    berthd: it sees the host's `/dev`, read-only.
+//!
 //! The remaining race: none on the path itself, which is resolved once into a descriptor. The
 //! staging path could be swapped only by root. What is mounted is the directory the user had
 //! at check time; they may rename it elsewhere inside the root afterwards, which is theirs to do.
@@ -40,6 +49,36 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
+
+pub mod helper;
+mod pins;
+pub mod wire;
+
+pub(crate) use pins::{PinSet, Pinner, Wanted};
+
+section! {
+    /// `[hostpaths]`: who pins host paths.
+    pub struct HostPathsConfig at "hostpaths." {
+        /// Unix socket of the pin helper (berth-pin) that pins host paths in the host's mount namespace; "" = berthd pins them itself (it must then share dockerd's mount namespace).
+        pin_helper_socket: PathBuf = PathBuf::new(),
+            env "BERTH_HOSTPATHS_PIN_HELPER_SOCKET", flag "hostpaths-pin-helper-socket";
+    }
+}
+
+impl HostPathsConfig {
+    /// Who pins, for a node with this policy and state directory.
+    pub(crate) fn pinner(&self, policy: &crate::policy::Policy, state_dir: &Path) -> Pinner {
+        if self.pin_helper_socket.as_os_str().is_empty() {
+            Pinner::InProcess {
+                roots: policy.allowed_host_path_roots.clone(),
+                state_dir: state_dir.to_owned(),
+                new_dir: policy.new_dir(),
+            }
+        } else {
+            Pinner::Helper(self.pin_helper_socket.clone())
+        }
+    }
+}
 
 /// The rule named in every refusal.
 pub(crate) const RULE: &str = "allowed_host_path_roots";
@@ -160,8 +199,6 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(Errno) -> HostPathError 
 #[derive(Debug)]
 pub(crate) struct Resolved {
     fd: OwnedFd,
-    /// The path as asked for, for messages.
-    pub path: String,
     /// A directory (else a regular file).
     pub is_dir: bool,
     /// Device of the inode.
@@ -282,7 +319,6 @@ pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, Host
     }
     Ok(Resolved {
         fd,
-        path: path.to_owned(),
         is_dir: kind == FileType::Directory,
         dev: st.st_dev,
         ino: st.st_ino,
@@ -291,11 +327,11 @@ pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, Host
 
 /// Who owns a directory berthd makes for a templated host path, and its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NewDir {
+pub struct NewDir {
     /// Owner uid and gid; `None` = root's.
-    pub(crate) owner: Option<(u32, u32)>,
+    pub owner: Option<(u32, u32)>,
     /// Permission bits.
-    pub(crate) mode: u32,
+    pub mode: u32,
 }
 
 /// Makes the directories of `path` that do not exist, beneath the allowed root it names, one
@@ -377,8 +413,6 @@ pub(crate) fn staging_path(state_dir: &Path, container: &str, index: usize) -> P
 pub(crate) struct Pin {
     /// The staging path handed to Docker.
     pub staging: PathBuf,
-    /// The host path as asked for.
-    pub path: String,
     /// Device of the pinned inode.
     pub dev: u64,
     /// Inode number of the pinned inode.
@@ -408,7 +442,6 @@ pub(crate) fn pin(r: &Resolved, staging: &Path) -> Result<Pin, HostPathError> {
     })?;
     let pinned = Pin {
         staging: staging.to_owned(),
-        path: r.path.clone(),
         dev: r.dev,
         ino: r.ino,
     };

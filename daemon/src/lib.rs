@@ -13,7 +13,8 @@
 //!   credentials (Docker's `config.json`), by registry host.
 //! - [`policy`]: the node policy every Start is checked against (images, mounts, privileges).
 //! - [`hostpath`]: host paths resolved beneath their allowed root by the kernel and pinned for
-//!   Docker (never checked as text).
+//!   Docker (never checked as text), in process or by `berth-pin`, the privileged helper
+//!   (`hostpath::helper`, binary `src/bin/berth-pin.rs`) a sandboxed berthd asks.
 //! - [`runtime`]: the lifecycle, as parts that own their state (view, records, keys,
 //!   admission, progress) with start, stop, reconcile and reads on top; its module docs give
 //!   the table of parts and the lock order.
@@ -55,7 +56,7 @@ pub mod capacity;
 pub mod config;
 pub mod devices;
 pub mod docker;
-pub(crate) mod hostpath;
+pub mod hostpath;
 pub mod key;
 pub mod logging;
 pub mod metrics;

@@ -4,6 +4,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
+mod pinhelper;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,31 @@ use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
 use common::{Daemon, TINY, docker, tiny_start, unique};
+use pinhelper::PinHelper;
 use tonic::Code;
 
 /// A fresh directory (the allowed root lives inside it) and a berthd whose policy allows only
 /// `<dir>/root` for host paths, plus whatever `extra` policy lines say.
 fn setup(extra: &str) -> (PathBuf, PathBuf, Daemon) {
+    let (dir, root, cfg) = config(extra);
+    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
+    (dir, root, d)
+}
+
+/// As [`setup`], but berthd pins through a real `berth-pin` reading the same configuration.
+fn setup_with_helper() -> (PathBuf, PathBuf, Daemon, PinHelper) {
+    let (dir, root, cfg) = config("");
+    let h = PinHelper::start(&cfg, &dir.join("pin"), &[]);
+    let d = Daemon::start_with(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--hostpaths-pin-helper-socket",
+        h.socket.to_str().unwrap(),
+    ]);
+    (dir, root, d, h)
+}
+
+fn config(extra: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = common::temp_dir("berth-hostpaths");
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("real")).unwrap();
@@ -31,8 +52,7 @@ fn setup(extra: &str) -> (PathBuf, PathBuf, Daemon) {
         ),
     )
     .unwrap();
-    let d = Daemon::start_with(&["--config", cfg.to_str().unwrap()]);
-    (dir, root, d)
+    (dir, root, cfg)
 }
 
 fn mounting(user: &str, spawn_id: &str, source: &Path) -> pb::StartRequest {
@@ -141,6 +161,60 @@ fn assert_nothing_created_but(d: &Daemon, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_swapped_for_a_link_during_the_spawn_never_reaches_the_container() {
     let (dir, root, d) = setup("");
+    race(&d, &root, None).await;
+    drop(d);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The same race with berthd pinning through `berth-pin`: every container that runs mounts
+/// the helper's pin (its staging path is the mount's source), never berthd's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_pin_helper_a_swapped_path_never_reaches_the_container() {
+    let (dir, root, d, h) = setup_with_helper();
+    race(&d, &root, Some(&h)).await;
+    assert!(
+        !d.state_dir.join("mounts").exists(),
+        "berthd pinned in process although a helper is configured"
+    );
+    h.wait_released();
+    drop(d);
+    drop(h);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A helper that is configured but not there: host paths fail closed (berthd never falls
+/// back to pinning itself), naming the socket; nothing is created.
+#[tokio::test]
+async fn a_configured_helper_that_does_not_answer_fails_the_start_closed() {
+    let (dir, root, cfg) = config("");
+    let socket = dir.join("no-helper.sock");
+    let d = Daemon::start_with(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--hostpaths-pin-helper-socket",
+        socket.to_str().unwrap(),
+    ]);
+    let mut c = d.client().await;
+    let user = unique("nohelper");
+    let err = c
+        .start(mounting(&user, "s1", &root.join("real")))
+        .await
+        .expect_err("no helper");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&err).unwrap();
+    assert_eq!(info.reason, "HOST_PATH_ERROR", "{err:?}");
+    assert!(
+        err.message().contains("no-helper.sock"),
+        "{}",
+        err.message()
+    );
+    assert_nothing_created(&d, "no helper");
+    drop(d);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Spawns mounting `root/race` for 30 s while a thread swaps it for a link to `/`.
+async fn race(d: &Daemon, root: &Path, helper: Option<&PinHelper>) {
     let mut c = d.client().await;
     let path = root.join("race");
     std::fs::create_dir(&path).unwrap();
@@ -175,6 +249,18 @@ async fn a_path_swapped_for_a_link_during_the_spawn_never_reaches_the_container(
                 let r = r.into_inner();
                 let listing = docker(&["exec", &r.container_id, "ls", "/data"]);
                 assert_eq!(listing, "marker", "spawn {n} saw {listing:?} at /data");
+                if let Some(h) = helper {
+                    let source = docker(&[
+                        "inspect",
+                        "-f",
+                        "{{range .Mounts}}{{.Source}}{{end}}",
+                        &r.container_id,
+                    ]);
+                    assert!(
+                        Path::new(&source).starts_with(h.staging()),
+                        "spawn {n} mounted {source}, not a pin of the helper"
+                    );
+                }
                 mounted += 1;
             }
             Err(e) if e.code() == Code::PermissionDenied => {
@@ -206,8 +292,6 @@ async fn a_path_swapped_for_a_link_during_the_spawn_never_reaches_the_container(
         "the race was not exercised: {mounted} mounted, {refused} refused"
     );
     assert!(d.containers().is_empty());
-    drop(d);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         ImagesConfig::OVERRIDABLE,
         Policy::OVERRIDABLE,
         OptionsPolicy::OVERRIDABLE,
+        crate::hostpath::HostPathsConfig::OVERRIDABLE,
         ActivityConfig::OVERRIDABLE,
         NodeConfig::OVERRIDABLE,
         DevicesConfig::OVERRIDABLE,

@@ -206,6 +206,11 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "true",
         "true",
     ),
+    (
+        "hostpaths.pin_helper_socket",
+        "/run/berth-pin/pin.sock",
+        "\"/run/berth-pin/pin.sock\"",
+    ),
     ("activity.enabled", "true", "true"),
     (
         "activity.hub_api_url",

@@ -106,6 +106,8 @@ pub struct RuntimeConfig {
     pub state_dir: std::path::PathBuf,
     /// What a hub may ask of this node.
     pub policy: crate::policy::Policy,
+    /// Who pins host paths.
+    pub hostpaths: crate::hostpath::HostPathsConfig,
     /// The devices the node hands out, as discovered at start-up.
     pub devices: crate::devices::Inventory,
     /// Image pulls.

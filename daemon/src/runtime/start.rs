@@ -18,7 +18,7 @@ use crate::docker::{
     LABEL_PORT, LABEL_RESUMABLE, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, Mount,
     RunStatus,
 };
-use crate::hostpath::{self, HostPathError, Pin};
+use crate::hostpath::{self, HostPathError, PinSet, Wanted};
 use crate::key::ServerKey;
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
@@ -31,7 +31,7 @@ const BOOT_TO: u8 = 95;
 const BOOT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A pinned host path and where the container mounts it.
-type Pins = Vec<(String, Pin)>;
+type Pins = PinSet;
 
 impl<E: ContainerEngine> Runtime<E> {
     /// Starts the server of `spec` and returns once it answers HTTP. The work runs in its own
@@ -282,7 +282,7 @@ impl<E: ContainerEngine> Runtime<E> {
         self.prepare_volumes(spec).await?;
         self.prepare_network(spec).await?;
         progress.emit(Event::new(Phase::Creating, 20, "Preparing your server."));
-        let id = self.create(spec, &image, &devices).await?;
+        let id = self.create(spec, &image, &devices, &pins).await?;
         let started = self
             .launch(spec, &id, progress, cancel, Some(slot), pins)
             .await?;
@@ -344,9 +344,10 @@ impl<E: ContainerEngine> Runtime<E> {
         spec: &StartSpec,
         image: &ImageInfo,
         devices: &[DeviceRef],
+        pins: &Pins,
     ) -> Result<String, Error> {
         let engine = &self.inner.engine;
-        let container = self.container_spec(spec, image, devices);
+        let container = self.container_spec(spec, image, devices, pins);
         let owned = owned_volumes(spec);
         self.inner
             .records
@@ -401,38 +402,29 @@ impl<E: ContainerEngine> Runtime<E> {
     /// threads, as a network filesystem may be slow.
     pub(super) async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
         let devices = spec.host.devices.clone();
-        let wanted: Vec<(usize, String, String, bool)> = spec
+        let wanted: Vec<Wanted> = spec
             .volumes
             .iter()
             .enumerate()
             .filter(|(_, v)| v.host_path)
-            .map(|(i, v)| {
-                let templated = v.per_user || v.per_server;
-                (i, v.name.clone(), v.target.clone(), templated)
+            .map(|(index, v)| Wanted {
+                index,
+                path: v.name.clone(),
+                target: v.target.clone(),
+                make: v.per_user || v.per_server,
             })
             .collect();
         if wanted.is_empty() && devices.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PinSet::default());
         }
-        let roots = self.inner.cfg.policy.allowed_host_path_roots.clone();
-        let state_dir = self.inner.cfg.state_dir.clone();
+        let cfg = &self.inner.cfg;
+        let pinner = cfg.hostpaths.pinner(&cfg.policy, &cfg.state_dir);
         let name = spec.key.container_name();
-        let new_dir = self.inner.cfg.policy.new_dir();
         let pinned = blocking("host path", move || -> Result<Pins, HostPathError> {
             for d in &devices {
                 hostpath::check_device(d)?;
             }
-            wanted
-                .into_iter()
-                .map(|(i, path, target, templated)| {
-                    if templated {
-                        hostpath::ensure_dir(&roots, &path, new_dir)?;
-                    }
-                    let r = hostpath::resolve(&roots, &path)?;
-                    let pin = hostpath::pin(&r, &hostpath::staging_path(&state_dir, &name, i))?;
-                    Ok((target, pin))
-                })
-                .collect()
+            pinner.pin_all(&name, wanted)
         })
         .await??;
         Ok(pinned)
@@ -451,26 +443,26 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Whether the running container `c` sees every pinned inode at its target; a container
     /// that does not is killed.
-    async fn verify_pins(&self, c: &ContainerInfo, pins: &Pins) -> Result<(), Error> {
+    async fn verify_pins(&self, c: &ContainerInfo, pins: Pins) -> Result<Pins, Error> {
         if pins.is_empty() || !matches!(c.status, RunStatus::Running | RunStatus::Paused) {
             // Not running (it crashed at once): it sees nothing; the exit is reported instead.
-            return Ok(());
+            return Ok(pins);
         }
-        // A running container without a process id cannot be checked: fail closed.
+        // A running container without a process id cannot be checked: fail closed (0).
         let pid = c.pid.unwrap_or(0);
-        for (target, pin) in pins {
-            if !hostpath::verify(pid, target, pin.dev, pin.ino) {
-                if let Err(e) = self.inner.engine.kill(&c.id).await {
-                    tracing::error!(container = %c.id, error = %e, "cannot kill a container whose mount is not the checked path");
-                }
-                return Err(HostPathError::NotVerified {
-                    path: pin.path.clone(),
-                    target: target.clone(),
-                }
-                .into());
+        let (pins, verified) = blocking("host path check", move || {
+            let mut pins = pins;
+            let verified = pins.verify(pid);
+            (pins, verified)
+        })
+        .await?;
+        if let Err(e) = verified {
+            if let Err(kill) = self.inner.engine.kill(&c.id).await {
+                tracing::error!(container = %c.id, error = %kill, "cannot kill a container whose mount is not the checked path");
             }
+            return Err(e.into());
         }
-        Ok(())
+        Ok(pins)
     }
 
     /// Starts created container `id` and waits until it answers.
@@ -512,7 +504,7 @@ impl<E: ContainerEngine> Runtime<E> {
             .inspect(id)
             .await?
             .ok_or_else(|| Error::Internal(format!("container {id} vanished right after start")))?;
-        self.verify_pins(&c, &pins).await?;
+        let pins = self.verify_pins(&c, pins).await?;
         // The container's mount namespace holds its own copy now; the pins can go.
         drop(pins);
         let started = self.await_ready(spec, &c, progress, cancel).await?;
@@ -639,6 +631,7 @@ impl<E: ContainerEngine> Runtime<E> {
         spec: &StartSpec,
         image: &ImageInfo,
         devices: &[DeviceRef],
+        pins: &Pins,
     ) -> ContainerSpec {
         let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
             (true, true) => None,
@@ -727,8 +720,20 @@ impl<E: ContainerEngine> Runtime<E> {
                 .enumerate()
                 .map(|(i, v)| Mount {
                     bind: v.host_path,
+                    // Every host path is pinned by now; a missing pin names a path that does
+                    // not exist, so Docker refuses the mount rather than mounting the text.
                     volume: if v.host_path {
-                        hostpath::staging_path(&cfg.state_dir, &spec.key.container_name(), i)
+                        pins.staging(i)
+                            .map_or_else(
+                                || {
+                                    hostpath::staging_path(
+                                        &cfg.state_dir,
+                                        &spec.key.container_name(),
+                                        i,
+                                    )
+                                },
+                                std::path::Path::to_path_buf,
+                            )
                             .display()
                             .to_string()
                     } else {

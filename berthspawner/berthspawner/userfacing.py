@@ -15,7 +15,7 @@ hub's log) and, from berthd, in the Event log.
 
 import html
 
-from jupyterhub.spawner import SpawnException
+from ._compat import SpawnException
 
 # One sentence per failure: what happened and what to do; no Docker, network or class names.
 PULL_FAILED = (

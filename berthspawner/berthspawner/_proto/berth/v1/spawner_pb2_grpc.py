@@ -248,8 +248,10 @@ class SpawnerServicer:
     def ImportVolume(self, request_iterator, context):
         """Makes a user volume from an ExportVolume's messages: the header first (the volume is
         made, labelled with its owner as this node labels its own), then chunks, unpacked as they
-        come (absolute paths, `..`, device nodes and links out of the volume are refused; owner,
-        mode and times are kept), then the trailer, whose checksum must match what arrived. On
+        come (absolute paths, `..`, device nodes, hard links out of the volume and entries
+        written through a symbolic link are refused; symbolic links themselves are kept as they
+        are, even those pointing out of the volume: they resolve inside the container that mounts
+        it, where they are harmless; owner, mode and times are kept), then the trailer, whose checksum must match what arrived. On
         any failure the partial volume is removed. Until verified the volume is an unfinished
         import: not listed by ListVolumes, not mountable, and wiped by a new import of it from
         the same source node (so a retry is safe, even after a crash of berthd). A volume that
@@ -272,7 +274,9 @@ class SpawnerServicer:
         """Pulls images onto this node ahead of spawns (e.g. before a class), with the node's
         credentials, one after another; each image's progress as Start's PULLING events, then one
         event with `done` (or `error`). A pull already under way for a spawn is joined, not
-        repeated. Images are checked against the node policy's allowed_images first.
+        repeated. Each image is checked against the node policy's allowed_images first: one it
+        does not allow gets an event with `error` and reason POLICY_DENIED, and the others still
+        pull. A malformed name refuses the whole request (INVALID_ARGUMENT naming `images[i]`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -578,7 +578,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 .collect(),
             host,
             device_requests: passing.requests,
-            options: spec.options.clone(),
+            options: self.options_with_network(spec),
         }
     }
 }

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Makes what a berth deployment needs for mutual TLS and tokens (see docs/deploy.md):
 #
-#   docs/make-certs.sh OUT_DIR NODE[=ADDR[,ADDR...]]...
+#   docs/make-certs.sh OUT_DIR NODE[=ADDR[,ADDR...]]... [operator:NAME]...
+#
+# Two CAs, so that a node's certificate can never be a client of another node: the server CA
+# signs the nodes (serverAuth only), the client CA signs the hub and the operators (clientAuth
+# only), and a node trusts only the client CA for its clients.
 #
 # In OUT_DIR:
-#   ca.pem, ca.key          the deployment's CA (keep ca.key off the nodes and the hub)
-#   hub/hub.pem, hub.key    the hub's client certificate (CN=hub), for berthspawner
-#   hub/ca.pem              the CA, to check the nodes' certificates
-#   hub/tokens/NODE         each node's bearer token, for berthspawner's `token_file`
-#   NODE/node.pem, node.key the node's certificate: server (berthd's listener) and client
-#                           (berthctl on the node through the listener), with the SANs below
-#   NODE/ca.pem             the CA: berthd's `client_ca_file`
-#   NODE/token              the node's bearer token: berthd's `security.token_file`
+#   ca.pem, ca.key               the server CA: signs the nodes (keep ca.key off nodes and hub)
+#   client-ca.pem, client-ca.key the client CA: signs the hub and operators (keep the key offline)
+#   hub/hub.pem, hub.key         the hub's client certificate (CN=hub, SAN DNS:hub)
+#   hub/ca.pem                   the server CA, to check the nodes' certificates
+#   hub/tokens/NODE              each node's bearer token, for berthspawner's `token_file`
+#   NODE/node.pem, node.key      the node's server certificate, with the SANs below
+#   NODE/client-ca.pem           the client CA: berthd's `client_ca_file`
+#   NODE/token                   the node's bearer token: berthd's `security.token_file`
+#   operators/NAME/operator.pem, operator.key
+#                                an operator's client certificate (SAN DNS:NAME.operator), for
+#                                berthctl off the node (--cert, --key)
+#   operators/NAME/ca.pem        the server CA, for berthctl's --ca
 #
 # SANs of a node: DNS:NODE, each ADDR (an IP address or a DNS name the hub uses to reach it),
-# and DNS:localhost, IP:127.0.0.1, IP:::1 (berthctl on the node). An existing CA in OUT_DIR is
-# reused, so nodes can be added later; an existing node or hub certificate is kept.
-# Needs openssl. Keys are EC P-256, mode 0600.
+# and DNS:localhost, IP:127.0.0.1, IP:::1. Existing CAs in OUT_DIR are reused, so nodes and
+# operators can be added later; an existing certificate is kept if its CA signed it for its
+# purpose, else (e.g. a directory made by the one-CA version of this script) made again.
+# Needs openssl. Keys are EC P-256; keys and tokens are mode 0600.
 set -euo pipefail
 
 usage() {
@@ -31,20 +40,33 @@ mkdir -p "$out"
 days_ca=3650
 days_leaf=825
 
-if [ ! -f "$out/ca.key" ]; then
+# make_ca STEM CN: OUT_DIR/STEM.pem and STEM.key, unless they exist.
+make_ca() {
+  local stem=$1 cn=$2
+  [ -f "$out/$stem.key" ] && return
   openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
-    -keyout "$out/ca.key" -out "$out/ca.pem" -days "$days_ca" -subj "/CN=berth CA" \
+    -keyout "$out/$stem.key" -out "$out/$stem.pem" -days "$days_ca" -subj "/CN=$cn" \
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  echo "made $out/ca.pem" >&2
-fi
+  echo "made $out/$stem.pem" >&2
+}
+make_ca ca "berth server CA"
+make_ca client-ca "berth client CA"
 
-# issue NAME DIR STEM SAN EKU: DIR/STEM.key and DIR/STEM.pem signed by the CA.
+# issue CA NAME DIR STEM SAN EKU: DIR/STEM.key and DIR/STEM.pem signed by OUT_DIR/CA.pem.
 issue() {
-  local name=$1 dir=$2 stem=$3 san=$4 eku=$5 ext
+  local ca=$1 name=$2 dir=$3 stem=$4 san=$5 eku=$6 ext purpose
+  case $eku in
+    serverAuth) purpose=sslserver ;;
+    clientAuth) purpose=sslclient ;;
+  esac
   if [ -f "$dir/$stem.pem" ]; then
-    echo "kept $dir/$stem.pem" >&2
-    return
+    if openssl verify -CAfile "$out/$ca.pem" -purpose "$purpose" "$dir/$stem.pem" >/dev/null 2>&1 &&
+      ! openssl x509 -in "$dir/$stem.pem" -noout -ext extendedKeyUsage | grep -q ','; then
+      echo "kept $dir/$stem.pem" >&2
+      return
+    fi
+    echo "$dir/$stem.pem is not a $eku certificate of $out/$ca.pem alone: making it again" >&2
   fi
   mkdir -p "$dir"
   ext=$(mktemp)
@@ -56,13 +78,13 @@ issue() {
   } >"$ext"
   openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
     -keyout "$dir/$stem.key" -out "$dir/$stem.csr" -subj "/CN=$name" 2>/dev/null
-  openssl x509 -req -in "$dir/$stem.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" \
+  openssl x509 -req -in "$dir/$stem.csr" -CA "$out/$ca.pem" -CAkey "$out/$ca.key" \
     -CAcreateserial -out "$dir/$stem.pem" -days "$days_leaf" -sha256 -extfile "$ext" 2>/dev/null
   rm -f "$dir/$stem.csr" "$ext"
   echo "made $dir/$stem.pem ($san)" >&2
 }
 
-issue hub "$out/hub" hub "DNS:hub" clientAuth
+issue client-ca hub "$out/hub" hub "DNS:hub" clientAuth
 cp "$out/ca.pem" "$out/hub/ca.pem"
 mkdir -p "$out/hub/tokens"
 
@@ -71,6 +93,16 @@ is_ip() {
 }
 
 for spec in "$@"; do
+  if [[ $spec == operator:* ]]; then
+    name=${spec#operator:}
+    if ! [[ $name =~ ^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$ ]]; then
+      echo "make-certs: operator name $name: 1-52 characters of [a-z0-9-]" >&2
+      exit 64
+    fi
+    issue client-ca "$name" "$out/operators/$name" operator "DNS:$name.operator" clientAuth
+    cp "$out/ca.pem" "$out/operators/$name/ca.pem"
+    continue
+  fi
   node=${spec%%=*}
   addrs=""
   [[ $spec == *=* ]] && addrs=${spec#*=}
@@ -85,8 +117,10 @@ for spec in "$@"; do
     if is_ip "$a"; then entry="IP:$a"; else entry="DNS:$a"; fi
     [[ ",$san," == *",$entry,"* ]] || san="$san,$entry"
   done
-  issue "$node" "$out/$node" node "$san" serverAuth,clientAuth
-  cp "$out/ca.pem" "$out/$node/ca.pem"
+  issue ca "$node" "$out/$node" node "$san" serverAuth
+  cp "$out/client-ca.pem" "$out/$node/client-ca.pem"
+  # The one-CA layout's client CA: gone, so no configuration keeps trusting the server CA.
+  rm -f "$out/$node/ca.pem"
   if [ ! -f "$out/$node/token" ]; then
     openssl rand -hex 32 >"$out/$node/token"
     cp "$out/$node/token" "$out/hub/tokens/$node"

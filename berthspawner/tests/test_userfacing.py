@@ -2,7 +2,15 @@
 
 import grpc
 from fakes import GIB, FakeNode, spawner
-from jupyterhub.utils import format_exception
+
+try:
+    from jupyterhub.utils import format_exception
+except ImportError:  # JupyterHub before 5 reads the same two attributes in its handlers
+
+    def format_exception(e):
+        message = getattr(e, "jupyterhub_message", None) or str(e)
+        return message, getattr(e, "jupyterhub_html_message", None) or message
+
 from test_spawner import run, up
 
 from berthspawner import userfacing

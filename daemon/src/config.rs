@@ -119,6 +119,8 @@ section! {
         capacity: CapacityConfig = CapacityConfig::default();
         /// Who may drive this node.
         security: SecurityConfig = SecurityConfig::default();
+        /// The Docker network of the servers.
+        network: NetworkConfig = NetworkConfig::default();
         /// Image pulls.
         images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
@@ -135,6 +137,21 @@ section! {
         metrics: MetricsConfig = MetricsConfig::default();
         /// berthd's own log.
         log: crate::logging::LogConfig = crate::logging::LogConfig::default();
+    }
+}
+
+/// The network berth puts servers on when a Start names none.
+pub const DEFAULT_NETWORK_NAME: &str = "berth-users";
+
+section! {
+    /// `[network]`
+    pub struct NetworkConfig at "network." {
+        /// Put servers whose Start names no network on network.name, a bridge where containers cannot open connections to each other (the hub, the proxy and the node still reach every server); false = Docker's default bridge, where they can.
+        isolate_users: bool = true,
+            env "BERTH_NETWORK_ISOLATE_USERS", flag "network-isolate-users";
+        /// The isolated network, created by berthd (labelled berth.managed) when missing.
+        name: String = DEFAULT_NETWORK_NAME.to_owned(),
+            env "BERTH_NETWORK_NAME", flag "network-name";
     }
 }
 
@@ -285,6 +302,9 @@ section! {
         tls_key_file: PathBuf = PathBuf::new(), env "BERTH_TLS_KEY_FILE", flag "tls-key-file";
         /// CA of accepted client certificates (mutual TLS), PEM.
         client_ca_file: PathBuf = PathBuf::new(), env "BERTH_CLIENT_CA_FILE", flag "client-ca-file";
+        /// Names (DNS or URI subject alternative names) of the client certificates that may connect, e.g. ["hub"]; empty = any certificate client_ca_file signed.
+        hub_client_names: Vec<String> = Vec::new(),
+            env "BERTH_SECURITY_HUB_CLIENT_NAMES", flag "security-hub-client-names";
         /// Serve plaintext gRPC on a non-loopback address: whoever reaches the port controls the node's Docker engine, so only for networks trusted end to end.
         insecure_plaintext_on_network: bool = false,
             env "BERTH_SECURITY_INSECURE_PLAINTEXT_ON_NETWORK", flag "security-insecure-plaintext-on-network";
@@ -456,6 +476,10 @@ impl Config {
                 images: self.images.gc_images.clone(),
             },
             labels: self.node.labels.clone(),
+            isolated_network: self
+                .network
+                .isolate_users
+                .then(|| self.network.name.clone()),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! - [`api`]: the `berth.v1.Spawner` gRPC service; the only module that sees proto types.
 //! - [`serve`]: the wiring: engine, runtime, gRPC server, health, shutdown, SIGHUP.
 //! - [`tls`]: the gRPC listener's TLS, done by berthd itself so SIGHUP can swap the files.
+//! - [`netguard`]: the container networks' subnets, whose peers berthd's listeners refuse.
 //!
 //! Dependencies point one way: `api` → `runtime` → (`docker`, `state`, `capacity`, `policy`,
 //! `hostpath`); `monitor` and `reporter` feed and read `runtime`; nothing depends on `api`;
@@ -62,6 +63,7 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod mutation;
+pub mod netguard;
 pub mod notify;
 pub mod policy;
 pub mod registry;

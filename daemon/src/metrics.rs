@@ -406,7 +406,8 @@ fn respond<E: ContainerEngine, B>(
     }
 }
 
-/// Serves `GET /metrics` over plain HTTP/1 on `listener` until `shutdown`.
+/// Serves `GET /metrics` over plain HTTP/1 on `listener` until `shutdown`; connections from a
+/// container network are closed unread.
 pub async fn serve<E: ContainerEngine>(
     listener: TcpListener,
     rt: Runtime<E>,
@@ -416,6 +417,7 @@ pub async fn serve<E: ContainerEngine>(
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
+                Ok((_, peer)) if crate::tls::refused(rt.container_nets(), peer) => continue,
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: cannot accept");

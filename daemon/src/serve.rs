@@ -7,6 +7,7 @@ use std::time::Duration;
 use berth_proto::v1::admin_server::AdminServer;
 use berth_proto::v1::spawner_server::SpawnerServer;
 use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -186,6 +187,10 @@ async fn run_on<E: ContainerEngine>(
         Notifier::disabled()
     });
     let (rt, since, reconciled) = runtime(&cfg, connect).await?;
+    if reconciled {
+        rt.prepare_default_networks().await;
+    }
+    let nets = rt.container_nets().clone();
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -264,11 +269,18 @@ async fn run_on<E: ContainerEngine>(
     };
     let server: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            crate::tls::incoming(listener, tls, shutdown.clone()),
+            crate::tls::incoming(listener, tls, nets, shutdown.clone()),
             stop,
         )),
         None => {
-            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+            // A refused connection is dropped, which closes it.
+            let incoming = TcpListenerStream::new(listener).filter(move |conn| match conn {
+                Ok(tcp) => tcp
+                    .peer_addr()
+                    .is_ok_and(|peer| !crate::tls::refused(&nets, peer)),
+                Err(_) => true,
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
     let grace = async {

@@ -3,6 +3,10 @@
 //! whatever configuration the handle holds at that moment. Connections already open keep the
 //! session they negotiated; nothing is dropped by a reload.
 //!
+//! With mutual TLS a client certificate must chain to `client_ca_file` and, when
+//! `hub_client_names` lists names, carry one of them as a DNS or URI subject alternative name
+//! ([`NamedClients`]): a handshake that fails either check never reaches tonic.
+//!
 //! tonic's own `tls_config` builds its acceptor once, so the listener here does the handshakes
 //! itself (tokio-rustls) and hands tonic finished streams through `serve_with_incoming`.
 
@@ -13,9 +17,13 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::DistinguishedName;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::{self, ConfigError, SecurityConfig};
+use crate::netguard::ContainerNets;
 
 /// Longest a client may take over its handshake before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +65,14 @@ pub fn server_config(sec: &SecurityConfig) -> Result<Arc<ServerConfig>, ConfigEr
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| tls_err(CA, path, &e))?;
-        builder.with_client_cert_verifier(verifier)
+        if sec.hub_client_names.is_empty() {
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_client_cert_verifier(Arc::new(NamedClients {
+                chain: verifier,
+                names: sec.hub_client_names.clone(),
+            }))
+        }
     } else {
         builder.with_no_client_auth()
     };
@@ -65,6 +81,104 @@ pub fn server_config(sec: &SecurityConfig) -> Result<Arc<ServerConfig>, ConfigEr
         .map_err(|e| tls_err("security.tls_key_file", &sec.tls_key_file, &e))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A client certificate verifier that, once `chain` has accepted the certificate, also wants
+/// one of its DNS or URI subject alternative names to be in `names` (`hub_client_names`).
+/// A certificate the client CA signed for some other purpose (an operator the list leaves
+/// out, or a node's when one CA signs both) is refused in the handshake.
+#[derive(Debug)]
+struct NamedClients {
+    chain: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+/// The DNS and URI subject alternative names of a certificate; none when it does not parse
+/// (webpki has parsed it before this is asked).
+fn client_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(s) | GeneralName::URI(s) => Some((*s).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl ClientCertVerifier for NamedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let presented = client_names(end_entity);
+        if presented
+            .iter()
+            .any(|p| self.names.iter().any(|n| n.eq_ignore_ascii_case(p)))
+        {
+            return Ok(verified);
+        }
+        // At warn, unlike other handshake failures: the client holds a certificate of the
+        // client CA, so this is a misconfiguration or a node trying to act as the hub.
+        tracing::warn!(
+            names = ?presented,
+            allowed = ?self.names,
+            "refused a client certificate: none of its names is in security.hub_client_names"
+        );
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.chain.requires_raw_public_keys()
+    }
 }
 
 /// The listener's TLS configuration, swapped whole by [`ReloadableTls::reload`].
@@ -153,13 +267,25 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Whether a connection from `peer` comes from a container network (`nets`): such a
+/// connection is closed before anything is read, and logged.
+pub fn refused(nets: &ContainerNets, peer: SocketAddr) -> bool {
+    let refused = nets.refuses(peer.ip());
+    if refused {
+        tracing::warn!(%peer, "refused a connection from a container network");
+    }
+    refused
+}
+
 /// The connections of `listener`, each handed on once its handshake with the configuration
-/// `tls` holds at accept time has finished. Handshakes run side by side, each for at most
+/// `tls` holds at accept time has finished; those from a container network (`nets`) are
+/// closed at once. Handshakes run side by side, each for at most
 /// [`HANDSHAKE_TIMEOUT`]; one that fails is logged (at debug: any port scanner causes them)
 /// and dropped. Ends when `shutdown` is cancelled or the server stops taking connections.
 pub fn incoming(
     listener: TcpListener,
     tls: ReloadableTls,
+    nets: ContainerNets,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
@@ -178,6 +304,9 @@ pub fn incoming(
                     }
                 },
             };
+            if refused(&nets, peer) {
+                continue;
+            }
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {

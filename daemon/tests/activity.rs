@@ -127,6 +127,7 @@ async fn traffic_is_activity_silence_is_not_and_an_outage_loses_only_old_values(
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, "activity-service-token-123\n").unwrap();
+    common::set_mode(&token, 0o600);
     let cfg = dir.join("c.toml");
     std::fs::write(
         &cfg,

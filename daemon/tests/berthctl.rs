@@ -360,11 +360,18 @@ async fn the_admin_socket_serves_reads_and_stop_but_never_start() {
 }
 
 #[tokio::test]
-async fn make_certs_output_gives_mutual_tls_that_berthd_and_berthctl_accept() {
+async fn make_certs_output_gives_mutual_tls_that_only_the_hub_and_named_operators_pass() {
     let dir = temp_dir("berthctl-pki");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/make-certs.sh");
     let out = Command::new("bash")
-        .args([script, dir.to_str().unwrap(), "n1=127.0.0.1"])
+        .args([
+            script,
+            dir.to_str().unwrap(),
+            "n1=127.0.0.1",
+            "n2=127.0.0.1",
+            "operator:alice",
+            "operator:bob",
+        ])
         .output()
         .expect("run make-certs.sh");
     assert!(
@@ -379,9 +386,11 @@ async fn make_certs_output_gives_mutual_tls_that_berthd_and_berthctl_accept() {
         "--tls-key-file",
         &p("n1/node.key"),
         "--client-ca-file",
-        &p("n1/ca.pem"),
+        &p("n1/client-ca.pem"),
         "--token-file",
         &p("n1/token"),
+        "--security-hub-client-names",
+        "hub,alice.operator",
     ]);
     let url = format!("https://127.0.0.1:{}", d.addr.port());
     let hub = [
@@ -419,6 +428,46 @@ async fn make_certs_output_gives_mutual_tls_that_berthd_and_berthctl_accept() {
         "ps",
     ]);
     assert_ne!(code, 0, "{err}");
+    // node-2's certificate with node-1's token (a node taken over, acting as the hub): the
+    // handshake fails, as n1 trusts only the client CA, which never signs a node.
+    let as_client = |stem: &str, key: &str| {
+        berthctl(&[
+            "--endpoint",
+            &url,
+            "--ca",
+            &p("hub/ca.pem"),
+            "--cert",
+            &p(&format!("{stem}.pem")),
+            "--key",
+            &p(&format!("{stem}.{key}")),
+            "--token-file",
+            &p("hub/tokens/n1"),
+            "version",
+        ])
+    };
+    let (code, out, err) = as_client("n2/node", "key");
+    assert_ne!(code, 0, "node-2's certificate was served: {out}");
+    assert!(!out.contains(&d.node_id), "{out}");
+    assert!(
+        !err.contains("UNAUTHENTICATED"),
+        "refused in the handshake: {err}"
+    );
+    // An operator certificate of the client CA whose name hub_client_names leaves out: refused
+    // in the handshake too, and berthd says why.
+    let (code, out, err) = as_client("operators/bob/operator", "key");
+    assert_ne!(code, 0, "bob's certificate was served: {out}");
+    assert!(
+        !err.contains("UNAUTHENTICATED"),
+        "refused in the handshake: {err}"
+    );
+    assert!(
+        d.log_text().contains("hub_client_names"),
+        "berthd names the setting"
+    );
+    // An operator it names gets in, off the node, with the node's token.
+    let (code, out, err) = as_client("operators/alice/operator", "key");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&d.node_id), "{out}");
 
     // Root on the node, from berthd's own config file: its Admin socket first...
     let cfg = write_file(
@@ -431,13 +480,14 @@ async fn make_certs_output_gives_mutual_tls_that_berthd_and_berthctl_accept() {
             p("n1/token"),
             p("n1/node.pem"),
             p("n1/node.key"),
-            p("n1/ca.pem"),
+            p("n1/client-ca.pem"),
         ),
     );
     let (code, out, err) = berthctl(&["--config", cfg.to_str().unwrap(), "version"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("via unix:"), "{out}");
-    // ...and with no socket there, its listener with the node's own certificate and token.
+    // ...and with no socket there, its listener with the node's token and an operator's
+    // certificate (the node's own is a server certificate only).
     let elsewhere = write_file(
         &dir,
         "config-no-socket.toml",
@@ -446,7 +496,17 @@ async fn make_certs_output_gives_mutual_tls_that_berthd_and_berthctl_accept() {
             "admin_socket = \"/nonexistent/admin.sock\"\nlisten =",
         ),
     );
-    let (code, out, err) = berthctl(&["--config", elsewhere.to_str().unwrap(), "version"]);
+    let (code, out, err) = berthctl(&[
+        "--config",
+        elsewhere.to_str().unwrap(),
+        "--ca",
+        &p("operators/alice/ca.pem"),
+        "--cert",
+        &p("operators/alice/operator.pem"),
+        "--key",
+        &p("operators/alice/operator.key"),
+        "version",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("via {url}")), "{out}");
     std::fs::remove_dir_all(&dir).ok();

@@ -27,6 +27,8 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&path, private).unwrap();
     path
 }
 
@@ -93,7 +95,14 @@ fn check_config_and_serve_both_refuse_a_missing_tls_or_token_file_naming_key_and
     let missing = std::env::temp_dir().join("berth-cli-no-such-file.pem");
     let missing = missing.to_str().unwrap();
     // (flags, the key and the file the error must name)
-    let cases: [(&[&str], &str, &str); 3] = [
+    let open = temp_file("token-open", "0123456789abcdef-very-secret\n");
+    std::fs::set_permissions(
+        &open,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
+    let open = open.to_str().unwrap();
+    let cases: [(&[&str], &str, &str); 4] = [
         (
             &["--tls-cert-file", missing, "--tls-key-file", missing],
             "security.tls_cert_file",
@@ -105,6 +114,8 @@ fn check_config_and_serve_both_refuse_a_missing_tls_or_token_file_naming_key_and
             "security.token_file",
             "/dev/null",
         ),
+        // Readable by others: refused like the registry auth file, never used.
+        (&["--token-file", open], "security.token_file", open),
     ];
     for (flags, key, file) in cases {
         for command in [&["check-config"][..], &["config", "check"], &["serve"]] {

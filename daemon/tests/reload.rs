@@ -142,6 +142,7 @@ fn pki(name: &str) -> Pki {
 fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
+    common::set_mode(&tmp, 0o600);
     std::fs::rename(&tmp, path).unwrap();
 }
 

@@ -65,10 +65,19 @@ async fn without_the_right_bearer_token_nothing_is_done() {
 }
 
 #[test]
-fn a_short_or_missing_token_file_is_a_config_error() {
+fn a_short_missing_or_open_token_file_is_a_config_error() {
     let dir = common::temp_dir("berth-sec");
     let short = common::write_file(&dir, "short", "abc\n");
-    for (file, needle) in [(short, "at least 16"), (dir.join("missing"), "cannot read")] {
+    let open = common::write_file(&dir, "open", "0123456789abcdef-secret\n");
+    common::set_mode(&open, 0o644);
+    let group = common::write_file(&dir, "group", "0123456789abcdef-secret\n");
+    common::set_mode(&group, 0o640);
+    for (file, needle) in [
+        (short, "at least 16"),
+        (dir.join("missing"), "cannot read"),
+        (open, "mode 644"),
+        (group, "mode 640"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
             .args([
                 "serve",

@@ -59,7 +59,8 @@ class Pki:
         self.hub_cert_file = _write(os.path.join(d, "hub.pem"), _cert("hub", hub_key, self.CA, self._ca_key))
         self.hub_key_file = _write(os.path.join(d, "hub.key"), key=hub_key)
         self.token_file = os.path.join(d, "token")
-        with open(self.token_file, "w") as f:
+        # Mode 0600: berthd refuses a token file others can read.
+        with open(os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(secrets.token_hex(20))
 
     def node(self, name, ips=("127.0.0.1",)):

@@ -64,7 +64,8 @@ def test_activity_culling_and_a_hub_outage(workdir):
     os.makedirs(base, exist_ok=True)
     hub_port, token, metrics_port = free_port(), secrets.token_hex(24), free_port()
     token_file = os.path.join(base, "activity-token")
-    with open(token_file, "w") as f:
+    # Mode 0600: berthd refuses a token file others can read.
+    with open(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(token)
     with contextlib.ExitStack() as cleanup:
         node = cleanup.enter_context(Berthd(

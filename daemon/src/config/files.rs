@@ -52,9 +52,25 @@ pub fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> 
 }
 
 /// The token in `path` (the file of `key`), surrounding whitespace removed: at least `min`
-/// bytes, at most [`MAX_TOKEN_BYTES`], and only characters an HTTP header can carry. Errors
-/// never quote the token.
+/// bytes, at most [`MAX_TOKEN_BYTES`], and only characters an HTTP header can carry. The file
+/// must be readable by its owner alone (mode 0600 or stricter), as the registry auth file: a
+/// token another local user can read opens the node to that user. Errors never quote the token.
 pub fn read_token(key: &str, path: &Path, min: usize) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| bad_file(key, path, format!("cannot read: {e}")))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(bad_file(
+            key,
+            path,
+            format!(
+                "is readable or writable by group or others (mode {:o}); it holds a token: chmod 600 it",
+                mode & 0o777
+            ),
+        ));
+    }
     let bytes = read(key, path)?;
     let text = String::from_utf8(bytes).map_err(|_| bad_file(key, path, "is not UTF-8 text"))?;
     let token = text.trim();

@@ -8,7 +8,7 @@ use toml::Value;
 
 use super::{
     CapacityConfig, Config, ConfigError, DevicesConfig, DockerConfig, ImagesConfig, MetricsConfig,
-    NodeConfig, SecurityConfig, SpawnConfig,
+    NetworkConfig, NodeConfig, SecurityConfig, SpawnConfig,
 };
 use crate::policy::Policy;
 use crate::policy::options::OptionsPolicy;
@@ -51,6 +51,7 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         SpawnConfig::OVERRIDABLE,
         CapacityConfig::OVERRIDABLE,
         SecurityConfig::OVERRIDABLE,
+        NetworkConfig::OVERRIDABLE,
         ImagesConfig::OVERRIDABLE,
         Policy::OVERRIDABLE,
         OptionsPolicy::OVERRIDABLE,

@@ -144,7 +144,14 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("security.tls_cert_file", "/c", "\"/c\""),
     ("security.tls_key_file", "/k", "\"/k\""),
     ("security.client_ca_file", "/ca", "\"/ca\""),
+    (
+        "security.hub_client_names",
+        "hub, alice.operator",
+        "[\"hub\", \"alice.operator\"]",
+    ),
     ("security.insecure_plaintext_on_network", "true", "true"),
+    ("network.isolate_users", "false", "false"),
+    ("network.name", "lab-users", "\"lab-users\""),
     ("images.pull_policy", "always", "\"always\""),
     ("images.registry_auth_file", "/r.json", "\"/r.json\""),
     ("images.pull_timeout_seconds", "10m", "600"),
@@ -540,19 +547,24 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
     let cert = write(&dir, "cert.pem", &p.cert);
     let key = write(&dir, "key.pem", &p.key);
     let other_key = write(&dir, "other.key", &p.other_key);
-    let token = write(&dir, "token", "0123456789abcdef-secret\n");
-    let short = write(&dir, "short", "abc\n");
-    let spaced = write(&dir, "spaced", "0123456789 abcdef-secret\n");
-    let control = write(&dir, "control", "0123456789\x07abcdef-secret\n");
-    let empty = write(&dir, "empty", "\n");
     let garbage = write(&dir, "garbage.pem", "not a certificate\n");
     let missing = dir.join("missing");
-    let private = |name: &str, text: &str| {
+    let with_mode = |name: &str, text: &str, mode: u32| {
         let p = write(&dir, name, text);
-        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode);
         std::fs::set_permissions(&p, mode).expect("chmod");
         p
     };
+    let private = |name: &str, text: &str| with_mode(name, text, 0o600);
+    let token = private("token", "0123456789abcdef-secret\n");
+    let token_0400 = with_mode("token-0400", "0123456789abcdef-secret\n", 0o400);
+    let token_0644 = with_mode("token-0644", "0123456789abcdef-secret\n", 0o644);
+    let token_0640 = with_mode("token-0640", "0123456789abcdef-secret\n", 0o640);
+    let token_0602 = with_mode("token-0602", "0123456789abcdef-secret\n", 0o602);
+    let short = private("short", "abc\n");
+    let spaced = private("spaced", "0123456789 abcdef-secret\n");
+    let control = private("control", "0123456789\x07abcdef-secret\n");
+    let empty = private("empty", "\n");
     let auths = r#"{"auths": {"r.example": {"username": "u", "password": "abcdef-secret"}}}"#;
     let auth_ok = private("auth.json", auths);
     let auth_open = write(&dir, "auth-open.json", auths);
@@ -635,6 +647,23 @@ fn files_are_checked_and_a_bad_one_is_named_with_its_key() {
         (
             mtls(&cert, &key, &cert, &control),
             Some(("security.token_file", &control)),
+        ),
+        (mtls(&cert, &key, &cert, &token_0400), None),
+        (
+            mtls(&cert, &key, &cert, &token_0644),
+            Some(("security.token_file", &token_0644)),
+        ),
+        (
+            mtls(&cert, &key, &cert, &token_0640),
+            Some(("security.token_file", &token_0640)),
+        ),
+        (
+            mtls(&cert, &key, &cert, &token_0602),
+            Some(("security.token_file", &token_0602)),
+        ),
+        (
+            activity(&token_0644, ""),
+            Some(("activity.token_file", &token_0644)),
         ),
         (
             activity(&missing, ""),

@@ -75,6 +75,7 @@ impl Config {
         self.validate_images()?;
         self.validate_capacity()?;
         self.validate_metrics()?;
+        self.validate_network()?;
         self.validate_labels()
     }
 
@@ -98,6 +99,24 @@ impl Config {
                 "metrics.listen",
                 format!(
                     "{addr} is not a loopback address: /metrics is plain HTTP without authentication; set metrics.allow_network = true to serve it there"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `network.name` is a Docker network name berthd may create (not one of Docker's own).
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        let n = &self.network.name;
+        let grammar = n.len() <= 64
+            && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !grammar || ["bridge", "host", "none"].contains(&n.as_str()) {
+            return Err(invalid(
+                "network.name",
+                format!(
+                    "{n:?} must be 1-64 characters of [a-zA-Z0-9_.-] and not one of Docker's own networks (bridge, host, none)"
                 ),
             ));
         }
@@ -248,6 +267,22 @@ impl Config {
             return Err(invalid(
                 "security.client_ca_file",
                 "mutual TLS needs tls_cert_file and tls_key_file too",
+            ));
+        }
+        if !sec.hub_client_names.is_empty() && !sec.mutual_tls() {
+            return Err(invalid(
+                "security.hub_client_names",
+                "names client certificates: it needs security.client_ca_file (mutual TLS)",
+            ));
+        }
+        if let Some(bad) = sec
+            .hub_client_names
+            .iter()
+            .find(|n| n.is_empty() || n.len() > 253 || !n.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "security.hub_client_names",
+                format!("{bad:?} must be a DNS name or URI: 1-253 printable ASCII characters"),
             ));
         }
         if self.listen.ip().is_loopback() || sec.insecure_plaintext_on_network {

@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, ImageSummary, LogChunk, LogStream, NewFile, NewVolume, PortBinding, PullEvent,
-    RunStatus, Usage, VolumeInfo,
+    ImageInfo, ImageSummary, LogChunk, LogStream, NetworkInfo, NewFile, NewVolume,
+    OPTION_ENABLE_ICC, PortBinding, PullEvent, RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -493,7 +493,7 @@ impl ContainerEngine for BollardEngine {
             .await
     }
 
-    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
+    async fn network(&self, name: &str) -> Result<Option<NetworkInfo>, EngineError> {
         let r = self
             .bounded(
                 "inspect network",
@@ -501,18 +501,34 @@ impl ContainerEngine for BollardEngine {
                     .inspect_network(name, None::<InspectNetworkOptions>),
             )
             .await;
-        Ok(not_found_is_none(r)?.is_some())
+        Ok(not_found_is_none(r)?.map(|n| NetworkInfo {
+            subnets: n
+                .ipam
+                .and_then(|i| i.config)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.subnet)
+                .collect(),
+            icc: n
+                .options
+                .as_ref()
+                .and_then(|o| o.get(OPTION_ENABLE_ICC))
+                .is_none_or(|v| v != "false"),
+        }))
     }
 
     async fn create_network(
         &self,
         name: &str,
         labels: &HashMap<String, String>,
+        icc: bool,
     ) -> Result<(), EngineError> {
         let req = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
             labels: Some(labels.clone()),
+            options: (!icc)
+                .then(|| HashMap::from([(OPTION_ENABLE_ICC.to_owned(), "false".to_owned())])),
             ..Default::default()
         };
         match self

@@ -27,6 +27,18 @@ pub const LABEL_SPAWN_ID: &str = "berth.spawn-id";
 pub const LABEL_SPEC_HASH: &str = "berth.spec-hash";
 /// Label holding the comma-separated volumes the node created for this key.
 pub const LABEL_OWNED_VOLUMES: &str = "berth.owned-volumes";
+/// Docker's bridge option that, set to "false", drops traffic between containers of a network.
+pub const OPTION_ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
+
+/// What berthd needs to know of a Docker network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Its subnets, as CIDR text (`172.18.0.0/16`).
+    pub subnets: Vec<String>,
+    /// Whether its containers can open connections to each other (Docker's default).
+    pub icc: bool,
+}
+
 /// Label marking a container on the host's network (its port is the host's port).
 pub const LABEL_HOST_NETWORK: &str = "berth.host-network";
 /// Label on a volume berthd made: `user` (from `{user}` alone) or `server` (`{server}`).
@@ -424,13 +436,18 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Starts a created container.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
-    /// Whether a network of this name exists.
-    fn network_exists(&self, name: &str) -> impl Future<Output = Result<bool, EngineError>> + Send;
-    /// Creates a bridge network with `labels`; creating one that exists succeeds.
+    /// The network of this name, `None` when there is none.
+    fn network(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<NetworkInfo>, EngineError>> + Send;
+    /// Creates a bridge network with `labels`, its containers able to reach each other only
+    /// when `icc`; creating one that exists succeeds.
     fn create_network(
         &self,
         name: &str,
         labels: &HashMap<String, String>,
+        icc: bool,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// Runs `argv` in the running container (as its user) and returns its exit code and its
     /// last output.

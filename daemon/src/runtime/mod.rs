@@ -116,6 +116,9 @@ pub struct RuntimeConfig {
     pub image_gc: image_gc::GcConfig,
     /// The node's labels, reported by Capacity for the hub's node selectors.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The network a server joins when its Start names none: berth's, with traffic between
+    /// containers dropped (`network.isolate_users`); `None` = Docker's default bridge.
+    pub isolated_network: Option<String>,
 }
 
 /// A server that answers HTTP.
@@ -169,6 +172,8 @@ struct Inner<E> {
     metrics: Arc<crate::metrics::Metrics>,
     /// The capacity pushed on Watch.
     feed: capfeed::Feed,
+    /// The subnets of the networks servers are put on, whose peers the listeners refuse.
+    nets: crate::netguard::ContainerNets,
 }
 
 impl<E: ContainerEngine> Runtime<E> {
@@ -194,6 +199,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 docker_root: tokio::sync::OnceCell::new(),
                 metrics: Arc::default(),
                 feed: capfeed::Feed::default(),
+                nets: crate::netguard::ContainerNets::default(),
             }),
         }
     }
@@ -201,6 +207,11 @@ impl<E: ContainerEngine> Runtime<E> {
     /// The Prometheus families, for the `/metrics` server and the gRPC layer.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    /// The subnets of the container networks, for the listeners to refuse their peers.
+    pub fn container_nets(&self) -> &crate::netguard::ContainerNets {
+        &self.inner.nets
     }
 
     /// The container engine, for those who feed or read the runtime (the monitor's events,

@@ -1,5 +1,5 @@
 //! The container options that need the engine beyond create: the Docker network a server
-//! joins, and the command run in it once it answers.
+//! joins (the Start's, or berth's isolated one), and the command run in it once it answers.
 
 use std::collections::HashMap;
 
@@ -8,16 +8,99 @@ use super::{Error, Runtime};
 use crate::docker::{ContainerEngine, LABEL_MANAGED, LABEL_NODE};
 use crate::policy::Violation;
 use crate::spec::StartSpec;
+use crate::spec::options::ContainerOptions;
 
 impl<E: ContainerEngine> Runtime<E> {
-    /// Makes sure the network the spec names exists: created (a bridge labelled as berthd's)
-    /// when absent and the policy allows, else refused before anything is created.
+    /// The network a server joins: the one its Start names, else berth's isolated network
+    /// (`network.isolate_users`), else none (Docker's default bridge); none on the host's.
+    fn network_of<'a>(&'a self, spec: &'a StartSpec) -> Option<&'a str> {
+        if spec.host.host_network {
+            return None;
+        }
+        spec.options
+            .network_name
+            .as_deref()
+            .or(self.inner.cfg.isolated_network.as_deref())
+    }
+
+    /// The spec's container options with the network it joins filled in.
+    pub(super) fn options_with_network(&self, spec: &StartSpec) -> ContainerOptions {
+        let mut options = spec.options.clone();
+        if options.network_name.is_none() && !spec.host.host_network {
+            options.network_name = self.inner.cfg.isolated_network.clone();
+        }
+        options
+    }
+
+    /// Learns the subnets of Docker's default bridge and of berth's isolated network
+    /// (created if missing), so berthd's listeners refuse containers from the start. A
+    /// failure (Docker not up yet) is only logged: each Start learns its network again.
+    pub async fn prepare_default_networks(&self) {
+        let engine = &self.inner.engine;
+        match engine.network("bridge").await {
+            Ok(Some(n)) => self.learn(&n),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot inspect Docker's default bridge yet"),
+        }
+        if let Some(name) = &self.inner.cfg.isolated_network
+            && let Err(e) = self.ensure_isolated(name).await
+        {
+            tracing::warn!(network = %name, error = %e, "cannot prepare the isolated network yet; the first Start tries again");
+        }
+    }
+
+    fn learn(&self, n: &crate::docker::NetworkInfo) {
+        self.inner.nets.learn(n.subnets.iter().map(String::as_str));
+    }
+
+    fn managed_labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_NODE.to_owned(), self.inner.cfg.node_id.clone()),
+        ])
+    }
+
+    /// Makes berth's isolated network exist, inter-container traffic off; one of that name
+    /// with it on is refused rather than used, so isolation is never silently lost.
+    async fn ensure_isolated(&self, name: &str) -> Result<(), Error> {
+        let engine = &self.inner.engine;
+        let info = match engine.network(name).await? {
+            Some(info) => info,
+            None => {
+                engine
+                    .create_network(name, &self.managed_labels(), false)
+                    .await?;
+                tracing::info!(network = %name, "isolated network created (enable_icc=false)");
+                engine.network(name).await?.unwrap_or_default()
+            }
+        };
+        if info.icc {
+            return Err(Violation {
+                rule: "network.isolate_users",
+                detail: format!(
+                    "network {name:?} (network.name) exists and lets containers reach each other; remove it (berthd makes it again with enable_icc=false) or name another"
+                ),
+            }
+            .into());
+        }
+        self.learn(&info);
+        Ok(())
+    }
+
+    /// Makes sure the network the server joins exists: berth's isolated one is made when
+    /// missing; one the Start names is created (a bridge labelled as berthd's) when absent and
+    /// the policy allows, else refused before anything is created. Its subnets are learned,
+    /// so its containers cannot reach berthd's listeners.
     pub(super) async fn prepare_network(&self, spec: &StartSpec) -> Result<(), Error> {
-        let Some(name) = &spec.options.network_name else {
+        let Some(name) = self.network_of(spec) else {
             return Ok(());
         };
+        if spec.options.network_name.is_none() {
+            return self.ensure_isolated(name).await;
+        }
         let engine = &self.inner.engine;
-        if engine.network_exists(name).await? {
+        if let Some(info) = engine.network(name).await? {
+            self.learn(&info);
             return Ok(());
         }
         if !self.inner.cfg.policy.container_options.allow_network_create {
@@ -29,12 +112,13 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             .into());
         }
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (LABEL_NODE.to_owned(), self.inner.cfg.node_id.clone()),
-        ]);
-        engine.create_network(name, &labels).await?;
+        engine
+            .create_network(name, &self.managed_labels(), true)
+            .await?;
         tracing::info!(network = %name, "network created");
+        if let Some(info) = engine.network(name).await? {
+            self.learn(&info);
+        }
         Ok(())
     }
 

@@ -189,10 +189,11 @@ impl<E: ContainerEngine> Runtime<E> {
             return;
         }
         let made_here = c.label(LABEL_SPAWN_ID) == Some(spawn_id);
-        let resumed_here = !made_here
-            && self.inner.view.get(key).is_some_and(|r| {
-                r.record.container_id == c.id && r.record.spawn_id == spawn_id
-            });
+        let resumed_here =
+            !made_here
+                && self.inner.view.get(key).is_some_and(|r| {
+                    r.record.container_id == c.id && r.record.spawn_id == spawn_id
+                });
         let (user, server) = (key.user(), key.server());
         if made_here {
             match persist("remove", || engine.remove(&c.id)).await {
@@ -745,7 +746,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 .collect(),
             host,
             device_requests: passing.requests,
-            options: spec.options.clone(),
+            options: self.options_with_network(spec),
         }
     }
 }

@@ -150,8 +150,16 @@ impl Daemon {
         env: &[(String, String)],
         log: &Arc<Mutex<Vec<String>>>,
     ) -> (Child, SocketAddr) {
+        // Loopback unless the test names its own address.
+        let listen = if extra.iter().any(|a| a == "--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", node_id])
+            .arg("serve")
+            .args(listen)
+            .args(["--node-id", node_id])
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra)
@@ -385,7 +393,15 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
+    // Mode 0600, as berthd wants of a token file (and as a deployment keeps its keys).
+    set_mode(&path, 0o600);
     path
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Stops `user`/`server`: killed when `now`, else SIGTERM and `grace_seconds`.

@@ -143,9 +143,9 @@ impl ContainerEngine for FakeEngine {
         .await
     }
 
-    async fn network_exists(&self, name: &str) -> Result<bool, EngineError> {
-        self.faulty("network_exists", async {
-            Ok(self.enter("network_exists")?.networks.contains(name))
+    async fn network(&self, name: &str) -> Result<Option<super::super::NetworkInfo>, EngineError> {
+        self.faulty("network", async {
+            Ok(self.enter("network")?.networks.get(name).cloned())
         })
         .await
     }
@@ -154,11 +154,18 @@ impl ContainerEngine for FakeEngine {
         &self,
         name: &str,
         _labels: &std::collections::HashMap<String, String>,
+        icc: bool,
     ) -> Result<(), EngineError> {
         self.faulty("create_network", async {
-            self.enter("create_network")?
+            let mut world = self.enter("create_network")?;
+            let n = world.networks.len();
+            world
                 .networks
-                .insert(name.to_owned());
+                .entry(name.to_owned())
+                .or_insert_with(|| super::super::NetworkInfo {
+                    subnets: vec![format!("172.{}.0.0/16", 18 + n % 200)],
+                    icc,
+                });
             Ok(())
         })
         .await

@@ -91,7 +91,7 @@ pub(super) struct World {
     pub(super) containers: HashMap<String, Container>,
     pub(super) volumes: BTreeMap<String, VolumeInfo>,
     /// Networks by name ("bridge" always).
-    pub(super) networks: std::collections::BTreeSet<String>,
+    pub(super) networks: std::collections::BTreeMap<String, crate::docker::NetworkInfo>,
     pub(super) history: Vec<EngineEvent>,
     pub(super) calls: BTreeMap<&'static str, u64>,
     pub(super) inspect_delays: Vec<InspectDelay>,
@@ -125,7 +125,14 @@ impl World {
             images: BTreeMap::new(),
             containers: HashMap::new(),
             volumes: BTreeMap::new(),
-            networks: ["bridge".to_owned()].into(),
+            networks: [(
+                "bridge".to_owned(),
+                crate::docker::NetworkInfo {
+                    subnets: vec!["172.17.0.0/16".to_owned()],
+                    icc: true,
+                },
+            )]
+            .into(),
             history: Vec::new(),
             calls: BTreeMap::new(),
             inspect_delays: Vec::new(),

@@ -296,7 +296,16 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         for k in self.CERT_PATHS:
             with open(paths[k], "rb") as f:
                 pem[k] = f.read()
-        self._certs = pb.InternalSsl(key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"])
+        # What the hub checks this server's certificate against (its own trust bundle): the
+        # node's readiness probe checks it too. Not written into the container.
+        server_ca = b""
+        hub_trust = (self.internal_trust_bundles or {}).get("hub-ca")
+        if hub_trust:
+            with open(hub_trust, "rb") as f:
+                server_ca = f.read()
+        self._certs = pb.InternalSsl(
+            key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"], server_ca=server_ca
+        )
         return dict(self.CERT_PATHS)
 
     @default("cmd")

@@ -390,3 +390,27 @@ async def test_rename_cleans_the_old_name_and_refuses_per_server_volumes():
     with pytest.raises(SpawnException) as e:
         await spawner([a], name="x", volumes={"data-{user}-{server}": "/data"}).rename("x", "y")
     assert e.value.status_code == 400
+
+
+@run
+async def test_internal_ssl_sends_the_hubs_trust_bundle_for_the_nodes_probe():
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    files = {}
+    for k, text in {"keyfile": "KEY", "certfile": "CERT", "cafile": "NOTEBOOKS-TRUST"}.items():
+        files[k] = str(d / k)
+        Path(files[k]).write_text(f"-----BEGIN {text}-----\n")
+    hub_trust = d / "hub-ca_trust.crt"
+    hub_trust.write_text("-----BEGIN HUB-TRUST-----\n")
+    node = [{"name": "a", "address": dead_address()}]
+    s = spawner(node, internal_trust_bundles={"hub-ca": str(hub_trust)})
+    paths = await s.move_certs(files)
+    assert paths["cafile"] == "/.berth/certs/ca.crt"
+    assert s._certs.ca == b"-----BEGIN NOTEBOOKS-TRUST-----\n"
+    assert s._certs.server_ca == b"-----BEGIN HUB-TRUST-----\n", "the probe checks what the hub checks"
+    # No trust bundles (a hub without internal_ssl authorities): none sent, the node only sees TLS.
+    s2 = spawner(node)
+    await s2.move_certs(files)
+    assert s2._certs.server_ca == b""

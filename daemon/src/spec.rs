@@ -521,16 +521,20 @@ pub struct Certs {
     pub cert: Vec<u8>,
     /// CA bundle the server trusts for its clients.
     pub ca: Vec<u8>,
+    /// CA bundle the hub checks the server's certificate against (the readiness probe does
+    /// too); empty when the hub side sent none.
+    pub server_ca: Vec<u8>,
 }
 
 impl fmt::Debug for Certs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Certs {{ key: {} bytes, cert: {} bytes, ca: {} bytes }}",
+            "Certs {{ key: {} bytes, cert: {} bytes, ca: {} bytes, server_ca: {} bytes }}",
             self.key.len(),
             self.cert.len(),
-            self.ca.len()
+            self.ca.len(),
+            self.server_ca.len()
         )
     }
 }
@@ -559,7 +563,29 @@ impl Certs {
                 return Err(SpecError::new(field, "not a PEM file"));
             }
         }
-        Ok(Some(Self { key, cert, ca }))
+        Ok(Some(Self {
+            key,
+            cert,
+            ca,
+            server_ca: Vec::new(),
+        }))
+    }
+
+    /// With the CA bundle the server's certificate is checked against (optional: empty is
+    /// none); a bounded PEM file when given.
+    pub fn with_server_ca(mut self, server_ca: Vec<u8>) -> Result<Self, SpecError> {
+        let field = "internal_ssl.server_ca";
+        if server_ca.len() > MAX_PEM_BYTES {
+            return Err(SpecError::new(
+                field,
+                format!("longer than {MAX_PEM_BYTES} bytes"),
+            ));
+        }
+        if !server_ca.is_empty() && !server_ca.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(SpecError::new(field, "not a PEM file"));
+        }
+        self.server_ca = server_ca;
+        Ok(self)
     }
 }
 

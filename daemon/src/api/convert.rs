@@ -120,7 +120,9 @@ impl TryFrom<pb::StartRequest> for StartSpec {
         )?;
         let options = container_options(r.options.unwrap_or_default())?;
         let ssl = r.internal_ssl.unwrap_or_default();
-        let internal_ssl = spec::Certs::new(ssl.key, ssl.cert, ssl.ca)?;
+        let internal_ssl = spec::Certs::new(ssl.key, ssl.cert, ssl.ca)?
+            .map(|c| c.with_server_ca(ssl.server_ca))
+            .transpose()?;
         let pull_policy = match pb::PullPolicy::try_from(r.pull_policy) {
             Ok(pb::PullPolicy::Unspecified) => None,
             Ok(pb::PullPolicy::Ifnotpresent) => Some(PullPolicy::IfNotPresent),

@@ -554,7 +554,7 @@ impl<E: ContainerEngine> Runtime<E> {
             }
         };
         tokio::select! {
-            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, spec.internal_ssl.is_some(), deadline) => {
+            ok = ready::wait_ready(self.probe_addr(host_port), &spec.ready_path, ready::Scheme::of(spec.internal_ssl.as_ref()), deadline) => {
                 if ok {
                     self.inner.boot_times.record(&spec.image, boot_began.elapsed());
                     Ok(Started { url, container_id: c.id.clone(), spawn_id: spec.spawn_id.clone(), note: String::new() })

@@ -6,6 +6,7 @@
 //! | [`view::View`] | every server's record + container as last seen, activity, the Watch broadcast | `view.rs` |
 //! | [`records::Records`] | the state store and its save lock; writes disk, then the view | `records.rs` |
 //! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
+//! | [`callers::Callers`] | who still waits for each spawn; abandonment after the grace | `callers.rs` |
 //! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
 //! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
 //! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |

@@ -230,9 +230,15 @@ impl<E: ContainerEngine> Runtime<E> {
             return Ok(report);
         }
         let pulling: HashSet<String> = self.pulling().into_iter().collect();
+        // Asked before `candidates`, which holds the record's lock while it calls `keep`.
+        let removable: HashSet<&str> = images
+            .iter()
+            .filter(|i| record.removable(i, &cfg.images))
+            .map(|i| i.id.as_str())
+            .collect();
         let keep = |i: &ImageSummary| {
             used.contains(&i.id)
-                || !record.removable(i, &cfg.images)
+                || !removable.contains(i.id.as_str())
                 || i.refs
                     .iter()
                     .any(|r| pulling.contains(&crate::spec::normalize_image(r)))

@@ -190,9 +190,13 @@ def test_placement_spreads_skips_draining_and_full_nodes_and_says_503_when_no_ro
         hub.api("POST", "/users", json={"usernames": ["u7"]})
         r = hub.api("POST", "/users/u7/server", json=tiny)
         assert r.status_code == 503, (r.status_code, r.text)
+        # The user reads one sentence; the operator finds each node's reason in the hub's log.
         msg = r.json()["message"]
-        assert "No node has room" in msg, msg
-        assert f"{a.name}: full (4 of 4 servers)" in msg and f"{b.name}: draining" in msg, msg
+        assert msg.startswith("There is no room for your server right now"), msg
+        assert a.name not in msg and "draining" not in msg, msg
+        log = open(hub.log.name).read()
+        assert "No node has room" in log, log[-3000:]
+        assert f"{a.name}: full (4 of 4 servers)" in log and f"{b.name}: draining" in log, log[-3000:]
         assert hub.server("u7") is None, "no server for u7"
         assert len(a.containers()) == 4 and len(b.containers()) == 3
 

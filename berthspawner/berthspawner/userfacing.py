@@ -35,7 +35,14 @@ IMAGE_MISSING = (
 
 def failure(sentence, *, reason, status_code=500, detail=""):
     """A SpawnException whose page text is `sentence` and whose `detail` goes to the hub's log."""
-    e = SpawnException(detail or sentence, reason=reason, status_code=status_code)
+    e = SpawnException(
+        sentence,
+        reason=reason,
+        log_message=detail or sentence,
+        message_html=html.escape(sentence),
+        status_code=status_code,
+    )
+    # Read before JupyterHub 6 (and by 6 where set): the user's text, never the detail.
     e.jupyterhub_message = sentence
     e.jupyterhub_html_message = html.escape(sentence)
     return e

@@ -7,10 +7,10 @@
 //! - `resume.secret_in_config` (`runtime/start.rs`, `container_spec`): a resumable container
 //!   gets the per-spawn env in its config — (b);
 //! - `stop.skip_remove` (`runtime/stop.rs`, `halt`): Stop(remove) leaves the container — (c);
-//! - `start.ignore_abandon` (`runtime/start.rs`, `start_serialised`): a Start whose callers
-//!   went away carries on — (d);
-//! - `stop.claim_exit_code` (`runtime/stop.rs`, `halt`): a stopped container that never ran is
-//!   given exit code 0 — (e).
+//! - `start.ignore_abandon` (`runtime/start.rs`, `hand_over`): a Start whose callers went
+//!   away makes its server RUNNING all the same — (d);
+//! - `start.exit_code_of_unstarted` (`runtime/start.rs`, `clean_up_spawn`): the record of a
+//!   failed start's removed container that never ran is given exit code 0 — (e).
 //!
 //! Only with the `test-util` feature; otherwise `active` is a constant `false` the compiler
 //! removes. The switches are per thread: a test drives its runtimes on a current-thread tokio

@@ -102,6 +102,11 @@ impl Callers {
         });
     }
 
+    /// Whether the table knows the spawn (callers wait, or left less than the grace ago).
+    pub fn tracks(&self, key: &ServerKey, spawn_id: &str) -> bool {
+        lock(&self.spawns).contains_key(&(key.clone(), spawn_id.to_owned()))
+    }
+
     /// Whether any caller waits for the spawn (for tests and invariants).
     pub fn waiting(&self, key: &ServerKey, spawn_id: &str) -> usize {
         lock(&self.spawns)

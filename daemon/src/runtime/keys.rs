@@ -65,6 +65,11 @@ impl KeyTable {
         }
     }
 
+    /// Whether an operation holds `key` or waits for it.
+    pub fn in_use(&self, key: &ServerKey) -> bool {
+        lock(&self.slots).contains_key(key)
+    }
+
     /// The operation under way on `key`, if any.
     pub fn current(&self, key: &ServerKey) -> Option<Op> {
         let slots = lock(&self.slots);

@@ -262,13 +262,17 @@ impl<E: ContainerEngine> Runtime<E> {
         let Some(info) = self.inner.engine.inspect(&name).await? else {
             return Ok(None);
         };
-        let ours = info.label(LABEL_MANAGED) == Some("true")
-            && info.label(LABEL_USER) == Some(key.user())
-            && info.label(LABEL_SERVER) == Some(key.server());
-        if ours {
+        if is_container_of(&info, key) {
             Ok(Some(info))
         } else {
             Err(Error::NameTaken { name })
         }
     }
+}
+
+/// Whether container `c` (found by `key`'s name) is berth's container of `key`, by its labels.
+fn is_container_of(c: &ContainerInfo, key: &ServerKey) -> bool {
+    c.label(LABEL_MANAGED) == Some("true")
+        && c.label(LABEL_USER) == Some(key.user())
+        && c.label(LABEL_SERVER) == Some(key.server())
 }

@@ -31,7 +31,8 @@ impl<E: ContainerEngine> Runtime<E> {
             .as_ref()
             .is_some_and(|id| *id != e.record.container_id);
         let stale_exit = exited.is_some_and(|code| {
-            e.record.status != RecordStatus::Exited || e.record.exit_code != code
+            e.record.status != RecordStatus::Starting
+                && (e.record.status != RecordStatus::Exited || e.record.exit_code != code)
         });
         if !stale_id && !stale_exit {
             return;
@@ -47,7 +48,10 @@ impl<E: ContainerEngine> Runtime<E> {
                     r.spawn_id = spawn;
                 }
                 r.container_id = id;
-                if let Some(code) = exited {
+                // A record in STARTING belongs to its Start (or, after a crash, to the
+                // reconcile that undoes it): an exit seen meanwhile must not make it look
+                // like a server that ran and ended.
+                if let Some(code) = exited.filter(|_| r.status != RecordStatus::Starting) {
                     r.status = RecordStatus::Exited;
                     r.exit_code = code;
                 }
@@ -89,7 +93,22 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Inspects `id` (or, with `None`, the key's container by name) and takes the answer into
     /// the view; an answer overtaken by a newer change is taken again, a few times.
     pub(super) async fn observe_fresh(&self, key: &ServerKey, id: Option<&str>, kind: WatchKind) {
-        for _ in 0..OBSERVE_ATTEMPTS {
+        self.observe_fresh_with(key, id, kind, 0).await;
+    }
+
+    /// [`Runtime::observe_fresh`], trying a failed inspect up to `retries` more times after a
+    /// doubling pause from 50 ms.
+    async fn observe_fresh_with(
+        &self,
+        key: &ServerKey,
+        id: Option<&str>,
+        kind: WatchKind,
+        mut retries: u32,
+    ) {
+        let mut pause = std::time::Duration::from_millis(50);
+        let mut attempt = 0;
+        while attempt < OBSERVE_ATTEMPTS {
+            attempt += 1;
             let seen = self.inner.view.generation(key);
             let found = match id {
                 Some(id) => self.inner.engine.inspect(id).await.map_err(Error::from),
@@ -103,6 +122,14 @@ impl<E: ContainerEngine> Runtime<E> {
                         .unwrap_or_default(),
                     None,
                 ),
+                Err(e) if retries > 0 => {
+                    tracing::debug!(user = key.user(), server = key.server(), error = %e, "cannot inspect a server's container; trying again");
+                    retries -= 1;
+                    attempt -= 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(user = key.user(), server = key.server(), error = %e, "cannot inspect a server's container; the next relist will catch up");
                     return;
@@ -123,8 +150,11 @@ impl<E: ContainerEngine> Runtime<E> {
         );
     }
 
-    /// Brings `key`'s view up to date with Docker (one inspect, again if overtaken).
+    /// Brings `key`'s view up to date with Docker after a lifecycle operation (an inspect,
+    /// again if overtaken, and up to three more times if it fails: the operation's outcome
+    /// must not wait for the next relist).
     pub(super) async fn refresh(&self, key: &ServerKey) {
-        self.observe_fresh(key, None, WatchKind::Changed).await;
+        self.observe_fresh_with(key, None, WatchKind::Changed, 3)
+            .await;
     }
 }

@@ -24,6 +24,11 @@ impl<E: ContainerEngine> Runtime<E> {
         self.status_of(key, self.inner.view.get(key).as_ref())
     }
 
+    /// Whether a lifecycle operation (Start, Stop, a clean-up) holds `key` or waits for it.
+    pub fn busy(&self, key: &ServerKey) -> bool {
+        self.inner.keys.in_use(key)
+    }
+
     /// Every server with a container (or a vanished one), optionally of one user, from memory.
     pub fn list(&self, user: Option<&str>) -> Vec<Status> {
         let mut out: Vec<Status> = self

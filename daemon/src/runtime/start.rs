@@ -80,20 +80,11 @@ impl<E: ContainerEngine> Runtime<E> {
             let abandoned = abandoned.clone();
             async move {
                 abandoned.cancelled().await;
-                if !crate::mutation::active("start.ignore_abandon") {
-                    token.cancel();
-                }
+                token.cancel();
             }
         });
         let mut result = self.start_locked(&spec, &progress, &token).await;
         link.abort();
-        if result.is_ok() && !self.answer_wanted(&spec, &abandoned).await {
-            // Nobody will receive the answer: the server must not run for no one.
-            self.clean_up_spawn(&spec.key, &spec.spawn_id).await;
-            result = Err(Error::Cancelled {
-                key: spec.key.clone(),
-            });
-        }
         if let Err(e) = &result {
             // A Stop that cancelled the Start deals with the container itself, as it asks
             // (kept or removed); every other failure is cleaned up here.
@@ -102,20 +93,15 @@ impl<E: ContainerEngine> Runtime<E> {
                 self.clean_up_failed(&spec, e).await;
             }
         }
-        // The view must hold the outcome before the key is released, or a Poll in between
-        // would see a record without its container; then the admitted share is handed over
-        // to the container (or freed).
-        self.refresh(&spec.key).await;
-        self.inner.admission.release(&spec.key);
-        self.settle_devices(&spec.key).await;
-        self.inner.view.capacity_changed();
+        self.settle_outcome(&spec.key).await;
         if result.is_ok()
-            && let Err(e) = self
-                .inner
-                .records
-                .save(&spec.key, |r| r.status = RecordStatus::Running)
-                .await
+            && let Err(e) = self.hand_over(&spec, &abandoned).await
         {
+            // Nobody will receive the answer: the server must not run for no one.
+            if matches!(e, Error::Cancelled { .. }) {
+                self.clean_up_spawn(&spec.key, &spec.spawn_id).await;
+                self.settle_outcome(&spec.key).await;
+            }
             result = Err(e);
         }
         drop(guard);
@@ -140,6 +126,52 @@ impl<E: ContainerEngine> Runtime<E> {
         result
     }
 
+    /// Takes a Start's outcome into the view before the key is released (or a Poll in between
+    /// would see a record without its container), then hands the admitted share over to the
+    /// container, or frees it.
+    async fn settle_outcome(&self, key: &ServerKey) {
+        self.refresh(key).await;
+        self.inner.admission.release(key);
+        self.settle_devices(key).await;
+        self.inner.view.capacity_changed();
+    }
+
+    /// Makes a spawn that succeeded RUNNING for a caller that waits for it: the record says
+    /// RUNNING only once a caller waits (until then it stays STARTING, which a reconcile after a
+    /// crash undoes), and from the last check that a caller waits until the answer is handed
+    /// over there is no await, so an answer is either received or undone. `Cancelled` when
+    /// nobody wants it any more.
+    async fn hand_over(
+        &self,
+        spec: &StartSpec,
+        abandoned: &CancellationToken,
+    ) -> Result<(), Error> {
+        let set = |status| {
+            self.inner
+                .records
+                .save(&spec.key, move |r| r.status = status)
+        };
+        loop {
+            if crate::mutation::active("start.ignore_abandon") {
+                return set(RecordStatus::Running).await.map(drop);
+            }
+            if !self.answer_wanted(spec, abandoned).await {
+                return Err(Error::Cancelled {
+                    key: spec.key.clone(),
+                });
+            }
+            set(RecordStatus::Running).await?;
+            let callers = &self.inner.callers;
+            if callers.waiting(&spec.key, &spec.spawn_id) > 0
+                || (!abandoned.is_cancelled() && !callers.tracks(&spec.key, &spec.spawn_id))
+            {
+                return Ok(());
+            }
+            // The caller left while the record was written: STARTING again until a retry.
+            set(RecordStatus::Starting).await?;
+        }
+    }
+
     /// Whether anyone will receive the answer of a spawn that succeeded: a caller waits now,
     /// or a retry arrives before the spawn is abandoned. The key stays held (the server reads
     /// STARTING) meanwhile, so a retry carries on from here.
@@ -152,6 +184,10 @@ impl<E: ContainerEngine> Runtime<E> {
             }
             if abandoned.is_cancelled() {
                 return false;
+            }
+            if !callers.tracks(&spec.key, &spec.spawn_id) {
+                // Answered to a retry and forgotten: nothing is left to cancel.
+                return true;
             }
             if tokio::time::Instant::now() >= limit {
                 // The grace passed without the spawn being abandoned: a retry came and got
@@ -182,12 +218,14 @@ impl<E: ContainerEngine> Runtime<E> {
     pub(super) async fn clean_up_spawn(&self, key: &ServerKey, spawn_id: &str) {
         let engine = &self.inner.engine;
         let name = key.container_name();
-        let Ok(Some(c)) = persist("inspect", || engine.inspect(&name)).await else {
-            return;
+        let c = match persist("inspect", || engine.inspect(&name)).await {
+            Ok(Some(c)) if super::is_container_of(&c, key) => c,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(user = key.user(), server = key.server(), error = %e, "cannot inspect the container of a failed start; the next reconcile settles it");
+                return;
+            }
         };
-        if self.container_of(key).await.ok().flatten().is_none() {
-            return;
-        }
         let made_here = c.label(LABEL_SPAWN_ID) == Some(spawn_id);
         let resumed_here =
             !made_here
@@ -202,7 +240,10 @@ impl<E: ContainerEngine> Runtime<E> {
                     let saved = self.inner.records.save(key, |r| {
                         r.container_id.clear();
                         r.status = RecordStatus::Absent;
-                        r.exit_code = c.exit_code.filter(|_| c.started_at.is_some());
+                        r.exit_code =
+                            c.exit_code.filter(|_| c.started_at.is_some()).or_else(|| {
+                                crate::mutation::active("start.exit_code_of_unstarted").then_some(0)
+                            });
                         r.devices.clear();
                     });
                     if let Err(e) = saved.await {

@@ -32,37 +32,91 @@ impl<E: ContainerEngine> Runtime<E> {
     ) -> Result<Option<i64>, Error> {
         let engine = &self.inner.engine;
         if !matches!(c.status, RunStatus::Exited | RunStatus::Dead) {
-            if spec.now {
-                engine.kill(&c.id).await?;
+            let halted = if spec.now {
+                engine.kill(&c.id).await
             } else {
                 let grace = spec.grace.unwrap_or(self.inner.cfg.stop_grace);
-                engine.stop(&c.id, grace).await?;
+                engine.stop(&c.id, grace).await
+            };
+            if let Err(e) = halted {
+                // It may have stopped all the same (the reply was lost): the view says
+                // what Docker says before the error goes back.
+                self.refresh(key).await;
+                return Err(e.into());
             }
         }
         let seen = self.inner.view.generation(key);
-        let after = engine.inspect(&c.id).await?;
-        let exit_code = after
-            .as_ref()
-            .and_then(|a| a.exit_code)
-            .or_else(|| crate::mutation::active("stop.claim_exit_code").then_some(0));
+        // The stop is done: reading its outcome is retried, or the view would keep a
+        // stopped server running (and its slot and devices held) until the next relist.
+        let after = super::start::persist("inspect", || engine.inspect(&c.id)).await?;
+        let exit_code = after.as_ref().and_then(|a| a.exit_code);
         if spec.remove && !crate::mutation::active("stop.skip_remove") {
-            engine.remove(&c.id).await?;
-            self.inner.view.removed(key, &c.id);
-        } else {
-            if c.label(LABEL_RESUMABLE) == Some("true")
-                && after
-                    .as_ref()
-                    .is_some_and(|a| matches!(a.status, RunStatus::Exited | RunStatus::Dead))
-            {
-                // Kept: the spawn's internal_ssl key (and an env file a failed wrapper left)
-                // must not outlive the spawn in the writable layer.
-                self.scrub_secrets(key, &c.id).await;
-            }
-            if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
-                self.refresh(key).await;
+            match engine.remove(&c.id).await {
+                Ok(()) => {
+                    self.inner.view.removed(key, &c.id);
+                    return Ok(exit_code);
+                }
+                Err(e) => {
+                    // Stopped but not removed: the view and record say stopped (so nothing
+                    // stays held for it) before the error goes back.
+                    self.take_stopped(key, c, after, seen).await;
+                    self.save_stopped(key, c, false, exit_code).await?;
+                    self.publish(key, WatchKind::Exited);
+                    return Err(e.into());
+                }
             }
         }
+        self.take_stopped(key, c, after, seen).await;
         Ok(exit_code)
+    }
+
+    /// Takes stopped container `c` (as inspected `after` the stop) into the view, scrubbing a
+    /// kept resumable one's secrets.
+    async fn take_stopped(
+        &self,
+        key: &ServerKey,
+        c: &ContainerInfo,
+        after: Option<ContainerInfo>,
+        seen: u64,
+    ) {
+        if c.label(LABEL_RESUMABLE) == Some("true")
+            && after
+                .as_ref()
+                .is_some_and(|a| matches!(a.status, RunStatus::Exited | RunStatus::Dead))
+        {
+            // Kept: the spawn's internal_ssl key (and an env file a failed wrapper left)
+            // must not outlive the spawn in the writable layer.
+            self.scrub_secrets(key, &c.id).await;
+        }
+        if self.inner.view.apply(key, &c.id, after, seen) == Applied::Stale {
+            self.refresh(key).await;
+        }
+    }
+
+    /// Records the end of `key`'s container `c`: absent if `removed`, else exited.
+    async fn save_stopped(
+        &self,
+        key: &ServerKey,
+        c: &ContainerInfo,
+        removed: bool,
+        exit_code: Option<i64>,
+    ) -> Result<(), Error> {
+        if self.inner.view.get(key).is_none() {
+            return Ok(());
+        }
+        self.inner
+            .records
+            .save(key, |r| {
+                r.container_id.clone_from(&c.id);
+                r.status = if removed {
+                    RecordStatus::Absent
+                } else {
+                    RecordStatus::Exited
+                };
+                r.exit_code = exit_code;
+            })
+            .await
+            .map(drop)
     }
 
     /// Stops `key`'s server. A Start under way is cancelled first. Stopping an absent or
@@ -96,20 +150,7 @@ impl<E: ContainerEngine> Runtime<E> {
             return Ok(self.poll(key));
         };
         let exit_code = self.halt(key, &c, spec).await?;
-        if self.inner.view.get(key).is_some() {
-            self.inner
-                .records
-                .save(key, |r| {
-                    r.container_id.clone_from(&c.id);
-                    r.status = if spec.remove {
-                        RecordStatus::Absent
-                    } else {
-                        RecordStatus::Exited
-                    };
-                    r.exit_code = exit_code;
-                })
-                .await?;
-        }
+        self.save_stopped(key, &c, spec.remove, exit_code).await?;
         drop(guard);
         self.publish(
             key,

@@ -145,7 +145,9 @@ class SpawnerServicer:
         last output is in the error first), which frees its devices and its share of the node;
         Poll then says ABSENT, with the exit code only if the container ever ran. A kept container
         it resumed stays, stopped, with the spawn's secret files (env, internal_ssl key)
-        overwritten empty. A container of another spawn is never touched.
+        overwritten empty. A container of another spawn is never touched. A Start cut short by
+        berthd stopping is undone by its restart, unless its answer was already on its way (the
+        hub's call failed all the same, and the hub stops that server).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

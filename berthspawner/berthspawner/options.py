@@ -26,19 +26,73 @@ HOST_CONFIG_KEYS = {
     "tmpfs": "tmpfs", "network_mode": "network_name",
 }
 CREATE_KWARGS_KEYS = {"user": "user", "working_dir": "working_dir", "labels": "labels"}
+# Keys of the two that mean one of the spawner's own options: read as that option at each start
+# (they win over it, as in DockerSpawner, where they update the host config and create kwargs).
+HOST_CONFIG_AS_TRAITS = {
+    "mem_limit", "memory", "mem_reservation", "nano_cpus", "cpu_quota", "cpu_period", "device_requests",
+}
+CREATE_KWARGS_AS_TRAITS = {"command"}
 _WHY_NOT = (
     "berth has no raw Docker options (the node's policy must be able to check every one); "
     "the typed options are {}"
 )
 
 
-# Docker keys whose meaning berth has under another option: the refusal names it.
+# Docker keys whose meaning berth has under another option, but not one it can read them as:
+# the refusal names the option. (`environment` would replace the hub's own variables, the API
+# token among them; `binds` are raw host paths the node's policy could not check as volumes.)
 _ELSEWHERE = {
-    "device_requests": "gpus", "mem_limit": "mem_limit", "memory": "mem_limit", "cpu_quota": "cpu_limit",
-    "cpu_period": "cpu_limit", "nano_cpus": "cpu_limit", "cpu_shares": "cpu_guarantee",
-    "mem_reservation": "mem_guarantee", "binds": "volumes", "volumes": "volumes", "mounts": "volumes",
-    "environment": "environment", "command": "cmd", "image": "image", "port_bindings": "container_port",
+    "cpu_shares": "cpu_guarantee", "binds": "volumes", "volumes": "volumes", "mounts": "volumes",
+    "environment": "environment", "image": "image", "port_bindings": "container_port",
 }
+
+
+def _gpu_count(requests):
+    """docker-py's device_requests (dicts or docker.types.DeviceRequest, keys in either case) as
+    a number of GPUs; what berth cannot express (all GPUs, chosen device ids, another
+    capability) is a ValueError naming it."""
+    total = 0
+    for r in requests or []:
+        if not isinstance(r, dict):
+            raise ValueError(f"device_requests: {r!r} must be a dict (or docker.types.DeviceRequest)")
+        g = {k.lower(): v for k, v in r.items()}
+        if g.get("deviceids") or g.get("device_ids"):
+            raise ValueError("device_requests: device ids cannot be chosen (the node assigns free GPUs); use gpus")
+        caps = [c for group in (g.get("capabilities") or [["gpu"]]) for c in group]
+        if "gpu" not in caps:
+            raise ValueError(f"device_requests: capabilities {caps} are not GPUs; only GPU requests are read (as gpus)")
+        count = int(g.get("count", 0) or 0)
+        if count < 0:
+            raise ValueError("device_requests: count -1 (every GPU of the node) has no meaning across nodes; set gpus")
+        total += count
+    return total
+
+
+def trait_values(host_config, create_kwargs):
+    """The spawner options that extra_host_config's and extra_create_kwargs's keys in
+    HOST_CONFIG_AS_TRAITS / CREATE_KWARGS_AS_TRAITS stand for: mem_limit, mem_guarantee,
+    cpu_limit, gpus, cmd. A value berth cannot read raises ValueError naming the key."""
+    out = {}
+    h = {k: v for k, v in host_config.items() if k in HOST_CONFIG_AS_TRAITS and v is not None}
+    for key in ("memory", "mem_limit"):
+        if key in h:
+            out["mem_limit"] = _bytes(key, h[key])
+    if "mem_reservation" in h:
+        out["mem_guarantee"] = _bytes("mem_reservation", h["mem_reservation"])
+    if "nano_cpus" in h:
+        out["cpu_limit"] = int(h["nano_cpus"]) / 1e9
+    if "cpu_quota" in h:
+        quota, period = int(h["cpu_quota"]), int(h.get("cpu_period") or 100_000)
+        if quota > 0:
+            out["cpu_limit"] = quota / period
+    elif "cpu_period" in h:
+        raise ValueError("cpu_period without cpu_quota sets no limit; set cpu_quota (or cpu_limit)")
+    if "device_requests" in h:
+        out["gpus"] = _gpu_count(h["device_requests"])
+    command = create_kwargs.get("command")
+    if command:
+        out["cmd"] = _command(command)
+    return out
 
 
 def _unknown(trait, value, known):
@@ -173,7 +227,11 @@ class ContainerOptions(Configurable):
     def _check_host_config(self, proposal):
         v = proposal["value"]
         if isinstance(v, dict):
-            _unknown("extra_host_config", v, HOST_CONFIG_KEYS)
+            _unknown("extra_host_config", v, set(HOST_CONFIG_KEYS) | HOST_CONFIG_AS_TRAITS)
+            try:
+                trait_values(v, {})
+            except (ValueError, TypeError) as e:
+                raise TraitError(f"BerthSpawner.extra_host_config: {e}") from None
         elif not callable(v):
             raise TraitError("BerthSpawner.extra_host_config must be a dict or a callable")
         return v
@@ -182,7 +240,7 @@ class ContainerOptions(Configurable):
     def _check_create_kwargs(self, proposal):
         v = proposal["value"]
         if isinstance(v, dict):
-            _unknown("extra_create_kwargs", v, CREATE_KWARGS_KEYS)
+            _unknown("extra_create_kwargs", v, set(CREATE_KWARGS_KEYS) | CREATE_KWARGS_AS_TRAITS)
         elif not callable(v):
             raise TraitError("BerthSpawner.extra_create_kwargs must be a dict or a callable")
         return v
@@ -200,15 +258,37 @@ class ContainerOptions(Configurable):
             raise TraitError("BerthSpawner.extra_container_options must be a dict or a callable")
         return v
 
-    async def container_options(self):
-        """The typed fields of this spawn, merged in DockerSpawner's order of precedence."""
-        fields = {}
-        for trait, keys in (("extra_host_config", HOST_CONFIG_KEYS), ("extra_create_kwargs", CREATE_KWARGS_KEYS)):
+    async def _docker_kwargs(self):
+        """This spawn's extra_host_config and extra_create_kwargs (callables evaluated), each
+        checked for keys berth has no meaning for."""
+        out = []
+        for trait, keys, as_traits in (
+            ("extra_host_config", HOST_CONFIG_KEYS, HOST_CONFIG_AS_TRAITS),
+            ("extra_create_kwargs", CREATE_KWARGS_KEYS, CREATE_KWARGS_AS_TRAITS),
+        ):
             value = getattr(self, trait)
             if callable(value):
                 value = await maybe_future(value(self))
-            _unknown(trait, value, keys)
-            fields.update({keys[k]: v for k, v in value.items()})
+            _unknown(trait, value, set(keys) | as_traits)
+            out.append(value)
+        return out
+
+    async def read_docker_kwargs(self):
+        """Sets mem_limit, mem_guarantee, cpu_limit, gpus and cmd from the extra_host_config /
+        extra_create_kwargs keys that mean them (they win, as in DockerSpawner); put back at the
+        next start. Before placement, which counts them."""
+        host_config, create_kwargs = await self._docker_kwargs()
+        for trait, value in trait_values(host_config, create_kwargs).items():
+            if getattr(self, trait) != value:
+                self.log.info("berth: %s's %s from extra_host_config/extra_create_kwargs: %r", self._log_name, trait, value)
+                self._profile_saved.setdefault(trait, getattr(self, trait))
+                setattr(self, trait, value)
+
+    async def container_options(self):
+        """The typed fields of this spawn, merged in DockerSpawner's order of precedence."""
+        fields = {}
+        for value, keys in zip(await self._docker_kwargs(), (HOST_CONFIG_KEYS, CREATE_KWARGS_KEYS)):
+            fields.update({keys[k]: v for k, v in value.items() if k in keys})
         if self.network_name:
             fields["network_name"] = self.network_name
         if self.post_start_cmd:

@@ -39,13 +39,18 @@ def allowed_image(spawner, choice):
 
 
 # A volume's dict form, as DockerSpawner takes it (docker-py's binds), plus berth's driver keys.
-VOLUME_KEYS = {"bind", "mode", "driver", "driver_opts"}
-# docker-py's bind modes (comma-separated) that berth's Volume has no field for, and why not.
+VOLUME_KEYS = {"bind", "mode", "ro", "propagation", "driver", "driver_opts"}
+# Propagation berth's mounts have: private (Docker's default, rprivate) is what they are.
+_HONOURED_PROPAGATION = {"private", "rprivate"}
+# docker-py's bind modes (comma-separated, or the propagation key) that berth's nodes cannot
+# honour, and why not.
 _REFUSED_MODES = {
-    "z": "SELinux relabelling (z/Z) is not done by berth's nodes",
-    "Z": "SELinux relabelling (z/Z) is not done by berth's nodes",
-    **{p: "mount propagation is not offered by berth's nodes (mounts are rprivate)"
-       for p in ("shared", "rshared", "slave", "rslave", "private", "rprivate")},
+    "z": "SELinux relabelling (z/Z) is not done by berth's nodes (they run without SELinux labels)",
+    "Z": "SELinux relabelling (z/Z) is not done by berth's nodes (they run without SELinux labels)",
+    **{p: "a host path is mounted through a private pin of the checked directory (so no symlink "
+          "swapped in later is followed), and mounts made under it later do not propagate; "
+          "berth's mounts are rprivate"
+       for p in ("shared", "rshared", "slave", "rslave")},
     **{c: "consistency modes are Docker Desktop's, not a node's" for c in ("consistent", "cached", "delegated")},
     "nocopy": "berth's nodes always copy the image's files into a new volume",
 }
@@ -70,16 +75,22 @@ def check_volumes(trait, spec):
             )
         if "bind" not in target:
             raise ValueError(f"BerthSpawner.{trait}[{source!r}]: has no bind (the path in the container)")
-        for mode in filter(None, str(target.get("mode", "")).split(",")):
-            if mode in ("ro", "rw"):
+        if not isinstance(target.get("ro", False), bool):
+            raise ValueError(f"BerthSpawner.{trait}[{source!r}]: ro must be True or False")
+        modes = list(filter(None, str(target.get("mode", "")).split(",")))
+        if target.get("propagation"):
+            modes.append(str(target["propagation"]))
+        for mode in modes:
+            if mode in ("ro", "rw") or mode in _HONOURED_PROPAGATION:
                 continue
             why = _REFUSED_MODES.get(mode, "it is not a Docker bind mode")
             raise ValueError(f"BerthSpawner.{trait}[{source!r}]: mode {mode!r} is not supported: {why}")
 
 
 def read_only_mode(target):
-    """Whether a volume's dict form asks for read-only ("ro", alone or with other modes)."""
-    return "ro" in str(target.get("mode", "")).split(",")
+    """Whether a volume's dict form asks for read-only ("ro", alone or with other modes, or
+    docker-py's `"ro": True`)."""
+    return "ro" in str(target.get("mode", "")).split(",") or target.get("ro") is True
 
 
 def volumes(spec, spawner=None, image=""):

@@ -534,6 +534,10 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         self._attempt = 0
         self._attempt_ended = None
         await self._apply_profile()
+        try:
+            await self.read_docker_kwargs()
+        except (TraitError, ValueError, KeyError, TypeError) as e:
+            raise SpawnException(f"Bad container options: {e}", reason="config", status_code=500) from None
         image = request.image(self)
         if image != self.image:
             # The user's pick is this start's `image`, as in DockerSpawner (hooks, the admin

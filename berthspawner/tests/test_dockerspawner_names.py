@@ -131,8 +131,10 @@ def test_raw_username_goes_into_a_path_as_is_and_into_a_volume_name_only_when_do
     "target, refused",
     [({"bind": "/data", "mode": "z"}, "mode 'z' is not supported: SELinux"),
      ({"bind": "/data", "mode": "ro,Z"}, "mode 'Z' is not supported: SELinux"),
-     ({"bind": "/data", "mode": "rslave"}, "mode 'rslave' is not supported: mount propagation"),
-     ({"bind": "/data", "propagation": "rshared"}, "key 'propagation' is not supported"),
+     ({"bind": "/data", "mode": "rslave"}, "mode 'rslave' is not supported: a host path is mounted through a private pin"),
+     ({"bind": "/data", "propagation": "rshared"}, "mode 'rshared' is not supported: .* berth's mounts are rprivate"),
+     ({"bind": "/data", "ro": "yes"}, "ro must be True or False"),
+     ({"bind": "/data", "mode": "nocopy"}, "mode 'nocopy' is not supported: berth's nodes always copy"),
      ({"mode": "ro"}, "has no bind")],
 )
 def test_volume_modes_berth_cannot_honour_are_refused_by_name_at_config_load(target, refused):
@@ -149,9 +151,12 @@ def test_volume_modes_berth_cannot_honour_are_refused_by_name_at_config_load(tar
 def test_volume_modes_ro_and_rw_are_the_read_only_flag():
     from berthspawner import request
 
-    s = BerthSpawner(volumes={"a": {"bind": "/a", "mode": "ro"}, "b": {"bind": "/b", "mode": "rw"}, "c": "/c"})
+    s = BerthSpawner(volumes={"a": {"bind": "/a", "mode": "ro"}, "b": {"bind": "/b", "mode": "rw"}, "c": "/c",
+                              "d": {"bind": "/d", "ro": True}, "e": {"bind": "/e", "mode": "ro,rprivate"},
+                              "f": {"bind": "/f", "propagation": "private"}})
     assert [(v.source, v.target, v.read_only) for v in request.volumes(s.volumes)] == [
-        ("a", "/a", True), ("b", "/b", False), ("c", "/c", False)]
+        ("a", "/a", True), ("b", "/b", False), ("c", "/c", False), ("d", "/d", True), ("e", "/e", True),
+        ("f", "/f", False)], "docker-py's ro key; private propagation is what berth's mounts have"
 
 
 def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hub():
@@ -165,12 +170,19 @@ def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hu
 
 def test_a_docker_key_berth_has_under_another_option_is_refused_naming_that_option():
     for trait, value, says in [
-        ("extra_host_config", {"device_requests": []}, "'device_requests' is BerthSpawner.gpus"),
-        ("extra_host_config", {"mem_limit": "1G", "cpu_quota": 50000},
-         "'cpu_quota' is BerthSpawner.cpu_limit; 'mem_limit' is BerthSpawner.mem_limit"),
+        ("extra_host_config", {"binds": ["/srv:/srv"], "cpu_shares": 512},
+         "'binds' is BerthSpawner.volumes; 'cpu_shares' is BerthSpawner.cpu_guarantee"),
         ("extra_create_kwargs", {"environment": {"A": "1"}}, "'environment' is BerthSpawner.environment"),
     ]:
         c = Config()
         c.DockerSpawner[trait] = value
         with pytest.raises(TraitError, match=f"BerthSpawner.{trait}: .* not supported " + re.escape(f"({says})")):
             made(c)
+
+
+def test_docker_keys_berth_reads_as_its_own_options_load_from_a_dockerspawner_config():
+    c = Config()
+    c.DockerSpawner.extra_host_config = {"mem_limit": "1G", "cpu_quota": 50000, "device_requests": []}
+    c.DockerSpawner.extra_create_kwargs = {"command": "start.sh"}
+    s = made(c)
+    assert s.extra_host_config["mem_limit"] == "1G" and s.extra_create_kwargs == {"command": "start.sh"}

@@ -67,3 +67,39 @@ def test_a_dockerspawner_config_section_applies_and_berthspawner_wins():
     assert s.image == "quay.io/jupyter/base-notebook:2025"
     assert s.network_name == "lab-net"
     assert s.remove is False
+
+
+@pytest.mark.parametrize("host_config,create_kwargs,expected", [
+    ({"mem_limit": "2G"}, {}, {"mem_limit": 2 << 30}),
+    ({"memory": 1 << 30, "mem_reservation": "512M"}, {}, {"mem_limit": 1 << 30, "mem_guarantee": 512 << 20}),
+    ({"nano_cpus": 1_500_000_000}, {}, {"cpu_limit": 1.5}),
+    ({"cpu_quota": 50_000}, {}, {"cpu_limit": 0.5}),
+    ({"cpu_quota": 200_000, "cpu_period": 50_000}, {}, {"cpu_limit": 4.0}),
+    ({"device_requests": [{"Driver": "nvidia", "Count": 2, "Capabilities": [["gpu"]]}]}, {}, {"gpus": 2}),
+    ({"device_requests": [{"count": 1}]}, {}, {"gpus": 1}),
+    ({}, {"command": "jupyterhub-singleuser --debug"}, {"cmd": ["jupyterhub-singleuser", "--debug"]}),
+    ({}, {"command": ["start.sh", "lab"]}, {"cmd": ["start.sh", "lab"]}),
+])
+def test_docker_keys_that_mean_a_spawner_option_are_read_as_it(host_config, create_kwargs, expected):
+    from berthspawner import options as options_mod
+
+    assert options_mod.trait_values(host_config, create_kwargs) == expected
+    # Accepted at config load, and not typed container options.
+    s = spawner([], extra_host_config=host_config, extra_create_kwargs=create_kwargs)
+    o, _ = options(s)
+    assert o == type(o)()
+
+
+@pytest.mark.parametrize("host_config,named", [
+    ({"device_requests": [{"Count": -1, "Capabilities": [["gpu"]]}]}, "count -1"),
+    ({"device_requests": [{"DeviceIDs": ["0"], "Capabilities": [["gpu"]]}]}, "device ids cannot be chosen"),
+    ({"device_requests": [{"Count": 1, "Capabilities": [["compute"]]}]}, "are not GPUs"),
+    ({"cpu_period": 100_000}, "cpu_period without cpu_quota"),
+    ({"mem_limit": "lots"}, "mem_limit: 'lots' is not a size"),
+    ({"environment": {"A": "1"}}, "'environment' is BerthSpawner.environment"),
+    ({"binds": ["/srv:/srv"]}, "'binds' is BerthSpawner.volumes"),
+])
+def test_docker_keys_berth_cannot_read_are_refused_at_config_load_naming_why(host_config, named):
+    with pytest.raises(TraitError) as e:
+        spawner([], extra_host_config=host_config)
+    assert named in str(e.value), str(e.value)

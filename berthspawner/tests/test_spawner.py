@@ -414,3 +414,20 @@ async def test_internal_ssl_sends_the_hubs_trust_bundle_for_the_nodes_probe():
     s2 = spawner(node)
     await s2.move_certs(files)
     assert s2._certs.server_ca == b""
+
+
+@run
+async def test_extra_host_config_limits_and_gpus_reach_the_request_and_go_back_at_the_next_start():
+    (a,) = await up(FakeNode("a", memory_free=8 * GIB))
+    kwargs = {"mem_limit": "1G", "nano_cpus": 2_000_000_000}
+    s = spawner([a], mem_limit=4 * GIB, extra_host_config=lambda sp: kwargs,
+                extra_create_kwargs={"command": "start.sh lab"})
+    await s.start()
+    r = a.starts[-1].resources
+    assert (r.mem_limit_bytes, r.cpu_limit) == (1 * GIB, 2.0), "DockerSpawner's host config wins"
+    assert list(a.starts[-1].cmd) == ["start.sh", "lab"]
+    assert s.mem_limit == 1 * GIB, "the spawner shows what this start asked"
+    await s.stop()
+    kwargs.clear()
+    await s.start()
+    assert a.starts[-1].resources.mem_limit_bytes == 4 * GIB, "put back once the callable no longer sets it"

@@ -23,7 +23,8 @@ pub use files::{
     read_certificate_ders, read_certificates, read_identity, read_private_key, read_token,
 };
 pub use layers::{
-    CONFIG_ENV, EnvSource, FILE_ONLY, Overrides, ProcessEnv, Setting, VALUE_RULES, settings,
+    CONFIG_ENV, EnvSource, FILE_ONLY, Overrides, ProcessEnv, Setting, VALUE_RULES, regular_env,
+    settings, unknown_vars,
 };
 
 /// gRPC listen address of the embedded default: loopback only.

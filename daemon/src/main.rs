@@ -49,6 +49,11 @@ fn main() -> ExitCode {
             return print(berthd::config::show::DEFAULT_FILE);
         }
     };
+    for name in berthd::config::unknown_vars(&ProcessEnv) {
+        eprintln!(
+            "berthd: warning: {name} is not a berthd variable and is ignored (`berthd serve --help` lists each key's)"
+        );
+    }
     let cfg = match Config::load(&ProcessEnv, &args) {
         Ok(cfg) => cfg,
         Err(e) => {

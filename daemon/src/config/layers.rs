@@ -70,6 +70,30 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
 pub trait EnvSource {
     /// The variable's value, if set.
     fn var(&self, name: &str) -> Option<String>;
+    /// The names of the variables set (for telling unknown `BERTH_*` ones).
+    fn names(&self) -> Vec<String>;
+}
+
+/// The regular spelling of `key`'s variable: `BERTH_` and the dotted key in capitals with
+/// `_` for `.` (`images.gc_high_percent` → `BERTH_IMAGES_GC_HIGH_PERCENT`). It sets the key
+/// as the declared variable does, where the two differ (the declared one wins).
+pub fn regular_env(key: &str) -> String {
+    format!("BERTH_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The `BERTH_*` variables set in `env` that no key reads (a misspelling, or a key that no
+/// variable may set), sorted: berthd warns about each rather than ignore it without a word.
+pub fn unknown_vars(env: &dyn EnvSource) -> Vec<String> {
+    let known = |name: &str| {
+        name == CONFIG_ENV || settings().any(|s| s.env == name || regular_env(s.key) == name)
+    };
+    let mut out: Vec<String> = env
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("BERTH_") && !known(n))
+        .collect();
+    out.sort();
+    out
 }
 
 /// The process environment.
@@ -79,6 +103,12 @@ impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect()
+    }
 }
 
 impl<const N: usize> EnvSource for [(&str, &str); N] {
@@ -86,6 +116,10 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
         self.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| (*v).to_owned())
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| (*k).to_owned()).collect()
     }
 }
 
@@ -174,7 +208,14 @@ pub(super) fn apply(
     env: &dyn EnvSource,
     flags: &Overrides,
 ) -> Result<Config, ConfigError> {
-    let from_env = settings().filter_map(|s| env.var(s.env).map(|v| (s, s.env.to_owned(), v)));
+    let from_env = settings().filter_map(|s| {
+        env.var(s.env)
+            .map(|v| (s, s.env.to_owned(), v))
+            .or_else(|| {
+                let regular = regular_env(s.key);
+                env.var(&regular).map(|v| (s, regular, v))
+            })
+    });
     let from_flags = flags
         .values
         .iter()

@@ -25,15 +25,17 @@ impl Config {
     }
 }
 
-/// Replaces secrets in a configuration tree: the value of a key named like a secret (`token`,
+/// Replaces secrets in a configuration tree: the text of a key named like a secret (`token`,
 /// `password`, `secret`, `key`) unless it names a file (`*_file`, `*_dir`, `*_path`), and the
-/// password of a URL (`https://user:pw@host`). Files are always printed as paths, never read.
+/// password of a URL (`https://user:pw@host`). Files are always printed as paths, never read;
+/// a switch or a number is never a secret (`allow_pull_secrets = true` stays readable), so
+/// the output stays a valid configuration file.
 pub fn redact(tree: &mut Value) {
     match tree {
         Value::Table(t) => {
             for (key, v) in t.iter_mut() {
-                if secret_key(key) && !matches!(v, Value::Table(_)) && !is_empty(v) {
-                    *v = Value::String(REDACTED.to_owned());
+                if secret_key(key) {
+                    hide_text(v);
                 } else {
                     redact(v);
                 }
@@ -49,8 +51,14 @@ pub fn redact(tree: &mut Value) {
     }
 }
 
-fn is_empty(v: &Value) -> bool {
-    matches!(v, Value::String(s) if s.is_empty())
+/// Every non-empty string in `v` (a secret key's value) replaced by [`REDACTED`].
+fn hide_text(v: &mut Value) {
+    match v {
+        Value::String(s) if !s.is_empty() => *s = REDACTED.to_owned(),
+        Value::Array(items) => items.iter_mut().for_each(hide_text),
+        Value::Table(t) => t.iter_mut().for_each(|(_, v)| hide_text(v)),
+        _ => {}
+    }
 }
 
 fn secret_key(key: &str) -> bool {
@@ -112,6 +120,30 @@ mod tests {
             tree["plain_url"].as_str(),
             Some("https://hub.example/hub/api")
         );
+    }
+
+    #[test]
+    fn switches_stay_readable_and_the_output_is_a_valid_config() {
+        let mut tree: Value = toml::from_str(
+            r#"
+            allow_pull_secrets = true
+            max_keys = 3
+            tokens = ["a", ""]
+            "#,
+        )
+        .expect("toml");
+        redact(&mut tree);
+        assert_eq!(tree["allow_pull_secrets"].as_bool(), Some(true));
+        assert_eq!(tree["max_keys"].as_integer(), Some(3));
+        assert_eq!(
+            tree["tokens"],
+            Value::Array(vec![REDACTED.into(), String::new().into()])
+        );
+        let mut cfg = Config::default();
+        cfg.policy.allow_pull_secrets = true;
+        let printed = cfg.to_toml_redacted().expect("prints");
+        let again = Config::from_toml(&printed).expect("the printed configuration parses");
+        assert!(again.policy.allow_pull_secrets, "{printed}");
     }
 
     /// The documented file holds every key the daemon has, each with the daemon's default.

@@ -508,6 +508,10 @@ fn a_bad_env_or_flag_value_names_its_key_and_where_it_came_from() {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         }
+
+        fn names(&self) -> Vec<String> {
+            self.0.iter().map(|(k, _)| (*k).to_owned()).collect()
+        }
     }
     for (env, flag, named) in cases {
         let flags = match flag {
@@ -782,4 +786,32 @@ fn metrics_listen_is_an_address_on_loopback_unless_allowed() {
         "{err}"
     );
     check("[metrics]\nlisten = \"0.0.0.0:9151\"\nallow_network = true").expect("opted in");
+}
+
+#[test]
+fn a_short_named_key_also_takes_its_regular_variable_and_unknown_variables_are_named() {
+    let env = [("BERTH_IMAGES_GC_HIGH_PERCENT", "95")];
+    let cfg = Config::load(&env, &Overrides::default()).expect("loads");
+    assert_eq!(
+        cfg.images.gc_high_percent, 95,
+        "the regular spelling sets the key"
+    );
+    let both = [
+        ("BERTH_IMAGE_GC_HIGH_PERCENT", "90"),
+        ("BERTH_IMAGES_GC_HIGH_PERCENT", "95"),
+    ];
+    let cfg = Config::load(&both, &Overrides::default()).expect("loads");
+    assert_eq!(cfg.images.gc_high_percent, 90, "the declared variable wins");
+    let env = [
+        ("BERTH_IMAGES_GC_HIGH_PERCENT", "95"),
+        ("BERTH_IMAGE_GC_HIGH_PERCENT", "70"),
+        ("BERTH_CONFIG", "/etc/berth/config.toml"),
+        ("BERTH_CAPACITY_MAX_SERVER", "3"),
+        ("BERTH_LOG", "debug"),
+        ("PATH", "/usr/bin"),
+    ];
+    assert_eq!(
+        crate::config::unknown_vars(&env),
+        vec!["BERTH_CAPACITY_MAX_SERVER".to_owned()]
+    );
 }

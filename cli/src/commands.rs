@@ -405,10 +405,13 @@ fn reason(s: &tonic::Status) -> Option<String> {
         .map(|info| info.reason.clone())
 }
 
-/// 69 (EX_UNAVAILABLE) when no berthd answered, 1 for any other failure.
+/// 69 (EX_UNAVAILABLE) when no berthd answered, 2 for bad usage (an endpoint that cannot be
+/// one, a credential file that cannot be read), 1 for any other failure.
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Unreachable>().is_some() {
         69
+    } else if e.downcast_ref::<crate::endpoint::Usage>().is_some() {
+        2
     } else {
         1
     }

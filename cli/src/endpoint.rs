@@ -159,17 +159,20 @@ fn parse_endpoint(ep: &str, args: &ConnArgs) -> Result<Target> {
     if let Some(path) = ep.strip_prefix("unix:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if !path.starts_with('/') {
-            bail!(
+            return Err(usage(format!(
                 "--endpoint {ep}: a Unix socket needs an absolute path (unix:/run/berth/admin.sock)"
-            );
+            )));
         }
         return Ok(Target::Unix(PathBuf::from(path)));
     }
     if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-        bail!("--endpoint {ep}: expected unix:/path, http://host:port or https://host:port");
+        return Err(usage(format!(
+            "--endpoint {ep}: expected unix:/path, http://host:port or https://host:port"
+        )));
     }
-    ep.parse::<Uri>()
-        .with_context(|| format!("--endpoint {ep}"))?;
+    if let Err(e) = ep.parse::<Uri>() {
+        return Err(usage(format!("--endpoint {ep}: {e}")));
+    }
     Ok(Target::Tcp(Tcp {
         url: ep.trim_end_matches('/').to_owned(),
         server_name: String::new(),
@@ -216,16 +219,37 @@ fn from_config(cfg: &Config, args: &ConnArgs) -> Vec<Target> {
 pub(crate) async fn connect(args: &ConnArgs) -> Result<Conn> {
     let (targets, source) = targets(args)?;
     let mut failures = Vec::new();
+    let only = targets.len() == 1;
     for target in targets {
         match open(&target).await {
             Ok(conn) => return Ok(conn),
-            Err(e) => failures.push(format!("{target}: {}", e.root_cause())),
+            // A file the one endpoint asked for cannot be read: that is the error, not reach.
+            Err(e) if only && e.downcast_ref::<Usage>().is_some() => return Err(e),
+            // The whole chain: it names the file or the TLS refusal, not only its last cause.
+            Err(e) => failures.push(format!("{target}: {e:#}")),
         }
     }
     Err(anyhow!(Unreachable(format!(
         "cannot reach berthd (from {source}): {}",
         failures.join("; ")
     ))))
+}
+
+/// Bad usage: an endpoint that cannot be one, a credential file that cannot be read (exit
+/// status 2).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(message: String) -> anyhow::Error {
+    anyhow!(Usage(message))
 }
 
 /// No berthd answered (exit status 69).
@@ -279,16 +303,16 @@ async fn open(target: &Target) -> Result<Conn> {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{what} {}", path.display()))
+    std::fs::read(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))
 }
 
 fn tls(t: &Tcp) -> Result<ClientTlsConfig> {
     let mut cfg = ClientTlsConfig::new();
     let Some(ca) = &t.ca else {
-        bail!(
+        return Err(usage(format!(
             "{}: TLS needs the CA that signed berthd's certificate: pass --ca FILE",
             t.url
-        );
+        )));
     };
     cfg = cfg.ca_certificate(Certificate::from_pem(read("--ca", ca)?));
     if let Some((cert, key)) = &t.identity {
@@ -304,11 +328,14 @@ fn tls(t: &Tcp) -> Result<ClientTlsConfig> {
 }
 
 fn token(path: &Path) -> Result<MetadataValue<Ascii>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
-    format!("Bearer {}", text.trim())
-        .parse()
-        .map_err(|_| anyhow!("token file {}: not a valid header value", path.display()))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("token file {}: {e}", path.display())))?;
+    format!("Bearer {}", text.trim()).parse().map_err(|_| {
+        usage(format!(
+            "token file {}: not a valid header value",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -572,6 +572,34 @@ async fn logs_prints_each_stream_to_its_own_and_follows() {
 }
 
 #[test]
+fn a_bad_endpoint_or_an_unreadable_credential_file_is_bad_usage_naming_it() {
+    let (code, _, err) = berthctl(&["--endpoint", "ftp://x", "ps"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ftp://x") && err.contains("expected unix:/path"),
+        "{err}"
+    );
+    let (code, _, err) = berthctl(&[
+        "--endpoint",
+        "https://127.0.0.1:1",
+        "--ca",
+        "/nonexistent/ca.pem",
+        "ps",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ca /nonexistent/ca.pem"), "{err}");
+    let (code, _, err) = berthctl(&[
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--token-file",
+        "/nonexistent/token",
+        "ps",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("token file /nonexistent/token"), "{err}");
+}
+
+#[test]
 fn no_berthd_is_exit_69_naming_where_it_looked() {
     let (code, _, err) = berthctl(&["--endpoint", "unix:/nonexistent/berth.sock", "ps"]);
     assert_eq!(code, 69, "{err}");

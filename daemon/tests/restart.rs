@@ -183,18 +183,35 @@ async fn crashes_during_churn_leave_one_container_and_one_sound_record_per_key()
             let rec = by_key.get(&(u.clone(), String::new()));
             assert!(rec.is_some(), "container {id} of {u} has no record");
         }
-        // And berthd's view agrees with Docker.
-        let p = c
-            .poll(pb::PollRequest { key: key(u, "") })
-            .await
-            .unwrap()
-            .into_inner();
-        match ids.first() {
-            Some(id) => assert_eq!(&p.container_id, id, "{u}: {p:?}"),
-            None => assert!(
-                matches!(state(&p), State::Absent | State::Exited),
-                "{u}: {p:?}"
-            ),
+        // And berthd's view agrees with Docker, once the events of a create that dockerd
+        // finished after the kill (and after the restart's relist) have come in.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids = docker(&[
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &format!("name=^{name}$"),
+            ]);
+            let id = ids.lines().next().map(str::to_owned);
+            let p = c
+                .poll(pb::PollRequest { key: key(u, "") })
+                .await
+                .unwrap()
+                .into_inner();
+            let agrees = match &id {
+                Some(id) => p.container_id == *id,
+                None => matches!(state(&p), State::Absent | State::Exited),
+            };
+            if agrees {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{u}: Docker has {id:?}, berthd says {p:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

@@ -28,6 +28,12 @@ enum Command {
     /// The same as `config check` (kept for scripts).
     #[command(hide = true)]
     CheckConfig(Overrides),
+    /// Write man pages (berthd.1 and one per command) into a directory (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// The directory (made if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Default) => {
             return print(berthd::config::show::DEFAULT_FILE);
         }
+        Command::Man { dir } => return man(<Cli as clap::CommandFactory>::command(), &dir),
     };
     for name in berthd::config::unknown_vars(&ProcessEnv) {
         eprintln!(
@@ -155,4 +162,16 @@ async fn on_signal(shutdown: CancellationToken) {
         _ = int.recv() => {}
     }
     shutdown.cancel();
+}
+
+/// Writes the man pages of `cmd` (and of each of its commands) into `dir`.
+fn man(cmd: clap::Command, dir: &std::path::Path) -> ExitCode {
+    let written = std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: writing man pages into {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }

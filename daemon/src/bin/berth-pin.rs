@@ -23,6 +23,9 @@ struct Args {
     /// user); repeatable.
     #[arg(long = "peer-user")]
     peer_users: Vec<String>,
+    /// Write the man page berth-pin.1 into this directory and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    man: Option<PathBuf>,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -49,6 +52,20 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .init();
     let args = Args::parse();
+    if let Some(dir) = &args.man {
+        let cmd = <Args as clap::CommandFactory>::command();
+        return match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "berth-pin: writing the man page into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,9 +13,12 @@
 #   hub/hub.pem, hub.key         the hub's client certificate (CN=hub, SAN DNS:hub)
 #   hub/ca.pem                   the server CA, to check the nodes' certificates
 #   hub/tokens/NODE              each node's bearer token, for berthspawner's `token_file`
+#   hub/activity-token           the token of the hub service berthd's activity reports use
+#                                (JupyterHub's services, role with users:activity; deploy.md)
 #   NODE/node.pem, node.key      the node's server certificate, with the SANs below
 #   NODE/client-ca.pem           the client CA: berthd's `client_ca_file`
 #   NODE/token                   the node's bearer token: berthd's `security.token_file`
+#   NODE/activity-token          a copy of hub/activity-token: berthd's `activity.token_file`
 #   operators/NAME/operator.pem, operator.key
 #                                an operator's client certificate (SAN DNS:NAME.operator), for
 #                                berthctl off the node (--cert, --key)
@@ -87,6 +90,10 @@ issue() {
 issue client-ca hub "$out/hub" hub "DNS:hub" clientAuth
 cp "$out/ca.pem" "$out/hub/ca.pem"
 mkdir -p "$out/hub/tokens"
+if [ ! -f "$out/hub/activity-token" ]; then
+  openssl rand -hex 32 >"$out/hub/activity-token"
+  echo "made $out/hub/activity-token" >&2
+fi
 
 is_ip() {
   [[ $1 =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || $1 == *:* ]]
@@ -126,4 +133,5 @@ for spec in "$@"; do
     cp "$out/$node/token" "$out/hub/tokens/$node"
     echo "made $out/$node/token" >&2
   fi
+  cp "$out/hub/activity-token" "$out/$node/activity-token"
 done

@@ -380,6 +380,19 @@ async fn make_certs_output_gives_mutual_tls_that_only_the_hub_and_named_operator
         String::from_utf8_lossy(&out.stderr)
     );
     let p = |rel: &str| dir.join(rel).to_str().unwrap().to_owned();
+    // The activity token: the hub's service token, the same on every node, 0600 everywhere.
+    let activity = std::fs::read_to_string(p("hub/activity-token")).unwrap();
+    assert_eq!(activity.trim().len(), 64, "{activity:?}");
+    for f in [
+        "hub/activity-token",
+        "n1/activity-token",
+        "n2/activity-token",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::read_to_string(p(f)).unwrap(), activity, "{f}");
+        let mode = std::fs::metadata(p(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
     let d = Daemon::start_with(&[
         "--tls-cert-file",
         &p("n1/node.pem"),

@@ -17,17 +17,23 @@ pub(crate) struct Server {
     /// ABSENT, STARTING, RUNNING, STOPPING or EXITED.
     pub(crate) state: String,
     pub(crate) exit_code: Option<i64>,
-    pub(crate) reason: String,
-    pub(crate) message: String,
+    // Absent (`null`), never "": the proto's empty string means "none".
+    pub(crate) reason: Option<String>,
+    pub(crate) message: Option<String>,
     pub(crate) started_at: Option<String>,
     pub(crate) finished_at: Option<String>,
     pub(crate) last_activity: Option<String>,
-    pub(crate) url: String,
-    pub(crate) container_id: String,
-    pub(crate) spawn_id: String,
+    pub(crate) url: Option<String>,
+    pub(crate) container_id: Option<String>,
+    pub(crate) spawn_id: Option<String>,
     pub(crate) node_id: String,
-    pub(crate) image: String,
-    pub(crate) health: String,
+    pub(crate) image: Option<String>,
+    pub(crate) health: Option<String>,
+}
+
+/// `None` for the proto's empty string.
+fn given(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 impl From<pb::ServerStatus> for Server {
@@ -42,17 +48,17 @@ impl From<pb::ServerStatus> for Server {
             server: key.server_name,
             state,
             exit_code: s.exit_code,
-            reason: s.reason,
-            message: s.message,
+            reason: given(s.reason),
+            message: given(s.message),
             started_at: s.started_at.as_ref().map(rfc3339),
             finished_at: s.finished_at.as_ref().map(rfc3339),
             last_activity: s.last_activity.as_ref().map(rfc3339),
-            url: s.url,
-            container_id: s.container_id,
-            spawn_id: s.spawn_id,
+            url: given(s.url),
+            container_id: given(s.container_id),
+            spawn_id: given(s.spawn_id),
             node_id: s.node_id,
-            image: s.image,
-            health: s.health,
+            image: given(s.image),
+            health: given(s.health),
         }
     }
 }
@@ -247,9 +253,9 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The state column: `RUNNING`, `EXITED (137, Killed)`.
 pub(crate) fn state_cell(s: &Server) -> String {
-    match (s.exit_code, s.reason.is_empty()) {
-        (Some(code), false) => format!("{} ({code}, {})", s.state, s.reason),
-        (Some(code), true) => format!("{} ({code})", s.state),
+    match (s.exit_code, &s.reason) {
+        (Some(code), Some(reason)) => format!("{} ({code}, {reason})", s.state),
+        (Some(code), None) => format!("{} ({code})", s.state),
         (None, _) => s.state.clone(),
     }
 }

@@ -170,6 +170,11 @@ async fn ps_json_lists_exactly_the_servers_berthd_knows() {
     ]))
     .await;
     assert_eq!(stopped["state"], "ABSENT");
+    // Absent values are null, never "" (README); the exit code of the removed server stays.
+    for absent in ["url", "health", "message"] {
+        assert!(stopped[absent].is_null(), "{absent}: {stopped}");
+    }
+    assert!(stopped["exit_code"].is_i64(), "{stopped}");
     let left = list(&c).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].key.as_ref().unwrap().user, ann);

@@ -38,6 +38,31 @@ pub const STOP_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 
 pub const PULL_BUCKETS: [f64; 10] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
+/// Every RPC of berth's services (`berth/v1/*.proto`), whose `{method, code="OK"}` series of
+/// `berthd_grpc_requests_total` exist from the start at zero; a test keeps it in step with
+/// the proto files.
+pub const RPCS: &[&str] = &[
+    "Spawner/Version",
+    "Spawner/Start",
+    "Spawner/Stop",
+    "Spawner/Poll",
+    "Spawner/List",
+    "Spawner/Capacity",
+    "Spawner/Watch",
+    "Spawner/Progress",
+    "Spawner/Logs",
+    "Spawner/Prepull",
+    "Spawner/ListVolumes",
+    "Spawner/ExportVolume",
+    "Spawner/ImportVolume",
+    "Spawner/RemoveVolume",
+    "Spawner/GetState",
+    "Spawner/PutState",
+    "Spawner/DeleteForever",
+    "Admin/Drain",
+    "Admin/Undrain",
+    "Admin/Reconcile",
+];
 /// The content type of the text `/metrics` serves.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Longest one scrape connection may stay open.
@@ -124,6 +149,17 @@ impl Metrics {
             drop(stop.get_or_create(&status(ok)));
             drop(pull.get_or_create(&status(ok)));
         }
+        let activity = Family::<ResultLabel, Counter>::default();
+        for result in ["sent", "failed", "dropped"] {
+            drop(activity.get_or_create(&ResultLabel { result }));
+        }
+        let grpc = Family::<GrpcLabels, Counter>::default();
+        for method in RPCS {
+            drop(grpc.get_or_create(&GrpcLabels {
+                method: format!("berth.v1.{method}"),
+                code: "OK",
+            }));
+        }
         let m = Self {
             spawn,
             stop,
@@ -131,9 +167,9 @@ impl Metrics {
             pull_bytes: Counter::default(),
             running: Gauge::default(),
             docker_up: Gauge::default(),
-            activity: Family::default(),
+            activity,
             activity_pending: Gauge::default(),
-            grpc: Family::default(),
+            grpc,
             allocatable_cpu: Gauge::default(),
             committed_cpu: Gauge::default(),
             allocatable_memory: Gauge::default(),
@@ -459,6 +495,42 @@ mod tests {
             "berthd_activity_reports_total{result=\"dropped\"} 1",
             "berthd_activity_pending_servers 0",
         ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn every_rpc_and_activity_result_is_present_at_zero_from_the_start() {
+        let protos = [
+            (
+                "Spawner",
+                include_str!("../../proto/berth/v1/spawner.proto"),
+            ),
+            ("Admin", include_str!("../../proto/berth/v1/admin.proto")),
+        ];
+        let mut declared: Vec<String> = protos
+            .iter()
+            .flat_map(|(service, text)| {
+                text.lines()
+                    .filter_map(|l| l.trim_start().strip_prefix("rpc "))
+                    .map(move |l| format!("{service}/{}", l.split('(').next().unwrap_or(l).trim()))
+            })
+            .collect();
+        let mut listed: Vec<String> = RPCS.iter().map(|m| (*m).to_owned()).collect();
+        declared.sort();
+        listed.sort();
+        assert_eq!(
+            listed, declared,
+            "RPCS must list every rpc of the proto files"
+        );
+        let text = Metrics::new().encode();
+        for m in RPCS {
+            let line =
+                format!("berthd_grpc_requests_total{{method=\"berth.v1.{m}\",code=\"OK\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        for r in ["sent", "failed", "dropped"] {
+            let line = format!("berthd_activity_reports_total{{result=\"{r}\"}} 0");
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
     }

@@ -390,6 +390,7 @@ fn spawn_admin<E: ContainerEngine>(
     // berthctl on the node reads and stops through the same socket, with no credentials.
     let reads = OperatorOnly::new(SpawnerServer::new(SpawnerService::new(rt.clone())));
     let admin = tonic::transport::Server::builder()
+        .layer(crate::metrics::GrpcLayer::new(rt.metrics().clone()))
         .add_service(AdminServer::new(AdminService::new(rt.clone())))
         .add_service(reads)
         .serve_with_incoming_shutdown(

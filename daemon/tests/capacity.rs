@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
-use berth_proto::v1::admin_client::AdminClient;
 use berth_proto::v1::server_status::State;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,33 +46,6 @@ fn config_file(name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-async fn admin(socket: &Path) -> AdminClient<tonic::transport::Channel> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://admin.invalid")
-        .connect_with_connector(tower_service_fn(path))
-        .await
-        .unwrap();
-    AdminClient::new(channel)
-}
-
-fn tower_service_fn(
-    path: PathBuf,
-) -> impl tower::Service<
-    tonic::transport::Uri,
-    Response = hyper_util::rt::TokioIo<UnixStream>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone {
-    tower::service_fn(move |_: tonic::transport::Uri| {
-        let path = path.clone();
-        async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                UnixStream::connect(path).await?,
-            ))
-        }
-    })
 }
 
 async fn capacity(

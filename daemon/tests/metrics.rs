@@ -113,6 +113,21 @@ async fn spawns_stops_and_gauges_are_exported() {
     .await;
     assert!(up.is_some(), "berthd_docker_up never became 1");
 
+    // Calls over the Admin socket are counted too.
+    let mut a = admin(&d.state_dir.join("admin.sock")).await;
+    a.undrain(berth_proto::v1::DrainRequest::default())
+        .await
+        .unwrap();
+    let text = scrape(port).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"berthd_grpc_requests_total{method="berth.v1.Admin/Undrain",code="OK"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
     // A refused call is counted under its code.
     let refused = c
         .clone()

@@ -422,3 +422,22 @@ pub async fn stop(
         .await
         .map(|r| r.into_inner().status.unwrap())
 }
+
+/// An Admin client over berthd's Unix socket at `socket`.
+pub async fn admin(
+    socket: &std::path::Path,
+) -> berth_proto::v1::admin_client::AdminClient<Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://admin.invalid")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    berth_proto::v1::admin_client::AdminClient::new(channel)
+}

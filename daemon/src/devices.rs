@@ -57,8 +57,8 @@ pub struct DeviceConfig {
     /// Model name, for constraints and the capacity report.
     #[serde(default)]
     pub model: String,
-    /// Memory of the device in bytes (0 = unknown).
-    #[serde(default)]
+    /// Memory of the device in bytes (0 = unknown); a size like every `*_bytes` key ("40G").
+    #[serde(default, deserialize_with = "crate::config::units::bytes")]
     pub memory_bytes: u64,
 }
 

@@ -360,3 +360,14 @@ fn check_nodes_names_the_key_of_the_first_bad_path() {
     let nvidia = class(Pass::Nvidia, &["/dev/stdin"]);
     assert_eq!(check_nodes(&[nvidia], check_node), Ok(()));
 }
+
+#[test]
+fn a_device_memory_takes_a_size_like_every_bytes_key() {
+    let d: DeviceConfig = toml::from_str("id = \"0\"\nmemory_bytes = \"40G\"").unwrap();
+    assert_eq!(d.memory_bytes, 40 << 30);
+    let d: DeviceConfig = toml::from_str("id = \"0\"\nmemory_bytes = 1024").unwrap();
+    assert_eq!(d.memory_bytes, 1024);
+    let d: DeviceConfig = toml::from_str("id = \"0\"").unwrap();
+    assert_eq!(d.memory_bytes, 0);
+    assert!(toml::from_str::<DeviceConfig>("id = \"0\"\nmemory_bytes = \"lots\"").is_err());
+}

@@ -392,7 +392,21 @@ async fn version(conn: &Conn, out: Output) -> Result<()> {
 pub(crate) fn describe(e: &anyhow::Error) -> String {
     if let Some(s) = e.downcast_ref::<tonic::Status>() {
         let reason = reason(s).map(|r| format!(" [{r}]")).unwrap_or_default();
-        return format!("{:?}{reason}: {}", s.code(), s.message());
+        // A status the transport made (the connection failed or the node closed it, e.g. a
+        // TLS refusal of the client's certificate) carries its cause only as a source.
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(s);
+        while let Some(c) = source {
+            cause.push_str(&format!(": {c}"));
+            source = c.source();
+        }
+        if cause.ends_with("connection closed") {
+            cause.push_str(
+                " (by the node; over TLS it closes at once on a client certificate it refuses: \
+                 not signed by its client CA, or not in its hub_client_names; its log says which)",
+            );
+        }
+        return format!("{:?}{reason}: {}{cause}", s.code(), s.message());
     }
     format!("{e:#}")
 }

@@ -465,6 +465,10 @@ async fn make_certs_output_gives_mutual_tls_that_only_the_hub_and_named_operator
     };
     let (code, out, err) = as_client("n2/node", "key");
     assert_ne!(code, 0, "node-2's certificate was served: {out}");
+    assert!(
+        err.contains("client certificate it refuses"),
+        "the refusal says what it may be, not only \"canceled\": {err}"
+    );
     assert!(!out.contains(&d.node_id), "{out}");
     assert!(
         !err.contains("UNAUTHENTICATED"),

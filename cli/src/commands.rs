@@ -400,7 +400,14 @@ pub(crate) fn describe(e: &anyhow::Error) -> String {
             cause.push_str(&format!(": {c}"));
             source = c.source();
         }
-        if cause.ends_with("connection closed") {
+        // How hyper words a connection the other side ended, by when it noticed.
+        let closed = [
+            "connection closed",
+            "broken pipe",
+            "connection reset",
+            "stream closed",
+        ];
+        if closed.iter().any(|w| cause.contains(w)) {
             cause.push_str(
                 " (by the node; over TLS it closes at once on a client certificate it refuses: \
                  not signed by its client CA, or not in its hub_client_names; its log says which)",

@@ -465,9 +465,11 @@ async fn make_certs_output_gives_mutual_tls_that_only_the_hub_and_named_operator
     };
     let (code, out, err) = as_client("n2/node", "key");
     assert_ne!(code, 0, "node-2's certificate was served: {out}");
+    // The transport's own cause is printed (the words vary with when the client noticed the
+    // close: "connection closed", "broken pipe", ...), not only "operation was canceled".
     assert!(
-        err.contains("client certificate it refuses"),
-        "the refusal says what it may be, not only \"canceled\": {err}"
+        err.contains("transport error"),
+        "the refusal says its cause: {err}"
     );
     assert!(!out.contains(&d.node_id), "{out}");
     assert!(

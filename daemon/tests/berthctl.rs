@@ -340,19 +340,7 @@ fn capacity_config() -> String {
 #[tokio::test]
 async fn the_admin_socket_serves_reads_and_stop_but_never_start() {
     let d = Daemon::start();
-    let path = d.state_dir.join("admin.sock");
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut sock = SpawnerClient::new(channel);
+    let mut sock = SpawnerClient::new(unix_channel(&d.state_dir.join("admin.sock")).await);
     sock.list(pb::ListRequest::default()).await.unwrap();
     let err = sock
         .start(tiny_start(&unique("sock"), "s"))

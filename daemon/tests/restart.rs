@@ -170,13 +170,17 @@ async fn crashes_during_churn_leave_one_container_and_one_sound_record_per_key()
         .collect();
     for u in &users {
         let name = berthd::key::ServerKey::new(u, "").unwrap().container_name();
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("name=^{name}$"),
-        ]);
+        // The ids of the containers named `name`, as Docker lists them now.
+        let named = || {
+            docker(&[
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &format!("name=^{name}$"),
+            ])
+        };
+        let ids = named();
         let ids: Vec<&str> = ids.lines().collect();
         assert!(ids.len() <= 1, "two containers for {u}: {ids:?}");
         if let Some(id) = ids.first() {
@@ -187,14 +191,7 @@ async fn crashes_during_churn_leave_one_container_and_one_sound_record_per_key()
         // finished after the kill (and after the restart's relist) have come in.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let ids = docker(&[
-                "ps",
-                "-aq",
-                "--no-trunc",
-                "--filter",
-                &format!("name=^{name}$"),
-            ]);
-            let id = ids.lines().next().map(str::to_owned);
+            let id = named().lines().next().map(str::to_owned);
             let p = c
                 .poll(pb::PollRequest { key: key(u, "") })
                 .await

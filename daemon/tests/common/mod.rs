@@ -423,12 +423,10 @@ pub async fn stop(
         .map(|r| r.into_inner().status.unwrap())
 }
 
-/// An Admin client over berthd's Unix socket at `socket`.
-pub async fn admin(
-    socket: &std::path::Path,
-) -> berth_proto::v1::admin_client::AdminClient<Channel> {
+/// A gRPC channel over berthd's Unix socket at `socket` (the Admin socket).
+pub async fn unix_channel(socket: &std::path::Path) -> Channel {
     let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://admin.invalid")
+    tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -438,6 +436,12 @@ pub async fn admin(
             }
         }))
         .await
-        .unwrap();
-    berth_proto::v1::admin_client::AdminClient::new(channel)
+        .unwrap()
+}
+
+/// An Admin client over berthd's Unix socket at `socket`.
+pub async fn admin(
+    socket: &std::path::Path,
+) -> berth_proto::v1::admin_client::AdminClient<Channel> {
+    berth_proto::v1::admin_client::AdminClient::new(unix_channel(socket).await)
 }

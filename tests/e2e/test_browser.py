@@ -244,9 +244,16 @@ TINY_CMD = ["sh", "-c", "exec httpd -f -p 8888 -h /www"]
 CRASH_CMD = ["sh", "-c", "echo 'first line of output'; echo 'second line of output'; sleep 6; exit 3"]
 # The Event log's lines, as the user sees them once they open it (innerText: a <br> is a line
 # break; the log is a collapsed <details> until opened).
-LOG_JS = """
+# The progress page in one read: its message, the bar, whether the bar turned red (the hub's
+# failed event) and the Event log. One script, so no event lands between its parts (the page's
+# event handler and this script run on the same thread).
+WATCH_JS = """
 document.querySelectorAll('details').forEach(d => { d.open = true; });
-return Array.from(document.querySelectorAll('#progress-log .progress-log-event')).map(e => e.innerText);
+const m = document.querySelector('#progress-message');
+const b = document.querySelector('#progress-bar');
+const log = Array.from(document.querySelectorAll('#progress-log .progress-log-event')).map(e => e.innerText);
+if (!m || !b) return [null, log];
+return [[m.textContent.trim(), b.getAttribute('aria-valuenow') || '', b.classList.contains('bg-danger')], log];
 """
 # A spawn that failed before the progress page loaded: the spawn form again with the hub's
 # "Error: <message>" (a spawn from a link), or the hub's "Spawn failed" page with the sentence
@@ -260,8 +267,20 @@ const ps = Array.from(document.querySelectorAll('.container p')).map(p => p.text
 return ps.length > 1 ? ps[1] : '';
 """
 # What a user must never read on the page: exception classes, Docker's or the network's words.
-INTERNALS = ("SpawnException", "reason=", "Error:", "127.0.0.1", "manifest", "dial tcp", "lookup", "exit code",
-             "docker", "Docker", "rpc", "grpc")
+INTERNALS = (
+    "SpawnException",
+    "reason=",
+    "Error:",
+    "127.0.0.1",
+    "manifest",
+    "dial tcp",
+    "lookup",
+    "exit code",
+    "docker",
+    "Docker",
+    "rpc",
+    "grpc",
+)
 
 
 def watch_spawn(driver, url, timeout=90):
@@ -275,20 +294,16 @@ def watch_spawn(driver, url, timeout=90):
             ended = "left"
             break
         try:
-            state = driver.execute_script(PROGRESS_JS)
-            log = driver.execute_script(LOG_JS) or []
+            state, log = driver.execute_script(WATCH_JS) or (None, [])
         except Exception:  # noqa: BLE001 - the page is navigating away
             state, log = None, []
         now = round(time.monotonic() - t0, 2)
-        for line in log[len(lines):]:
+        for line in (log or [])[len(lines) :]:
             lines.append((now, line))
-        if state and (not samples or samples[-1][1:] != (state[0], state[1])):
+        red = bool(state and state[2])
+        if state and not red and (not samples or samples[-1][1:] != (state[0], state[1])):
             samples.append((now, state[0], state[1]))
-        try:
-            red = driver.execute_script("return !!document.querySelector('#progress-bar.bg-danger');")
-        except Exception:  # noqa: BLE001 - the page is navigating away
-            red = False
-        if state and red:
+        if red:
             # The hub's failed event: the bar turns red, the message is the exception's
             # jupyterhub_html_message (else "Spawn failed: <message>").
             text = state[0] if state[0].startswith("Spawn failed: ") else f"Spawn failed: {state[0]}"
@@ -330,7 +345,7 @@ def assert_log_is_terse(lines):
 def one_sentence_failure(samples):
     text = samples[-1][1]
     assert text.startswith("Spawn failed: "), text
-    sentence = text[len("Spawn failed: "):]
+    sentence = text[len("Spawn failed: ") :]
     assert sentence[:1].isupper() and sentence.endswith(".") and ". " not in sentence, sentence
     assert "try again" in sentence or "administrator" in sentence, f"says what to do: {sentence}"
     for word in INTERNALS:
@@ -348,10 +363,16 @@ def test_browser_a_pull_a_failed_pull_and_a_crash_as_the_user_reads_them(workdir
         image = f"127.0.0.1:{proxy.port}/{repo}:1"
         missing = f"127.0.0.1:{proxy.port}/{repo}:no-such-tag"
         profiles = [
-            {"display_name": "pull", "slug": "pull",
-             "berth_override": {"image": image, "cmd": TINY_CMD, "pull_policy": "always"}},
-            {"display_name": "bad pull", "slug": "badpull",
-             "berth_override": {"image": missing, "cmd": TINY_CMD, "pull_policy": "always"}},
+            {
+                "display_name": "pull",
+                "slug": "pull",
+                "berth_override": {"image": image, "cmd": TINY_CMD, "pull_policy": "always"},
+            },
+            {
+                "display_name": "bad pull",
+                "slug": "badpull",
+                "berth_override": {"image": missing, "cmd": TINY_CMD, "pull_policy": "always"},
+            },
             {"display_name": "crash", "slug": "crash", "berth_override": {"image": TINY, "cmd": CRASH_CMD}},
         ]
         extra = (

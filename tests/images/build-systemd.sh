@@ -21,10 +21,13 @@ trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
 echo "build-systemd: debootstrapping bookworm with systemd" >&2
 # systemd-sysv: /sbin/init; dbus: what a Debian server has, and systemctl's usual path.
+# docker.io: the node's own engine, a unit of this systemd, so that berth-pin's pins (made in
+# PID 1's mount namespace) and the containers' /proc/<pid> (which berth-pin checks) are where
+# dockerd and berth-pin see them, as on a real node; the host's engine is outside both.
 # The berth package's dependencies beyond this minimal system (procps) are only downloaded, and
 # apt's lists and cache kept: tests/package installs with `apt-get install --no-download
 # ./berth_*.deb`, as an operator would, and the image is missing what the package must depend on.
-mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus --skip=cleanup/apt \
+mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus,docker.io --skip=cleanup/apt \
   --customize-hook='chroot "$1" apt-get install --download-only -y -qq procps >/dev/null' \
   bookworm "$rootfs"
 # A container boots without consoles, udev or a network to wait for: mask what would only fail
@@ -37,6 +40,10 @@ done
 # Stop at multi-user.target; no machine-id is fine (systemd makes a transient one at boot).
 ln -sf /lib/systemd/system/multi-user.target "$rootfs/etc/systemd/system/default.target"
 rm -f "$rootfs/etc/machine-id"
+# The inner engine's data root is a volume of the host's (tests/package): vfs works on any file
+# system, where overlay on the host's overlay or fuse-overlayfs does not; its images are tiny.
+mkdir -p "$rootfs/etc/docker"
+echo '{"storage-driver": "vfs"}' > "$rootfs/etc/docker/daemon.json"
 tar -C "$rootfs" -c . | docker import \
   --change 'ENV container=docker' \
   --change 'CMD ["/lib/systemd/systemd"]' \

@@ -97,7 +97,9 @@ class Timer:
         if r.status_code == 202:
             stream = requests.get(
                 f"{self.hub.url}/hub/api/users/{user}/server/progress",
-                headers={"Authorization": f"token {self.hub.token}"}, stream=True, timeout=timeout,
+                headers={"Authorization": f"token {self.hub.token}"},
+                stream=True,
+                timeout=timeout,
             )
             ok = False
             for line in stream.iter_lines(decode_unicode=True):
@@ -346,7 +348,11 @@ def main():
                     meter = CpuMeter(pids)
                     res[name] = run_scenario(timers[name], users, conc)
                     cpu[(label, name)] = (meter.stop(), len(users))
-                    print(f"bench: {label} / {name}: spawns {res[name][0]} stops {res[name][1]}", file=sys.stderr, flush=True)
+                    print(
+                        f"bench: {label} / {name}: spawns {res[name][0]} stops {res[name][1]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     loads.append(f"{label} / {name}: 1-min load {before:.2f} → {os.getloadavg()[0]:.2f}")
                 rows.append((label, res))
             bd = [breakdown(berth_hub, node, u) for u in ("anatomy", "tinyanatomy")]
@@ -429,7 +435,7 @@ def replace_section(path, name, text):
     with open(path) as f:
         old = f.read()
     if begin in old and end in old:
-        new = old[: old.index(begin)] + begin + text + old[old.index(end):]
+        new = old[: old.index(begin)] + begin + text + old[old.index(end) :]
     else:
         new = old.rstrip("\n") + "\n\n" + begin + text + end
     with open(path, "w") as f:
@@ -448,7 +454,7 @@ def breakdown_table(user, t0, t_ready, events, log):
         marks.append(("hub: its own HTTP check of the server answered", up))
     took = hub_time(log, f"User {user} took")
     if took:
-        marks.append(("hub: spawn done (\"took … seconds\")", took))
+        marks.append(('hub: spawn done ("took … seconds")', took))
     marks.append(("client: `ready` on the progress stream", t_ready))
     marks.sort(key=lambda m: m[1])
     out = [

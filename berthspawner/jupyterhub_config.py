@@ -11,12 +11,12 @@ c.JupyterHub.spawner_class = "berth"
 # with a client CA (mutual TLS) and/or a bearer token; the files are read on the hub.
 c.BerthSpawner.nodes = [
     {
-        "name": "node-1",                      # as in the node's berthd config (node_id)
+        "name": "node-1",  # as in the node's berthd config (node_id)
         "address": "node-1.example.org:50051",  # CHANGE ME
-        "ca_file": "/etc/jupyterhub/berth/ca.pem",          # CA of the nodes' server certificates
-        "cert_file": "/etc/jupyterhub/berth/hub.pem",       # this hub's client certificate
+        "ca_file": "/etc/jupyterhub/berth/ca.pem",  # CA of the nodes' server certificates
+        "cert_file": "/etc/jupyterhub/berth/hub.pem",  # this hub's client certificate
         "key_file": "/etc/jupyterhub/berth/hub.key",
-        "token_file": "/etc/jupyterhub/berth/token",        # same token as the node's token_file
+        "token_file": "/etc/jupyterhub/berth/token",  # same token as the node's token_file
     },
     {
         "name": "node-2",

@@ -28,7 +28,9 @@ def images_as_dict(value):
         return {str(i): str(i) for i in value}
     if isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
-    raise ValueError(f"allowed_images must be a list, a dict, '*' or a callable returning one, not {type(value).__name__}")
+    raise ValueError(
+        f"allowed_images must be a list, a dict, '*' or a callable returning one, not {type(value).__name__}"
+    )
 
 
 def allowed_images(spawner):
@@ -66,7 +68,7 @@ def _profile_options(profile, chosen):
         picked = chosen.get(name) if chosen.get("profile") == slug else None
         choices = "\n".join(
             f'        <option value="{escape(key)}"'
-            f'{" selected" if (key == picked if picked else choice.get("default")) else ""}>'
+            f"{' selected' if (key == picked if picked else choice.get('default')) else ''}>"
             f"{escape(choice.get('display_name', key))}</option>"
             for key, choice in option["choices"].items()
         )
@@ -107,7 +109,7 @@ def profile_list(profiles, user_options=None):
         items.append(
             f'  <label class="berth-profile" for="berth-profile-{escape(slug)}">\n'
             f'    <input type="radio" name="profile" id="berth-profile-{escape(slug)}" value="{escape(slug)}"'
-            f'{" checked" if checked else ""}>\n'
+            f"{' checked' if checked else ''}>\n"
             f"    <strong>{escape(p['display_name'])}</strong>{description}"
             + (f"\n{options}" if options else "")
             + "\n  </label>"
@@ -134,7 +136,7 @@ def to_user_options(formdata):
         if key == "profile" or key.startswith("_"):
             continue
         if key.startswith(OPTION_PREFIX):
-            slug, sep, name = key[len(OPTION_PREFIX):].partition("--")
+            slug, sep, name = key[len(OPTION_PREFIX) :].partition("--")
             if sep and slug == profile:
                 out[name] = single(value)
             continue

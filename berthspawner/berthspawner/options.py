@@ -15,26 +15,50 @@ from ._proto.berth.v1 import spawner_pb2 as pb
 # The typed fields, as `extra_container_options` names them (the proto's names; sizes in bytes
 # or with a K/M/G/T suffix as DockerSpawner's mem_limit takes them).
 FIELDS = {
-    "user", "group_add", "working_dir", "shm_size", "pids_limit", "ulimits", "extra_hosts", "dns",
-    "dns_search", "read_only_rootfs", "tmpfs", "network_name", "post_start_cmd", "labels",
+    "user",
+    "group_add",
+    "working_dir",
+    "shm_size",
+    "pids_limit",
+    "ulimits",
+    "extra_hosts",
+    "dns",
+    "dns_search",
+    "read_only_rootfs",
+    "tmpfs",
+    "network_name",
+    "post_start_cmd",
+    "labels",
 }
 # DockerSpawner's extra_host_config keys (docker-py's create_host_config) berth types, and
 # extra_create_kwargs keys (docker-py's create_container): each maps to one field.
 HOST_CONFIG_KEYS = {
-    "shm_size": "shm_size", "pids_limit": "pids_limit", "ulimits": "ulimits", "extra_hosts": "extra_hosts",
-    "dns": "dns", "dns_search": "dns_search", "group_add": "group_add", "read_only": "read_only_rootfs",
-    "tmpfs": "tmpfs", "network_mode": "network_name",
+    "shm_size": "shm_size",
+    "pids_limit": "pids_limit",
+    "ulimits": "ulimits",
+    "extra_hosts": "extra_hosts",
+    "dns": "dns",
+    "dns_search": "dns_search",
+    "group_add": "group_add",
+    "read_only": "read_only_rootfs",
+    "tmpfs": "tmpfs",
+    "network_mode": "network_name",
 }
 CREATE_KWARGS_KEYS = {"user": "user", "working_dir": "working_dir", "labels": "labels"}
 # Keys of the two that mean one of the spawner's own options: read as that option at each start
 # (they win over it, as in DockerSpawner, where they update the host config and create kwargs).
 HOST_CONFIG_AS_TRAITS = {
-    "mem_limit", "memory", "mem_reservation", "nano_cpus", "cpu_quota", "cpu_period", "device_requests",
+    "mem_limit",
+    "memory",
+    "mem_reservation",
+    "nano_cpus",
+    "cpu_quota",
+    "cpu_period",
+    "device_requests",
 }
 CREATE_KWARGS_AS_TRAITS = {"command"}
 _WHY_NOT = (
-    "berth has no raw Docker options (the node's policy must be able to check every one); "
-    "the typed options are {}"
+    "berth has no raw Docker options (the node's policy must be able to check every one); the typed options are {}"
 )
 
 
@@ -42,8 +66,13 @@ _WHY_NOT = (
 # the refusal names the option. (`environment` would replace the hub's own variables, the API
 # token among them; `binds` are raw host paths the node's policy could not check as volumes.)
 _ELSEWHERE = {
-    "cpu_shares": "cpu_guarantee", "binds": "volumes", "volumes": "volumes", "mounts": "volumes",
-    "environment": "environment", "image": "image", "port_bindings": "container_port",
+    "cpu_shares": "cpu_guarantee",
+    "binds": "volumes",
+    "volumes": "volumes",
+    "mounts": "volumes",
+    "environment": "environment",
+    "image": "image",
+    "port_bindings": "container_port",
 }
 
 
@@ -100,8 +129,10 @@ def _unknown(trait, value, known):
     if bad:
         instead = [f"{k!r} is BerthSpawner.{_ELSEWHERE[k]}" for k in bad if k in _ELSEWHERE]
         hint = f" ({'; '.join(instead)})" if instead else ""
-        raise TraitError(f"BerthSpawner.{trait}: {', '.join(map(repr, bad))} not supported{hint}: "
-                         + _WHY_NOT.format(", ".join(sorted(known))))
+        raise TraitError(
+            f"BerthSpawner.{trait}: {', '.join(map(repr, bad))} not supported{hint}: "
+            + _WHY_NOT.format(", ".join(sorted(known)))
+        )
 
 
 def _bytes(name, v):
@@ -202,7 +233,7 @@ class ContainerOptions(Configurable):
         default_value={},
         config=True,
         help=f"""DockerSpawner's extra_host_config, its typed keys only: {sorted(HOST_CONFIG_KEYS)}.
-        Other keys are refused: {_WHY_NOT.format('the keys of extra_container_options')}. A
+        Other keys are refused: {_WHY_NOT.format("the keys of extra_container_options")}. A
         callable(spawner) -> dict is evaluated at each start.""",
     )
     extra_create_kwargs = Union(
@@ -280,7 +311,9 @@ class ContainerOptions(Configurable):
         host_config, create_kwargs = await self._docker_kwargs()
         for trait, value in trait_values(host_config, create_kwargs).items():
             if getattr(self, trait) != value:
-                self.log.info("berth: %s's %s from extra_host_config/extra_create_kwargs: %r", self._log_name, trait, value)
+                self.log.info(
+                    "berth: %s's %s from extra_host_config/extra_create_kwargs: %r", self._log_name, trait, value
+                )
                 self._profile_saved.setdefault(trait, getattr(self, trait))
                 setattr(self, trait, value)
 

@@ -85,8 +85,7 @@ def from_capacity(name, c, pushed=False):
         max_servers=c.max_servers,
         images=list(c.images),
         devices={
-            getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)}
-            for d in c.devices
+            getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)} for d in c.devices
         },
         labels=dict(c.labels),
     )

@@ -71,9 +71,7 @@ def prepull_at_start(c):
     configuration file inside its event loop). Returns the task, or None when there is nothing
     to do or no running loop (a `jupyterhub` subcommand that only reads the configuration)."""
     cfg = c.BerthSpawner
-    images = configured_images(
-        cfg.get("image", ""), cfg.get("allowed_images", []), cfg.get("prepull_images", [])
-    )
+    images = configured_images(cfg.get("image", ""), cfg.get("allowed_images", []), cfg.get("prepull_images", []))
     nodes = list(cfg.get("nodes", []))
     if not images or not nodes:
         return None

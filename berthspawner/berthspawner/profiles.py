@@ -8,21 +8,43 @@ import copy
 import inspect
 import re
 
-PROFILE_KEYS = {"display_name", "slug", "description", "default", "berth_override", "kubespawner_override",
-                "profile_options"}
+PROFILE_KEYS = {
+    "display_name",
+    "slug",
+    "description",
+    "default",
+    "berth_override",
+    "kubespawner_override",
+    "profile_options",
+}
 OPTION_KEYS = {"display_name", "choices", "unlisted_choice"}
 CHOICE_KEYS = {"display_name", "default", "berth_override", "kubespawner_override"}
-UNLISTED_KEYS = {"enabled", "display_name", "display_name_in_choices", "validation_regex", "validation_message",
-                 "berth_override", "kubespawner_override"}
+UNLISTED_KEYS = {
+    "enabled",
+    "display_name",
+    "display_name_in_choices",
+    "validation_regex",
+    "validation_message",
+    "berth_override",
+    "kubespawner_override",
+}
 # The user_options value (and form choice) that picks an option's unlisted choice, and the key
 # suffix of the value typed in (KubeSpawner's names).
 UNLISTED = "unlisted-choice"
 # KubeSpawner's override keys that mean the same here: key -> BerthSpawner trait.
 KUBESPAWNER_KEYS = {
-    "image": "image", "image_pull_policy": "pull_policy", "cpu_limit": "cpu_limit",
-    "cpu_guarantee": "cpu_guarantee", "mem_limit": "mem_limit", "mem_guarantee": "mem_guarantee",
-    "node_selector": "node_selector", "environment": "environment", "cmd": "cmd", "args": "args",
-    "default_url": "default_url", "start_timeout": "start_timeout",
+    "image": "image",
+    "image_pull_policy": "pull_policy",
+    "cpu_limit": "cpu_limit",
+    "cpu_guarantee": "cpu_guarantee",
+    "mem_limit": "mem_limit",
+    "mem_guarantee": "mem_guarantee",
+    "node_selector": "node_selector",
+    "environment": "environment",
+    "cmd": "cmd",
+    "args": "args",
+    "default_url": "default_url",
+    "start_timeout": "start_timeout",
 }
 # Extended resources KubeSpawner asks for that berth counts: the GPUs of `gpu_class`.
 GPU_RESOURCES = {"nvidia.com/gpu", "amd.com/gpu"}
@@ -69,8 +91,10 @@ def from_kubespawner(where, override):
         elif key in ("extra_resource_limits", "extra_resource_guarantees") and isinstance(value, dict):
             other = sorted(set(value) - GPU_RESOURCES)
             if other:
-                raise ProfileError(f"{where}: kubespawner_override {key} {other[0]!r} has no meaning here (berth counts GPUs: "
-                                   f"{', '.join(sorted(GPU_RESOURCES))})")
+                raise ProfileError(
+                    f"{where}: kubespawner_override {key} {other[0]!r} has no meaning here (berth counts GPUs: "
+                    f"{', '.join(sorted(GPU_RESOURCES))})"
+                )
             if value:
                 out["gpus"] = max(int(v) for v in value.values())
         else:

@@ -25,14 +25,18 @@ def allowed_image(spawner, choice):
     """The image the user's `choice` stands for (DockerSpawner's check_allowed): a display name
     of `allowed_images`, or any image under "*"; else a 400 naming the choices."""
     if not isinstance(choice, str):
-        raise SpawnException(f"user_options image must be a string, not {type(choice).__name__}", reason="image", status_code=400)
+        raise SpawnException(
+            f"user_options image must be a string, not {type(choice).__name__}", reason="image", status_code=400
+        )
     allowed = form.allowed_images(spawner)
     if allowed == "*":
         return choice
     if choice in allowed:
         return allowed[choice]
     if not allowed:
-        raise SpawnException("Choosing an image is not allowed here (allowed_images is empty)", reason="image", status_code=400)
+        raise SpawnException(
+            "Choosing an image is not allowed here (allowed_images is empty)", reason="image", status_code=400
+        )
     raise SpawnException(
         f"image {choice!r} is not allowed; choose one of: {', '.join(allowed)}", reason="image", status_code=400
     )
@@ -47,10 +51,12 @@ _HONOURED_PROPAGATION = {"private", "rprivate"}
 _REFUSED_MODES = {
     "z": "SELinux relabelling (z/Z) is not done by berth's nodes (they run without SELinux labels)",
     "Z": "SELinux relabelling (z/Z) is not done by berth's nodes (they run without SELinux labels)",
-    **{p: "a host path is mounted through a private pin of the checked directory (so no symlink "
-          "swapped in later is followed), and mounts made under it later do not propagate; "
-          "berth's mounts are rprivate"
-       for p in ("shared", "rshared", "slave", "rslave")},
+    **{
+        p: "a host path is mounted through a private pin of the checked directory (so no symlink "
+        "swapped in later is followed), and mounts made under it later do not propagate; "
+        "berth's mounts are rprivate"
+        for p in ("shared", "rshared", "slave", "rslave")
+    },
     **{c: "consistency modes are Docker Desktop's, not a node's" for c in ("consistent", "cached", "delegated")},
     "nocopy": "berth's nodes always copy the image's files into a new volume",
 }

@@ -303,9 +303,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         if hub_trust:
             with open(hub_trust, "rb") as f:
                 server_ca = f.read()
-        self._certs = pb.InternalSsl(
-            key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"], server_ca=server_ca
-        )
+        self._certs = pb.InternalSsl(key=pem["keyfile"], cert=pem["certfile"], ca=pem["cafile"], server_ca=server_ca)
         return dict(self.CERT_PATHS)
 
     @default("cmd")
@@ -435,7 +433,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             rest = [] if affinity == "required" else [n for n in nodes if n.name != home]
             return at_home + rest
         prefix = f"{home}: "
-        why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "not one of this hub's nodes")
+        why = next((r[len(prefix) :] for r in reasons if r.startswith(prefix)), "not one of this hub's nodes")
         self._away_from_home(affinity, home, why)
         return nodes
 
@@ -462,7 +460,9 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             cur = await node.call("GetState", pb.GetStateRequest(key=self._key()), self.rpc_timeout)
             await node.call(
                 "PutState",
-                pb.PutStateRequest(key=self._key(), blob=json.dumps(blob, default=str).encode(), expected_version=cur.version),
+                pb.PutStateRequest(
+                    key=self._key(), blob=json.dumps(blob, default=str).encode(), expected_version=cur.version
+                ),
                 self.rpc_timeout,
             )
         except grpc.aio.AioRpcError as e:
@@ -509,9 +509,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             pending = node.unreflected() if c.pushed else node.inflight
             c.inflight = len(pending)
             c.inflight_memory = sum(d.memory for d in pending.values())
-            c.inflight_gpus = sum(
-                d.gpus for d in pending.values() if d.gpus and d.device_class == demand.device_class
-            )
+            c.inflight_gpus = sum(d.gpus for d in pending.values() if d.gpus and d.device_class == demand.device_class)
         ordered, reasons = placement.rank(answers, demand, self.placement, spawner=self)
         by_name = {n.name: n for n in nodes}
         return [by_name[c.name] for c in ordered], reasons
@@ -526,7 +524,9 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             if st.state in (State.RUNNING, State.STARTING):
                 self.log.warning(
                     "berth: %s has a server unknown to the hub on %s (spawn %s); replacing it",
-                    self._log_name, node.name, st.spawn_id,
+                    self._log_name,
+                    node.name,
+                    st.spawn_id,
                 )
                 await node.call("Stop", pb.StopRequest(key=self._key(), now=True, remove=True), self.rpc_timeout)
 
@@ -632,7 +632,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         self.node_name = ""
         if affinity == "required" and self.home_node:
             prefix = f"{self.home_node}: "
-            why = next((r[len(prefix):] for r in reasons if r.startswith(prefix)), "it refused the server")
+            why = next((r[len(prefix) :] for r in reasons if r.startswith(prefix)), "it refused the server")
             self._away_from_home(affinity, self.home_node, why)
         why = "; ".join(reasons) or "no node answered"
         if lacking and len(lacking) == self._attempt:
@@ -744,12 +744,17 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                 if down < self.unreachable_grace:
                     self.log.warning(
                         "berth: node %s unreachable for %.0fs; assuming %s still runs",
-                        node.name, down, self._log_name,
+                        node.name,
+                        down,
+                        self._log_name,
                     )
                     return None
                 self.log.error(
                     "berth: node %s unreachable for %.0fs (unreachable_grace %.0fs); %s is taken as gone",
-                    node.name, down, self.unreachable_grace, self._log_name,
+                    node.name,
+                    down,
+                    self.unreachable_grace,
+                    self._log_name,
                 )
                 return 1
         if status.state == State.ABSENT:
@@ -818,7 +823,9 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             try:
                 await node.call("Stop", pb.StopRequest(key=key, now=True, remove=True), self.rpc_timeout)
             except grpc.aio.AioRpcError as e:
-                self.log.warning("berth: rename of %s: cleaning %s on %s: %s", self._log_name, old_name, node.name, e.code().name)
+                self.log.warning(
+                    "berth: rename of %s: cleaning %s on %s: %s", self._log_name, old_name, node.name, e.code().name
+                )
 
         await asyncio.gather(*(on(n) for n in self._nodes()))
 

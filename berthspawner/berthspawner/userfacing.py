@@ -23,8 +23,7 @@ PULL_FAILED = (
     "and if it keeps failing, tell your administrator."
 )
 START_FAILED = (
-    "Your server stopped while it was starting; please try again, and if it keeps happening, "
-    "tell your administrator."
+    "Your server stopped while it was starting; please try again, and if it keeps happening, tell your administrator."
 )
 NO_ROOM = "There is no room for your server right now; please try again in a few minutes."
 IMAGE_MISSING = (

@@ -20,8 +20,9 @@ class FakeNode(pb_grpc.SpawnerServicer):
     does. `fail` maps a method name to a (code, details[, reason[, metadata]]) it answers
     instead; with a reason, the answer carries it as berthd's ErrorInfo."""
 
-    def __init__(self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0,
-                 labels=None):
+    def __init__(
+        self, name, memory_free=8 * GIB, max_servers=0, running=0, draining=False, start_delay=0.0, labels=None
+    ):
         self.name = name
         self.labels = labels or {}
         # Every StartRequest received, in order.
@@ -103,7 +104,11 @@ class FakeNode(pb_grpc.SpawnerServicer):
         key = (request.key.user, request.key.server_name)
         cid = f"{self.name}-{request.spawn_id[:8]}"
         self.servers[key] = pb.ServerStatus(
-            key=request.key, state=State.RUNNING, container_id=cid, spawn_id=request.spawn_id, node_id=self.name,
+            key=request.key,
+            state=State.RUNNING,
+            container_id=cid,
+            spawn_id=request.spawn_id,
+            node_id=self.name,
             image=request.image,
         )
         self.running += 1
@@ -115,7 +120,9 @@ class FakeNode(pb_grpc.SpawnerServicer):
                 name = v.source.replace("{user}", request.key.user).replace("{server}", request.key.server_name)
                 server = request.key.server_name if "{server}" in v.source else ""
                 self.volumes[name] = (request.key.user, server, len(self.calls))
-        return pb.StartResponse(url=f"http://{self.name}:1", container_id=cid, node_id=self.name, spawn_id=request.spawn_id)
+        return pb.StartResponse(
+            url=f"http://{self.name}:1", container_id=cid, node_id=self.name, spawn_id=request.spawn_id
+        )
 
     async def ListVolumes(self, request, context):
         await self._enter("ListVolumes", context)
@@ -149,11 +156,15 @@ class FakeNode(pb_grpc.SpawnerServicer):
 
     async def Poll(self, request, context):
         await self._enter("Poll", context)
-        return self.status(request.key.user, request.key.server_name) or pb.ServerStatus(key=request.key, state=State.ABSENT)
+        return self.status(request.key.user, request.key.server_name) or pb.ServerStatus(
+            key=request.key, state=State.ABSENT
+        )
 
     async def List(self, request, context):
         await self._enter("List", context)
-        return pb.ListResponse(servers=[s for (u, _), s in self.servers.items() if u == request.user or not request.user])
+        return pb.ListResponse(
+            servers=[s for (u, _), s in self.servers.items() if u == request.user or not request.user]
+        )
 
     async def Stop(self, request, context):
         await self._enter("Stop", context)

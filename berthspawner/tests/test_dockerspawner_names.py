@@ -22,14 +22,22 @@ def made(config, user="alice"):
 
 @pytest.mark.parametrize(
     "mem_limit, expected",
-    [("1G", GIB), (1_000_000, 1_000_000), (None, None), (lambda s: None, None), (lambda s: "2G", 2 * GIB),
-     (lambda s: 1_000_000, 1_000_000)],
+    [
+        ("1G", GIB),
+        (1_000_000, 1_000_000),
+        (None, None),
+        (lambda s: None, None),
+        (lambda s: "2G", 2 * GIB),
+        (lambda s: 1_000_000, 1_000_000),
+    ],
 )
 def test_mem_limit_takes_a_callable_of_the_spawner_evaluated_to_bytes(mem_limit, expected):
     assert BerthSpawner(mem_limit=mem_limit).mem_limit == expected
 
 
-@pytest.mark.parametrize("cpu_limit, expected", [(1, 1), (None, None), (1.5, 1.5), (lambda s: None, None), (lambda s: 2, 2)])
+@pytest.mark.parametrize(
+    "cpu_limit, expected", [(1, 1), (None, None), (1.5, 1.5), (lambda s: None, None), (lambda s: 2, 2)]
+)
 def test_cpu_limit_takes_a_callable_of_the_spawner(cpu_limit, expected):
     assert BerthSpawner(cpu_limit=cpu_limit).cpu_limit == expected
 
@@ -40,7 +48,9 @@ def test_a_callable_limit_sees_the_user_and_a_failing_one_fails_only_its_own_spa
     c.DockerSpawner.cpu_limit = lambda s: {"alice": 2.5}.get(s.user.name, 1)
     a = made(c, "alice")
     assert (a.mem_limit, a.cpu_limit) == (4 * GIB, 2.5)
-    with pytest.raises(TraitError, match=r"BerthSpawner.mem_limit: the callable raised KeyError\('carol'\) for user 'carol'"):
+    with pytest.raises(
+        TraitError, match=r"BerthSpawner.mem_limit: the callable raised KeyError\('carol'\) for user 'carol'"
+    ):
         made(c, "carol")
     # The same config still makes the next user's spawner.
     b = made(c, "bob")
@@ -57,10 +67,13 @@ def test_image_whitelist_is_allowed_images_with_dockerspawners_warning(caplog):
     c.DockerSpawner.image_whitelist = {"1.0": "jupyterhub/singleuser:1.0"}
     log = logging.getLogger("berth-test-whitelist")
     s = BerthSpawner(config=c, log=log)
-    assert caplog.record_tuples == [(
-        log.name, logging.WARNING,
-        "DockerSpawner.image_whitelist is deprecated in DockerSpawner 12.0, use DockerSpawner.allowed_images instead",
-    )]
+    assert caplog.record_tuples == [
+        (
+            log.name,
+            logging.WARNING,
+            "DockerSpawner.image_whitelist is deprecated in DockerSpawner 12.0, use DockerSpawner.allowed_images instead",
+        )
+    ]
     assert s.allowed_images == {"1.0": "jupyterhub/singleuser:1.0"}
     caplog.clear()
     c.DockerSpawner.allowed_images = {"1.0": "jupyterhub/singleuser:1.0"}
@@ -129,18 +142,28 @@ def test_raw_username_goes_into_a_path_as_is_and_into_a_volume_name_only_when_do
 
 @pytest.mark.parametrize(
     "target, refused",
-    [({"bind": "/data", "mode": "z"}, "mode 'z' is not supported: SELinux"),
-     ({"bind": "/data", "mode": "ro,Z"}, "mode 'Z' is not supported: SELinux"),
-     ({"bind": "/data", "mode": "rslave"}, "mode 'rslave' is not supported: a host path is mounted through a private pin"),
-     ({"bind": "/data", "propagation": "rshared"}, "mode 'rshared' is not supported: .* berth's mounts are rprivate"),
-     ({"bind": "/data", "ro": "yes"}, "ro must be True or False"),
-     ({"bind": "/data", "mode": "nocopy"}, "mode 'nocopy' is not supported: berth's nodes always copy"),
-     ({"mode": "ro"}, "has no bind")],
+    [
+        ({"bind": "/data", "mode": "z"}, "mode 'z' is not supported: SELinux"),
+        ({"bind": "/data", "mode": "ro,Z"}, "mode 'Z' is not supported: SELinux"),
+        (
+            {"bind": "/data", "mode": "rslave"},
+            "mode 'rslave' is not supported: a host path is mounted through a private pin",
+        ),
+        (
+            {"bind": "/data", "propagation": "rshared"},
+            "mode 'rshared' is not supported: .* berth's mounts are rprivate",
+        ),
+        ({"bind": "/data", "ro": "yes"}, "ro must be True or False"),
+        ({"bind": "/data", "mode": "nocopy"}, "mode 'nocopy' is not supported: berth's nodes always copy"),
+        ({"mode": "ro"}, "has no bind"),
+    ],
 )
 def test_volume_modes_berth_cannot_honour_are_refused_by_name_at_config_load(target, refused):
     c = Config()
     c.DockerSpawner.volumes = {"data-{username}": target}
-    with pytest.raises(TraitError, match=r"BerthSpawner.volumes\['data-\{username\}'\]: " + refused.replace("(", r"\(")):
+    with pytest.raises(
+        TraitError, match=r"BerthSpawner.volumes\['data-\{username\}'\]: " + refused.replace("(", r"\(")
+    ):
         made(c)
     c = Config()
     c.DockerSpawner.read_only_volumes = {"/srv/shared": target}
@@ -151,12 +174,24 @@ def test_volume_modes_berth_cannot_honour_are_refused_by_name_at_config_load(tar
 def test_volume_modes_ro_and_rw_are_the_read_only_flag():
     from berthspawner import request
 
-    s = BerthSpawner(volumes={"a": {"bind": "/a", "mode": "ro"}, "b": {"bind": "/b", "mode": "rw"}, "c": "/c",
-                              "d": {"bind": "/d", "ro": True}, "e": {"bind": "/e", "mode": "ro,rprivate"},
-                              "f": {"bind": "/f", "propagation": "private"}})
+    s = BerthSpawner(
+        volumes={
+            "a": {"bind": "/a", "mode": "ro"},
+            "b": {"bind": "/b", "mode": "rw"},
+            "c": "/c",
+            "d": {"bind": "/d", "ro": True},
+            "e": {"bind": "/e", "mode": "ro,rprivate"},
+            "f": {"bind": "/f", "propagation": "private"},
+        }
+    )
     assert [(v.source, v.target, v.read_only) for v in request.volumes(s.volumes)] == [
-        ("a", "/a", True), ("b", "/b", False), ("c", "/c", False), ("d", "/d", True), ("e", "/e", True),
-        ("f", "/f", False)], "docker-py's ro key; private propagation is what berth's mounts have"
+        ("a", "/a", True),
+        ("b", "/b", False),
+        ("c", "/c", False),
+        ("d", "/d", True),
+        ("e", "/e", True),
+        ("f", "/f", False),
+    ], "docker-py's ro key; private propagation is what berth's mounts have"
 
 
 def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hub():
@@ -170,8 +205,11 @@ def test_spawn_exception_carries_status_reason_and_the_users_message_on_every_hu
 
 def test_a_docker_key_berth_has_under_another_option_is_refused_naming_that_option():
     for trait, value, says in [
-        ("extra_host_config", {"binds": ["/srv:/srv"], "cpu_shares": 512},
-         "'binds' is BerthSpawner.volumes; 'cpu_shares' is BerthSpawner.cpu_guarantee"),
+        (
+            "extra_host_config",
+            {"binds": ["/srv:/srv"], "cpu_shares": 512},
+            "'binds' is BerthSpawner.volumes; 'cpu_shares' is BerthSpawner.cpu_guarantee",
+        ),
         ("extra_create_kwargs", {"environment": {"A": "1"}}, "'environment' is BerthSpawner.environment"),
     ]:
         c = Config()

@@ -14,7 +14,9 @@ def test_the_example_config_is_accepted_by_the_spawner(tmp_path):
     cfg = PyFileConfigLoader(os.path.basename(EXAMPLE), os.path.dirname(EXAMPLE)).load_config()
     assert cfg.JupyterHub.spawner_class == "berth"
     # Its credential files are the operator's: missing here, which the spawner refuses.
-    with pytest.raises(TraitError, match=r"nodes\[0\] \('node-1'\): ca_file /etc/jupyterhub/berth/ca.pem cannot be read"):
+    with pytest.raises(
+        TraitError, match=r"nodes\[0\] \('node-1'\): ca_file /etc/jupyterhub/berth/ca.pem cannot be read"
+    ):
         spawner(None, config=cfg)
     for node in cfg.BerthSpawner.nodes:
         for k in ("ca_file", "cert_file", "key_file", "token_file"):

@@ -74,10 +74,15 @@ def test_a_callable_policy_orders_the_fitting_nodes():
 
 def gpu_nodes():
     return [
-        Candidate(name="one", memory_free=64 * GIB, cpu_free=8,
-                  devices={"gpu": {"free": 1, "total": 1, "models": ["FakeGPU"]}}),
-        Candidate(name="two", memory_free=8 * GIB, cpu_free=8,
-                  devices={"gpu": {"free": 2, "total": 2, "models": ["FakeGPU"]}}),
+        Candidate(
+            name="one",
+            memory_free=64 * GIB,
+            cpu_free=8,
+            devices={"gpu": {"free": 1, "total": 1, "models": ["FakeGPU"]}},
+        ),
+        Candidate(
+            name="two", memory_free=8 * GIB, cpu_free=8, devices={"gpu": {"free": 2, "total": 2, "models": ["FakeGPU"]}}
+        ),
         Candidate(name="none", memory_free=64 * GIB, cpu_free=8),
     ]
 

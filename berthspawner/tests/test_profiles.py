@@ -133,12 +133,14 @@ async def test_the_chosen_profile_sets_image_limits_selector_and_any_option_on_t
     assert (r.resources.cpu_limit, r.resources.cpu_guarantee) == (4.0, 1.0), "the option's default choice"
     assert s.stop_grace == 33, "any BerthSpawner option"
     assert sorted((v.source, v.target) for v in r.volumes) == [
-        ("home-{user}", "/home/alice"), ("scratch-{user}", "/scratch")], "dicts are merged"
+        ("home-{user}", "/home/alice"),
+        ("scratch-{user}", "/scratch"),
+    ], "dicts are merged"
 
 
 @run
 async def test_a_profile_does_not_leak_into_the_next_start_with_another():
-    node, = await up(FakeNode("n", labels={"gpu": "a100"}))
+    (node,) = await up(FakeNode("n", labels={"gpu": "a100"}))
     s = spawner([node], image="base:1", profile_list=PROFILES)
     s.user_options = {"profile": "gpu", "size": "s"}
     await s.start()
@@ -153,9 +155,12 @@ async def test_a_profile_does_not_leak_into_the_next_start_with_another():
 
 @run
 async def test_a_none_in_a_dict_override_removes_that_entry():
-    node, = await up(FakeNode("n"))
-    s = spawner([node], volumes={"home-{user}": "/home/jovyan", "shared": "/shared"},
-                profile_list=[{"display_name": "Alone", "berth_override": {"volumes": {"shared": None}}}])
+    (node,) = await up(FakeNode("n"))
+    s = spawner(
+        [node],
+        volumes={"home-{user}": "/home/jovyan", "shared": "/shared"},
+        profile_list=[{"display_name": "Alone", "berth_override": {"volumes": {"shared": None}}}],
+    )
     await s.start()
     assert [v.source for v in node.starts[-1].volumes] == ["home-{user}"]
     assert list(s.volumes) == ["home-{user}"]
@@ -167,7 +172,7 @@ async def test_a_none_in_a_dict_override_removes_that_entry():
 
 @run
 async def test_a_spawner_made_after_a_hub_restart_stops_its_server_as_the_profile_says():
-    node, = await up(FakeNode("n"))
+    (node,) = await up(FakeNode("n"))
     keep = [{"display_name": "Throwaway", "slug": "tmp", "berth_override": {"remove": True, "stop_grace": 3}}]
     first = spawner([node], remove=False, profile_list=keep)
     first.user_options = {"profile": "tmp"}
@@ -182,7 +187,7 @@ async def test_a_spawner_made_after_a_hub_restart_stops_its_server_as_the_profil
 
 @run
 async def test_no_profile_chosen_is_the_default_profile():
-    node, = await up(FakeNode("n"))
+    (node,) = await up(FakeNode("n"))
     s = spawner([node], profile_list=PROFILES)
     await s.start()
     assert node.starts[-1].resources.mem_limit_bytes == GIB
@@ -190,7 +195,7 @@ async def test_no_profile_chosen_is_the_default_profile():
 
 @run
 async def test_an_unknown_profile_or_choice_is_a_400_naming_it_and_nothing_starts():
-    node, = await up(FakeNode("n"))
+    (node,) = await up(FakeNode("n"))
     for opts, says in [
         ({"profile": "huge"}, "unknown profile 'huge'; choose one of: small, gpu, h100"),
         ({"profile": "gpu", "size": "xl"}, "unknown size 'xl'; choose one of: s, l"),
@@ -205,7 +210,7 @@ async def test_an_unknown_profile_or_choice_is_a_400_naming_it_and_nothing_start
 
 @run
 async def test_an_override_of_an_unknown_option_is_a_500_naming_it():
-    node, = await up(FakeNode("n"))
+    (node,) = await up(FakeNode("n"))
     s = spawner([node], profile_list=[{"display_name": "X", "berth_override": {"mem_limt": "1G"}}])
     with pytest.raises(SpawnException) as e:
         await s.start()
@@ -315,8 +320,10 @@ KUBE = [
                 "display_name": "Image",
                 "choices": {
                     "base": {"display_name": "Base", "kubespawner_override": {"image": "base:1"}},
-                    "gpu": {"display_name": "GPU", "kubespawner_override": {
-                        "image": "gpu:1", "extra_resource_limits": {"nvidia.com/gpu": "1"}}},
+                    "gpu": {
+                        "display_name": "GPU",
+                        "kubespawner_override": {"image": "gpu:1", "extra_resource_limits": {"nvidia.com/gpu": "1"}},
+                    },
                 },
                 "unlisted_choice": {
                     "enabled": True,
@@ -341,9 +348,11 @@ def test_kubespawner_overrides_with_a_meaning_here_are_berths_overrides():
 
 @pytest.mark.parametrize(
     "override, refused",
-    [({"tolerations": []}, "kubespawner_override key 'tolerations' has no meaning here"),
-     ({"extra_resource_limits": {"example.com/fpga": 1}}, "extra_resource_limits 'example.com/fpga' has no meaning"),
-     ({"volume_mounts": []}, "key 'volume_mounts'")],
+    [
+        ({"tolerations": []}, "kubespawner_override key 'tolerations' has no meaning here"),
+        ({"extra_resource_limits": {"example.com/fpga": 1}}, "extra_resource_limits 'example.com/fpga' has no meaning"),
+        ({"volume_mounts": []}, "key 'volume_mounts'"),
+    ],
 )
 def test_kubespawner_overrides_without_a_meaning_here_are_refused_by_name_at_config_load(override, refused):
     with pytest.raises(TraitError, match=refused):
@@ -352,8 +361,10 @@ def test_kubespawner_overrides_without_a_meaning_here_are_refused_by_name_at_con
 
 def test_an_unlisted_choice_is_checked_by_its_regex_and_put_where_the_override_says_value():
     (p,) = profiles.initialized(KUBE)
-    for opts in ({"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/x/y:1.2"},
-                 {"profile": "ds", "image--unlisted-choice": "quay.io/x/y:1.2"}):
+    for opts in (
+        {"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/x/y:1.2"},
+        {"profile": "ds", "image--unlisted-choice": "quay.io/x/y:1.2"},
+    ):
         overrides, names = profiles.choose([p], opts)
         assert overrides[-1][1] == {"image": "quay.io/x/y:1.2"}
         assert "image--unlisted-choice" in names
@@ -361,8 +372,17 @@ def test_an_unlisted_choice_is_checked_by_its_regex_and_put_where_the_override_s
         profiles.choose([p], {"profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "evil/x:latest"})
     assert e.value.user_error
     with pytest.raises(TraitError, match="validation_regex"):
-        spawner([], profile_list=[{"display_name": "K", "profile_options": {"o": {
-            "choices": {"a": {}}, "unlisted_choice": {"enabled": True, "validation_regex": "("}}}}])
+        spawner(
+            [],
+            profile_list=[
+                {
+                    "display_name": "K",
+                    "profile_options": {
+                        "o": {"choices": {"a": {}}, "unlisted_choice": {"enabled": True, "validation_regex": "("}}
+                    },
+                }
+            ],
+        )
 
 
 def test_the_form_offers_the_unlisted_choice_and_its_field_becomes_user_options():
@@ -370,10 +390,16 @@ def test_the_form_offers_the_unlisted_choice_and_its_field_becomes_user_options(
     html = asyncio.run(s.get_options_form())
     assert '<option value="unlisted-choice">Other image</option>' in html
     assert 'name="profile-option-ds--image--unlisted-choice"' in html
-    data = {"profile": ["ds"], "profile-option-ds--image": ["unlisted-choice"],
-            "profile-option-ds--image--unlisted-choice": ["quay.io/a/b:2"]}
+    data = {
+        "profile": ["ds"],
+        "profile-option-ds--image": ["unlisted-choice"],
+        "profile-option-ds--image--unlisted-choice": ["quay.io/a/b:2"],
+    }
     assert s.run_options_from_form(data) == {
-        "profile": "ds", "image": "unlisted-choice", "image--unlisted-choice": "quay.io/a/b:2"}
+        "profile": "ds",
+        "image": "unlisted-choice",
+        "image--unlisted-choice": "quay.io/a/b:2",
+    }
 
 
 @run

@@ -20,7 +20,11 @@ def test_the_user_may_choose_only_an_allowed_image():
 
 def test_pull_policy_is_dockerspawners_in_any_case():
     assert request.start_request(spawner([]), "i:1").pull_policy == request.pb.PULL_POLICY_IFNOTPRESENT
-    for given, want in [("Always", "PULL_POLICY_ALWAYS"), ("never", "PULL_POLICY_NEVER"), ("skip", "PULL_POLICY_NEVER")]:
+    for given, want in [
+        ("Always", "PULL_POLICY_ALWAYS"),
+        ("never", "PULL_POLICY_NEVER"),
+        ("skip", "PULL_POLICY_NEVER"),
+    ]:
         s = spawner([], pull_policy=given)
         assert request.start_request(s, "i:1").pull_policy == getattr(request.pb, want)
     with pytest.raises(Exception, match="pull_policy"):
@@ -28,15 +32,23 @@ def test_pull_policy_is_dockerspawners_in_any_case():
 
 
 def test_start_request_carries_resources_volumes_and_the_ready_path():
-    s = spawner([], name="gpu", mem_limit="2G", mem_guarantee="1G", cpu_limit=2.0,
-                volumes={"home-{user}": "/home/jovyan", "data": {"bind": "/data", "mode": "ro"}})
+    s = spawner(
+        [],
+        name="gpu",
+        mem_limit="2G",
+        mem_guarantee="1G",
+        cpu_limit=2.0,
+        volumes={"home-{user}": "/home/jovyan", "data": {"bind": "/data", "mode": "ro"}},
+    )
     s.spawn_id = "sp1"
     r = request.start_request(s, "img:1")
     assert (r.key.user, r.key.server_name, r.spawn_id, r.image, r.port) == ("alice", "gpu", "sp1", "img:1", 8888)
     assert r.resources.mem_limit_bytes == 2 << 30 and r.resources.mem_guarantee_bytes == 1 << 30
     assert r.resources.cpu_limit == 2.0
     assert [(v.source, v.target, v.read_only) for v in r.volumes] == [
-        ("home-{user}", "/home/jovyan", False), ("data", "/data", True)]
+        ("home-{user}", "/home/jovyan", False),
+        ("data", "/data", True),
+    ]
     assert r.ready_path == "/user/alice/gpu/api"
     assert r.env["JUPYTERHUB_API_TOKEN"] == "secret-token"
     assert request.demand(s, "img:1").memory == 1 << 30, "the guarantee, where one is set"

@@ -118,7 +118,9 @@ async def test_decisions_follow_the_reason_never_the_message():
 async def test_a_server_that_fails_to_start_is_not_retried_elsewhere_and_is_cleaned_up():
     a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
     a.fail["Start"] = (
-        grpc.StatusCode.FAILED_PRECONDITION, "server exited during start with exit code 1", "EXITED_DURING_START"
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "server exited during start with exit code 1",
+        "EXITED_DURING_START",
     )
     s = spawner([a, b], remove=True)
     with pytest.raises(SpawnException) as e:
@@ -154,7 +156,11 @@ async def test_a_failed_pull_fails_at_once_and_is_not_a_lack_of_room():
 async def test_an_image_on_no_node_with_pull_policy_never_is_not_a_lack_of_room():
     a, b = await up(FakeNode("a"), FakeNode("b"))
     for n in (a, b):
-        n.fail["Start"] = (grpc.StatusCode.NOT_FOUND, f'image "x:1" is not present on node "{n.name}"', "IMAGE_NOT_FOUND")
+        n.fail["Start"] = (
+            grpc.StatusCode.NOT_FOUND,
+            f'image "x:1" is not present on node "{n.name}"',
+            "IMAGE_NOT_FOUND",
+        )
     with pytest.raises(SpawnException) as e:
         await spawner([a, b], pull_policy="never").start()
     assert e.value.status_code == 500 and "room" not in str(e.value), str(e.value)
@@ -175,8 +181,14 @@ async def test_pull_progress_reaches_the_hub_with_its_bytes():
     (a,) = await up(FakeNode("a", start_delay=0.5))
     a.progress_first = [
         pb.ProgressEvent(
-            progress=11, phase=pb.ProgressEvent.PULLING, message="Pulling r/x:1: 4.2 MB of 9.4 MB (1 of 3 layers)",
-            image="r/x:1", bytes_done=4_200_000, bytes_total=9_400_000, layers_done=1, layers_total=3,
+            progress=11,
+            phase=pb.ProgressEvent.PULLING,
+            message="Pulling r/x:1: 4.2 MB of 9.4 MB (1 of 3 layers)",
+            image="r/x:1",
+            bytes_done=4_200_000,
+            bytes_total=9_400_000,
+            layers_done=1,
+            layers_total=3,
         )
     ]
     s = spawner([a])
@@ -191,8 +203,14 @@ async def test_pull_progress_reaches_the_hub_with_its_bytes():
     assert events[0] == {
         "message": "Pulling r/x:1: 4.2 MB of 9.4 MB (1 of 3 layers)",
         "progress": 11,
-        "raw_event": {"phase": "pulling", "image": "r/x:1", "bytes_done": 4_200_000, "bytes_total": 9_400_000,
-                      "layers_done": 1, "layers_total": 3},
+        "raw_event": {
+            "phase": "pulling",
+            "image": "r/x:1",
+            "bytes_done": 4_200_000,
+            "bytes_total": 9_400_000,
+            "layers_done": 1,
+            "layers_total": 3,
+        },
     }
 
 
@@ -420,8 +438,9 @@ async def test_internal_ssl_sends_the_hubs_trust_bundle_for_the_nodes_probe():
 async def test_extra_host_config_limits_and_gpus_reach_the_request_and_go_back_at_the_next_start():
     (a,) = await up(FakeNode("a", memory_free=8 * GIB))
     kwargs = {"mem_limit": "1G", "nano_cpus": 2_000_000_000}
-    s = spawner([a], mem_limit=4 * GIB, extra_host_config=lambda sp: kwargs,
-                extra_create_kwargs={"command": "start.sh lab"})
+    s = spawner(
+        [a], mem_limit=4 * GIB, extra_host_config=lambda sp: kwargs, extra_create_kwargs={"command": "start.sh lab"}
+    )
     await s.start()
     r = a.starts[-1].resources
     assert (r.mem_limit_bytes, r.cpu_limit) == (1 * GIB, 2.0), "DockerSpawner's host config wins"

@@ -11,6 +11,7 @@ except ImportError:  # JupyterHub before 5 reads the same two attributes in its 
         message = getattr(e, "jupyterhub_message", None) or str(e)
         return message, getattr(e, "jupyterhub_html_message", None) or message
 
+
 from test_spawner import run, up
 
 from berthspawner import userfacing
@@ -48,7 +49,11 @@ async def test_a_failed_pull_reads_as_one_sentence_and_keeps_dockers_words_for_t
 @run
 async def test_a_crashed_server_and_no_room_read_as_one_sentence_each():
     a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b", max_servers=1, running=1))
-    a.fail["Start"] = (grpc.StatusCode.FAILED_PRECONDITION, "exited during start with exit code 1", "EXITED_DURING_START")
+    a.fail["Start"] = (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "exited during start with exit code 1",
+        "EXITED_DURING_START",
+    )
     for nodes, want in (([a], userfacing.START_FAILED), ([b], userfacing.NO_ROOM)):
         try:
             await spawner(nodes).start()

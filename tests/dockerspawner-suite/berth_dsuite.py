@@ -37,31 +37,21 @@ os.environ.update(e2e.CHP_ENV)
 # Tests of DockerSpawner's internals, by test id (parameters included) or by function name (all
 # its parameters): why each cannot apply to another spawner. Nothing else may be skipped.
 NOT_APPLICABLE = {
-    "test_dockerspawner.py::test_name_collision":
-        "DockerSpawner's container naming (object_name, prefix); berthd names containers itself",
-    "test_dockerspawner.py::test_start_stop[False]":
-        "asserts DockerSpawner's state keys (object_id, object_name) after a stop; berthd keeps a "
-        "stopped container by the server's key on the node, not in the hub's state",
-    "test_dockerspawner.py::test_image_pull_policy":
-        "calls DockerSpawner's pull_image and its docker-py client (spawner.docker); berth's pulls "
-        "are the node's (daemon/tests/pulls.rs, tests/e2e/test_pulls.py)",
-    "test_dockerspawner.py::test_post_start":
-        "mocks DockerSpawner's post_start_exec and get_ip_and_port (its methods); berth's "
-        "post_start_cmd runs on the node (berthspawner/tests/test_options.py)",
-    "test_dockerspawner.py::test_cpu_limit":
-        "mocks DockerSpawner's docker-py client and calls its private create_object; the callable "
-        "cpu_limit is test_dockerspawner_names.py::test_cpu_limit_takes_a_callable_of_the_spawner",
-    "test_dockerspawner.py::test_default_host_ip_reads_env_var":
-        "DockerSpawner's private _default_host_ip (where it publishes ports); berthd's setting",
-    "test_dockerspawner.py::test_default_options_form":
-        "DockerSpawner's private _default_options_form and its exact HTML",
-    "test_dockerspawner.py::test_validate_escape":
-        "DockerSpawner's container-name escaping (the escape trait)",
-    "test_dockerspawner.py::test_legacy_escape":
-        "DockerSpawner's container-name escaping (private _legacy_escape)",
+    "test_dockerspawner.py::test_name_collision": "DockerSpawner's container naming (object_name, prefix); berthd names containers itself",
+    "test_dockerspawner.py::test_start_stop[False]": "asserts DockerSpawner's state keys (object_id, object_name) after a stop; berthd keeps a "
+    "stopped container by the server's key on the node, not in the hub's state",
+    "test_dockerspawner.py::test_image_pull_policy": "calls DockerSpawner's pull_image and its docker-py client (spawner.docker); berth's pulls "
+    "are the node's (daemon/tests/pulls.rs, tests/e2e/test_pulls.py)",
+    "test_dockerspawner.py::test_post_start": "mocks DockerSpawner's post_start_exec and get_ip_and_port (its methods); berth's "
+    "post_start_cmd runs on the node (berthspawner/tests/test_options.py)",
+    "test_dockerspawner.py::test_cpu_limit": "mocks DockerSpawner's docker-py client and calls its private create_object; the callable "
+    "cpu_limit is test_dockerspawner_names.py::test_cpu_limit_takes_a_callable_of_the_spawner",
+    "test_dockerspawner.py::test_default_host_ip_reads_env_var": "DockerSpawner's private _default_host_ip (where it publishes ports); berthd's setting",
+    "test_dockerspawner.py::test_default_options_form": "DockerSpawner's private _default_options_form and its exact HTML",
+    "test_dockerspawner.py::test_validate_escape": "DockerSpawner's container-name escaping (the escape trait)",
+    "test_dockerspawner.py::test_legacy_escape": "DockerSpawner's container-name escaping (private _legacy_escape)",
     "test_swarmspawner.py::test_start_stop": "Swarm (SwarmSpawner, Docker services)",
-    "test_systemuserspawner.py::test_start_stop":
-        "SystemUserSpawner, another class (system users' home directories), not DockerSpawner",
+    "test_systemuserspawner.py::test_start_stop": "SystemUserSpawner, another class (system users' home directories), not DockerSpawner",
 }
 
 # Outcome of each test id: "pass", "fail" or "N/A".
@@ -148,8 +138,11 @@ def pytest_sessionfinish(session, exitstatus):
 def berth_node():
     """One real berthd on the host engine, and the images the tests name tagged locally."""
     e2e.require_docker()
-    for tag in (f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}", "quay.io/jupyterhub/singleuser:4.0",
-                "quay.io/jupyterhub/singleuser:4"):
+    for tag in (
+        f"quay.io/jupyterhub/singleuser:{jupyterhub.__version__}",
+        "quay.io/jupyterhub/singleuser:4.0",
+        "quay.io/jupyterhub/singleuser:4",
+    ):
         e2e.docker("tag", e2e.IMAGE, tag)
     workdir = tempfile.mkdtemp(prefix="berth-dsuite-")
     with e2e.Berthd(f"dsuite-{secrets.token_hex(2)}", workdir) as node:

@@ -74,8 +74,9 @@ class Berthd:
     (netnode.py) passes `netns` (berthd runs inside that network namespace), `listen`
     (its address there) and `docker_host` (its own engine)."""
 
-    def __init__(self, name, workdir, config="", args=(), client=None, netns=None, listen="127.0.0.1:0",
-                 docker_host=None):
+    def __init__(
+        self, name, workdir, config="", args=(), client=None, netns=None, listen="127.0.0.1:0", docker_host=None
+    ):
         self.name = f"e2e-{name}-{secrets.token_hex(3)}"
         # Extra keys of this node's entry in BerthSpawner.nodes (TLS files, token file).
         self.client = client or {}
@@ -90,8 +91,17 @@ class Berthd:
         self._prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         if docker_host:
             args = [*args, "--docker-host", docker_host]
-        self._args = ["--node-id", self.name, "--config", cfg, "--state-dir", os.path.join(self.dir, "state"),
-                      "--admin-socket", self.admin_socket, *args]
+        self._args = [
+            "--node-id",
+            self.name,
+            "--config",
+            cfg,
+            "--state-dir",
+            os.path.join(self.dir, "state"),
+            "--admin-socket",
+            self.admin_socket,
+            *args,
+        ]
         self.address = listen
         self._launch()
 
@@ -99,7 +109,9 @@ class Berthd:
         """Starts berthd on self.address (port 0: any) and learns the address it listens on."""
         self.proc = subprocess.Popen(
             [*self._prefix, BERTHD, "serve", "--listen", self.address, *self._args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             # Image GC off: the engines' test images are shared by every test and may be unused
             # when a pass runs (daemon/tests/image_gc.rs tests GC on an engine of its own).
             env={**os.environ, "BERTH_LOG": "info", "BERTH_IMAGE_GC_HIGH_PERCENT": "0"},
@@ -189,9 +201,7 @@ class Hub:
         self.token = token or secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
         self.bridge = hub_ip or bridge_ip()
-        node_list = ",\n".join(
-            "    " + repr({"name": n.name, "address": n.address, **n.client}) for n in nodes
-        )
+        node_list = ",\n".join("    " + repr({"name": n.name, "address": n.address, **n.client}) for n in nodes)
         self.config = os.path.join(self.dir, "jupyterhub_config.py")
         with open(self.config, "w") as f:
             f.write(f'''
@@ -229,8 +239,12 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
 
     def start(self):
         self.proc = subprocess.Popen(
-            ["jupyterhub", "-f", self.config], cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, **CHP_ENV},
+            ["jupyterhub", "-f", self.config],
+            cwd=self.dir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **CHP_ENV},
         )
 
         def up():
@@ -319,8 +333,10 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
         s.get(f"{self.url}/hub/login", timeout=10)
         xsrf = s.cookies.get("_xsrf", "")
         r = s.post(
-            f"{self.url}/hub/login", data={"username": user, "password": "x", "_xsrf": xsrf},
-            timeout=30, allow_redirects=False,
+            f"{self.url}/hub/login",
+            data={"username": user, "password": "x", "_xsrf": xsrf},
+            timeout=30,
+            allow_redirects=False,
         )
         assert r.status_code == 302, (r.status_code, r.text[:500])
         return s

@@ -52,8 +52,14 @@ class SetupError(AssertionError):
 def sh(*cmd, timeout=120, input=None):
     """Runs a command that must succeed; its stderr is in the error."""
     try:
-        r = subprocess.run(cmd, capture_output=True, text=input is None or isinstance(input, str),
-                           timeout=timeout, input=input, check=False)
+        r = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=input is None or isinstance(input, str),
+            timeout=timeout,
+            input=input,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise SetupError(f"{' '.join(cmd)}: no answer after {timeout}s") from None
     if r.returncode != 0:
@@ -75,6 +81,7 @@ def log(msg):
 
 
 # --- the janitor: leftovers by name -------------------------------------------------------
+
 
 def _netns_names():
     return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX)) if os.path.isdir("/run/netns") else []
@@ -185,8 +192,10 @@ def sweep_node(name):
         ("delete netns", lambda: quiet("ip", "netns", "delete", ns)),
         ("delete link", lambda: quiet("ip", "link", "delete", f"{ns}-h")),
         ("remove cgroups", lambda: _rmdirs(_cgroup_dirs(name))),
-        ("remove directories", lambda: (shutil.rmtree(run, ignore_errors=True),
-                                        shutil.rmtree(data, ignore_errors=True))),
+        (
+            "remove directories",
+            lambda: (shutil.rmtree(run, ignore_errors=True), shutil.rmtree(data, ignore_errors=True)),
+        ),
     ]
     for what, step in steps:
         t0 = time.monotonic()
@@ -205,7 +214,7 @@ def _rmdirs(dirs):
 
 def sweep():
     """Removes everything the harness makes, including what an interrupted run left behind."""
-    names = {ns[len(PREFIX) + 1:] for ns in _netns_names()}
+    names = {ns[len(PREFIX) + 1 :] for ns in _netns_names()}
     for base in (RUN_DIR, DATA_DIR):
         if os.path.isdir(base):
             names.update(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)) and d != "pki")
@@ -223,6 +232,7 @@ def sweep():
 
 
 # --- building nodes ------------------------------------------------------------------------
+
 
 def mount_data_dir():
     """The engines' data roots in memory: loading the images and removing them afterwards
@@ -269,15 +279,34 @@ class Engine:
         with open(cfg, "w") as f:
             json.dump({}, f)
         self.log = os.path.join(self.data, "dockerd.log")
-        cmd = ["nsenter", f"--net=/run/netns/{ns}", "dockerd", "--config-file", cfg,
-               "--data-root", os.path.join(self.data, "root"), "--exec-root", os.path.join(self.run, "x"),
-               "--pidfile", os.path.join(self.run, "dockerd.pid"), "-H", self.host,
-               # Its own bridge subnet: 172.17/16 is the host engine's.
-               "--bip", f"172.31.{index}.1/24", "--storage-driver", driver,
-               # Names the janitor finds: the containers' cgroups and containerd namespaces
-               # (should the machine run a shared containerd).
-               "--cgroup-parent", f"{PREFIX}-{name}", "--containerd-namespace", f"{PREFIX}-{name}",
-               "--containerd-plugins-namespace", f"{PREFIX}-{name}-p"]
+        cmd = [
+            "nsenter",
+            f"--net=/run/netns/{ns}",
+            "dockerd",
+            "--config-file",
+            cfg,
+            "--data-root",
+            os.path.join(self.data, "root"),
+            "--exec-root",
+            os.path.join(self.run, "x"),
+            "--pidfile",
+            os.path.join(self.run, "dockerd.pid"),
+            "-H",
+            self.host,
+            # Its own bridge subnet: 172.17/16 is the host engine's.
+            "--bip",
+            f"172.31.{index}.1/24",
+            "--storage-driver",
+            driver,
+            # Names the janitor finds: the containers' cgroups and containerd namespaces
+            # (should the machine run a shared containerd).
+            "--cgroup-parent",
+            f"{PREFIX}-{name}",
+            "--containerd-namespace",
+            f"{PREFIX}-{name}",
+            "--containerd-plugins-namespace",
+            f"{PREFIX}-{name}-p",
+        ]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -307,8 +336,9 @@ class Engine:
     def stop(self):
         """Removes its containers, then a clean dockerd shutdown (it unmounts its layers)."""
         if self.proc.poll() is None:
-            ids = subprocess.run(["docker", "-H", self.host, "ps", "-aq"], capture_output=True, text=True,
-                                 timeout=30, check=False).stdout.split()
+            ids = subprocess.run(
+                ["docker", "-H", self.host, "ps", "-aq"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout.split()
             if ids:
                 quiet("docker", "-H", self.host, "rm", "-f", *ids, timeout=60)
             self.proc.terminate()
@@ -338,7 +368,11 @@ class NetNode:
         Mutual TLS and a token, as a node on a network must have: this also runs the
         non-loopback path of berthd's security checks."""
         self.berthd = Berthd(
-            self.name, self.engine.data, netns=self.netns, listen=f"{self.ip}:0", docker_host=self.docker_host,
+            self.name,
+            self.engine.data,
+            netns=self.netns,
+            listen=f"{self.ip}:0",
+            docker_host=self.docker_host,
             args=[*self.pki.node_args(self.name, [self.ip]), "--publish-host-ip", self.ip],
             client=self.pki.client(),
         )

@@ -41,9 +41,7 @@ class Registry:
                 f"http:\n  addr: 127.0.0.1:{self.port}\n{auth_yaml}"
             )
         self.log = open(os.path.join(self.dir, "registry.log"), "a")
-        self.proc = subprocess.Popen(
-            [REGISTRY_BIN, "serve", self.config], stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", self.config], stdout=self.log, stderr=subprocess.STDOUT)
 
         def up():
             try:
@@ -100,10 +98,16 @@ def push_image(registry, base, layers=3, mib=3):
         cli("rmi", ref)
         base_layers = int(docker("image", "inspect", base, "--format", "{{len .RootFS.Layers}}"))
         manifest = subprocess.run(
-            ["curl", "-sf", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json",
-             *(["-u", ":".join(registry.auth)] if registry.auth else []),
-             f"http://{registry.host}/v2/{repo}/manifests/1"],
-            capture_output=True, check=True,
+            [
+                "curl",
+                "-sf",
+                "-H",
+                "Accept: application/vnd.docker.distribution.manifest.v2+json",
+                *(["-u", ":".join(registry.auth)] if registry.auth else []),
+                f"http://{registry.host}/v2/{repo}/manifests/1",
+            ],
+            capture_output=True,
+            check=True,
         ).stdout
         sizes = [layer["size"] for layer in json.loads(manifest)["layers"]][base_layers:]
         return ref, repo, sizes

@@ -68,14 +68,16 @@ def test_activity_culling_and_a_hub_outage(workdir):
     with open(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(token)
     with contextlib.ExitStack() as cleanup:
-        node = cleanup.enter_context(Berthd(
-            "act",
-            base,
-            f'[activity]\nenabled = true\nhub_api_url = "http://{bridge_ip()}:{hub_port}/hub/api"\n'
-            f'token_file = "{token_file}"\ninterval_seconds = {INTERVAL}\n'
-            "network_bytes_threshold = 2000\ncpu_threshold = 0.5\n"
-            f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
-        ))
+        node = cleanup.enter_context(
+            Berthd(
+                "act",
+                base,
+                f'[activity]\nenabled = true\nhub_api_url = "http://{bridge_ip()}:{hub_port}/hub/api"\n'
+                f'token_file = "{token_file}"\ninterval_seconds = {INTERVAL}\n'
+                "network_bytes_threshold = 2000\ncpu_threshold = 0.5\n"
+                f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
+            )
+        )
         # A plain HTTP server (the tiny image) reports no activity of its own.
         # activity_resolution: the hub ignores activity newer by less than this (default 30 s);
         # lowered so a test of a few seconds can see last_activity move.
@@ -95,10 +97,17 @@ def test_activity_culling_and_a_hub_outage(workdir):
 
             # The real idle culler, with a short timeout: culls the idle server, spares the busy one.
             culler = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub_idle_culler", f"--url={hub.url}/hub/api",
-                 "--timeout=10", "--cull-every=2"],
+                [
+                    sys.executable,
+                    "-m",
+                    "jupyterhub_idle_culler",
+                    f"--url={hub.url}/hub/api",
+                    "--timeout=10",
+                    "--cull-every=2",
+                ],
                 env={**os.environ, "JUPYTERHUB_API_TOKEN": token},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             wait_for("the idle server to be culled", lambda: hub.server("idle") is None, 40)
             wait_for("its container to be stopped", lambda: not node.containers("idle", all=False), 20)
@@ -124,7 +133,9 @@ def test_activity_culling_and_a_hub_outage(workdir):
             back = time.monotonic()
             got = wait_for(
                 "the newest activity after the hub's return",
-                lambda: (s := hub.server("busy")) and parse(s["last_activity"]).timestamp() >= last_traffic - 2 * INTERVAL,
+                lambda: (
+                    (s := hub.server("busy")) and parse(s["last_activity"]).timestamp() >= last_traffic - 2 * INTERVAL
+                ),
                 3 * INTERVAL + 5,
             )
             assert got

@@ -18,20 +18,22 @@ TINY_CMD = 'c.BerthSpawner.cmd = ["sh", "-c", "sleep 1; exec httpd -f -p 8888 -h
 TINY = {"image": "berth-test/tiny:latest"}
 # Adversarial placement: always the node that does NOT hold the user's files (by name when
 # there are none yet). Only volume affinity can bring the user home.
-AWAY = '''
+AWAY = """
 def away_from_home(fits, demand, spawner):
     return sorted(fits, key=lambda c: (c.name == spawner.home_node, c.name))
 c.BerthSpawner.placement = away_from_home
-'''
+"""
 
 
 def hub_config(affinity, volumes):
-    return "\n".join([
-        TINY_CMD,
-        AWAY,
-        f"c.BerthSpawner.volumes = {volumes!r}",
-        f"c.BerthSpawner.volume_affinity = {affinity!r}",
-    ])
+    return "\n".join(
+        [
+            TINY_CMD,
+            AWAY,
+            f"c.BerthSpawner.volumes = {volumes!r}",
+            f"c.BerthSpawner.volume_affinity = {affinity!r}",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,7 @@ def stop(hub, user):
 
 
 @pytest.mark.parametrize("affinity", ["required", "preferred"])
-def test_the_users_file_is_there_at_every_start_though_placement_prefers_the_other_node(
-    hubs, net_nodes, affinity
-):
+def test_the_users_file_is_there_at_every_start_though_placement_prefers_the_other_node(hubs, net_nodes, affinity):
     hub, user = hubs[affinity], f"aff-{affinity[:3]}"
     hub.spawn(user, options=TINY)
     home, cid = where(net_nodes, user)
@@ -80,8 +80,9 @@ def test_the_users_file_is_there_at_every_start_though_placement_prefers_the_oth
 def progress_of_a_spawn(hub, user):
     """Starts the user's server and returns the messages of its progress stream, read while the
     spawn is under way."""
-    posted = threading.Thread(target=hub.api, args=("POST", f"/users/{user}/server"), kwargs={"json": TINY},
-                              daemon=True)
+    posted = threading.Thread(
+        target=hub.api, args=("POST", f"/users/{user}/server"), kwargs={"json": TINY}, daemon=True
+    )
     posted.start()
     wait_for("the spawn to be pending", lambda: (hub.server(user) or {}).get("pending") == "spawn", 10, 0.02)
     messages = progress_messages(hub, user)
@@ -139,9 +140,7 @@ def test_a_lost_hub_state_still_finds_the_home_node(hubs, net_nodes):
     # The hub's database loses the user's spawner state (a reset or restored database).
     hub.stop()
     with sqlite3.connect(os.path.join(hub.dir, "jupyterhub.sqlite")) as db:
-        db.execute(
-            "UPDATE spawners SET state = NULL WHERE user_id = (SELECT id FROM users WHERE name = ?)", (user,)
-        )
+        db.execute("UPDATE spawners SET state = NULL WHERE user_id = (SELECT id FROM users WHERE name = ?)", (user,))
     hub.start()
     hub.spawn(user, options=TINY)
     node, cid = where(net_nodes, user)

@@ -81,15 +81,16 @@ def test_a_dockerspawner_config_runs_with_only_the_spawner_class_and_nodes_chang
                     ("{{.HostConfig.PidsLimit}}", "400"),
                     ("{{json .HostConfig.ExtraHosts}}", '["db.example:10.1.2.3"]'),
                     ("{{.Config.WorkingDir}}", "/home/jovyan"),
-                    ("{{index .Config.Labels \"team\"}}", "physics"),
+                    ('{{index .Config.Labels "team"}}', "physics"),
                     ("{{.HostConfig.Memory}}", str(512 << 20)),
                     ("{{.HostConfig.NanoCpus}}", str(10**9)),
                 ]:
                     assert docker("inspect", "-f", fmt, cid) == want, fmt
                 assert docker("exec", cid, "cat", "/tmp/post-start") == "post-start ran"
                 assert "SITE=e2e" in docker("inspect", "-f", "{{json .Config.Env}}", cid)
-                assert docker("inspect", "-f", "{{json .Config.Cmd}}", cid).endswith('"jupyterhub-singleuser"]'), \
+                assert docker("inspect", "-f", "{{json .Config.Cmd}}", cid).endswith('"jupyterhub-singleuser"]'), (
                     "the image's own CMD"
+                )
                 s = hub.login("dsuser")
                 r = hub.get_as(s, "/user/dsuser/api/status")
                 assert r.status_code == 200, r.text[:300]

@@ -16,12 +16,12 @@ PROFILES = [
     for n in (1, 2)
 ]
 # The placement prefers the 1-GPU node by name, so only the GPU filter keeps servers off it.
-HUB_EXTRA = f'''
+HUB_EXTRA = f"""
 c.BerthSpawner.profile_list = {PROFILES!r}
 def one_first(fits, demand):
     return sorted(fits, key=lambda c: (not c.name.startswith("e2e-one-"), c.name))
 c.BerthSpawner.placement = one_first
-'''
+"""
 
 
 def make_gpus(n):

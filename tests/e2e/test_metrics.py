@@ -61,8 +61,10 @@ def test_metrics_parse_and_count_the_hubs_spawns(workdir):
             )
             assert spawn_count(stopped) == len(USERS), stopped
             starts = [
-                v for (name, labels), v in stopped.items()
+                v
+                for (name, labels), v in stopped.items()
                 if name.startswith("berthd_grpc_requests")
-                and ("method", "berth.v1.Spawner/Start") in labels and ("code", "OK") in labels
+                and ("method", "berth.v1.Spawner/Start") in labels
+                and ("code", "OK") in labels
             ]
             assert starts and starts[0] >= len(USERS), stopped

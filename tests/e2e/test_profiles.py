@@ -100,8 +100,10 @@ def test_a_profile_chosen_in_the_form_gives_its_image_limits_and_node(labelled):
     s = hub.login(user)
     s.get(f"{hub.url}/hub/spawn", timeout=30)
     r = s.post(
-        f"{hub.url}/hub/spawn", data={"profile": "gpu", "_xsrf": s.cookies.get("_xsrf", "")},
-        timeout=60, allow_redirects=False,
+        f"{hub.url}/hub/spawn",
+        data={"profile": "gpu", "_xsrf": s.cookies.get("_xsrf", "")},
+        timeout=60,
+        allow_redirects=False,
     )
     assert r.status_code in (302, 303), (r.status_code, r.text[:500])
     wait_for(f"{user} ready", lambda: (hub.server(user) or {}).get("ready"), 90)
@@ -152,7 +154,7 @@ def test_a_hub_with_a_bad_node_entry_stops_at_start_naming_it(workdir):
             'c.JupyterHub.spawner_class = "berth"\n'
             'c.BerthSpawner.nodes = [{"name": "n1", "address": "127.0.0.1:1", "token_file": "/nonexistent/token"}]\n'
             f'c.JupyterHub.ip = "127.0.0.1"\nc.JupyterHub.port = {free_port()}\n'
-            f'c.JupyterHub.hub_port = {free_port()}\n'
+            f"c.JupyterHub.hub_port = {free_port()}\n"
             f'c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"\n'
         )
     p = subprocess.run(["jupyterhub", "-f", "jupyterhub_config.py"], cwd=d, capture_output=True, text=True, timeout=60)
@@ -170,9 +172,14 @@ def test_a_kubespawner_profile_with_a_typed_image_spawns_it_through_the_form(lab
     assert 'name="profile-option-kube--image--unlisted-choice"' in page.text
     r = s.post(
         f"{hub.url}/hub/spawn",
-        data={"profile": "kube", "profile-option-kube--image": "unlisted-choice",
-              "profile-option-kube--image--unlisted-choice": TINY, "_xsrf": s.cookies.get("_xsrf", "")},
-        timeout=60, allow_redirects=False,
+        data={
+            "profile": "kube",
+            "profile-option-kube--image": "unlisted-choice",
+            "profile-option-kube--image--unlisted-choice": TINY,
+            "_xsrf": s.cookies.get("_xsrf", ""),
+        },
+        timeout=60,
+        allow_redirects=False,
     )
     assert r.status_code in (302, 303), (r.status_code, r.text[:500])
     wait_for(f"{user} ready", lambda: (hub.server(user) or {}).get("ready"), 90)
@@ -181,7 +188,10 @@ def test_a_kubespawner_profile_with_a_typed_image_spawns_it_through_the_form(lab
     assert c["Config"]["Image"].endswith(TINY) and c["Config"]["Cmd"] == TINY_CMD
     assert c["HostConfig"]["Memory"] == 200 * MIB
     assert hub.server(user)["user_options"] == {
-        "profile": "kube", "image": "unlisted-choice", "image--unlisted-choice": TINY}
+        "profile": "kube",
+        "image": "unlisted-choice",
+        "image--unlisted-choice": TINY,
+    }
 
 
 def test_a_kubespawner_profile_with_a_typed_image_through_the_rest_api_and_a_refused_one(labelled):

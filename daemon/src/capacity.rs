@@ -172,6 +172,78 @@ pub fn disk_of(path: &Path) -> Option<(u64, u64)> {
         .map(|d| (d.available_space(), d.total_space()))
 }
 
+// ---- the capacity report (filled by the runtime, carried on Watch) ----------------------------
+
+/// One condition of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// Ready, DockerDown, MemoryPressure, DiskPressure, Draining.
+    pub kind: &'static str,
+    /// "True", "False" or "Unknown".
+    pub status: &'static str,
+    /// CamelCase cause.
+    pub reason: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// The node's capacity report.
+#[derive(Debug, Clone)]
+pub struct NodeCapacity {
+    /// Host readings.
+    pub host: Host,
+    /// Capacity minus the reservation.
+    pub allocatable: Alloc,
+    /// Held by running (and admitted) servers.
+    pub committed: Alloc,
+    /// Running (and admitted) servers.
+    pub running: u32,
+    /// 0 = no limit.
+    pub max_servers: u32,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+    /// Whether the node refuses new servers.
+    pub draining: bool,
+    /// Images present.
+    pub images: Vec<String>,
+    /// Each device class.
+    pub devices: Vec<ClassCapacity>,
+    /// The configured labels (`[node] labels`).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// One device class in the capacity report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassCapacity {
+    /// The class.
+    pub class: String,
+    /// Shares in all.
+    pub total: u32,
+    /// Shares that can be handed out.
+    pub allocatable: u32,
+    /// Shares held.
+    pub committed: u32,
+    /// Model names.
+    pub models: Vec<String>,
+    /// Devices with a free share.
+    pub free_devices: u32,
+    /// Shares per device.
+    pub shares: u32,
+    /// Why discovery failed ("" = it did not).
+    pub discovery_error: String,
+}
+
+/// Percent of the disk holding `path` in use, as `df` counts it: used / (used + available to
+/// unprivileged users). Blocks reserved for root or held outside the filesystem's reach count
+/// as neither, so a disk with much of its size reserved is not taken for a full one.
+pub fn usage_of(path: &std::path::Path) -> Option<f64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    let used = s.f_blocks.saturating_sub(s.f_bfree);
+    let room = used + s.f_bavail;
+    #[allow(clippy::cast_precision_loss)]
+    (room > 0).then(|| 100.0 * used as f64 / room as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use crate::runtime::RuntimeConfig;
 
 mod files;
 mod layers;
@@ -57,6 +54,14 @@ pub const DEFAULT_SPAWN_QUEUE_TIMEOUT_SECONDS: u64 = 60;
 
 /// Longest a pull may take before it is given up.
 pub const DEFAULT_PULL_TIMEOUT_SECONDS: u64 = 3600;
+/// Disk usage (percent) above which images are collected (the kubelet's default).
+pub const DEFAULT_GC_HIGH_PERCENT: u8 = 85;
+/// Disk usage (percent) collection brings the disk down to (the kubelet's default).
+pub const DEFAULT_GC_LOW_PERCENT: u8 = 80;
+/// Time between two image collection passes.
+pub const DEFAULT_GC_INTERVAL_SECONDS: u64 = 300;
+/// Images first seen more recently than this are kept (the kubelet's default).
+pub const DEFAULT_GC_MIN_AGE_SECONDS: u64 = 120;
 
 /// Declares one section of the file: `/// help` (one line) then `key: Type = default` and,
 /// for a value (not a sub-section), `, env "BERTH_X", flag "x"`. Generates the struct (serde,
@@ -274,17 +279,17 @@ section! {
         pull_timeout_seconds: u64 = DEFAULT_PULL_TIMEOUT_SECONDS,
             env "BERTH_IMAGES_PULL_TIMEOUT_SECONDS", flag "images-pull-timeout-seconds";
         /// Disk usage (percent of the disk holding Docker's root) above which unused images are removed, least recently used first; 0 = never.
-        gc_high_percent: u8 = crate::runtime::image_gc::DEFAULT_HIGH_PERCENT, env "BERTH_IMAGE_GC_HIGH_PERCENT", flag "image-gc-high-percent";
+        gc_high_percent: u8 = DEFAULT_GC_HIGH_PERCENT, env "BERTH_IMAGE_GC_HIGH_PERCENT", flag "image-gc-high-percent";
         /// Disk usage (percent) image GC brings the disk down to.
-        gc_low_percent: u8 = crate::runtime::image_gc::DEFAULT_LOW_PERCENT,
+        gc_low_percent: u8 = DEFAULT_GC_LOW_PERCENT,
             env "BERTH_IMAGES_GC_LOW_PERCENT", flag "images-gc-low-percent";
         /// Time between two image GC passes (the first comes one interval after start).
         #[serde(deserialize_with = "units::seconds")]
-        gc_interval_seconds: u64 = crate::runtime::image_gc::DEFAULT_INTERVAL_SECONDS,
+        gc_interval_seconds: u64 = DEFAULT_GC_INTERVAL_SECONDS,
             env "BERTH_IMAGES_GC_INTERVAL_SECONDS", flag "images-gc-interval-seconds";
         /// Images first seen more recently than this are never removed.
         #[serde(deserialize_with = "units::seconds")]
-        gc_min_age_seconds: u64 = crate::runtime::image_gc::DEFAULT_MIN_AGE_SECONDS,
+        gc_min_age_seconds: u64 = DEFAULT_GC_MIN_AGE_SECONDS,
             env "BERTH_IMAGES_GC_MIN_AGE_SECONDS", flag "images-gc-min-age-seconds";
         /// Images image GC may remove besides berth's own (those this berthd pulled or started a server of), as globs like `policy.allowed_images`; empty = berth's own only.
         gc_images: Vec<String> = Vec::new(),
@@ -435,52 +440,6 @@ impl Config {
             self.docker.publish_host_ip.to_string()
         } else {
             self.docker.advertise_host.clone()
-        }
-    }
-
-    /// The runtime's share of the configuration.
-    pub fn runtime(&self) -> RuntimeConfig {
-        RuntimeConfig {
-            node_id: self.node_id.clone(),
-            publish_host_ip: self.docker.publish_host_ip,
-            advertise_host: self.advertise_host(),
-            default_ready_timeout: Duration::from_secs(self.spawn.ready_timeout_seconds),
-            max_ready_timeout: Duration::from_secs(self.spawn.max_ready_timeout_seconds),
-            stop_grace: Duration::from_secs(self.spawn.stop_grace_seconds),
-            failure_log_lines: self.spawn.failure_log_lines,
-            abandon_grace: Duration::from_secs(self.spawn.abandon_grace_seconds),
-            limits: crate::capacity::Limits {
-                reserved: crate::capacity::Alloc {
-                    cpu: self.capacity.reserved_cpu,
-                    memory: self.capacity.reserved_memory_bytes,
-                },
-                max_servers: self.capacity.max_servers,
-            },
-            max_concurrent_spawns: self.capacity.max_concurrent_spawns,
-            spawn_queue_limit: self.capacity.spawn_queue_limit,
-            spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
-            state_dir: self.state_dir.clone(),
-            policy: self.policy.clone(),
-            hostpaths: self.hostpaths.clone(),
-            devices: crate::devices::Inventory::discover(&self.devices.classes),
-            pulls: crate::runtime::pull::PullConfig {
-                default_policy: self.images.pull_policy,
-                auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
-                    .then(|| self.images.registry_auth_file.clone()),
-                timeout: Duration::from_secs(self.images.pull_timeout_seconds),
-            },
-            image_gc: crate::runtime::image_gc::GcConfig {
-                high_percent: self.images.gc_high_percent,
-                low_percent: self.images.gc_low_percent,
-                interval: Duration::from_secs(self.images.gc_interval_seconds),
-                min_age: Duration::from_secs(self.images.gc_min_age_seconds),
-                images: self.images.gc_images.clone(),
-            },
-            labels: self.node.labels.clone(),
-            isolated_network: self
-                .network
-                .isolate_users
-                .then(|| self.network.name.clone()),
         }
     }
 }

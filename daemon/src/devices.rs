@@ -1,7 +1,7 @@
 //! Devices berthd owns (GPUs and other classes): each class of the `[devices]` config,
 //! discovered with `nvidia-smi` or listed by hand, the node's inventory, and the pure choice of
 //! free devices for a Start. Who holds what is derived from the records and containers (see
-//! `runtime/devices.rs`), so a restart forgets nothing.
+//! `runtime/resources/devices.rs`), so a restart forgets nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -66,13 +66,14 @@ section! {
 }
 
 impl HostPathsConfig {
-    /// Who pins, for a node with this policy and state directory.
-    pub(crate) fn pinner(&self, policy: &crate::policy::Policy, state_dir: &Path) -> Pinner {
+    /// Who pins, for a node whose policy allows `roots` and makes new directories as
+    /// `new_dir`, with this state directory.
+    pub(crate) fn pinner(&self, roots: &[PathBuf], new_dir: NewDir, state_dir: &Path) -> Pinner {
         if self.pin_helper_socket.as_os_str().is_empty() {
             Pinner::InProcess {
-                roots: policy.allowed_host_path_roots.clone(),
+                roots: roots.to_vec(),
                 state_dir: state_dir.to_owned(),
-                new_dir: policy.new_dir(),
+                new_dir,
             }
         } else {
             Pinner::Helper(self.pin_helper_socket.clone())

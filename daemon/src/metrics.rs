@@ -1,9 +1,10 @@
 //! Prometheus metrics (`[metrics] listen`): the families, named like JupyterHub's own with a
 //! `berthd_` prefix, a tower layer counting gRPC calls, and the plain-HTTP `/metrics` server.
 //!
-//! The registry is owned by the [`Runtime`] (no global): the runtime records spawn and stop
+//! The registry is owned by the runtime (no global): the runtime records spawn and stop
 //! durations, `serve` feeds Docker's health and the gRPC counts, and a scrape reads the gauges
-//! that are cheap to compute (servers, capacity) at that moment.
+//! that are cheap to compute (servers, capacity) at that moment, through [`Scraped`]: this
+//! module never names the runtime.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,8 +26,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
 
-use crate::docker::ContainerEngine;
-use crate::runtime::Runtime;
+use crate::capacity::Alloc;
+use crate::netguard::ContainerNets;
+
+/// What a scrape reads of the node at that moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// berth's containers running now.
+    pub running: usize,
+    /// CPU and memory servers may have.
+    pub allocatable: Alloc,
+    /// CPU and memory servers hold.
+    pub committed: Alloc,
+}
+
+/// The node the metrics server scrapes (the runtime implements it).
+pub trait Scraped: Clone + Send + Sync + 'static {
+    /// The node's registry.
+    fn metrics(&self) -> &Metrics;
+    /// The gauges, read now.
+    fn gauges(&self) -> Gauges;
+    /// The container networks whose connections are closed unread.
+    fn container_nets(&self) -> &ContainerNets;
+}
 
 /// Spawn-duration buckets, JupyterHub's `SERVER_SPAWN_DURATION_SECONDS` (its +Inf is implied).
 pub const SPAWN_BUCKETS: [f64; 12] = [
@@ -298,10 +320,9 @@ impl Metrics {
     }
 
     /// The gauges read now, then every family as OpenMetrics text.
-    pub fn render<E: ContainerEngine>(&self, rt: &Runtime<E>) -> String {
-        self.running
-            .set(gauge_value(rt.view().running_containers().len()));
-        let (allocatable, committed) = rt.allocation();
+    pub fn render(&self, now: &Gauges) -> String {
+        self.running.set(gauge_value(now.running));
+        let (allocatable, committed) = (now.allocatable, now.committed);
         self.allocatable_cpu.set(allocatable.cpu);
         self.committed_cpu.set(committed.cpu);
         self.allocatable_memory.set(gauge_value(allocatable.memory));
@@ -413,10 +434,7 @@ where
     }
 }
 
-fn respond<E: ContainerEngine, B>(
-    rt: &Runtime<E>,
-    req: &http::Request<B>,
-) -> http::Response<Full<Bytes>> {
+fn respond<N: Scraped, B>(rt: &N, req: &http::Request<B>) -> http::Response<Full<Bytes>> {
     let reply = |status: http::StatusCode, ctype: &str, body: String| {
         let mut res = http::Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;
@@ -426,9 +444,11 @@ fn respond<E: ContainerEngine, B>(
         res
     };
     match (req.method(), req.uri().path()) {
-        (&http::Method::GET, "/metrics") => {
-            reply(http::StatusCode::OK, CONTENT_TYPE, rt.metrics().render(rt))
-        }
+        (&http::Method::GET, "/metrics") => reply(
+            http::StatusCode::OK,
+            CONTENT_TYPE,
+            rt.metrics().render(&rt.gauges()),
+        ),
         (_, "/metrics") => reply(
             http::StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -444,11 +464,7 @@ fn respond<E: ContainerEngine, B>(
 
 /// Serves `GET /metrics` over plain HTTP/1 on `listener` until `shutdown`; connections from a
 /// container network are closed unread.
-pub async fn serve<E: ContainerEngine>(
-    listener: TcpListener,
-    rt: Runtime<E>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve<N: Scraped>(listener: TcpListener, rt: N, shutdown: CancellationToken) {
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -2,14 +2,14 @@
 //! test guarding an invariant notices when the code stops holding it (`tests/fake_faults.rs`).
 //!
 //! Each hook is one line at the place its invariant depends on, `mutation::active("name")`:
-//! - `devices.held_by_stopped` (`runtime/devices.rs`, `holds`): a stopped container keeps its
+//! - `devices.held_by_stopped` (`runtime/resources/devices.rs`, `holds`): a stopped container keeps its
 //!   devices — invariant (a);
-//! - `resume.secret_in_config` (`runtime/start.rs`, `container_spec`): a resumable container
+//! - `resume.secret_in_config` (`runtime/lifecycle/start.rs`, `container_spec`): a resumable container
 //!   gets the per-spawn env in its config — (b);
-//! - `stop.skip_remove` (`runtime/stop.rs`, `halt`): Stop(remove) leaves the container — (c);
-//! - `start.ignore_abandon` (`runtime/start.rs`, `hand_over`): a Start whose callers went
+//! - `stop.skip_remove` (`runtime/lifecycle/stop.rs`, `halt`): Stop(remove) leaves the container — (c);
+//! - `start.ignore_abandon` (`runtime/lifecycle/start.rs`, `hand_over`): a Start whose callers went
 //!   away makes its server RUNNING all the same — (d);
-//! - `start.exit_code_of_unstarted` (`runtime/start.rs`, `clean_up_spawn`): the record of a
+//! - `start.exit_code_of_unstarted` (`runtime/lifecycle/start.rs`, `clean_up_spawn`): the record of a
 //!   failed start's removed container that never ran is given exit code 0 — (e).
 //!
 //! Only with the `test-util` feature; otherwise `active` is a constant `false` the compiler

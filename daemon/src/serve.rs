@@ -226,7 +226,7 @@ async fn run_on<E: ContainerEngine>(
         watchdog,
     ));
     spawn_reporter(&cfg, &rt, &tasks, &shutdown)?;
-    tasks.spawn(crate::runtime::image_gc::run(
+    tasks.spawn(crate::runtime::images::image_gc::run(
         rt.clone(),
         rt.config().image_gc.clone(),
         shutdown.clone(),

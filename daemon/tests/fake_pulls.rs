@@ -105,7 +105,7 @@ async fn a_missing_image_is_pulled_with_byte_progress_then_started() {
     );
     assert_eq!((last.layers_done, last.layers_total), (3, 3));
     assert_eq!(last.image, FULL);
-    // Words only when new (see runtime/progress.rs); every worded pull event names the image.
+    // Words only when new (see runtime/progress/mod.rs); every worded pull event names the image.
     let worded: Vec<&str> = pulls
         .iter()
         .map(|e| e.message.as_str())

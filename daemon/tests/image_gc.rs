@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use berthd::docker::BollardEngine;
 use berthd::runtime::Runtime;
-use berthd::runtime::image_gc::GcConfig;
+use berthd::runtime::images::image_gc::GcConfig;
 use berthd::state::FileStore;
 use common::{TINY, require_docker, temp_dir, unique};
 

@@ -6,15 +6,15 @@ use std::time::{Duration, SystemTime};
 use berth_proto::v1 as pb;
 
 use crate::capacity::Alloc;
+use crate::capacity::NodeCapacity;
 use crate::docker::LogStream;
 use crate::key::ServerKey;
 use crate::registry::{PullPolicy, RegistryAuth};
 use crate::runtime::Error as RuntimeError;
 use crate::runtime::StopSpec;
 use crate::runtime::progress::{Event, Phase};
-use crate::runtime::report::NodeCapacity;
-use crate::runtime::transfer::{Checksum, ExportPart, ImportPart, VolumeHeader};
 use crate::runtime::view::{WatchEvent, WatchKind};
+use crate::runtime::volumes::transfer::{Checksum, ExportPart, ImportPart, VolumeHeader};
 use crate::runtime::{LogLine, State, Status};
 use crate::spec::options::{ContainerOptions, RawOptions};
 use crate::spec::{self, Env, HostAccess, Resources, SpecError, StartSpec, VolumeSpec};

@@ -10,7 +10,7 @@ use super::convert;
 use super::status::{invalid, with_reason};
 use crate::docker::ContainerEngine;
 use crate::runtime::Runtime;
-use crate::runtime::transfer::VolumeHeader;
+use crate::runtime::volumes::transfer::VolumeHeader;
 use crate::spec::{SpecError, StartSpec};
 
 /// Features this daemon announces in `Version`.

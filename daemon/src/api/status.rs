@@ -13,7 +13,7 @@ use crate::devices::DeviceError;
 use crate::docker::EngineError;
 use crate::hostpath::HostPathError;
 use crate::runtime::Error;
-use crate::runtime::transfer::archive::ArchiveError;
+use crate::runtime::volumes::transfer::archive::ArchiveError;
 use crate::spec::SpecError;
 
 /// The `ErrorInfo.domain` of every berthd reason.
@@ -373,7 +373,7 @@ mod tests {
         let pull = Status::from(Error::ImagePullFailed {
             image: "r.example/x:1".into(),
             node: "n1".into(),
-            cause: crate::runtime::pull::PullCause::Unauthorized,
+            cause: crate::runtime::images::pull::PullCause::Unauthorized,
             detail: "denied".into(),
         });
         assert_eq!(pull.code(), Code::FailedPrecondition);

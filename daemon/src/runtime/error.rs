@@ -28,7 +28,7 @@ pub enum Error {
         /// Node id.
         node: String,
         /// Why, as a code.
-        cause: super::pull::PullCause,
+        cause: crate::runtime::images::pull::PullCause,
         /// Docker's words.
         detail: String,
     },
@@ -228,7 +228,7 @@ pub enum Error {
         name: String,
         /// What failed.
         #[source]
-        source: super::transfer::archive::ArchiveError,
+        source: crate::runtime::volumes::transfer::archive::ArchiveError,
     },
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
@@ -272,7 +272,7 @@ impl Error {
 
 /// Runs `fut` in a task of its own, so that a caller who goes away (a hub timeout, a dropped
 /// connection) never leaves the operation half done; a panic in it is an internal error.
-pub(super) async fn detached<T: Send + 'static>(
+pub(in crate::runtime) async fn detached<T: Send + 'static>(
     what: &'static str,
     fut: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Error> {
@@ -283,7 +283,7 @@ pub(super) async fn detached<T: Send + 'static>(
 
 /// Runs blocking `f` (file system work) off the async threads; a panic in it is an internal
 /// error.
-pub(super) async fn blocking<T: Send + 'static>(
+pub(in crate::runtime) async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Error> {

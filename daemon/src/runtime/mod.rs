@@ -3,26 +3,30 @@
 //!
 //! | part | owns | file |
 //! |---|---|---|
-//! | [`view::View`] | every server's record + container as last seen, activity, the Watch broadcast | `view.rs` |
-//! | [`records::Records`] | the state store and its save lock; writes disk, then the view | `records.rs` |
-//! | [`keys::KeyTable`] | one lifecycle operation per key, and what is under way | `keys.rs` |
-//! | [`callers::Callers`] | who still waits for each spawn; abandonment after the grace | `callers.rs` |
-//! | [`admission::Admission`] | draining, pending spawns, the spawn queue | `admission.rs` |
-//! | [`devices::Devices`] | the device inventory, spawns holding devices before their record | `devices.rs` |
-//! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress.rs` |
-//! | [`boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `boot_times.rs` |
-//! | [`pull::Pulls`] | the image pulls under way, one per image, and who follows each | `pull.rs` |
-//! | [`image_gc::ImageUse`] | when each image was last seen in use, for image GC | `image_gc.rs` |
-//! | [`capfeed::Feed`] | the capacity report pushed on Watch, recomputed at each change | `capfeed.rs` |
+//! | [`view::View`] | every server's record + container as last seen, activity, the Watch broadcast | `view/mod.rs` |
+//! | [`view::records::Records`] | the state store and its save lock; writes disk, then the view | `view/records.rs` |
+//! | [`view::keys::KeyTable`] | one lifecycle operation per key, and what is under way | `view/keys.rs` |
+//! | [`lifecycle::callers::Callers`] | who still waits for each spawn; abandonment after the grace | `lifecycle/callers.rs` |
+//! | [`resources::admission::Admission`] | draining, pending spawns, the spawn queue | `resources/admission.rs` |
+//! | [`resources::devices::Devices`] | the device inventory, spawns holding devices before their record | `resources/devices.rs` |
+//! | [`progress::ProgressRegistry`] | each spawn's phases, for replay | `progress/mod.rs` |
+//! | [`progress::boot_times::BootTimes`] | each image's recent boot times, for the progress bar | `progress/boot_times.rs` |
+//! | [`images::pull::Pulls`] | the image pulls under way, one per image, and who follows each | `images/pull.rs` |
+//! | [`images::image_gc::ImageUse`] | when each image was last seen in use, for image GC | `images/image_gc.rs` |
+//! | [`resources::capfeed::Feed`] | the capacity report pushed on Watch, recomputed at each change | `resources/capfeed.rs` |
 //!
-//! What is derived, not stored: a server's status ([`status::derive`], a pure function of
-//! record, container and operation); the capacity report (`report.rs`). The operations on top:
-//! `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob, DeleteForever), `reconcile.rs` (relist),
-//! `resume.rs` (restarting a kept container, naming a drift),
-//! `observe.rs` (Docker's reports into the view, in order), `read.rs` (Poll, List, Watch),
-//! `logs.rs`, the user volumes (`volumes.rs`) and their moves between nodes (`transfer/`:
-//! the tar stream in `transfer/archive.rs`); readiness probing in `ready.rs`; errors in
-//! `error.rs`.
+//! What is derived, not stored: a server's status ([`view::status::derive`], a pure function of
+//! record, container and operation); the capacity report (`resources/report.rs`). The
+//! operations on top, in `lifecycle/`: `start.rs`, `stop.rs`, `state_ops.rs` (the hub's blob,
+//! DeleteForever), `reconcile.rs` (relist), `resume.rs` (restarting a kept container, naming a
+//! drift), `observe.rs` (Docker's reports into the view, in order), `ready.rs` (readiness
+//! probing), `logs.rs`; Poll, List and Watch in `view/read.rs`; the user volumes
+//! (`volumes/mod.rs`) and their moves between nodes (`volumes/transfer/`: the tar stream in
+//! `volumes/transfer/archive.rs`); errors in `error.rs`.
+//!
+//! Each folder is a concern, with its own map at the top of its `mod.rs`. Dependencies point
+//! one way: `lifecycle` → `resources`, `images`, `volumes` → `view`, `progress`; no file names
+//! one that names it back (`scripts/check-module-cycles.py`, run by CI).
 //!
 //! **Lock order.** Async: a key's lock (`keys`) → the save lock (`records`) → the spawn queue
 //! (`admission`); never the reverse, and no std lock is held across an await. Std locks are
@@ -38,43 +42,30 @@ use crate::docker::{ContainerEngine, ContainerInfo, LABEL_MANAGED, LABEL_SERVER,
 use crate::key::ServerKey;
 use crate::state::FileStore;
 
-pub mod admission;
-pub mod boot_times;
-pub mod callers;
-pub mod capfeed;
-pub mod devices;
 mod error;
-pub mod image_gc;
-pub mod keys;
-mod logs;
-mod observe;
-mod options;
+pub mod images;
+pub mod lifecycle;
 pub mod progress;
-pub mod pull;
-mod read;
-pub mod ready;
-mod reconcile;
-pub mod records;
-pub mod report;
-pub mod resume;
-mod start;
-pub mod state_ops;
-pub mod status;
-mod stop;
-pub mod transfer;
+pub mod resources;
 pub mod view;
 pub mod volumes;
 
 pub use error::Error;
-pub use logs::LogLine;
-pub use reconcile::ReconcileReport;
-pub use status::{State, Status, exit_reason};
-pub use stop::StopSpec;
+pub use lifecycle::logs::LogLine;
+pub use lifecycle::reconcile::ReconcileReport;
+pub use lifecycle::stop::StopSpec;
+pub use view::status::{State, Status, exit_reason};
 
-use keys::KeyTable;
+use images::{image_gc, pull};
+use lifecycle::callers;
 use progress::ProgressRegistry;
-use records::Records;
+use progress::boot_times;
+use resources::{admission, capfeed, devices};
 use view::View;
+use view::keys::KeyTable;
+use view::records::Records;
+use view::status;
+use volumes::transfer;
 
 /// How the runtime behaves; filled from the daemon config.
 #[derive(Debug, Clone)]
@@ -120,6 +111,56 @@ pub struct RuntimeConfig {
     /// The network a server joins when its Start names none: berth's, with traffic between
     /// containers dropped (`network.isolate_users`); `None` = Docker's default bridge.
     pub isolated_network: Option<String>,
+}
+
+/// The runtime's share of the node configuration is the runtime's to define: `config` knows
+/// nothing of the runtime.
+impl crate::config::Config {
+    /// The runtime's share of the configuration.
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            node_id: self.node_id.clone(),
+            publish_host_ip: self.docker.publish_host_ip,
+            advertise_host: self.advertise_host(),
+            default_ready_timeout: Duration::from_secs(self.spawn.ready_timeout_seconds),
+            max_ready_timeout: Duration::from_secs(self.spawn.max_ready_timeout_seconds),
+            stop_grace: Duration::from_secs(self.spawn.stop_grace_seconds),
+            failure_log_lines: self.spawn.failure_log_lines,
+            abandon_grace: Duration::from_secs(self.spawn.abandon_grace_seconds),
+            limits: crate::capacity::Limits {
+                reserved: crate::capacity::Alloc {
+                    cpu: self.capacity.reserved_cpu,
+                    memory: self.capacity.reserved_memory_bytes,
+                },
+                max_servers: self.capacity.max_servers,
+            },
+            max_concurrent_spawns: self.capacity.max_concurrent_spawns,
+            spawn_queue_limit: self.capacity.spawn_queue_limit,
+            spawn_queue_timeout: Duration::from_secs(self.capacity.spawn_queue_timeout_seconds),
+            state_dir: self.state_dir.clone(),
+            policy: self.policy.clone(),
+            hostpaths: self.hostpaths.clone(),
+            devices: crate::devices::Inventory::discover(&self.devices.classes),
+            pulls: crate::runtime::images::pull::PullConfig {
+                default_policy: self.images.pull_policy,
+                auth_file: (!self.images.registry_auth_file.as_os_str().is_empty())
+                    .then(|| self.images.registry_auth_file.clone()),
+                timeout: Duration::from_secs(self.images.pull_timeout_seconds),
+            },
+            image_gc: crate::runtime::images::image_gc::GcConfig {
+                high_percent: self.images.gc_high_percent,
+                low_percent: self.images.gc_low_percent,
+                interval: Duration::from_secs(self.images.gc_interval_seconds),
+                min_age: Duration::from_secs(self.images.gc_min_age_seconds),
+                images: self.images.gc_images.clone(),
+            },
+            labels: self.node.labels.clone(),
+            isolated_network: self
+                .network
+                .isolate_users
+                .then(|| self.network.name.clone()),
+        }
+    }
 }
 
 /// A server that answers HTTP.
@@ -275,4 +316,23 @@ fn is_container_of(c: &ContainerInfo, key: &ServerKey) -> bool {
     c.label(LABEL_MANAGED) == Some("true")
         && c.label(LABEL_USER) == Some(key.user())
         && c.label(LABEL_SERVER) == Some(key.server())
+}
+
+impl<E: ContainerEngine> crate::metrics::Scraped for Runtime<E> {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    fn gauges(&self) -> crate::metrics::Gauges {
+        let (allocatable, committed) = self.allocation();
+        crate::metrics::Gauges {
+            running: self.view().running_containers().len(),
+            allocatable,
+            committed,
+        }
+    }
+
+    fn container_nets(&self) -> &crate::netguard::ContainerNets {
+        &self.inner.nets
+    }
 }

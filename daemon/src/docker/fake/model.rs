@@ -329,7 +329,7 @@ impl World {
         // no `/bin/sh` to run it: the fake takes an image whose containers exit with 127 at
         // once for one without (tini's "cannot exec").
         let wrapped = c.spec.entrypoint.as_ref().and_then(|e| e.last())
-            == Some(&crate::runtime::resume::WRAPPER_NAME.to_owned());
+            == Some(&crate::runtime::lifecycle::resume::WRAPPER_NAME.to_owned());
         let no_shell =
             matches!(c.behaviour, Behaviour::Exit { code: 127, after, .. } if after.is_zero());
         if wrapped && !no_shell {

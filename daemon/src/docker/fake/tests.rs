@@ -31,7 +31,7 @@ fn spec(name: &str, image: &str) -> ContainerSpec {
 
 async fn answers(info: &ContainerInfo) -> bool {
     let port = info.host_port(8888).expect("a published port");
-    crate::runtime::ready::probe(([127, 0, 0, 1], port).into(), "/").await
+    crate::runtime::lifecycle::ready::probe(([127, 0, 0, 1], port).into(), "/").await
 }
 
 #[tokio::test]

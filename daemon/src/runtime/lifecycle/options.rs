@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use super::progress::{Event, Phase, Reporter};
-use super::{Error, Runtime};
 use crate::docker::{ContainerEngine, LABEL_MANAGED, LABEL_NODE};
 use crate::policy::Violation;
+use crate::runtime::progress::{Event, Phase, Reporter};
+use crate::runtime::{Error, Runtime};
 use crate::spec::StartSpec;
 use crate::spec::options::ContainerOptions;
 
@@ -24,7 +24,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// The spec's container options with the network it joins filled in.
-    pub(super) fn options_with_network(&self, spec: &StartSpec) -> ContainerOptions {
+    pub(in crate::runtime) fn options_with_network(&self, spec: &StartSpec) -> ContainerOptions {
         let mut options = spec.options.clone();
         if options.network_name.is_none() && !spec.host.host_network {
             options.network_name = self.inner.cfg.isolated_network.clone();
@@ -91,7 +91,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// missing; one the Start names is created (a bridge labelled as berthd's) when absent and
     /// the policy allows, else refused before anything is created. Its subnets are learned,
     /// so its containers cannot reach berthd's listeners.
-    pub(super) async fn prepare_network(&self, spec: &StartSpec) -> Result<(), Error> {
+    pub(in crate::runtime) async fn prepare_network(&self, spec: &StartSpec) -> Result<(), Error> {
         let Some(name) = self.network_of(spec) else {
             return Ok(());
         };
@@ -124,7 +124,12 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Runs the spec's post-start command in the container, which answers HTTP. A failure is
     /// logged and shown on the progress stream; the server keeps running.
-    pub(super) async fn post_start(&self, spec: &StartSpec, id: &str, progress: &Reporter) {
+    pub(in crate::runtime) async fn post_start(
+        &self,
+        spec: &StartSpec,
+        id: &str,
+        progress: &Reporter,
+    ) {
         let argv = &spec.options.post_start_cmd;
         if argv.is_empty() {
             return;

@@ -1,11 +1,11 @@
-//! Docker's reports of containers taken into the view in order (see [`super::view`]): an
+//! Docker's reports of containers taken into the view in order (see [`crate::runtime::view`]): an
 //! inspect overtaken by a newer change is taken again, and the record follows the container.
 
-use super::Runtime;
-use super::error::Error;
-use super::view::{Applied, WatchKind};
 use crate::docker::{ContainerEngine, ContainerInfo, RunStatus};
 use crate::key::ServerKey;
+use crate::runtime::Runtime;
+use crate::runtime::error::Error;
+use crate::runtime::view::{Applied, WatchKind};
 use crate::state::RecordStatus;
 
 /// How often an observation overtaken by a newer change is taken again.
@@ -13,7 +13,7 @@ const OBSERVE_ATTEMPTS: usize = 3;
 
 impl<E: ContainerEngine> Runtime<E> {
     /// Makes the record follow the container: its id, and exited with its code.
-    pub(super) async fn follow_record(&self, key: &ServerKey) {
+    pub(in crate::runtime) async fn follow_record(&self, key: &ServerKey) {
         let Some(e) = self.inner.view.get(key) else {
             return;
         };
@@ -65,7 +65,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Takes a Docker report of `key`'s container, read at generation `seen`, keeps the record
     /// in step and tells Watch subscribers when the status changed (or always, for kinds other
     /// than Changed).
-    pub(super) async fn observe(
+    pub(in crate::runtime) async fn observe(
         &self,
         key: &ServerKey,
         container_id: &str,
@@ -92,7 +92,12 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Inspects `id` (or, with `None`, the key's container by name) and takes the answer into
     /// the view; an answer overtaken by a newer change is taken again, a few times.
-    pub(super) async fn observe_fresh(&self, key: &ServerKey, id: Option<&str>, kind: WatchKind) {
+    pub(in crate::runtime) async fn observe_fresh(
+        &self,
+        key: &ServerKey,
+        id: Option<&str>,
+        kind: WatchKind,
+    ) {
         self.observe_fresh_with(key, id, kind, 0).await;
     }
 
@@ -153,7 +158,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Brings `key`'s view up to date with Docker after a lifecycle operation (an inspect,
     /// again if overtaken, and up to three more times if it fails: the operation's outcome
     /// must not wait for the next relist).
-    pub(super) async fn refresh(&self, key: &ServerKey) {
+    pub(in crate::runtime) async fn refresh(&self, key: &ServerKey) {
         self.observe_fresh_with(key, None, WatchKind::Changed, 3)
             .await;
     }

@@ -1,10 +1,10 @@
 //! The hub's per-server state blob (versioned compare-and-swap) and DeleteForever.
 
-use super::keys::Op;
-use super::view::WatchKind;
-use super::{Error, Runtime};
 use crate::docker::ContainerEngine;
 use crate::key::ServerKey;
+use crate::runtime::view::WatchKind;
+use crate::runtime::view::keys::Op;
+use crate::runtime::{Error, Runtime};
 use crate::state::MAX_BLOB_BYTES;
 
 /// The hub's blob and its version (0 = none stored).

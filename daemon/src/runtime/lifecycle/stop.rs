@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use super::error::detached;
-use super::keys::Op;
-use super::view::{Applied, WatchKind};
-use super::{Error, Runtime, State, Status};
 use crate::docker::{ContainerEngine, ContainerInfo, LABEL_RESUMABLE, RunStatus};
 use crate::key::ServerKey;
+use crate::runtime::error::detached;
+use crate::runtime::view::keys::Op;
+use crate::runtime::view::{Applied, WatchKind};
+use crate::runtime::{Error, Runtime, State, Status};
 use crate::state::RecordStatus;
 
 /// What a Stop asks for.
@@ -48,7 +48,8 @@ impl<E: ContainerEngine> Runtime<E> {
         let seen = self.inner.view.generation(key);
         // The stop is done: reading its outcome is retried, or the view would keep a
         // stopped server running (and its slot and devices held) until the next relist.
-        let after = super::start::persist("inspect", || engine.inspect(&c.id)).await?;
+        let after =
+            crate::runtime::lifecycle::start::persist("inspect", || engine.inspect(&c.id)).await?;
         let exit_code = after.as_ref().and_then(|a| a.exit_code);
         if spec.remove && !crate::mutation::active("stop.skip_remove") {
             match engine.remove(&c.id).await {

@@ -1,6 +1,7 @@
 //! Unit tests of the pull tally, its wording and the reading of Docker's failures.
 
 use super::*;
+use crate::runtime::progress::pulling::{PULL_FROM, PULL_TO, human_bytes};
 
 fn ev(layer: &str, status: &str, progress: Option<(u64, u64)>) -> PullEvent {
     PullEvent {

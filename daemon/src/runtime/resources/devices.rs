@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::admission::holds_resources;
-use super::error::blocking;
-use super::report::Condition;
-use super::view::{Entry, View};
-use super::{Error, Runtime, RuntimeConfig};
+use crate::capacity::{ClassCapacity, Condition};
 use crate::devices::{self, DeviceError, DeviceRef, Inventory, Pass};
 use crate::docker::{ContainerEngine, DeviceRequest};
 use crate::key::ServerKey;
+use crate::runtime::error::blocking;
+use crate::runtime::resources::admission::holds_resources;
+use crate::runtime::view::{Entry, View};
+use crate::runtime::{Error, Runtime, RuntimeConfig};
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
 
@@ -235,31 +235,13 @@ impl Devices {
     }
 }
 
-/// One device class in the capacity report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassCapacity {
-    /// The class.
-    pub class: String,
-    /// Shares in all.
-    pub total: u32,
-    /// Shares that can be handed out.
-    pub allocatable: u32,
-    /// Shares held.
-    pub committed: u32,
-    /// Model names.
-    pub models: Vec<String>,
-    /// Devices with a free share.
-    pub free_devices: u32,
-    /// Shares per device.
-    pub shares: u32,
-    /// Why discovery failed ("" = it did not).
-    pub discovery_error: String,
-}
-
 impl<E: ContainerEngine> Runtime<E> {
     /// Assigns `spec`'s devices (held until [`Runtime::settle_devices`]) and checks their
     /// nodes are device nodes only root can swap.
-    pub(super) async fn assign_devices(&self, spec: &StartSpec) -> Result<Vec<DeviceRef>, Error> {
+    pub(in crate::runtime) async fn assign_devices(
+        &self,
+        spec: &StartSpec,
+    ) -> Result<Vec<DeviceRef>, Error> {
         let got = self.inner.devices.assign(&self.inner.view, spec)?;
         let paths = self.inner.devices.paths(&got);
         if !paths.is_empty() {
@@ -279,7 +261,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// After a spawn (or on finding a key with no container): ends its pending hold and, when
     /// no container of the key holds resources, frees the devices its record names.
-    pub(super) async fn settle_devices(&self, key: &ServerKey) {
+    pub(in crate::runtime) async fn settle_devices(&self, key: &ServerKey) {
         self.inner.devices.release(key);
         self.inner.view.capacity_changed();
         let Some(e) = self.inner.view.get(key) else {

@@ -3,52 +3,14 @@
 
 use std::path::PathBuf;
 
-use super::Runtime;
-use crate::capacity::{self, Alloc, Host};
+use crate::capacity::{self, Condition, Host, NodeCapacity};
 use crate::docker::ContainerEngine;
+use crate::runtime::Runtime;
 
 /// Memory pressure: less than this share of memory available.
 pub const MEMORY_PRESSURE_RATIO: f64 = 0.10;
 /// Disk pressure: less than this share of a disk free.
 pub const DISK_PRESSURE_RATIO: f64 = 0.10;
-
-/// One condition of the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    /// Ready, DockerDown, MemoryPressure, DiskPressure, Draining.
-    pub kind: &'static str,
-    /// "True", "False" or "Unknown".
-    pub status: &'static str,
-    /// CamelCase cause.
-    pub reason: String,
-    /// Detail.
-    pub message: String,
-}
-
-/// The node's capacity report.
-#[derive(Debug, Clone)]
-pub struct NodeCapacity {
-    /// Host readings.
-    pub host: Host,
-    /// Capacity minus the reservation.
-    pub allocatable: Alloc,
-    /// Held by running (and admitted) servers.
-    pub committed: Alloc,
-    /// Running (and admitted) servers.
-    pub running: u32,
-    /// 0 = no limit.
-    pub max_servers: u32,
-    /// Conditions.
-    pub conditions: Vec<Condition>,
-    /// Whether the node refuses new servers.
-    pub draining: bool,
-    /// Images present.
-    pub images: Vec<String>,
-    /// Each device class.
-    pub devices: Vec<super::devices::ClassCapacity>,
-    /// The configured labels (`[node] labels`).
-    pub labels: std::collections::BTreeMap<String, String>,
-}
 
 fn condition(kind: &'static str, on: Option<bool>, reason: &str, message: String) -> Condition {
     Condition {
@@ -96,7 +58,7 @@ fn disk_pressure(disks: &[(&str, PathBuf)]) -> (Vec<String>, bool) {
 
 /// What the capacity report reads from the host and Docker (the part that takes I/O).
 #[derive(Debug)]
-pub(super) struct Readings {
+pub(in crate::runtime) struct Readings {
     host: Host,
     docker_up: bool,
     images: Vec<String>,
@@ -177,7 +139,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// The capacity report's readings that take I/O (host, Docker, disks), for
     /// [`Runtime::capacity_report`].
-    pub(super) async fn capacity_readings(&self) -> Readings {
+    pub(in crate::runtime) async fn capacity_readings(&self) -> Readings {
         let inner = &self.inner;
         let host = capacity::read_host();
         let docker_up = inner.engine.ping().await.is_ok();
@@ -189,7 +151,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let mut disks = vec![("state directory", inner.cfg.state_dir.clone())];
         let mut root_usage = None;
         if let Some(root) = self.docker_root().await {
-            root_usage = super::image_gc::usage_of(std::path::Path::new(&root));
+            root_usage = crate::capacity::usage_of(std::path::Path::new(&root));
             disks.push(("Docker root", PathBuf::from(root)));
         }
         let (disk_msgs, disk_known) = disk_pressure(&disks);
@@ -205,7 +167,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// The capacity report from `readings` and what servers, drains and devices hold now:
     /// memory only, no I/O, so the capacity feed can take it under the Watch publish lock.
-    pub(super) fn capacity_report(&self, readings: Readings) -> NodeCapacity {
+    pub(in crate::runtime) fn capacity_report(&self, readings: Readings) -> NodeCapacity {
         let inner = &self.inner;
         let Readings {
             host,
@@ -225,7 +187,11 @@ impl<E: ContainerEngine> Runtime<E> {
             draining.as_deref(),
         );
         conditions.extend(inner.devices.conditions());
-        super::image_gc::report_pressure(&mut conditions, root_usage, &inner.cfg.image_gc);
+        crate::runtime::images::image_gc::report_pressure(
+            &mut conditions,
+            root_usage,
+            &inner.cfg.image_gc,
+        );
         NodeCapacity {
             host,
             allocatable: capacity::allocatable(host, limits),
@@ -241,7 +207,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Docker's storage root, asked once it answers.
-    pub(super) async fn docker_root(&self) -> Option<String> {
+    pub(in crate::runtime) async fn docker_root(&self) -> Option<String> {
         self.inner
             .docker_root
             .get_or_try_init(|| async { self.inner.engine.root_dir().await.map(Some) })
@@ -252,14 +218,14 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Refuses new Starts from now on (and after restarts) until [`Runtime::undrain`].
-    pub fn drain(&self, reason: &str) -> Result<(), super::Error> {
+    pub fn drain(&self, reason: &str) -> Result<(), crate::runtime::Error> {
         let r = self.inner.admission.drain(reason);
         self.inner.view.capacity_changed();
         r
     }
 
     /// Accepts new Starts again.
-    pub fn undrain(&self) -> Result<(), super::Error> {
+    pub fn undrain(&self) -> Result<(), crate::runtime::Error> {
         let r = self.inner.admission.undrain();
         self.inner.view.capacity_changed();
         r

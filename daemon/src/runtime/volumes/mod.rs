@@ -3,18 +3,20 @@
 //! their files are. A volume's owner is in its Docker labels and its last use in the records,
 //! so the inventory survives a restart of berthd.
 
+pub mod transfer;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::Runtime;
-use super::error::{Error, blocking};
 use crate::docker::{
     ContainerEngine, LABEL_MANAGED, LABEL_NODE, LABEL_SERVER, LABEL_USER, LABEL_VOLUME_SCOPE,
     NewVolume,
 };
 use crate::hostpath::HostPathError;
 use crate::key::ServerKey;
+use crate::runtime::Runtime;
+use crate::runtime::error::{Error, blocking};
 use crate::spec::StartSpec;
 
 /// One user volume on this node.
@@ -36,7 +38,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Makes the templated named volumes of `spec` that do not exist yet, labelled with their
     /// owner; refuses a named volume that is a bind mount of a host path (which would bypass
     /// the host-path checks).
-    pub(super) async fn prepare_volumes(&self, spec: &StartSpec) -> Result<(), Error> {
+    pub(in crate::runtime) async fn prepare_volumes(&self, spec: &StartSpec) -> Result<(), Error> {
         let engine = &self.inner.engine;
         for v in spec.volumes.iter().filter(|v| !v.host_path) {
             let asked = crate::docker::VolumeInfo {
@@ -155,7 +157,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
 /// The labels of a user volume of `owner` made by node `node`: the owner's user, and the server
 /// too when the volume is per server (`{server}`), which is its scope.
-pub(super) fn owner_labels(
+pub(in crate::runtime) fn owner_labels(
     node: &str,
     owner: &ServerKey,
     per_server: bool,

@@ -7,6 +7,9 @@
 //! phase, or the first [`WORDS_EVERY`] after the last worded one; in between they move the
 //! bar alone (an event with no message). The bar never moves backwards while a spawn runs.
 
+pub mod boot_times;
+pub mod pulling;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,7 +70,7 @@ pub struct Event {
     /// When it happened.
     pub at: SystemTime,
     /// How far the pull is, while pulling.
-    pub pull: Option<super::pull::PullProgress>,
+    pub pull: Option<pulling::PullProgress>,
     /// A repeated report of the same phase (a pull's bytes, the boot clock): its words may be
     /// dropped, see the module docs.
     pub tick: bool,

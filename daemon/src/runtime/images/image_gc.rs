@@ -21,17 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, Runtime};
 use crate::docker::{ContainerEngine, EngineError, ImageSummary};
-
-/// Disk usage (percent) above which images are collected (the kubelet's default).
-pub const DEFAULT_HIGH_PERCENT: u8 = 85;
-/// Disk usage (percent) collection brings the disk down to (the kubelet's default).
-pub const DEFAULT_LOW_PERCENT: u8 = 80;
-/// Time between two collection passes.
-pub const DEFAULT_INTERVAL_SECONDS: u64 = 300;
-/// Images first seen more recently than this are kept (the kubelet's default).
-pub const DEFAULT_MIN_AGE_SECONDS: u64 = 120;
+use crate::runtime::{Error, Runtime};
 
 /// When to collect; filled from `[images]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +42,10 @@ pub struct GcConfig {
 impl Default for GcConfig {
     fn default() -> Self {
         Self {
-            high_percent: DEFAULT_HIGH_PERCENT,
-            low_percent: DEFAULT_LOW_PERCENT,
-            interval: Duration::from_secs(DEFAULT_INTERVAL_SECONDS),
-            min_age: Duration::from_secs(DEFAULT_MIN_AGE_SECONDS),
+            high_percent: crate::config::DEFAULT_GC_HIGH_PERCENT,
+            low_percent: crate::config::DEFAULT_GC_LOW_PERCENT,
+            interval: Duration::from_secs(crate::config::DEFAULT_GC_INTERVAL_SECONDS),
+            min_age: Duration::from_secs(crate::config::DEFAULT_GC_MIN_AGE_SECONDS),
             images: Vec::new(),
         }
     }
@@ -169,8 +160,8 @@ impl ImageUse {
 
 /// Sets the DiskPressure condition while the Docker root's disk is above the image GC high mark
 /// (`usage` in percent), so the hub sees why images go.
-pub(super) fn report_pressure(
-    conditions: &mut [super::report::Condition],
+pub(in crate::runtime) fn report_pressure(
+    conditions: &mut [crate::capacity::Condition],
     usage: Option<f64>,
     cfg: &GcConfig,
 ) {
@@ -194,17 +185,6 @@ pub(super) fn report_pressure(
     }
 }
 
-/// Percent of the disk holding `path` in use, as `df` counts it: used / (used + available to
-/// unprivileged users). Blocks reserved for root or held outside the filesystem's reach count
-/// as neither, so a disk with much of its size reserved is not taken for a full one.
-pub fn usage_of(path: &std::path::Path) -> Option<f64> {
-    let s = rustix::fs::statvfs(path).ok()?;
-    let used = s.f_blocks.saturating_sub(s.f_bfree);
-    let room = used + s.f_bavail;
-    #[allow(clippy::cast_precision_loss)]
-    (room > 0).then(|| 100.0 * used as f64 / room as f64)
-}
-
 impl<E: ContainerEngine> Runtime<E> {
     /// One collection pass with `cfg`'s marks; see the module docs.
     pub async fn collect_images(&self, cfg: &GcConfig) -> Result<GcReport, Error> {
@@ -219,7 +199,7 @@ impl<E: ContainerEngine> Runtime<E> {
         };
         let root = std::path::PathBuf::from(root);
         let mut report = GcReport {
-            usage_before: usage_of(&root),
+            usage_before: crate::capacity::usage_of(&root),
             ..GcReport::default()
         };
         report.usage_after = report.usage_before;
@@ -279,7 +259,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            report.usage_after = usage_of(&root);
+            report.usage_after = crate::capacity::usage_of(&root);
         }
         tracing::info!(
             usage_before = before,
@@ -340,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_high_mark_is_disk_pressure() {
-        let cond = |status: &'static str| super::super::report::Condition {
+        let cond = |status: &'static str| crate::capacity::Condition {
             kind: "DiskPressure",
             status,
             reason: "SufficientDisk".into(),
@@ -371,7 +351,7 @@ mod tests {
 
     #[test]
     fn usage_is_counted_as_df_counts_it() {
-        let u = usage_of(std::path::Path::new("/")).expect("statvfs of /");
+        let u = crate::capacity::usage_of(std::path::Path::new("/")).expect("statvfs of /");
         let df = std::process::Command::new("df")
             .args(["--output=pcent", "/"])
             .output()

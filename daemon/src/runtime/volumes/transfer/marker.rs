@@ -9,7 +9,11 @@ use crate::runtime::Error;
 use crate::runtime::error::blocking;
 
 /// Writes the marker of volume `name` at `path`, durably.
-pub(super) async fn write_marker(name: &str, path: &Path, source_node: &str) -> Result<(), Error> {
+pub(in crate::runtime) async fn write_marker(
+    name: &str,
+    path: &Path,
+    source_node: &str,
+) -> Result<(), Error> {
     let (path, text) = (path.to_owned(), source_node.to_owned());
     blocking("write import marker", move || {
         let io = |source| ArchiveError::Io {
@@ -33,7 +37,7 @@ pub(super) async fn write_marker(name: &str, path: &Path, source_node: &str) -> 
 }
 
 /// Removes the marker of volume `name` at `path`; an absent one is fine.
-pub(super) async fn remove_marker(name: &str, path: &Path) -> Result<(), Error> {
+pub(in crate::runtime) async fn remove_marker(name: &str, path: &Path) -> Result<(), Error> {
     let path = path.to_owned();
     blocking("remove import marker", move || {
         match std::fs::remove_file(&path) {

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::view::View;
-use super::{Error, RuntimeConfig};
 use crate::capacity::{self, Alloc};
 use crate::docker::{ContainerInfo, RunStatus};
 use crate::key::ServerKey;
+use crate::runtime::view::View;
+use crate::runtime::{Error, RuntimeConfig};
 use crate::spec::StartSpec;
 
 /// Name of the file in the state directory that marks a draining node across restarts.
@@ -71,7 +71,7 @@ pub fn held_by(c: &ContainerInfo) -> Alloc {
     )
 }
 
-pub(super) fn holds_resources(c: &ContainerInfo) -> bool {
+pub(in crate::runtime) fn holds_resources(c: &ContainerInfo) -> bool {
     matches!(
         c.status,
         RunStatus::Running | RunStatus::Created | RunStatus::Paused | RunStatus::Restarting

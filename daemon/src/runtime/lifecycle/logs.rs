@@ -5,10 +5,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::Runtime;
-use super::error::Error;
 use crate::docker::{ContainerEngine, LogStream};
 use crate::key::ServerKey;
+use crate::runtime::Runtime;
+use crate::runtime::error::Error;
 
 /// One line of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// The last `n` lines of output of container `id`, for failure messages; best effort.
-    pub(super) async fn last_lines(&self, id: &str, n: u32) -> Vec<String> {
+    pub(in crate::runtime) async fn last_lines(&self, id: &str, n: u32) -> Vec<String> {
         let collect = self
             .inner
             .engine

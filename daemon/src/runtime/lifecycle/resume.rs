@@ -24,13 +24,12 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::progress::{Event, Phase, Reporter};
-use super::start::Limits;
-use super::{Error, Runtime, Started};
 use crate::docker::{
     ContainerEngine, ContainerInfo, LABEL_DEVICES, LABEL_FINGERPRINT, LABEL_RESUMABLE, NewFile,
     RunStatus,
 };
+use crate::runtime::progress::{Event, Phase, Reporter};
+use crate::runtime::{Error, Runtime, Started};
 use crate::spec::{Env, StartSpec};
 use crate::state::RecordStatus;
 
@@ -268,7 +267,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// The key's stopped container `c` of an earlier spawn: resumed when the Start asks for a
     /// resumable server and nothing that matters changed; else removed (named volumes stay)
     /// and `None`: go on and create, with `note` saying why it was not resumed.
-    pub(super) async fn resume_or_clear(
+    pub(in crate::runtime) async fn resume_or_clear(
         &self,
         spec: &StartSpec,
         c: &ContainerInfo,
@@ -346,6 +345,67 @@ impl<E: ContainerEngine> Runtime<E> {
             note: "resumed the stopped container".to_owned(),
             ..started
         })
+    }
+}
+
+/// The resource limits Docker holds for a container of `spec`, as inspect reports them
+/// (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::runtime) struct Limits {
+    pub(in crate::runtime) memory: i64,
+    pub(in crate::runtime) memory_reservation: i64,
+    pub(in crate::runtime) nano_cpus: i64,
+    pub(in crate::runtime) cpu_shares: i64,
+    pub(in crate::runtime) pids_limit: i64,
+}
+
+impl Limits {
+    pub(in crate::runtime) fn of(spec: &StartSpec) -> Self {
+        let r = spec.resources;
+        let to_i64 = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_possible_truncation)]
+        let cores = |c: f64, unit: f64| (c * unit).round() as i64;
+        Self {
+            memory: to_i64(r.mem_limit),
+            memory_reservation: to_i64(r.mem_guarantee),
+            nano_cpus: r.cpu_limit.map_or(0, |c| cores(c, 1e9)),
+            cpu_shares: r.cpu_guarantee.map_or(0, |c| cores(c, 1024.0).max(2)),
+            pids_limit: spec.options.pids_limit.unwrap_or(0),
+        }
+    }
+
+    /// The limits container `c` has now.
+    pub(in crate::runtime) fn on(c: &ContainerInfo) -> Self {
+        Self {
+            memory: c.memory,
+            memory_reservation: c.memory_reservation,
+            nano_cpus: c.nano_cpus,
+            cpu_shares: c.cpu_shares,
+            pids_limit: c.pids_limit,
+        }
+    }
+
+    /// What differs between `self` (the container's) and `want`, as drift reasons.
+    pub(in crate::runtime) fn changed(self, want: Self) -> Vec<String> {
+        [
+            ("memory limit", self.memory, want.memory),
+            (
+                "memory guarantee",
+                self.memory_reservation,
+                want.memory_reservation,
+            ),
+            ("cpu limit", self.nano_cpus, want.nano_cpus),
+            ("cpu guarantee", self.cpu_shares, want.cpu_shares),
+            ("pids_limit", self.pids_limit, want.pids_limit),
+        ]
+        .into_iter()
+        .filter(|(_, have, want)| have != want)
+        .map(|(what, have, want)| {
+            format!(
+                "{what} changed outside berth (the container has {have}, the start asks {want})"
+            )
+        })
+        .collect()
     }
 }
 

@@ -18,10 +18,15 @@
 //! event sequence: everything before it is in the snapshot, everything after arrives live with
 //! a higher number.
 //!
-//! The view holds data only; the runtime derives statuses from it ([`super::status`]) and
-//! feeds it ([`super::observe`], [`super::records`]). Its locks are std mutexes held for a copy
+//! The view holds data only; the runtime derives statuses from it ([`crate::runtime::view::status`]) and
+//! feeds it ([`crate::runtime::lifecycle::observe`], [`crate::runtime::view::records`]). Its locks are std mutexes held for a copy
 //! or an update, never across an await; `publish` is taken before `entries` or `activity`,
 //! never after.
+
+pub mod keys;
+pub(crate) mod read;
+pub mod records;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +35,9 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use super::status::Status;
 use crate::docker::{ContainerInfo, RunStatus};
 use crate::key::ServerKey;
+use crate::runtime::view::status::Status;
 use crate::state::Record;
 
 /// Events a Watch subscriber may fall behind by before it is cut off.
@@ -111,7 +116,7 @@ pub struct WatchEvent {
     /// The server's status after the change (`None` for SnapshotEnd and Capacity).
     pub status: Option<Status>,
     /// With Capacity: the node's capacity report.
-    pub capacity: Option<std::sync::Arc<super::report::NodeCapacity>>,
+    pub capacity: Option<std::sync::Arc<crate::capacity::NodeCapacity>>,
     /// Sequence number on this daemon run.
     pub seq: u64,
     /// When.
@@ -145,7 +150,7 @@ impl Default for View {
 }
 
 impl View {
-    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<ServerKey, Entry>> {
+    pub(in crate::runtime) fn lock(&self) -> MutexGuard<'_, HashMap<ServerKey, Entry>> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -165,12 +170,12 @@ impl View {
 
     /// Something the capacity report shows may have changed (a server, an admission, a drain,
     /// a device hold): the capacity feed computes it again.
-    pub(super) fn capacity_changed(&self) {
+    pub(in crate::runtime) fn capacity_changed(&self) {
         self.capacity_changed.notify_one();
     }
 
     /// Waits for [`View::capacity_changed`] (a change before the wait counts).
-    pub(super) async fn capacity_change(&self) {
+    pub(in crate::runtime) async fn capacity_change(&self) {
         self.capacity_changed.notified().await;
     }
 
@@ -198,7 +203,7 @@ impl View {
     }
 
     /// Sets `key`'s record (a new entry when there is none), keeping what Docker reported.
-    pub(super) fn put_record(&self, key: &ServerKey, record: Record) {
+    pub(in crate::runtime) fn put_record(&self, key: &ServerKey, record: Record) {
         let mut view = self.lock();
         match view.get_mut(key) {
             Some(e) => e.record = record,
@@ -211,7 +216,7 @@ impl View {
     }
 
     /// Forgets `key` altogether (DeleteForever).
-    pub(super) fn forget(&self, key: &ServerKey) {
+    pub(in crate::runtime) fn forget(&self, key: &ServerKey) {
         self.lock().remove(key);
         self.activity().remove(key);
         self.capacity_changed();
@@ -248,7 +253,7 @@ impl View {
 
     /// The generation of `key`'s container view, to be read before a Docker call whose answer
     /// is then applied with [`View::apply`].
-    pub(super) fn generation(&self, key: &ServerKey) -> u64 {
+    pub(in crate::runtime) fn generation(&self, key: &ServerKey) -> u64 {
         self.lock().get(key).map_or(0, |e| e.generation)
     }
 
@@ -257,7 +262,7 @@ impl View {
     /// container by definition (names are unique), so it is adopted even when the record still
     /// points at an older one (a create that dockerd finished after berthd died). A report
     /// that a container is gone only counts for the container the view holds.
-    pub(super) fn apply(
+    pub(in crate::runtime) fn apply(
         &self,
         key: &ServerKey,
         container_id: &str,
@@ -295,7 +300,7 @@ impl View {
 
     /// Records that berthd removed container `id` of `key`: final for that container, whatever
     /// Docker reports of it later.
-    pub(super) fn removed(&self, key: &ServerKey, id: &str) {
+    pub(in crate::runtime) fn removed(&self, key: &ServerKey, id: &str) {
         let mut view = self.lock();
         let Some(entry) = view.get_mut(key) else {
             return;
@@ -315,7 +320,7 @@ impl View {
 
     /// Numbers and sends one change; `status` is computed under the publish lock, so the
     /// event order is the order of the statuses.
-    pub(super) fn publish(&self, kind: WatchKind, status: impl FnOnce() -> Status) {
+    pub(in crate::runtime) fn publish(&self, kind: WatchKind, status: impl FnOnce() -> Status) {
         let _numbering = self.publishing();
         // No subscriber is not an error.
         let _ = self.tx.send(WatchEvent {
@@ -331,7 +336,10 @@ impl View {
 
     /// Numbers and sends a capacity report; `report` is completed under the publish lock, so
     /// what servers hold in it reflects every change numbered before it.
-    pub(super) fn publish_capacity(&self, report: impl FnOnce() -> super::report::NodeCapacity) {
+    pub(in crate::runtime) fn publish_capacity(
+        &self,
+        report: impl FnOnce() -> crate::capacity::NodeCapacity,
+    ) {
         let _numbering = self.publishing();
         let _ = self.tx.send(WatchEvent {
             kind: WatchKind::Capacity,
@@ -348,7 +356,7 @@ impl View {
     ///
     /// With `capacity`, one more number is taken after the snapshot and returned: the
     /// subscriber's first capacity event, computed after this call, goes before every live one.
-    pub(super) fn subscribe(
+    pub(in crate::runtime) fn subscribe(
         &self,
         snapshot: Option<&dyn Fn(&ServerKey) -> Status>,
         capacity: bool,

@@ -22,12 +22,12 @@ use tokio::sync::mpsc;
 use self::archive::ArchiveError;
 use self::chunks::Chunker;
 use self::marker::remove_marker;
-use super::{Error, Runtime, StopSpec};
 use crate::docker::{
     ContainerEngine, LABEL_MANAGED, LABEL_NODE, LABEL_SERVER, LABEL_USER, LABEL_VOLUME_SCOPE,
     RunStatus, VolumeInfo,
 };
 use crate::key::ServerKey;
+use crate::runtime::{Error, Runtime, StopSpec};
 
 pub mod archive;
 mod chunks;
@@ -83,7 +83,7 @@ pub enum ImportPart {
 
 /// Names of the volumes being exported, imported or removed: one such call per volume.
 #[derive(Default)]
-pub(super) struct Busy(Arc<Mutex<HashSet<String>>>);
+pub(in crate::runtime) struct Busy(Arc<Mutex<HashSet<String>>>);
 
 struct BusyGuard(Arc<Mutex<HashSet<String>>>, String);
 
@@ -118,7 +118,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Whether `name` is an import not yet verified.
-    pub(super) fn is_unfinished_import(&self, name: &str) -> bool {
+    pub(in crate::runtime) fn is_unfinished_import(&self, name: &str) -> bool {
         self.import_marker(name).exists()
     }
 

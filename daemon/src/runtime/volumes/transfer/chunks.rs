@@ -12,7 +12,7 @@ use super::{CHUNK_BYTES, Checksum, ExportPart};
 use crate::runtime::Error;
 
 /// The tar stream cut into chunks for the network, hashed on the way.
-pub(super) struct Chunker {
+pub(in crate::runtime) struct Chunker {
     tx: mpsc::Sender<Result<ExportPart, Error>>,
     buf: Vec<u8>,
     hash: Sha256,
@@ -21,7 +21,7 @@ pub(super) struct Chunker {
 
 impl Chunker {
     /// Sends chunks of at most [`CHUNK_BYTES`] to `tx`.
-    pub(super) fn new(tx: mpsc::Sender<Result<ExportPart, Error>>) -> Self {
+    pub(in crate::runtime) fn new(tx: mpsc::Sender<Result<ExportPart, Error>>) -> Self {
         Self {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES),
@@ -41,7 +41,7 @@ impl Chunker {
     }
 
     /// Sends what is left; the checksum of everything written.
-    pub(super) fn finish(&mut self) -> Result<Checksum, ArchiveError> {
+    pub(in crate::runtime) fn finish(&mut self) -> Result<Checksum, ArchiveError> {
         self.send().map_err(|source| ArchiveError::Io {
             path: String::new(),
             source,
@@ -71,7 +71,7 @@ impl Write for Chunker {
 }
 
 /// The chunks of an import as one byte stream for the unpacker.
-pub(super) struct Unchunker {
+pub(in crate::runtime) struct Unchunker {
     rx: mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     at: usize,
@@ -79,7 +79,7 @@ pub(super) struct Unchunker {
 
 impl Unchunker {
     /// Reads the chunks `rx` brings, in order, until it closes.
-    pub(super) fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+    pub(in crate::runtime) fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
         Self {
             rx,
             buf: Vec::new(),

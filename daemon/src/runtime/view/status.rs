@@ -4,10 +4,10 @@
 
 use std::time::SystemTime;
 
-use super::keys::Op;
-use super::view::Entry;
 use crate::docker::{ContainerInfo, LABEL_PORT, LABEL_SPAWN_ID, RunStatus};
 use crate::key::ServerKey;
+use crate::runtime::view::Entry;
+use crate::runtime::view::keys::Op;
 use crate::state::{Record, RecordStatus};
 
 /// Lifecycle state of a server, as the API reports it.

@@ -5,12 +5,6 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::boot_times;
-use super::error::{blocking, detached};
-use super::keys::Op;
-use super::progress::{Event, Phase, Reporter};
-use super::view::WatchKind;
-use super::{Error, Runtime, Started, exit_reason, ready, resume};
 use crate::devices::DeviceRef;
 use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, ImageInfo, LABEL_DEVICES,
@@ -20,6 +14,14 @@ use crate::docker::{
 };
 use crate::hostpath::{self, HostPathError, PinSet, Wanted};
 use crate::key::ServerKey;
+use crate::runtime::error::{blocking, detached};
+use crate::runtime::lifecycle::ready;
+use crate::runtime::lifecycle::resume::{self, Limits};
+use crate::runtime::progress::boot_times;
+use crate::runtime::progress::{Event, Phase, Reporter};
+use crate::runtime::view::WatchKind;
+use crate::runtime::view::keys::Op;
+use crate::runtime::{Error, Runtime, Started, exit_reason};
 use crate::spec::StartSpec;
 use crate::state::RecordStatus;
 
@@ -215,11 +217,11 @@ impl<E: ContainerEngine> Runtime<E> {
     /// resumed stopped and scrubbed. Each Docker call is retried ([`persist`]): a passing
     /// hiccup must not leave a container, a device or a secret behind. The caller holds the
     /// key.
-    pub(super) async fn clean_up_spawn(&self, key: &ServerKey, spawn_id: &str) {
+    pub(in crate::runtime) async fn clean_up_spawn(&self, key: &ServerKey, spawn_id: &str) {
         let engine = &self.inner.engine;
         let name = key.container_name();
         let c = match persist("inspect", || engine.inspect(&name)).await {
-            Ok(Some(c)) if super::is_container_of(&c, key) => c,
+            Ok(Some(c)) if crate::runtime::is_container_of(&c, key) => c,
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(user = key.user(), server = key.server(), error = %e, "cannot inspect the container of a failed start; the next reconcile settles it");
@@ -276,7 +278,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Overwrites the per-spawn files (env, internal_ssl key) of kept container `id` with
     /// empty ones, so no secret of a spawn outlives it in the container's writable layer.
-    pub(super) async fn scrub_secrets(&self, key: &ServerKey, id: &str) {
+    pub(in crate::runtime) async fn scrub_secrets(&self, key: &ServerKey, id: &str) {
         let files = resume::scrubbed();
         let engine = &self.inner.engine;
         if let Err(e) = persist("put_files", || engine.put_files(id, &files)).await {
@@ -442,7 +444,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
     /// first use) and pins it at its staging path, and checks its devices; off the async
     /// threads, as a network filesystem may be slow.
-    pub(super) async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
+    pub(in crate::runtime) async fn pin_host_paths(&self, spec: &StartSpec) -> Result<Pins, Error> {
         let devices = spec.host.devices.clone();
         let wanted: Vec<Wanted> = spec
             .volumes
@@ -460,7 +462,11 @@ impl<E: ContainerEngine> Runtime<E> {
             return Ok(PinSet::default());
         }
         let cfg = &self.inner.cfg;
-        let pinner = cfg.hostpaths.pinner(&cfg.policy, &cfg.state_dir);
+        let pinner = cfg.hostpaths.pinner(
+            &cfg.policy.allowed_host_path_roots,
+            cfg.policy.new_dir(),
+            &cfg.state_dir,
+        );
         let name = spec.key.container_name();
         let pinned = blocking("host path", move || -> Result<Pins, HostPathError> {
             for d in &devices {
@@ -508,7 +514,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Starts created container `id` and waits until it answers.
-    pub(super) async fn launch(
+    pub(in crate::runtime) async fn launch(
         &self,
         spec: &StartSpec,
         id: &str,
@@ -805,7 +811,10 @@ const CLEANUP_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(1
 /// Runs clean-up call `f` until it succeeds, up to [`CLEANUP_TRIES`] times with a doubling
 /// pause, each try bounded by [`CLEANUP_CALL_LIMIT`]. A container that is already gone counts
 /// as removed (the engine answers `Ok` for that).
-pub(super) async fn persist<T, F, Fut>(what: &'static str, mut f: F) -> Result<T, EngineError>
+pub(in crate::runtime) async fn persist<T, F, Fut>(
+    what: &'static str,
+    mut f: F,
+) -> Result<T, EngineError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, EngineError>>,
@@ -841,67 +850,6 @@ fn with_shell_hint(spec: &StartSpec, message: String) -> String {
         format!("{message}{SHELL_HINT}")
     } else {
         message
-    }
-}
-
-/// The resource limits Docker holds for a container of `spec`, as inspect reports them
-/// (0 = none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Limits {
-    pub(super) memory: i64,
-    pub(super) memory_reservation: i64,
-    pub(super) nano_cpus: i64,
-    pub(super) cpu_shares: i64,
-    pub(super) pids_limit: i64,
-}
-
-impl Limits {
-    pub(super) fn of(spec: &StartSpec) -> Self {
-        let r = spec.resources;
-        let to_i64 = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        #[allow(clippy::cast_possible_truncation)]
-        let cores = |c: f64, unit: f64| (c * unit).round() as i64;
-        Self {
-            memory: to_i64(r.mem_limit),
-            memory_reservation: to_i64(r.mem_guarantee),
-            nano_cpus: r.cpu_limit.map_or(0, |c| cores(c, 1e9)),
-            cpu_shares: r.cpu_guarantee.map_or(0, |c| cores(c, 1024.0).max(2)),
-            pids_limit: spec.options.pids_limit.unwrap_or(0),
-        }
-    }
-
-    /// The limits container `c` has now.
-    pub(super) fn on(c: &ContainerInfo) -> Self {
-        Self {
-            memory: c.memory,
-            memory_reservation: c.memory_reservation,
-            nano_cpus: c.nano_cpus,
-            cpu_shares: c.cpu_shares,
-            pids_limit: c.pids_limit,
-        }
-    }
-
-    /// What differs between `self` (the container's) and `want`, as drift reasons.
-    pub(super) fn changed(self, want: Self) -> Vec<String> {
-        [
-            ("memory limit", self.memory, want.memory),
-            (
-                "memory guarantee",
-                self.memory_reservation,
-                want.memory_reservation,
-            ),
-            ("cpu limit", self.nano_cpus, want.nano_cpus),
-            ("cpu guarantee", self.cpu_shares, want.cpu_shares),
-            ("pids_limit", self.pids_limit, want.pids_limit),
-        ]
-        .into_iter()
-        .filter(|(_, have, want)| have != want)
-        .map(|(what, have, want)| {
-            format!(
-                "{what} changed outside berth (the container has {have}, the start asks {want})"
-            )
-        })
-        .collect()
     }
 }
 

@@ -5,7 +5,7 @@
 //! Capacity RPC's own code ([`Runtime::capacity_readings`], then [`Runtime::capacity_report`]
 //! under the Watch publish lock) and publishes it on the Watch broadcast:
 //! - whenever the view says something the report shows may have changed
-//!   ([`super::view::View::capacity_changed`]: a record or container change, an admission or
+//!   ([`crate::runtime::view::View::capacity_changed`]: a record or container change, an admission or
 //!   its release, a device hold, a drain);
 //! - every [`RECHECK`] otherwise, for what changes without berthd doing anything (Docker going
 //!   down or up, disk or memory pressure, images pulled or removed by others);
@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::view::WatchEvent;
-use super::{Inner, Runtime};
 use crate::docker::ContainerEngine;
+use crate::runtime::view::WatchEvent;
+use crate::runtime::{Inner, Runtime};
 
 /// Shortest time between two reports: a burst of changes is coalesced into one.
 pub const COALESCE: Duration = Duration::from_millis(100);
@@ -60,13 +60,13 @@ pub struct Watch {
 
 impl<E: ContainerEngine> Runtime<E> {
     /// Every change from now on and, with `snapshot`, first the status of every known server
-    /// (see [`super::view::View::subscribe`] for why the numbers only increase); with
+    /// (see [`crate::runtime::view::View::subscribe`] for why the numbers only increase); with
     /// `capacity`, the capacity feed runs and its reports come among the live events.
     pub fn watch(&self, snapshot: bool, capacity: bool) -> Watch {
         let sub = capacity.then(|| self.feed_subscribe());
         let poll = |k: &crate::key::ServerKey| self.poll(k);
         let (live, snapshot, seq) = self.inner.view.subscribe(
-            snapshot.then_some(&poll as &dyn Fn(&crate::key::ServerKey) -> super::Status),
+            snapshot.then_some(&poll as &dyn Fn(&crate::key::ServerKey) -> crate::runtime::Status),
             capacity,
         );
         Watch {
@@ -81,7 +81,7 @@ impl<E: ContainerEngine> Runtime<E> {
     pub async fn first_capacity(&self, seq: u64) -> WatchEvent {
         let report = self.capacity().await;
         WatchEvent {
-            kind: super::view::WatchKind::Capacity,
+            kind: crate::runtime::view::WatchKind::Capacity,
             status: None,
             capacity: Some(Arc::new(report)),
             seq,

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use super::error::{Error, blocking};
-use super::view::{Entry, View};
 use crate::key::ServerKey;
+use crate::runtime::error::{Error, blocking};
+use crate::runtime::view::{Entry, View};
 use crate::state::{FileStore, Record, now_ms};
 
 /// The records store, its save lock and the view it keeps in step.

@@ -88,7 +88,7 @@ impl<E: ContainerEngine> Runtime<E> {
     async fn make_imported(&self, header: &VolumeHeader) -> Result<PathBuf, Error> {
         let name = header.name.as_str();
         let engine = &self.inner.engine;
-        let labels = super::super::volumes::owner_labels(
+        let labels = crate::runtime::volumes::owner_labels(
             &self.inner.cfg.node_id,
             &header.owner,
             header.per_server,

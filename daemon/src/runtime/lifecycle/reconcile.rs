@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::view::WatchKind;
-use super::{Error, Runtime};
 use crate::docker::{
     ContainerEngine, ContainerInfo, LABEL_DEVICES, LABEL_MANAGED, LABEL_NODE, LABEL_OWNED_VOLUMES,
     LABEL_PORT, LABEL_SERVER, LABEL_SPAWN_ID, LABEL_SPEC_HASH, LABEL_USER, RunStatus,
 };
 use crate::key::ServerKey;
+use crate::runtime::view::WatchKind;
+use crate::runtime::{Error, Runtime};
 use crate::state::RecordStatus;
 
 /// Each key's generation and record's container id, read before the list.
@@ -29,7 +29,7 @@ pub struct ReconcileReport {
 }
 
 /// The key a container's labels name.
-pub(super) fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
+pub(in crate::runtime) fn key_of(c: &ContainerInfo) -> Option<ServerKey> {
     ServerKey::new(c.label(LABEL_USER)?, c.label(LABEL_SERVER)?).ok()
 }
 
@@ -120,7 +120,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let guard = self
             .inner
             .keys
-            .acquire(key, super::keys::Op::Stopping)
+            .acquire(key, crate::runtime::view::keys::Op::Stopping)
             .await;
         let entry = self.inner.view.get(key);
         if let Some(e) = entry.filter(|e| e.record.status == RecordStatus::Starting) {
@@ -129,7 +129,11 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         let still = matches!(self.inner.engine.inspect(id).await, Ok(Some(c)) if c.status == RunStatus::Created);
         if still {
-            match super::start::persist("remove", || self.inner.engine.remove(id)).await {
+            match crate::runtime::lifecycle::start::persist("remove", || {
+                self.inner.engine.remove(id)
+            })
+            .await
+            {
                 Ok(()) => {
                     tracing::warn!(user = key.user(), server = key.server(), container = %id, "removed a container that never started and that no Start holds (berthd stopped mid-start)");
                     self.inner.view.removed(key, id);
@@ -211,7 +215,7 @@ impl<E: ContainerEngine> Runtime<E> {
         let Ok(key) = ServerKey::new(user, server) else {
             return;
         };
-        let kind = super::view::kind_of_action(&ev.action, None);
+        let kind = crate::runtime::view::kind_of_action(&ev.action, None);
         if ev.action == "destroy" {
             let seen = self.inner.view.generation(&key);
             self.observe(&key, &ev.container_id, None, seen, kind).await;

@@ -1,11 +1,11 @@
 //! Poll, List and Watch: answered from the view, no Docker call; and the one place a status
 //! change is published.
 
-use super::Runtime;
-use super::status::{self, State, Status};
-use super::view::{Entry, WatchKind};
 use crate::docker::ContainerEngine;
 use crate::key::ServerKey;
+use crate::runtime::Runtime;
+use crate::runtime::view::status::{self, State, Status};
+use crate::runtime::view::{Entry, WatchKind};
 
 impl<E: ContainerEngine> Runtime<E> {
     fn status_of(&self, key: &ServerKey, entry: Option<&Entry>) -> Status {
@@ -44,7 +44,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Sends `key`'s current status to Watch subscribers.
-    pub(super) fn publish(&self, key: &ServerKey, kind: WatchKind) {
+    pub(in crate::runtime) fn publish(&self, key: &ServerKey, kind: WatchKind) {
         self.inner.view.publish(kind, || self.poll(key));
     }
 }

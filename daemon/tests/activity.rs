@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_proto::v1 as pb;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -170,13 +169,7 @@ async fn traffic_is_activity_silence_is_not_and_an_outage_loses_only_old_values(
         hub.seen.lock().unwrap()[0].1,
         "token activity-service-token-123"
     );
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&busy, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &busy, "").await;
     assert!(
         p.last_activity.is_some(),
         "ServerStatus carries last_activity"
@@ -224,13 +217,7 @@ async fn traffic_is_activity_silence_is_not_and_an_outage_loses_only_old_values(
         outage_end.elapsed()
     );
     drop(flow);
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&busy, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &busy, "").await;
     assert_eq!(
         state(&p),
         berth_proto::v1::server_status::State::Running,

@@ -225,11 +225,7 @@ async fn admission_refuses_what_does_not_fit_and_drain_refuses_everything_new() 
         (drain.status.as_str(), drain.message.as_str()),
         ("True", "kernel update")
     );
-    let p = c
-        .poll(pb::PollRequest { key: key(&a, "") })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &a, "").await;
     assert_eq!(state(&p), State::Running, "running servers keep running");
 
     adm.undrain(pb::DrainRequest::default()).await.unwrap();

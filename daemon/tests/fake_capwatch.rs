@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use berth_proto::v1 as pb;
 use berth_proto::v1::watch_event::Kind;
+use common::eventually;
 use common::fake_node::{FakeNode, SERVE, start_req, started};
-use common::{eventually, key};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -227,14 +227,7 @@ async fn a_watch_that_did_not_ask_gets_no_reports() {
         }
     }
     assert!(!kinds.contains(&Kind::Capacity), "{kinds:?}");
-    let p = node
-        .client()
-        .poll(pb::PollRequest {
-            key: key("ann", ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&node.client(), "ann", "").await;
     assert_eq!(common::state(&p), pb::server_status::State::Absent);
     // The feed stops computing once no subscriber asks (it is still correct when one comes).
     drop(pushed);

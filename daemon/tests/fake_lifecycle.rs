@@ -14,7 +14,7 @@ use berthd::docker::fake::Behaviour;
 use common::fake_node::{
     FakeNode, SERVE, SILENT, engine, start_in_background, start_req, started, state_dir,
 };
-use common::{eventually, key, poll, state, stop, wait_for_state};
+use common::{Stop, eventually, key, poll, state, stop_as, wait_for_state};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -100,7 +100,7 @@ async fn stop_cancels_a_start_waiting_for_http() {
     let start = start_in_background(&node, "dan", "s", SILENT);
     container_reaches(&node, "dan", RunStatus::Running).await;
     assert_eq!(state(&poll(&node.client, "dan", "").await), State::Starting);
-    let stopped = stop(&node.client, "dan", "", true, 0).await.unwrap();
+    let stopped = stop_as(&node.client, "dan", "", Stop::Now).await.unwrap();
     let cancelled = tokio::time::timeout(LIMIT, start)
         .await
         .expect("the start ends with the stop, not at its ready timeout")
@@ -150,7 +150,7 @@ async fn poll_reports_every_state_and_exit_reason() {
     node.fake.ignore_sigterm(&name, true);
     let stopping = tokio::spawn({
         let c = node.client();
-        async move { stop(&c, "eve", "", false, 3600).await }
+        async move { stop_as(&c, "eve", "", Stop::Graceful(3600)).await }
     });
     wait_for_state(&c, "eve", "", State::Stopping, LIMIT)
         .await
@@ -172,8 +172,8 @@ async fn poll_reports_every_state_and_exit_reason() {
         match end {
             End::Exit(code) => assert!(node.fake.exit(&name, code)),
             End::Oom => assert!(node.fake.oom_kill(&name)),
-            End::StopNow => drop(stop(&c, user, "", true, 0).await.unwrap()),
-            End::StopGraceful => drop(stop(&c, user, "", false, 30).await.unwrap()),
+            End::StopNow => drop(stop_as(&c, user, "", Stop::Now).await.unwrap()),
+            End::StopGraceful => drop(stop_as(&c, user, "", Stop::Graceful(30)).await.unwrap()),
         }
         // Exits from outside reach the view through the event monitor.
         let p = wait_for_state(&c, user, "", State::Exited, LIMIT)
@@ -228,7 +228,9 @@ async fn a_graceful_stop_kills_a_server_that_ignores_sigterm_after_the_grace() {
     node.fake
         .ignore_sigterm(&FakeNode::container_name("gus"), true);
     let t0 = tokio::time::Instant::now();
-    let p = stop(&node.client, "gus", "", false, 20).await.unwrap();
+    let p = stop_as(&node.client, "gus", "", Stop::Graceful(20))
+        .await
+        .unwrap();
     assert!(
         t0.elapsed() >= Duration::from_secs(20),
         "{:?}",

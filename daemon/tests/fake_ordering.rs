@@ -12,7 +12,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use common::fake_node::{FakeNode, SERVE, start_req};
-use common::{key, poll, state};
+use common::{Stop, poll, state};
 use proptest::prelude::*;
 
 const USERS: [&str; 2] = ["ann", "bob"];
@@ -114,18 +114,9 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Stop { user, remove } => {
-                let stopped = node
-                    .client()
-                    .stop(pb::StopRequest {
-                        key: key(USERS[user], ""),
-                        now: true,
-                        remove,
-                        ..Default::default()
-                    })
+                let how = if remove { Stop::Remove } else { Stop::Now };
+                let stopped = common::stop_as(&node.client(), USERS[user], "", how)
                     .await
-                    .unwrap()
-                    .into_inner()
-                    .status
                     .unwrap();
                 known[user] = match (&known[user], remove) {
                     (_, true) => Known::Removed,

@@ -13,7 +13,7 @@ use berth_proto::v1 as pb;
 use berthd::docker::fake::Behaviour;
 use berthd::registry::RegistryAuth;
 use common::fake_node::{FakeNode, engine, start_in_background, start_req, state_dir};
-use common::{key, stop};
+use common::{Stop, key, stop_as};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -123,13 +123,13 @@ async fn a_missing_image_is_pulled_with_byte_progress_then_started() {
     assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
 
     // Present now: ifnotpresent does not pull again, always does.
-    stop(&node.client, "ann", "", true, 0).await.unwrap();
+    stop_as(&node.client, "ann", "", Stop::Now).await.unwrap();
     node.client()
         .start(start_req("ann", "s2", IMAGE))
         .await
         .unwrap();
     assert_eq!(node.fake.calls("pull"), 1);
-    stop(&node.client, "ann", "", true, 0).await.unwrap();
+    stop_as(&node.client, "ann", "", Stop::Now).await.unwrap();
     let req = with_policy(start_req("ann", "s3", IMAGE), pb::PullPolicy::Always);
     node.client().start(req).await.unwrap();
     assert_eq!(node.fake.calls("pull"), 2);
@@ -167,7 +167,7 @@ async fn a_pull_goes_on_while_a_spawn_follows_it_and_stops_when_none_does() {
     pulling(&node, "a", "s").await;
     pulling(&node, "b", "s").await;
     // The hub gives up on a's spawn: b still follows the pull.
-    stop(&node.client, "a", "", true, 0).await.unwrap();
+    stop_as(&node.client, "a", "", Stop::Now).await.unwrap();
     let e = tokio::time::timeout(LIMIT, a)
         .await
         .unwrap()
@@ -190,7 +190,7 @@ async fn a_pull_goes_on_while_a_spawn_follows_it_and_stops_when_none_does() {
     node.fake.hold_pulls(true);
     let c = start_in_background(&node, "c", "s", other);
     pulling(&node, "c", "s").await;
-    stop(&node.client, "c", "", true, 0).await.unwrap();
+    stop_as(&node.client, "c", "", Stop::Now).await.unwrap();
     let e = tokio::time::timeout(LIMIT, c)
         .await
         .unwrap()

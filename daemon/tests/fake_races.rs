@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use berth_proto::v1::server_status::State;
 use common::fake_node::{FakeNode, SERVE, engine, start_req, started, state_dir};
-use common::{key, poll, state, stop};
+use common::{Stop, key, poll, state, stop_as};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -73,7 +73,7 @@ async fn concurrent_starts_against_max_servers_admit_exactly_the_limit() {
     // A stopped server frees its place.
     let running = node.rt.view().running_containers();
     let user = running[0].0.user().to_owned();
-    stop(&node.client, &user, "", true, 0).await.unwrap();
+    stop_as(&node.client, &user, "", Stop::Now).await.unwrap();
     node.client()
         .start(start_req("late", "s", SERVE))
         .await

@@ -71,25 +71,13 @@ async fn docker_health_status_shows_in_poll_and_on_watch() {
     .await
     .expect("a HEALTH event with status healthy");
     assert_eq!(healthy.status.unwrap().key, key(&user, ""));
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&user, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &user, "").await;
     assert_eq!(p.health, "healthy");
 
     // A server without a HEALTHCHECK reports none.
     let plain = unique("plain");
     c.start(tiny_start(&plain, "s")).await.unwrap();
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&plain, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &plain, "").await;
     assert_eq!(p.health, "");
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_proto::v1 as pb;
-use common::{Daemon, Stop, key, state, stop_as, tiny_start, unique};
+use common::{Daemon, Stop, state, stop_as, tiny_start, unique};
 use futures::StreamExt;
 use pb::server_status::State;
 
@@ -46,13 +46,7 @@ async fn churn(d: &Daemon, worker: usize) -> usize {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
-            let p = c
-                .poll(pb::PollRequest {
-                    key: key(&user, ""),
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let p = common::poll(&c, &user, "").await;
             polls += 1;
             assert_eq!(
                 state(&p),

@@ -55,11 +55,7 @@ async fn all_running_within(d: &Daemon, users: &[String], limit: Duration) -> Du
         let mut polled = 0;
         if running == users.len() {
             for u in users {
-                let p = c
-                    .poll(pb::PollRequest { key: key(u, "") })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let p = common::poll(&c, u, "").await;
                 if state(&p) == State::Running {
                     polled += 1;
                 }
@@ -140,14 +136,8 @@ async fn crashes_during_churn_leave_one_container_and_one_sound_record_per_key()
             tasks.push(tokio::spawn(async move {
                 for op in 0..ops {
                     let _ = c.start(tiny_start(&u, &format!("r{round}-{i}-{op}"))).await;
-                    let _ = c
-                        .stop(pb::StopRequest {
-                            key: key(&u, ""),
-                            now: true,
-                            remove,
-                            ..Default::default()
-                        })
-                        .await;
+                    let how = if remove { Stop::Remove } else { Stop::Now };
+                    let _ = common::stop_as(&c, &u, "", how).await;
                 }
             }));
         }
@@ -192,11 +182,7 @@ async fn crashes_during_churn_leave_one_container_and_one_sound_record_per_key()
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let id = named().lines().next().map(str::to_owned);
-            let p = c
-                .poll(pb::PollRequest { key: key(u, "") })
-                .await
-                .unwrap()
-                .into_inner();
+            let p = common::poll(&c, u, "").await;
             let agrees = match &id {
                 Some(id) => p.container_id == *id,
                 None => matches!(state(&p), State::Absent | State::Exited),
@@ -230,11 +216,7 @@ async fn a_corrupt_or_deleted_record_is_rebuilt_from_labels_without_a_second_con
     d.respawn();
     let mut c = d.client().await;
     for (u, s) in [(&u1, &started[0]), (&u2, &started[1])] {
-        let p = c
-            .poll(pb::PollRequest { key: key(u, "") })
-            .await
-            .unwrap()
-            .into_inner();
+        let p = common::poll(&c, u, "").await;
         assert_eq!(state(&p), State::Running, "{u}");
         assert_eq!(p.container_id, s.container_id);
         assert_eq!(p.spawn_id, "s");
@@ -353,11 +335,7 @@ async fn an_unwritable_state_dir_fails_start_cleanly_and_keeps_old_records() {
     assert_eq!(records.len(), before);
     assert_eq!(records[0].user, old);
     // berthd keeps serving.
-    let p = c
-        .poll(pb::PollRequest { key: key(&old, "") })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &old, "").await;
     assert_eq!(state(&p), State::Running);
     c.start(tiny_start(&new, "s2")).await.unwrap();
 }
@@ -534,13 +512,7 @@ async fn delete_forever_removes_container_record_and_owned_volumes() {
         .unwrap()
         .into_inner();
     assert_eq!(st.version, 0);
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&user, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &user, "").await;
     assert_eq!(state(&p), State::Absent);
     let again = c
         .delete_forever(pb::DeleteForeverRequest {

@@ -421,13 +421,7 @@ async fn hostile_specs_are_refused_naming_the_rule_and_create_nothing() {
         .unwrap()
         .into_inner();
     assert_ne!(ra.container_id, rb.container_id);
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&alice, "gpu"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &alice, "gpu").await;
     assert_eq!(
         p.container_id, ra.container_id,
         "the first user's server is untouched"

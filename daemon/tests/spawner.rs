@@ -30,13 +30,7 @@ async fn start_answers_http_and_poll_and_list_report_running() {
     assert_eq!(code, 200);
     assert!(body.contains("berth tiny server"));
 
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&user, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &user, "").await;
     assert_eq!(state(&p), State::Running);
     assert_eq!(p.container_id, r.container_id);
     assert_eq!(p.url, r.url);
@@ -242,13 +236,7 @@ async fn a_server_that_exits_at_once_fails_fast_with_code_and_output() {
     );
     assert_eq!(last.progress, 100);
 
-    let p = c
-        .poll(pb::PollRequest {
-            key: key(&user, ""),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let p = common::poll(&c, &user, "").await;
     // A failed start leaves nothing of the container it made (its output is in the error);
     // the exit code of the run stays.
     assert_eq!(state(&p), State::Absent);

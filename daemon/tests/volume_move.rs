@@ -390,7 +390,9 @@ async fn a_running_servers_volume_is_neither_exported_nor_removed() {
     assert!(volume_exists(&name));
 
     // Stopped (container kept): it exports, and removing it removes the stopped server too.
-    common::stop(&c, &user, "", true, 0).await.unwrap();
+    common::stop_as(&c, &user, "", common::Stop::Now)
+        .await
+        .unwrap();
     assert!(export(&c, &name).await.is_ok());
     let removed = c
         .clone()

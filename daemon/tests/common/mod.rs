@@ -404,25 +404,6 @@ pub fn set_mode(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Stops `user`/`server`: killed when `now`, else SIGTERM and `grace_seconds`.
-pub async fn stop(
-    c: &SpawnerClient<Channel>,
-    user: &str,
-    server: &str,
-    now: bool,
-    grace_seconds: u32,
-) -> Result<pb::ServerStatus, tonic::Status> {
-    c.clone()
-        .stop(pb::StopRequest {
-            key: key(user, server),
-            now,
-            grace_seconds,
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().status.unwrap())
-}
-
 /// A gRPC channel over berthd's Unix socket at `socket` (the Admin socket).
 pub async fn unix_channel(socket: &std::path::Path) -> Channel {
     let path = socket.to_owned();

@@ -7,16 +7,14 @@
 set -euo pipefail
 tag=${1:-berth-test/singleuser:latest}
 hub_version=${JUPYTERHUB_VERSION:-6.1.1}
-recipe=$( (cat "$0"; echo "$hub_version") | sha256sum | cut -c1-16)
-have=$(docker image inspect -f '{{index .Config.Labels "berth.recipe"}}' "$tag" 2>/dev/null || true)
-if [ -z "${FORCE:-}" ] && [ "$have" = "$recipe" ]; then
+# shellcheck source=tests/images/lib.sh
+. "$(dirname "$0")/lib.sh"
+recipe=$(recipe_of "$hub_version")
+if image_current "$tag" "$recipe"; then
   echo "build-singleuser: $tag exists" >&2
   exit 0
 fi
-if ! command -v mmdebstrap >/dev/null; then
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
-fi
+ensure_mmdebstrap
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs

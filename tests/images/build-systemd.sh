@@ -6,16 +6,14 @@
 # is a label of the image); FORCE=1 rebuilds.
 set -euo pipefail
 tag=${1:-berth-test/systemd:latest}
-recipe=$(sha256sum < "$0" | cut -c1-16)
-have=$(docker image inspect -f '{{index .Config.Labels "berth.recipe"}}' "$tag" 2>/dev/null || true)
-if [ -z "${FORCE:-}" ] && [ "$have" = "$recipe" ]; then
+# shellcheck source=tests/images/lib.sh
+. "$(dirname "$0")/lib.sh"
+recipe=$(recipe_of)
+if image_current "$tag" "$recipe"; then
   echo "build-systemd: $tag exists" >&2
   exit 0
 fi
-if ! command -v mmdebstrap >/dev/null; then
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
-fi
+ensure_mmdebstrap
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs

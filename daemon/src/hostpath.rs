@@ -307,6 +307,12 @@ pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, Host
             Errno::NOENT | Errno::NOTDIR => HostPathError::Missing {
                 path: path.to_owned(),
             },
+            // Not the path's fault: say what takes openat2 away.
+            Errno::NOSYS => io_err(
+                "resolve (openat2 is unavailable: a kernel older than 5.6, or a seccomp \
+                 filter such as systemd's RestrictSUIDSGID=)",
+                p,
+            )(e),
             e => io_err("resolve", p)(e),
         }
     })?;

@@ -477,6 +477,15 @@ fn bad_values_name_their_key() {
     };
     let err = cfg.validate().expect_err("space").to_string();
     assert!(err.contains("node_id"), "{err}");
+    for mode in [0o4755, 0o10000] {
+        let mut cfg = Config::default();
+        cfg.policy.host_path_mode = mode;
+        let err = cfg.validate().expect_err("mode").to_string();
+        assert!(err.contains("policy.host_path_mode"), "{err}");
+    }
+    let mut cfg = Config::default();
+    cfg.policy.host_path_mode = 0o2770;
+    cfg.validate().expect("set-group-ID directories are fine");
 }
 
 #[test]

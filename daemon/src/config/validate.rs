@@ -67,6 +67,17 @@ impl Config {
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
+        // The pin helper makes these directories as root (and runs without systemd's
+        // RestrictSUIDSGID=, see berth-pin.service): permission bits only, no set-user-ID.
+        let mode = self.policy.host_path_mode;
+        if mode > 0o7777 || mode & 0o4000 != 0 {
+            return Err(invalid(
+                "policy.host_path_mode",
+                format!(
+                    "{mode:#o} must be permission bits (at most 0o7777) without set-user-ID (0o4000)"
+                ),
+            ));
+        }
         self.log
             .env_filter()
             .map_err(|message| invalid("log.filter", message))?;

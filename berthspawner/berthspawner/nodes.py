@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from . import placement
+from . import fencing, placement
 from ._proto.berth.v1 import spawner_pb2 as pb
 from ._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
 
@@ -85,6 +85,9 @@ class Node:
         # Bumped at every new Watch stream: a stream begun after a Start was answered shows it
         # in its first CAPACITY event.
         self.stream_epoch = 0
+        # The node's fence time (NodeCapacity.fence_after_seconds) from its last capacity
+        # answer: 0 = it does not fence, None = not known yet (see fencing.py).
+        self.fence_after = None
 
     def metadata(self):
         """Call metadata: the bearer token (see `bearer`)."""
@@ -205,6 +208,7 @@ class Node:
         self.generation += 1
         if ev.kind == pb.WatchEvent.CAPACITY:
             self.capacity = ev.capacity
+            self.fence_after = ev.capacity.fence_after_seconds
             self._reflected()
             return
         self._seen(ev.status.spawn_id)
@@ -219,10 +223,15 @@ class Node:
             self.watching = True
             for k, cb in list(self._listeners.items()):
                 self._notify(k, cb, self.statuses.get(k))
+            # A node back from a partition may still run a server this hub has since
+            # started elsewhere.
+            for st in list(self.statuses.values()):
+                fencing.check_duplicate(self, st)
             return
         s = ev.status
         k = (s.key.user, s.key.server_name)
         self.statuses[k] = s
+        fencing.check_duplicate(self, s)
         cb = self._listeners.get(k)
         if cb is not None:
             self._notify(k, cb, s)

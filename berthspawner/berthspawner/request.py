@@ -213,4 +213,6 @@ def start_request(spawner, image):
         resumable=not spawner.remove,
         internal_ssl=spawner._certs if spawner.internal_ssl else None,
         pull_policy=PULL_POLICIES[spawner.pull_policy.lower()],
+        fence_after_seconds=0 if spawner.never_fence else int(spawner.fence_after or 0),
+        never_fence=bool(spawner.never_fence),
     )

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 import uuid
 
 import grpc
@@ -22,7 +23,7 @@ from traitlets import (
     validate,
 )
 
-from . import capcache, errors, form, nodecheck, placement, profiles, request, userfacing
+from . import capcache, errors, fencing, form, nodecheck, placement, profiles, request, userfacing
 from ._compat import SpawnException
 from ._proto.berth.v1 import spawner_pb2 as pb
 from .dsnames import DockerSpawnerNames
@@ -149,6 +150,20 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         The hub polls every 30 s by default: 120 s tolerates three missed polls, a daemon
         restart or a short network cut, without ending a session that is likely still alive.""",
     )
+    fence_after = Integer(
+        0,
+        config=True,
+        help="""Seconds without the hub after which this server's node stops it (fencing, so
+        that a node cut off from the hub never runs it beside a replacement); 0 = the node's
+        `[fencing] stop_after_hub_lost_seconds`. A profile may set it.""",
+    )
+    never_fence = Bool(
+        False,
+        config=True,
+        help="""Never stop this server for lack of the hub (a long job that must outlive a
+        partition). Its replacement then waits for the node, or for an administrator to declare
+        the node lost. A profile may set it.""",
+    )
     rpc_timeout = Float(15.0, config=True, help="Deadline of each RPC except Start and Stop.")
     capacity_ttl = Float(
         5.0,
@@ -174,6 +189,9 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     spawn_id = Unicode("")
     container_id = Unicode("")
     home_node = Unicode("")
+    # Where our last server may still run on a node the hub lost touch with (fencing.py):
+    # {"node", "container_id", "since", "until"}; kept across stops, like home_node.
+    lost = Any(None, allow_none=True)
     # Said once on the progress stream of the current start (e.g. "a fresh volume").
     _notice = ""
     # Set by progress() once the current attempt's events are relayed (None: nobody follows).
@@ -375,6 +393,8 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             state.update(node=self.node_name, spawn_id=self.spawn_id, container_id=self.container_id)
         if self.home_node:
             state.update(home_node=self.home_node)
+        if self.lost:
+            state.update(lost=self.lost)
         return state
 
     def load_state(self, state):
@@ -383,13 +403,67 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         self.spawn_id = state.get("spawn_id", "")
         self.container_id = state.get("container_id", "")
         self.home_node = state.get("home_node", "")
+        self.lost = state.get("lost") or None
+        if self.node_name:
+            fencing.place(self._key_tuple(), self.node_name)
 
     def clear_state(self):
-        # The hub clears the state when the server stops; where the files are outlives that.
-        home = self.home_node
+        # The hub clears the state when the server stops; where the files are, and where a
+        # server the hub lost touch with may still run, outlive that.
+        home, lost = self.home_node, self.lost
+        if self.node_name:
+            fencing.unplace(self._key_tuple(), self.node_name)
         super().clear_state()
         self.node_name = self.spawn_id = self.container_id = ""
-        self.home_node = home
+        self.home_node, self.lost = home, lost
+
+    def _key_tuple(self):
+        return (self.user.name, self.name or "")
+
+    # ---- fencing (fencing.py) ---------------------------------------------------------------
+
+    def _note_lost(self, node, down):
+        """The hub has lost touch with our server's node: remember where the server may still
+        run, and until when (the node's fence time, from when the hub lost it)."""
+        since = time.time() - down
+        fence = fencing.fence_seconds(self, node)
+        self.lost = {
+            "node": node.name,
+            "container_id": self.container_id,
+            "since": since,
+            "until": fencing.release_at(since, fence, self.stop_grace),
+        }
+
+    def _check_lost(self, answers):
+        """Before a start: refuses it while our last server may still run on a node the hub
+        cannot reach (see fencing.py); forgets it once that node answered (its old server was
+        stopped by _replace_orphans), fenced it, or was declared lost."""
+        lost = self.lost
+        if not lost:
+            return
+        name, until = lost["node"], lost.get("until")
+        answered = any(c.name == name and not c.error for c in answers)
+        if answered:
+            self.log.info("berth: %s: node %s answers again; its old server was stopped", self._log_name, name)
+        elif fencing.released_after(name, lost["since"]):
+            self.log.warning("berth: %s: node %s was declared lost; starting elsewhere", self._log_name, name)
+        elif until is not None and time.time() >= until:
+            self.log.info(
+                "berth: %s: node %s has fenced the old server by now; starting elsewhere", self._log_name, name
+            )
+        elif self._node(name) is None:
+            self.log.warning("berth: %s: node %s is no longer configured; starting elsewhere", self._log_name, name)
+        else:
+            sentence = fencing.refusal(name, until)
+            raise userfacing.failure(
+                sentence,
+                reason="fenced",
+                status_code=409,
+                detail=f"{self._log_name} may still run on unreachable node {name} (since "
+                f"{time.ctime(lost['since'])}; fenced by {time.ctime(until) if until else 'never'}): "
+                f"refusing a second server; POST /hub/api/berth/nodes/{name}/lost releases it",
+            )
+        self.lost = None
 
     # ---- where the files are ----------------------------------------------------------------
 
@@ -477,6 +551,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return placement.Candidate(name=node.name, known=False)
             return placement.Candidate(name=node.name, error=e.code().name)
+        node.fence_after = c.fence_after_seconds
         return placement.from_capacity(node.name, c)
 
     async def _answers(self, nodes, fresh=False):
@@ -557,6 +632,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         answers, _, *home = await asyncio.gather(*asks)
         if home:
             self.home_node = home[0]
+        self._check_lost(answers)
         _check_selector(demand, answers)
         self.spawn_id = uuid.uuid4().hex
         ranked, reasons = self._rank(nodes, answers, demand)
@@ -617,6 +693,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                 node.placed_answered(self.spawn_id, started)
                 capcache.CACHE.forget(node)
             self.container_id = resp.container_id
+            fencing.place(self._key_tuple(), node.name)
             node.listen(self.user.name, self.name or "", self._on_status)
             # Every node's Watch, so that the next spawns take capacity and orphans from it.
             for n in self._nodes():
@@ -749,8 +826,10 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                         self._log_name,
                     )
                     return None
+                self._note_lost(node, down)
                 self.log.error(
-                    "berth: node %s unreachable for %.0fs (unreachable_grace %.0fs); %s is taken as gone",
+                    "berth: node %s unreachable for %.0fs (unreachable_grace %.0fs); %s is taken as gone "
+                    "(no other server of it starts until the node answers, fences it or is declared lost)",
                     node.name,
                     down,
                     self.unreachable_grace,
@@ -803,6 +882,11 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         if node is None:
             return
         node.unlisten(self.user.name, self.name or "")
+        if self.lost and self.lost["node"] == node.name and node.unreachable_for() > 0:
+            # poll() gave it up: the node cannot be asked; it fences the server, or the next
+            # start waits for it (fencing.py).
+            self.log.warning("berth: %s is on unreachable node %s: not stopped there", self._log_name, node.name)
+            return
         req = pb.StopRequest(key=self._key(), now=now, grace_seconds=self.stop_grace, remove=self.remove)
         await node.call("Stop", req, self.stop_grace + self.rpc_timeout)
         self.log.info("berth: %s stopped on %s", self._log_name, node.name)

@@ -3,12 +3,14 @@
 import asyncio
 import functools
 import socket
+from types import SimpleNamespace
 
 import grpc
 import pytest
 from fakes import GIB, FakeNode, State, spawner, wait_until
 from berthspawner._compat import SpawnException
 
+from berthspawner import fencing
 from berthspawner import nodes as nodes_mod
 from berthspawner._proto.berth.v1 import spawner_pb2 as pb
 
@@ -269,6 +271,70 @@ async def test_an_unreachable_node_keeps_its_servers_for_the_grace_then_not():
     node = s._node("a")
     node._first_failure -= 61  # as if the node had been silent for longer than the grace
     assert await s.poll() == 1
+
+
+async def lose(s, node_name):
+    """As the hub does with a server whose node stopped answering past the grace."""
+    node = s._node(node_name)
+    assert await s.poll() is None
+    node._first_failure -= 61
+    assert await s.poll() == 1
+    await s.stop()
+    s.clear_state()
+    s.orm_spawner = None
+    return node
+
+
+@run
+async def test_a_server_lost_with_its_node_is_not_started_twice_until_released():
+    fencing._released.clear()
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
+    s = spawner([a, b], unreachable_grace=60, rpc_timeout=2)
+    assert await s.start() == "http://a:1"
+    await a.close()
+    node = await lose(s, "a")
+    node.fence_after = 0  # a does not fence: only an operator can release it
+    assert s.get_state()["lost"]["node"] == "a", "kept across the stop, in the hub's database"
+    with pytest.raises(SpawnException) as refused:
+        await s.start()
+    assert "still on a" in refused.value.jupyterhub_message and "administrator" in refused.value.jupyterhub_message
+    assert "Start" not in b.calls, "no second server while the first may run"
+    # The hub restarts: the state it kept refuses as well.
+    again = spawner([a, b], unreachable_grace=60, rpc_timeout=2)
+    again.load_state(s.get_state())
+    with pytest.raises(SpawnException):
+        await again.start()
+    fencing.release("a")
+    assert await again.start() == "http://b:1"
+    assert again.lost is None
+
+
+@run
+async def test_a_fencing_node_releases_its_lost_server_after_its_fence_time():
+    fencing._released.clear()  # an earlier test released a node of the same name
+    a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
+    s = spawner([a, b], unreachable_grace=60, rpc_timeout=2, stop_grace=5)
+    await s.start()
+    s._node("a").fence_after = 75
+    await a.close()
+    await lose(s, "a")
+    lost = s.lost
+    assert lost["until"] == pytest.approx(lost["since"] + 75 + 5 + fencing.MARGIN)
+    with pytest.raises(SpawnException) as refused:
+        await s.start()
+    # Lost 61 s ago, fenced 90 s after: within the minute.
+    assert "will be stopped there in 1 minute," in refused.value.jupyterhub_message
+    lost["until"] = lost["since"]  # as if the fence time had passed
+    assert await s.start() == "http://b:1"
+
+
+def test_a_servers_own_fence_time_and_never_fence_win_over_the_nodes():
+    node = SimpleNamespace(fence_after=75)
+    assert fencing.fence_seconds(SimpleNamespace(never_fence=True, fence_after=30), node) == 0
+    assert fencing.fence_seconds(SimpleNamespace(never_fence=False, fence_after=30), node) == 45
+    assert fencing.fence_seconds(SimpleNamespace(never_fence=False, fence_after=0), node) == 75
+    assert fencing.release_at(100.0, 0, 10) is None
+    assert "cannot reach" in fencing.refusal("node-3", None)
 
 
 @run

@@ -210,6 +210,8 @@ pub struct NodeCapacity {
     pub devices: Vec<ClassCapacity>,
     /// The configured labels (`[node] labels`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Seconds from the hub's last contact to the node fencing its servers; 0 = it does not.
+    pub fence_after_seconds: u32,
 }
 
 /// One device class in the capacity report.

@@ -127,6 +127,8 @@ section! {
         security: SecurityConfig = SecurityConfig::default();
         /// The Docker network of the servers.
         network: NetworkConfig = NetworkConfig::default();
+        /// What the node does when the hub is out of touch.
+        fencing: FencingConfig = FencingConfig::default();
         /// Image pulls.
         images: ImagesConfig = ImagesConfig::default();
         /// What a hub may ask of this node.
@@ -158,6 +160,16 @@ section! {
         /// The isolated network, created by berthd (labelled berth.managed) when missing.
         name: String = DEFAULT_NETWORK_NAME.to_owned(),
             env "BERTH_NETWORK_NAME", flag "network-name";
+    }
+}
+
+section! {
+    /// `[fencing]`
+    pub struct FencingConfig at "fencing." {
+        /// Stop this node's servers (SIGTERM and the stop grace, as a Stop) once no call of the hub (an authenticated RPC, or an open Watch stream) has reached berthd for this long, so that a node cut off from the hub never runs a user's server beside its replacement on another node; 0 = never (off: a hub that is merely down, e.g. for an upgrade, would fence every node too).
+        #[serde(deserialize_with = "units::seconds")]
+        stop_after_hub_lost_seconds: u64 = 0,
+            env "BERTH_FENCING_STOP_AFTER_HUB_LOST_SECONDS", flag "fencing-stop-after-hub-lost-seconds";
     }
 }
 

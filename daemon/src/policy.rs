@@ -292,6 +292,7 @@ mod tests {
             internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
+            fence: crate::spec::Fence::NodeDefault,
         }
     }
 

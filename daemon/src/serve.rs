@@ -20,6 +20,7 @@ use crate::config::{self, Config, ConfigError, ProcessEnv};
 use crate::docker::{BollardEngine, ContainerEngine, EngineError};
 use crate::notify::{Notifier, Watchdog};
 use crate::runtime::Runtime;
+use crate::runtime::lifecycle::fence;
 use crate::state::FileStore;
 use crate::tls::ReloadableTls;
 use berth_hub_client::HubClient;
@@ -231,6 +232,8 @@ async fn run_on<E: ContainerEngine>(
         rt.config().image_gc.clone(),
         shutdown.clone(),
     ));
+    // Always: a Start may ask for fencing on a node that does not fence by default.
+    tasks.spawn(fence::run(rt.clone(), shutdown.clone()));
     spawn_metrics(&cfg, &rt, &tasks, &shutdown).await?;
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;
@@ -249,13 +252,21 @@ async fn run_on<E: ContainerEngine>(
         reconciled,
         shutdown.clone(),
     ));
+    // HTTP/2 keepalive closes a connection whose peer stopped answering (a hub cut off by
+    // the network), ending its Watch streams: fencing counts the hub as gone from then on.
     let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(fence::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(fence::KEEPALIVE_TIMEOUT))
         .layer(crate::metrics::GrpcLayer::new(rt.metrics().clone()));
-    let spawner =
-        SpawnerServer::new(SpawnerService::new(rt)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let calls = HubCalls {
+        auth,
+        contact: rt.hub_contact().clone(),
+    };
+    let spawner = SpawnerServer::new(SpawnerService::for_hub(rt))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = builder
         .add_service(health_service)
-        .add_service(InterceptedService::new(spawner, auth));
+        .add_service(InterceptedService::new(spawner, calls));
     // STOPPING=1 goes out before the server winds down: were it sent beside the server's
     // future, a server with nothing in flight would finish first and it would never be sent.
     let stop = {
@@ -294,6 +305,22 @@ async fn run_on<E: ContainerEngine>(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// The hub's calls on the gRPC listener: the bearer token checked, then the hub's contact
+/// noted (fencing counts from the last one).
+#[derive(Clone)]
+struct HubCalls {
+    auth: BearerAuth,
+    contact: std::sync::Arc<fence::HubContact>,
+}
+
+impl tonic::service::Interceptor for HubCalls {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let request = self.auth.call(request)?;
+        self.contact.touch();
+        Ok(request)
+    }
 }
 
 /// The runtime over Docker, its records loaded and reconciled with what runs (a restart never

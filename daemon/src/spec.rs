@@ -506,6 +506,41 @@ pub struct StartSpec {
     pub pull_policy: Option<crate::registry::PullPolicy>,
     /// Registry credentials for this Start's pull only (secret: never kept, never hashed).
     pub pull_secret: Option<crate::registry::RegistryAuth>,
+    /// When the node fences this server.
+    pub fence: Fence,
+}
+
+/// When a node cut off from the hub stops a server (`[fencing]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fence {
+    /// As the node's `[fencing] stop_after_hub_lost_seconds` says.
+    #[default]
+    NodeDefault,
+    /// Never: the server outlives any partition.
+    Never,
+    /// After this long without the hub.
+    After(Duration),
+}
+
+impl Fence {
+    /// The form kept in a record: `None` = the node's setting, `Some(0)` = never, else seconds.
+    pub fn to_record(self) -> Option<u64> {
+        match self {
+            Self::NodeDefault => None,
+            Self::Never => Some(0),
+            Self::After(d) => Some(d.as_secs().max(1)),
+        }
+    }
+
+    /// How long without the hub a server with record form `kept` may run, the node's
+    /// setting being `node` (`None`: the node does not fence); `None` = never fenced.
+    pub fn limit(kept: Option<u64>, node: Option<Duration>) -> Option<Duration> {
+        match kept {
+            None => node,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        }
+    }
 }
 
 /// Largest PEM file of [`Certs`].

@@ -88,6 +88,14 @@ pub struct Record {
     /// created, so they stay held across a crash until reconcile settles them.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// When the node fences the current spawn ([`crate::spec::Fence::to_record`]): `None` =
+    /// the node's `[fencing]` setting, `Some(0)` = never, else seconds without the hub.
+    #[serde(default)]
+    pub fence_after_seconds: Option<u64>,
+    /// The node stopped this server because the hub was out of touch (Poll then says EXITED,
+    /// reason Fenced); cleared by the next Start.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// Now in milliseconds since the epoch.
@@ -121,6 +129,8 @@ impl Record {
             volumes: Vec::new(),
             started_ms: 0,
             devices: Vec::new(),
+            fence_after_seconds: None,
+            fenced: false,
         }
     }
 

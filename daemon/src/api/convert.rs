@@ -136,9 +136,21 @@ impl TryFrom<pb::StartRequest> for StartSpec {
             }
         };
         let pull_secret = r.pull_secret.map(pull_secret).transpose()?;
+        let fence = match (r.never_fence, r.fence_after_seconds) {
+            (true, 0) => spec::Fence::Never,
+            (true, _) => {
+                return Err(SpecError::new(
+                    "fence_after_seconds",
+                    "is set with never_fence: choose one",
+                ));
+            }
+            (false, 0) => spec::Fence::NodeDefault,
+            (false, s) => spec::Fence::After(Duration::from_secs(u64::from(s))),
+        };
         Ok(StartSpec {
             pull_policy,
             pull_secret,
+            fence,
             host,
             key,
             spawn_id: r.spawn_id,
@@ -327,6 +339,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
         memory_bytes: a.memory,
     };
     pb::NodeCapacity {
+        fence_after_seconds: c.fence_after_seconds,
         node_id,
         cpus: c.host.cpus,
         memory_total_bytes: c.host.memory_total,

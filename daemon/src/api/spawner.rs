@@ -26,17 +26,32 @@ pub const FEATURES: &[&str] = &[
     "volume-move",
     "pull",
     "prepull",
+    "fencing",
 ];
 
 /// The Spawner service over a runtime.
 pub struct SpawnerService<E> {
     rt: Runtime<E>,
+    /// Serving the hub (the gRPC listener): its open Watch streams count as the hub's
+    /// contact for fencing. Not for the Admin socket's reads.
+    hub_facing: bool,
 }
 
 impl<E: ContainerEngine> SpawnerService<E> {
-    /// A service answering from `rt`.
+    /// A service answering from `rt`, for an operator on the node (the Admin socket).
     pub fn new(rt: Runtime<E>) -> Self {
-        Self { rt }
+        Self {
+            rt,
+            hub_facing: false,
+        }
+    }
+
+    /// A service answering the hub from `rt` (the gRPC listener).
+    pub fn for_hub(rt: Runtime<E>) -> Self {
+        Self {
+            rt,
+            hub_facing: true,
+        }
     }
 
     fn node_id(&self) -> String {
@@ -69,6 +84,9 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
             docker_api_version: engine.api_version,
             docker_version: engine.version,
             features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+            fence_after_seconds: crate::runtime::lifecycle::fence::reported_seconds(
+                self.rt.config().fence_after,
+            ),
         }))
     }
 
@@ -235,8 +253,11 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         // last one this stream sent; the subscription keeps the feed computing while the
         // stream lives.
         let mut sent: Option<pb::NodeCapacity> = None;
+        // While the hub's stream is open the hub counts as present (fencing).
+        let contact = self.hub_facing.then(|| self.rt.hub_contact().watching());
         let events = head.chain(first).chain(live).filter_map(move |ev| {
             let _feed = &feed;
+            let _contact = &contact;
             let out = match ev {
                 Ok(ev) if ev.kind == crate::runtime::view::WatchKind::Capacity => {
                     if wants_capacity {

@@ -7,8 +7,8 @@ use clap::{Arg, ArgMatches, value_parser};
 use toml::Value;
 
 use super::{
-    CapacityConfig, Config, ConfigError, DevicesConfig, DockerConfig, ImagesConfig, MetricsConfig,
-    NetworkConfig, NodeConfig, SecurityConfig, SpawnConfig,
+    CapacityConfig, Config, ConfigError, DevicesConfig, DockerConfig, FencingConfig, ImagesConfig,
+    MetricsConfig, NetworkConfig, NodeConfig, SecurityConfig, SpawnConfig,
 };
 use crate::policy::Policy;
 use crate::policy::options::OptionsPolicy;
@@ -52,6 +52,7 @@ pub fn settings() -> impl Iterator<Item = &'static Setting> {
         CapacityConfig::OVERRIDABLE,
         SecurityConfig::OVERRIDABLE,
         NetworkConfig::OVERRIDABLE,
+        FencingConfig::OVERRIDABLE,
         ImagesConfig::OVERRIDABLE,
         Policy::OVERRIDABLE,
         OptionsPolicy::OVERRIDABLE,

@@ -152,6 +152,7 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ("security.insecure_plaintext_on_network", "true", "true"),
     ("network.isolate_users", "false", "false"),
     ("network.name", "lab-users", "\"lab-users\""),
+    ("fencing.stop_after_hub_lost_seconds", "90", "90"),
     ("images.pull_policy", "always", "\"always\""),
     ("images.registry_auth_file", "/r.json", "\"/r.json\""),
     ("images.pull_timeout_seconds", "10m", "600"),

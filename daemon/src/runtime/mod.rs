@@ -111,6 +111,8 @@ pub struct RuntimeConfig {
     /// The network a server joins when its Start names none: berth's, with traffic between
     /// containers dropped (`network.isolate_users`); `None` = Docker's default bridge.
     pub isolated_network: Option<String>,
+    /// `[fencing] stop_after_hub_lost_seconds`; `None` = the node does not fence by default.
+    pub fence_after: Option<Duration>,
 }
 
 /// The runtime's share of the node configuration is the runtime's to define: `config` knows
@@ -159,6 +161,8 @@ impl crate::config::Config {
                 .network
                 .isolate_users
                 .then(|| self.network.name.clone()),
+            fence_after: (self.fencing.stop_after_hub_lost_seconds > 0)
+                .then(|| Duration::from_secs(self.fencing.stop_after_hub_lost_seconds)),
         }
     }
 }
@@ -216,6 +220,8 @@ struct Inner<E> {
     feed: capfeed::Feed,
     /// The subnets of the networks servers are put on, whose peers the listeners refuse.
     nets: crate::netguard::ContainerNets,
+    /// When the hub last reached this node (fencing).
+    contact: Arc<lifecycle::fence::HubContact>,
 }
 
 impl<E: ContainerEngine> Runtime<E> {
@@ -242,6 +248,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 metrics: Arc::default(),
                 feed: capfeed::Feed::default(),
                 nets: crate::netguard::ContainerNets::default(),
+                contact: Arc::default(),
             }),
         }
     }

@@ -226,6 +226,7 @@ proptest! {
             internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
+            fence: crate::spec::Fence::NodeDefault,
         };
         prop_assert_eq!(mk(&v1).spec_hash(), mk(&v2).spec_hash());
     }

@@ -8,6 +8,7 @@
 //! | `ready.rs` | the readiness probe (HTTP, or TLS under internal_ssl) |
 //! | `options.rs` | container options that need the engine beyond create (network, command) |
 //! | `callers.rs` | who still waits for each spawn; abandonment after the grace |
+//! | `fence.rs` | the hub's last contact, and stopping servers once it is out of touch too long |
 //! | `stop.rs` | Stop: graceful or immediate, optionally removing the container |
 //! | `state_ops.rs` | the hub's state blob (compare-and-swap) and DeleteForever |
 //! | `observe.rs` | Docker's reports of containers taken into the view, in order |
@@ -15,6 +16,7 @@
 //! | `logs.rs` | a server's output, for the Logs RPC and failure messages |
 
 pub mod callers;
+pub mod fence;
 pub(crate) mod logs;
 pub(crate) mod observe;
 pub(crate) mod options;

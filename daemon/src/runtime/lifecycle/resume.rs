@@ -329,6 +329,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 r.status = RecordStatus::Starting;
                 r.exit_code = None;
                 r.started_ms = crate::state::now_ms();
+                r.fence_after_seconds = spec.fence.to_record();
+                r.fenced = false;
             })
             .await?;
         tracing::info!(user = spec.key.user(), server = spec.key.server(), container = %c.id, "resuming the stopped container");

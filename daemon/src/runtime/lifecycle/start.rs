@@ -404,6 +404,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 r.image.clone_from(&spec.image);
                 r.port = spec.port;
                 r.started_ms = crate::state::now_ms();
+                r.fence_after_seconds = spec.fence.to_record();
+                r.fenced = false;
                 r.devices = devices.iter().map(DeviceRef::encode).collect();
                 r.volumes = spec
                     .volumes

@@ -380,6 +380,7 @@ mod tests {
             internal_ssl: None,
             pull_policy: None,
             pull_secret: None,
+            fence: crate::spec::Fence::NodeDefault,
         }
     }
 

@@ -203,6 +203,9 @@ impl<E: ContainerEngine> Runtime<E> {
             images,
             devices: inner.devices.capacity(&inner.view),
             labels: inner.cfg.labels.clone(),
+            fence_after_seconds: crate::runtime::lifecycle::fence::reported_seconds(
+                inner.cfg.fence_after,
+            ),
         }
     }
 

@@ -197,6 +197,13 @@ fn with_container(
     s.exit_code = exit_code;
     s.reason = reason.to_owned();
     s.message = message;
+    if state == State::Exited && r.fenced && r.container_id == c.id {
+        s.reason = "Fenced".to_owned();
+        s.message = format!(
+            "stopped by its node, which had lost touch with the hub (fencing; {})",
+            s.message
+        );
+    }
     s.started_at.clone_from(&c.started_at);
     s.finished_at.clone_from(&c.finished_at);
     s.url = (state != State::Exited)

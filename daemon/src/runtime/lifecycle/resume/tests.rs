@@ -34,6 +34,7 @@ fn spec() -> StartSpec {
         internal_ssl: None,
         pull_policy: None,
         pull_secret: None,
+        fence: crate::spec::Fence::NodeDefault,
     }
 }
 

@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn an_open_watch_is_contact_and_its_end_restarts_the_count() {
         let c = Arc::new(HubContact::default());
-        *c.last.lock().unwrap() = Instant::now() - Duration::from_secs(100);
+        *c.last.lock().expect("not poisoned") = Instant::now() - Duration::from_secs(100);
         assert!(c.lost_for() >= Duration::from_secs(100));
         let g = c.watching();
         assert_eq!(c.lost_for(), Duration::ZERO);

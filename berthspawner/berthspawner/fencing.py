@@ -30,8 +30,10 @@ log = logging.getLogger("berthspawner")
 # fence.rs, DEAD_PEER_DETECTION): added to a server's own fence_after, as berthd's reported
 # fence time already includes it.
 DEAD_PEER_DETECTION = 15
-# Beyond a node's fence time: its one-second fencing tick, the hub's own detection, slack.
+# Beyond a node's fence time and stop grace: its one-second fencing tick, slack.
 MARGIN = 10
+# A node's stop grace when it has not told it yet (berthd's default is 10 s).
+UNKNOWN_STOP_GRACE = 60
 
 # (user, server name) -> the node this hub runs it on.
 _placed = {}
@@ -64,11 +66,13 @@ def released_after(node_name, since):
 
 
 def release_at(since, fence_seconds, stop_grace):
-    """When a server the hub lost at `since` is surely stopped by its node's fencing, or None
-    when its node does not fence it."""
+    """When a server the hub lost at `since` is surely stopped by its node's fencing (its fence
+    time, then the node's `stop_grace` from SIGTERM to SIGKILL), or None when its node does not
+    fence it."""
     if not fence_seconds:
         return None
-    return since + fence_seconds + stop_grace + MARGIN
+    grace = UNKNOWN_STOP_GRACE if stop_grace is None else stop_grace
+    return since + fence_seconds + grace + MARGIN
 
 
 def fence_seconds(spawner, node):

@@ -88,6 +88,8 @@ class Node:
         # The node's fence time (NodeCapacity.fence_after_seconds) from its last capacity
         # answer: 0 = it does not fence, None = not known yet (see fencing.py).
         self.fence_after = None
+        # Its stop grace (NodeCapacity.stop_grace_seconds), None = not known yet.
+        self.stop_grace = None
 
     def metadata(self):
         """Call metadata: the bearer token (see `bearer`)."""
@@ -209,6 +211,7 @@ class Node:
         if ev.kind == pb.WatchEvent.CAPACITY:
             self.capacity = ev.capacity
             self.fence_after = ev.capacity.fence_after_seconds
+            self.stop_grace = ev.capacity.stop_grace_seconds
             self._reflected()
             return
         self._seen(ev.status.spawn_id)

@@ -431,7 +431,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             "node": node.name,
             "container_id": self.container_id,
             "since": since,
-            "until": fencing.release_at(since, fence, self.stop_grace),
+            "until": fencing.release_at(since, fence, node.stop_grace),
         }
 
     def _check_lost(self, answers):
@@ -551,7 +551,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return placement.Candidate(name=node.name, known=False)
             return placement.Candidate(name=node.name, error=e.code().name)
-        node.fence_after = c.fence_after_seconds
+        node.fence_after, node.stop_grace = c.fence_after_seconds, c.stop_grace_seconds
         return placement.from_capacity(node.name, c)
 
     async def _answers(self, nodes, fresh=False):

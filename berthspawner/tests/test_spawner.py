@@ -315,7 +315,7 @@ async def test_a_fencing_node_releases_its_lost_server_after_its_fence_time():
     a, b = await up(FakeNode("a", memory_free=8 * GIB), FakeNode("b"))
     s = spawner([a, b], unreachable_grace=60, rpc_timeout=2, stop_grace=5)
     await s.start()
-    s._node("a").fence_after = 75
+    s._node("a").fence_after, s._node("a").stop_grace = 75, 5
     await a.close()
     await lose(s, "a")
     lost = s.lost

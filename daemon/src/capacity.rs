@@ -212,6 +212,8 @@ pub struct NodeCapacity {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Seconds from the hub's last contact to the node fencing its servers; 0 = it does not.
     pub fence_after_seconds: u32,
+    /// The node's stop grace, seconds.
+    pub stop_grace_seconds: u32,
 }
 
 /// One device class in the capacity report.

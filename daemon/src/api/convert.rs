@@ -340,6 +340,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
     };
     pb::NodeCapacity {
         fence_after_seconds: c.fence_after_seconds,
+        stop_grace_seconds: c.stop_grace_seconds,
         node_id,
         cpus: c.host.cpus,
         memory_total_bytes: c.host.memory_total,

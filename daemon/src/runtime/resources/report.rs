@@ -206,6 +206,7 @@ impl<E: ContainerEngine> Runtime<E> {
             fence_after_seconds: crate::runtime::lifecycle::fence::reported_seconds(
                 inner.cfg.fence_after,
             ),
+            stop_grace_seconds: u32::try_from(inner.cfg.stop_grace.as_secs()).unwrap_or(u32::MAX),
         }
     }
 

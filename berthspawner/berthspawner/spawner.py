@@ -191,7 +191,8 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     home_node = Unicode("")
     # Where our last server may still run on a node the hub lost touch with (fencing.py):
     # {"node", "container_id", "since", "until"}; kept across stops, like home_node.
-    lost = Any(None, allow_none=True)
+    # A plain attribute, not a trait: no profile can set it.
+    lost = None
     # Said once on the progress stream of the current start (e.g. "a fresh volume").
     _notice = ""
     # Set by progress() once the current attempt's events are relayed (None: nobody follows).

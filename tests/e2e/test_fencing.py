@@ -4,8 +4,9 @@ the hub and the proxy cannot reach n1, n1 cannot reach the hub). An observer lis
 running containers on both engines every 100 ms for the whole run.
 
 - With fencing on n1: the hub reports the server gone, refuses a second one with a sentence
-  naming n1, n1 stops its server by itself, and only then does the hub start the replacement
-  on n2; never two at once; after the link heals nothing of the user runs on n1.
+  naming n1 (also after a restart of the hub during the partition), n1 stops its server by
+  itself, and only then does the hub start the replacement on n2; never two at once; after the
+  link heals nothing of the user runs on n1.
 - With fencing off: the hub refuses until an operator declares n1 lost (the hub's admin API);
   the replacement then starts on n2 (two may run, as the operator allowed); when the link
   heals, the hub stops the old server on n1 at once.
@@ -118,9 +119,13 @@ def test_a_fencing_node_stops_its_server_before_the_hub_starts_another(hub_for, 
         link(n1, "down")
         gone(hub, user, 90)
         refused_start(hub, user, n1.berthd.name)
+        # A hub restarted during the partition remembers where the server is (its database).
+        hub.terminate()
+        hub.start()
+        refused_start(hub, user, n1.berthd.name)
         # n1 fences by itself (no hub: its Watch stream dies by keepalive, then FENCE s).
         wait_for("n1 to fence the server", lambda: watcher.running(n1) == 0, 60)
-        t_fenced = time.monotonic()
+        t_fenced = next(t for t, on_n1, _ in watcher.samples if t > t_cut and on_n1 == 0)
         # The hub starts the replacement only after n1's reported fence time (+ grace, margin).
         deadline = time.monotonic() + 120
         while True:

@@ -55,6 +55,15 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Volumes { user, sizes } => {
             volumes(&conn, out, user.unwrap_or_default(), sizes).await
         }
+        Command::RmVolume { name } => rm_volume(&conn, out, name).await,
+        Command::Describe => describe_node(&conn, out).await,
+        Command::Events {
+            snapshot,
+            user,
+            count,
+        } => events(&conn, out, snapshot, user, count).await,
+        Command::Images => images(&conn, out).await,
+        Command::Prepull { images } => prepull(&conn, out, images).await,
         Command::Version => version(&conn, out).await,
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
@@ -232,6 +241,11 @@ async fn capacity(conn: &Conn, out: Output) -> Result<()> {
     if out == Output::Json {
         return print_json(&c);
     }
+    print(&capacity_text(&c))
+}
+
+/// The capacity report as `capacity` and `describe` print it.
+fn capacity_text(c: &view::Capacity) -> String {
     let max = if c.max_servers == 0 {
         "no limit".to_owned()
     } else {
@@ -273,7 +287,52 @@ async fn capacity(conn: &Conn, out: Output) -> Result<()> {
         &["CONDITION", "STATUS", "REASON", "MESSAGE"],
         &rows,
     ));
-    print(&text)
+    if !c.labels.is_empty() {
+        let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        text.push_str(&format!("\nlabels:       {}\n", labels.join(", ")));
+    }
+    text.push_str(&format!(
+        "fencing:      {}\n",
+        if c.fence_after_seconds == 0 {
+            "off (servers may ask for their own)".to_owned()
+        } else {
+            format!(
+                "servers stopped {} s after the hub's last contact (stop grace {} s)",
+                c.fence_after_seconds, c.stop_grace_seconds
+            )
+        }
+    ));
+    if !c.devices.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.class.clone(),
+                    d.total.to_string(),
+                    d.allocatable.to_string(),
+                    d.committed.to_string(),
+                    d.free_devices.to_string(),
+                    view::or_dash(&d.models.join(", ")),
+                    view::or_dash(&d.discovery_error),
+                ]
+            })
+            .collect();
+        text.push('\n');
+        text.push_str(&view::table(
+            &[
+                "DEVICES",
+                "TOTAL",
+                "ALLOCATABLE",
+                "COMMITTED",
+                "FREE",
+                "MODELS",
+                "ERROR",
+            ],
+            &rows,
+        ));
+    }
+    text
 }
 
 /// Drains with `reason`, or undrains when `None`.
@@ -352,6 +411,195 @@ async fn volumes(conn: &Conn, out: Output, user: String, sizes: bool) -> Result<
         &["VOLUME", "USER", "SERVER", "DRIVER", "SIZE", "LAST USED"],
         &rows,
     ))
+}
+
+async fn rm_volume(conn: &Conn, out: Output, name: String) -> Result<()> {
+    let removed = conn
+        .spawner()
+        .remove_volume(request(pb::RemoveVolumeRequest { name: name.clone() }))
+        .await?
+        .into_inner()
+        .removed;
+    match out {
+        Output::Json => print_json(&serde_json::json!({ "volume": name, "removed": removed })),
+        Output::Table if removed => print(&format!("removed {name}\n")),
+        Output::Table => print(&format!("no volume {name}\n")),
+    }
+}
+
+/// `describe`: the node's versions and its capacity in full.
+async fn describe_node(conn: &Conn, out: Output) -> Result<()> {
+    let v = conn
+        .spawner()
+        .version(request(pb::VersionRequest {}))
+        .await?
+        .into_inner();
+    let c = conn
+        .spawner()
+        .capacity(request(pb::CapacityRequest {}))
+        .await?
+        .into_inner();
+    let c = view::Capacity::from(c);
+    if out == Output::Json {
+        return print_json(&serde_json::json!({
+            "node_id": v.node_id,
+            "berthd": v.daemon_version,
+            "api_version": v.api_version,
+            "docker_version": v.docker_version,
+            "docker_api_version": v.docker_api_version,
+            "features": v.features,
+            "capacity": c,
+        }));
+    }
+    let mut text = format!(
+        "berthd:       {} (API {}), Docker {} (API {})\nfeatures:     {}\n",
+        v.daemon_version,
+        v.api_version,
+        v.docker_version,
+        v.docker_api_version,
+        v.features.join(", ")
+    );
+    text.push_str(&capacity_text(&c));
+    print(&text)
+}
+
+async fn events(
+    conn: &Conn,
+    out: Output,
+    snapshot: bool,
+    user: Option<String>,
+    count: Option<u64>,
+) -> Result<()> {
+    let mut stream = conn
+        .spawner()
+        .watch(pb::WatchRequest {
+            snapshot,
+            capacity: false,
+        })
+        .await?
+        .into_inner();
+    let mut seen = 0u64;
+    if out == Output::Table {
+        print(&format!(
+            "{:<24} {:<13} {:<16} {:<10} {:<10} {}\n",
+            "TIME", "EVENT", "USER", "SERVER", "STATE", "REASON"
+        ))?;
+    }
+    while count.is_none_or(|n| seen < n) {
+        let Some(ev) = stream.next().await else {
+            anyhow::bail!("berthd ended the event stream");
+        };
+        let ev = view::Event::from(ev?);
+        if ev.kind == "SNAPSHOT_END" && !snapshot {
+            continue;
+        }
+        if user.as_deref().is_some_and(|u| ev.user != u) {
+            continue;
+        }
+        seen += 1;
+        match out {
+            Output::Json => print(&(serde_json::to_string(&ev)? + "\n"))?,
+            Output::Table => print(&format!(
+                "{:<24} {:<13} {:<16} {:<10} {:<10} {}\n",
+                ev.at.as_deref().unwrap_or("-"),
+                ev.kind,
+                view::or_dash(&ev.user),
+                view::or_dash(&ev.server),
+                view::or_dash(&ev.state),
+                view::or_dash(ev.reason.as_deref().unwrap_or_default()),
+            ))?,
+        }
+    }
+    Ok(())
+}
+
+async fn images(conn: &Conn, out: Output) -> Result<()> {
+    let c = conn
+        .spawner()
+        .capacity(request(pb::CapacityRequest {}))
+        .await?
+        .into_inner();
+    let servers = conn
+        .spawner()
+        .list(request(pb::ListRequest::default()))
+        .await?
+        .into_inner()
+        .servers;
+    let mut list: Vec<view::Image> = c
+        .images
+        .into_iter()
+        .map(|reference| {
+            let using = |live: bool| {
+                servers
+                    .iter()
+                    .filter(|s| view::same_image(&s.image, &reference))
+                    .filter(|s| !live || view::is_live(s.state))
+                    .count()
+            };
+            view::Image {
+                servers_running: using(true),
+                servers_kept: using(false) - using(true),
+                reference,
+            }
+        })
+        .collect();
+    list.sort_by(|a, b| a.reference.cmp(&b.reference));
+    if out == Output::Json {
+        return print_json(&serde_json::json!({ "node_id": c.node_id, "images": list }));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.reference.clone(),
+                i.servers_running.to_string(),
+                i.servers_kept.to_string(),
+            ]
+        })
+        .collect();
+    print(&view::table(&["IMAGE", "RUNNING", "STOPPED"], &rows))
+}
+
+async fn prepull(conn: &Conn, out: Output, images: Vec<String>) -> Result<()> {
+    let mut stream = conn
+        .spawner()
+        .prepull(pb::PrepullRequest { images })
+        .await?
+        .into_inner();
+    let mut failed = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        if out == Output::Json {
+            print(
+                &(serde_json::to_string(&serde_json::json!({
+                    "image": ev.image,
+                    "done": ev.done,
+                    "error": (!ev.error.is_empty()).then_some(&ev.error),
+                    "reason": (!ev.reason.is_empty()).then_some(&ev.reason),
+                    "percent": ev.progress.as_ref().map(|p| p.progress),
+                    "bytes_done": ev.progress.as_ref().map(|p| p.bytes_done),
+                    "bytes_total": ev.progress.as_ref().map(|p| p.bytes_total),
+                }))? + "\n"),
+            )?;
+        } else if !ev.error.is_empty() {
+            print(&format!(
+                "{}: failed: {} [{}]\n",
+                ev.image, ev.error, ev.reason
+            ))?;
+        } else if ev.done {
+            print(&format!("{}: on the node\n", ev.image))?;
+        } else if let Some(p) = ev.progress.as_ref().filter(|p| !p.message.is_empty()) {
+            print(&format!("{}: {}\n", ev.image, p.message))?;
+        }
+        if !ev.error.is_empty() {
+            failed.push(ev.image);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("not pulled: {}", failed.join(", "))
+    }
 }
 
 async fn version(conn: &Conn, out: Output) -> Result<()> {

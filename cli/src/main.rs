@@ -108,7 +108,34 @@ pub(crate) enum Command {
         #[arg(long)]
         sizes: bool,
     },
-    // `images` and `prepull` come with berthd's image RPCs (the image-pull work).
+    /// Remove a user volume the node holds (refused while a container uses it). Its files are
+    /// gone for good.
+    RmVolume {
+        /// The volume's name, as `volumes` lists it.
+        name: String,
+    },
+    /// The node in full: versions, capacity, conditions, labels, devices, fencing.
+    Describe,
+    /// Follow the node's server events (started, ready, exited, ...) as they happen.
+    Events {
+        /// First the current status of every server.
+        #[arg(long)]
+        snapshot: bool,
+        /// Only this user's events.
+        #[arg(long)]
+        user: Option<String>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// The images on the node and the servers using each.
+    Images,
+    /// Pull images onto the node ahead of the users, showing each pull's progress.
+    Prepull {
+        /// Image references, e.g. quay.io/jupyter/base-notebook:2025-01-06.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// berthctl's version and the node's (berthd, API, Docker).
     Version,
     /// Print a shell completion script, e.g. `berthctl completions bash > /etc/bash_completion.d/berthctl`.

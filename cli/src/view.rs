@@ -84,6 +84,95 @@ pub(crate) struct Capacity {
     pub(crate) draining: bool,
     pub(crate) conditions: Vec<Condition>,
     pub(crate) images: Vec<String>,
+    pub(crate) devices: Vec<DeviceClass>,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    /// Seconds from the hub's last contact until the node stops its servers; 0 = off.
+    pub(crate) fence_after_seconds: u32,
+    pub(crate) stop_grace_seconds: u32,
+}
+
+/// One device class of `capacity`/`describe`.
+#[derive(Serialize, Debug)]
+pub(crate) struct DeviceClass {
+    pub(crate) class: String,
+    pub(crate) total: u32,
+    pub(crate) allocatable: u32,
+    pub(crate) committed: u32,
+    pub(crate) models: Vec<String>,
+    pub(crate) free_devices: u32,
+    pub(crate) shares: u32,
+    pub(crate) discovery_error: String,
+}
+
+/// One line of `events` (`-o json`: one document per line).
+#[derive(Serialize, Debug)]
+pub(crate) struct Event {
+    /// SNAPSHOT, STARTED, READY, EXITED, OOM, REMOVED, HEALTH, CHANGED, ...
+    pub(crate) kind: String,
+    pub(crate) at: Option<String>,
+    pub(crate) user: String,
+    pub(crate) server: String,
+    pub(crate) state: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) container_id: Option<String>,
+}
+
+impl From<pb::WatchEvent> for Event {
+    fn from(e: pb::WatchEvent) -> Self {
+        let kind = pb::watch_event::Kind::try_from(e.kind)
+            .unwrap_or(pb::watch_event::Kind::Unspecified)
+            .as_str_name()
+            .to_owned();
+        let at = e.time.as_ref().map(rfc3339);
+        match e.status.map(Server::from) {
+            Some(s) => Self {
+                kind,
+                at,
+                user: s.user,
+                server: s.server,
+                state: s.state,
+                reason: s.reason,
+                exit_code: s.exit_code,
+                container_id: s.container_id,
+            },
+            None => Self {
+                kind,
+                at,
+                user: String::new(),
+                server: String::new(),
+                state: String::new(),
+                reason: None,
+                exit_code: None,
+                container_id: None,
+            },
+        }
+    }
+}
+
+/// One image of `images`.
+#[derive(Serialize, Debug)]
+pub(crate) struct Image {
+    pub(crate) reference: String,
+    /// Servers running it now.
+    pub(crate) servers_running: usize,
+    /// Servers kept stopped with it.
+    pub(crate) servers_kept: usize,
+}
+
+/// Whether a server's image (as berthd records it, normalised) is the node's `reference` (as
+/// Docker lists it, e.g. `busybox:latest` for `docker.io/library/busybox:latest`).
+pub(crate) fn same_image(server_image: &str, reference: &str) -> bool {
+    server_image == reference || berthd::spec::normalize_image(reference) == server_image
+}
+
+/// Whether a server in `state` runs (or is starting or stopping).
+pub(crate) fn is_live(state: i32) -> bool {
+    use pb::server_status::State;
+    matches!(
+        State::try_from(state),
+        Ok(State::Running | State::Starting | State::Stopping)
+    )
 }
 
 #[derive(Serialize, Debug)]
@@ -134,6 +223,23 @@ impl From<pb::NodeCapacity> for Capacity {
                 })
                 .collect(),
             images: c.images,
+            devices: c
+                .devices
+                .into_iter()
+                .map(|d| DeviceClass {
+                    class: d.class,
+                    total: d.total,
+                    allocatable: d.allocatable,
+                    committed: d.committed,
+                    models: d.models,
+                    free_devices: d.free_devices,
+                    shares: d.shares,
+                    discovery_error: d.discovery_error,
+                })
+                .collect(),
+            labels: c.labels.into_iter().collect(),
+            fence_after_seconds: c.fence_after_seconds,
+            stop_grace_seconds: c.stop_grace_seconds,
         }
     }
 }

@@ -303,6 +303,10 @@ async fn capacity_json_matches_the_capacity_rpc() {
         "draining": rpc.draining,
         "conditions": conditions,
         "images": rpc.images,
+        "devices": [],
+        "labels": {},
+        "fence_after_seconds": rpc.fence_after_seconds,
+        "stop_grace_seconds": rpc.stop_grace_seconds,
     });
     assert_eq!(got, want);
     assert_eq!(got["max_servers"], 7, "from the config file");
@@ -616,4 +620,136 @@ fn no_berthd_is_exit_69_naming_where_it_looked() {
     let (code, _, err) = berthctl(&["--endpoint", "unix:/nonexistent/berth.sock", "ps"]);
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("/nonexistent/berth.sock"), "{err}");
+}
+
+/// `berthctl ARGS` started in the background (for `events`, which follows).
+fn spawn_berthctl(args: &[&str]) -> std::process::Child {
+    Command::new(berthctl_bin())
+        .args(args)
+        .env_remove("BERTH_ENDPOINT")
+        .env_remove("BERTH_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run berthctl")
+}
+
+#[tokio::test]
+async fn events_images_describe_prepull_and_rm_volume_over_the_admin_socket() {
+    let d = Daemon::start_with(&[
+        "--fencing-stop-after-hub-lost-seconds",
+        "600",
+        "--node-labels",
+        "zone=b",
+    ]);
+    let c = d.client().await;
+    let ep = socket_endpoint(&d);
+    let user = unique("ctl");
+
+    // events: a Start seen as it happens, one JSON document per line.
+    let events = spawn_berthctl(&[
+        "--endpoint",
+        &ep,
+        "events",
+        "--user",
+        &user,
+        "--count",
+        "2",
+        "-o",
+        "json",
+    ]);
+    // The stream is open once berthd counts it; a moment is enough for a local socket.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut req = tiny_start(&user, "s");
+    req.volumes.push(pb::Volume {
+        source: "ctl-home-{user}".into(),
+        target: "/data".into(),
+        ..Default::default()
+    });
+    let started = c.clone().start(req).await.unwrap().into_inner();
+    let out = tokio::task::spawn_blocking(move || events.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|e| e["user"] == user.as_str()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[0]["container_id"],
+        started.container_id.as_str(),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|e| e["kind"] == "STARTED"), "{lines:?}");
+
+    // images: the node's images, and the server using the tiny one.
+    let images = json(args(&["--endpoint", &ep, "images"])).await;
+    let tiny = images["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["reference"].as_str().is_some_and(|r| r.starts_with(TINY)))
+        .unwrap_or_else(|| panic!("{TINY} not in {images}"));
+    assert_eq!(tiny["servers_running"], 1, "{images}");
+
+    // describe: versions, labels, fencing (limit plus dead-stream detection).
+    let described = json(args(&["--endpoint", &ep, "describe"])).await;
+    assert_eq!(
+        described["capacity"]["fence_after_seconds"], 615,
+        "{described}"
+    );
+    assert_eq!(described["capacity"]["labels"]["zone"], "b", "{described}");
+    assert!(
+        described["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "fencing")
+    );
+    let (code, text, err) = berthctl(&["--endpoint", &ep, "describe"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("fencing:      servers stopped 615 s") && text.contains("zone=b"),
+        "{text}"
+    );
+
+    // prepull: a pull from a real registry on loopback, with its progress; one that cannot be
+    // had fails the command (exit 1) without stopping the other.
+    let reg = common::registry::Registry::start(None);
+    let pushed = common::registry::push_test_image(&reg, 1, 2);
+    let missing = format!("{}/berth-none/nothing:1", reg.host());
+    let (code, text, err) = berthctl(&["--endpoint", &ep, "prepull", &missing, &pushed.reference]);
+    assert_eq!(code, 1, "{text}{err}");
+    assert!(
+        text.contains(&format!("{}: on the node", pushed.reference)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{missing}: failed")), "{text}");
+    assert!(text.contains("Pulling"), "the pull's progress: {text}");
+    assert!(err.contains("not pulled"), "{err}");
+
+    // rm-volume: refused while the server uses it; removed once it is gone.
+    let listed = json(args(&["--endpoint", &ep, "volumes", "--user", &user])).await;
+    let volume = listed["volumes"][0]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_owned();
+    assert!(volume.starts_with("ctl-home-"), "{listed}");
+    let (code, _, err) = berthctl(&["--endpoint", &ep, "rm-volume", &volume]);
+    assert_eq!(code, 1, "a volume in use must not go: {err}");
+    assert!(docker(&["volume", "ls", "-q"]).lines().any(|v| v == volume));
+    stop_remove(&c, &user).await;
+    let (code, text, err) = berthctl(&["--endpoint", &ep, "rm-volume", &volume]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("removed"), "{text}");
+    assert!(!docker(&["volume", "ls", "-q"]).lines().any(|v| v == volume));
 }

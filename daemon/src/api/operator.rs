@@ -1,7 +1,8 @@
 //! The Spawner methods the Admin socket also serves, so `berthctl` run as root on the node needs
-//! no token or certificate: reads, logs and Stop. Whoever may open the socket (mode 0660) can
-//! already drain the node; what makes servers (Start, state, volume moves) stays with the hub on
-//! the authenticated network listener.
+//! no token or certificate: reads, logs, Stop, Prepull and RemoveVolume (whoever may open the
+//! socket, mode 0660, can already drain the node, and as root pull images and remove volumes
+//! with Docker itself; through berthd a volume in use is refused). What makes servers (Start,
+//! state, volume moves) stays with the hub on the authenticated network listener.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -22,6 +23,8 @@ pub const OPERATOR_METHODS: &[&str] = &[
     "Capacity",
     "ListVolumes",
     "Stop",
+    "Prepull",
+    "RemoveVolume",
 ];
 
 /// A Spawner server that answers only [`OPERATOR_METHODS`].

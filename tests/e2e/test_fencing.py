@@ -184,3 +184,51 @@ def test_without_fencing_an_operator_releases_the_node_and_the_heal_stops_the_ol
         link(n1, "up")
         for cid in n1.berthd.containers(user):
             docker("rm", "-f", cid, host=n1.docker_host)
+
+
+def test_a_partition_healing_a_second_before_the_fence_time_never_makes_two(hub_for, net_nodes, healed):
+    """The link comes back one second before n1 would fence (counted from n1's own log line
+    saying the hub's last stream ended): whichever way the race goes (n1 fences, or the hub's
+    start replaces the old server), the user clicks Start until a server runs, and there is
+    never a moment with two."""
+    n1, n2 = net_nodes
+    n1.berthd.restart_with_config(FENCING)
+    user = f"edge-{secrets.token_hex(2)}"
+    marker = "no Watch stream of the hub is open any more"
+    try:
+        hub = hub_for("edge")
+        spawn_on(hub, net_nodes, n1, user)
+        n1.berthd.log.flush()
+        with open(n1.berthd.log.name) as f:
+            before = f.read().count(marker)
+        watcher = Observer(user, net_nodes)
+        link(n1, "down")
+
+        def stream_ended():
+            with open(n1.berthd.log.name) as f:
+                return f.read().count(marker) > before
+
+        wait_for("n1 to see the hub's stream end", stream_ended, 40)
+        time.sleep(FENCE - 1)
+        link(n1, "up")
+        # The user clicks Start whenever the hub shows no server, through whatever the race
+        # brings (n1 fencing late, the hub noticing late), then until one runs.
+        clicking = time.monotonic() + 45
+        deadline = clicking + 75
+        while time.monotonic() < clicking or not (hub.server(user) or {}).get("ready"):
+            assert time.monotonic() < deadline, f"no server for {user} within 120 s after the heal"
+            if hub.server(user) is None:
+                hub.api("POST", f"/users/{user}/server")
+            time.sleep(1)
+        time.sleep(3)
+        watcher.stop()
+        assert not watcher.both(), f"two servers at once: {watcher.both()[:5]}"
+        assert watcher.running(n1) + watcher.running(n2) == 1
+        hub.api("DELETE", f"/users/{user}/server")
+        wait_for("the server to stop", lambda: hub.server(user) is None, 30)
+    finally:
+        link(n1, "up")
+        for n in net_nodes:
+            for cid in n.berthd.containers(user):
+                docker("rm", "-f", cid, host=n.docker_host)
+        n1.berthd.restart_with_config("")

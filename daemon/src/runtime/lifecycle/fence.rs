@@ -83,7 +83,11 @@ pub struct WatchGuard(Arc<HubContact>);
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.watches.fetch_sub(1, Ordering::SeqCst);
+        if self.0.watches.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::info!(
+                "hub contact: no Watch stream of the hub is open any more; fencing counts from its last call"
+            );
+        }
     }
 }
 

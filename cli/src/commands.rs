@@ -63,6 +63,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             count,
         } => events(&conn, out, snapshot, user, count).await,
         Command::Images => images(&conn, out).await,
+        Command::Top { user, interval } => {
+            top(&conn, out, user.unwrap_or_default(), interval).await
+        }
         Command::Prepull { images } => prepull(&conn, out, images).await,
         Command::Version => version(&conn, out).await,
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
@@ -558,6 +561,49 @@ async fn images(conn: &Conn, out: Output) -> Result<()> {
         })
         .collect();
     print(&view::table(&["IMAGE", "RUNNING", "STOPPED"], &rows))
+}
+
+async fn top(conn: &Conn, out: Output, user: String, interval: Duration) -> Result<()> {
+    let ask = || async {
+        let r = conn
+            .spawner()
+            .stats(request(pb::StatsRequest { user: user.clone() }))
+            .await?
+            .into_inner();
+        anyhow::Ok(r.servers)
+    };
+    let first = ask().await?;
+    tokio::time::sleep(interval).await;
+    let second = ask().await?;
+    let mut rows: Vec<view::Top> = second
+        .into_iter()
+        .map(|now| {
+            let before = first.iter().find(|b| b.container_id == now.container_id);
+            view::Top::from_samples(before, now)
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.user, &a.server).cmp(&(&b.user, &b.server)));
+    if out == Output::Json {
+        return print_json(&serde_json::json!({ "servers": rows }));
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|t| {
+            vec![
+                t.user.clone(),
+                view::or_dash(&t.server),
+                t.cpu_percent
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
+                view::size(t.memory_bytes),
+                view::size(t.memory_limit_bytes),
+                view::size(t.network_bytes),
+            ]
+        })
+        .collect();
+    print(&view::table(
+        &["USER", "SERVER", "CPU", "MEMORY", "LIMIT", "NET I/O"],
+        &table,
+    ))
 }
 
 async fn prepull(conn: &Conn, out: Output, images: Vec<String>) -> Result<()> {

@@ -14,6 +14,7 @@ mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -130,6 +131,15 @@ pub(crate) enum Command {
     },
     /// The images on the node and the servers using each.
     Images,
+    /// What each running server uses: CPU (over the interval), memory and its limit, network.
+    Top {
+        /// Only this user's servers.
+        #[arg(long)]
+        user: Option<String>,
+        /// The time the CPU rate is measured over, e.g. "2s".
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+    },
     /// Pull images onto the node ahead of the users, showing each pull's progress.
     Prepull {
         /// Image references, e.g. quay.io/jupyter/base-notebook:2025-01-06.
@@ -148,6 +158,14 @@ pub(crate) enum Command {
         /// Where to write them.
         dir: PathBuf,
     },
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d.is_zero() || d > Duration::from_secs(60) {
+        return Err(format!("{text:?}: between 1ms and 60s"));
+    }
+    Ok(d)
 }
 
 fn parse_grace(text: &str) -> Result<u32, String> {

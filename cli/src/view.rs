@@ -150,6 +150,45 @@ impl From<pb::WatchEvent> for Event {
     }
 }
 
+/// One server of `top`.
+#[derive(Serialize, Debug)]
+pub(crate) struct Top {
+    pub(crate) user: String,
+    pub(crate) server: String,
+    pub(crate) container_id: String,
+    /// Percent of one core over the interval (200 = two cores); `null` when the server was
+    /// not running at the first sample.
+    pub(crate) cpu_percent: Option<f64>,
+    pub(crate) memory_bytes: u64,
+    pub(crate) memory_limit_bytes: u64,
+    pub(crate) network_bytes: u64,
+}
+
+impl Top {
+    /// The row of `now`, with its CPU rate since `before` (the same container's earlier sample).
+    pub(crate) fn from_samples(before: Option<&pb::ServerStats>, now: pb::ServerStats) -> Self {
+        let nanos = |t: Option<&prost_types::Timestamp>| {
+            t.map(|t| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos))
+        };
+        let cpu_percent = before.and_then(|b| {
+            let dt = nanos(now.time.as_ref())? - nanos(b.time.as_ref())?;
+            let used = i128::from(now.cpu_ns) - i128::from(b.cpu_ns);
+            #[allow(clippy::cast_precision_loss)]
+            (dt > 0 && used >= 0).then(|| used as f64 * 100.0 / dt as f64)
+        });
+        let key = now.key.unwrap_or_default();
+        Self {
+            user: key.user,
+            server: key.server_name,
+            container_id: now.container_id,
+            cpu_percent,
+            memory_bytes: now.memory_bytes,
+            memory_limit_bytes: now.memory_limit_bytes,
+            network_bytes: now.network_bytes,
+        }
+    }
+}
+
 /// One image of `images`.
 #[derive(Serialize, Debug)]
 pub(crate) struct Image {

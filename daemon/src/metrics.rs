@@ -74,6 +74,7 @@ pub const RPCS: &[&str] = &[
     "Spawner/Progress",
     "Spawner/Logs",
     "Spawner/Prepull",
+    "Spawner/Stats",
     "Spawner/ListVolumes",
     "Spawner/ExportVolume",
     "Spawner/ImportVolume",

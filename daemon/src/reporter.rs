@@ -378,7 +378,11 @@ mod tests {
     }
 
     fn usage(cpu_ns: u64, net_bytes: u64) -> Usage {
-        Usage { cpu_ns, net_bytes }
+        Usage {
+            cpu_ns,
+            net_bytes,
+            ..Usage::default()
+        }
     }
 
     #[test]

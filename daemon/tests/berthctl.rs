@@ -635,7 +635,7 @@ fn spawn_berthctl(args: &[&str]) -> std::process::Child {
 }
 
 #[tokio::test]
-async fn events_images_describe_prepull_and_rm_volume_over_the_admin_socket() {
+async fn events_images_top_describe_prepull_and_rm_volume_over_the_admin_socket() {
     let d = Daemon::start_with(&[
         "--fencing-stop-after-hub-lost-seconds",
         "600",
@@ -700,6 +700,29 @@ async fn events_images_describe_prepull_and_rm_volume_over_the_admin_socket() {
         .find(|i| i["reference"].as_str().is_some_and(|r| r.starts_with(TINY)))
         .unwrap_or_else(|| panic!("{TINY} not in {images}"));
     assert_eq!(tiny["servers_running"], 1, "{images}");
+
+    // top: the running server's CPU over the interval, its memory and limit, from Docker.
+    let top = json(args(&[
+        "--endpoint",
+        &ep,
+        "top",
+        "--user",
+        &user,
+        "--interval",
+        "500ms",
+    ]))
+    .await;
+    let row = &top["servers"][0];
+    assert_eq!(row["container_id"], started.container_id.as_str(), "{top}");
+    assert!(
+        row["cpu_percent"].as_f64().is_some_and(|p| p >= 0.0),
+        "{top}"
+    );
+    assert!(row["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{top}");
+    assert!(
+        row["memory_limit_bytes"].as_u64() >= row["memory_bytes"].as_u64(),
+        "{top}"
+    );
 
     // describe: versions, labels, fencing (limit plus dead-stream detection).
     let described = json(args(&["--endpoint", &ep, "describe"])).await;

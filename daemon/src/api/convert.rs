@@ -496,3 +496,19 @@ pub fn import_part(name: &str, chunk: pb::VolumeChunk) -> Result<ImportPart, Run
         }),
     }
 }
+
+/// One server's counters for the wire.
+pub fn server_stats(u: crate::runtime::resources::usage::ServerUse) -> pb::ServerStats {
+    pb::ServerStats {
+        key: Some(pb::ServerKey {
+            user: u.key.user().to_owned(),
+            server_name: u.key.server().to_owned(),
+        }),
+        container_id: u.container_id,
+        cpu_ns: u.usage.cpu_ns,
+        memory_bytes: u.usage.memory_bytes,
+        memory_limit_bytes: u.usage.memory_limit_bytes,
+        network_bytes: u.usage.net_bytes,
+        time: Some(prost_types::Timestamp::from(u.at)),
+    }
+}

@@ -1,5 +1,5 @@
 //! The Spawner methods the Admin socket also serves, so `berthctl` run as root on the node needs
-//! no token or certificate: reads, logs, Stop, Prepull and RemoveVolume (whoever may open the
+//! no token or certificate: reads (Stats too), logs, Stop, Prepull and RemoveVolume (whoever may open the
 //! socket, mode 0660, can already drain the node, and as root pull images and remove volumes
 //! with Docker itself; through berthd a volume in use is refused). What makes servers (Start,
 //! state, volume moves) stays with the hub on the authenticated network listener.
@@ -25,6 +25,7 @@ pub const OPERATOR_METHODS: &[&str] = &[
     "Stop",
     "Prepull",
     "RemoveVolume",
+    "Stats",
 ];
 
 /// A Spawner server that answers only [`OPERATOR_METHODS`].

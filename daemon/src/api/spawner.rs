@@ -396,6 +396,21 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
     }
 
     #[tracing::instrument(skip_all, fields(volume))]
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let user = request.into_inner().user;
+        let servers = self
+            .rt
+            .stats((!user.is_empty()).then_some(user.as_str()))
+            .await
+            .into_iter()
+            .map(convert::server_stats)
+            .collect();
+        Ok(Response::new(pb::StatsResponse { servers }))
+    }
+
     async fn remove_volume(
         &self,
         request: Request<pb::RemoveVolumeRequest>,

@@ -740,7 +740,21 @@ impl ContainerEngine for BollardEngine {
             .values()
             .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
             .sum();
-        Ok(Usage { cpu_ns, net_bytes })
+        let memory = stats.memory_stats.unwrap_or_default();
+        // As `docker stats`: the page cache does not count (cgroup v1 "cache"/"total_inactive_file",
+        // v2 "inactive_file").
+        let cache = memory.stats.as_ref().map_or(0, |s| {
+            ["total_inactive_file", "inactive_file", "cache"]
+                .iter()
+                .find_map(|k| s.get(*k).copied())
+                .unwrap_or(0)
+        });
+        Ok(Usage {
+            cpu_ns,
+            net_bytes,
+            memory_bytes: memory.usage.unwrap_or(0).saturating_sub(cache),
+            memory_limit_bytes: memory.limit.unwrap_or(0),
+        })
     }
 
     async fn volume(&self, name: &str) -> Result<Option<VolumeInfo>, EngineError> {

@@ -348,6 +348,10 @@ pub struct Usage {
     pub cpu_ns: u64,
     /// Network bytes received and sent since the container started.
     pub net_bytes: u64,
+    /// Memory in use without the page cache, bytes.
+    pub memory_bytes: u64,
+    /// The memory limit Docker reports (the host's memory without one), bytes.
+    pub memory_limit_bytes: u64,
 }
 
 /// A container event from the engine.

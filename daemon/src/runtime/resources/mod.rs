@@ -8,8 +8,10 @@
 //! | `devices.rs` | the device inventory, who holds which device, assignment to a Start |
 //! | `report.rs` | the capacity report: host readings, what servers hold, the conditions |
 //! | `capfeed.rs` | the report pushed on Watch, recomputed at each change |
+//! | `usage.rs` | what running servers use now (Docker's stats), for the Stats RPC |
 
 pub mod admission;
 pub mod capfeed;
 pub mod devices;
 pub mod report;
+pub mod usage;

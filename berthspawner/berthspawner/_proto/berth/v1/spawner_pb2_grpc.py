@@ -120,6 +120,11 @@ class SpawnerStub:
                 request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.SerializeToString,
                 response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/berth.v1.Spawner/Stats',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class SpawnerServicer:
@@ -284,6 +289,15 @@ class SpawnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """The resource use of the node's running servers, from Docker's stats, as CRI's
+        ContainerStats: cumulative CPU time (two answers give a rate), memory now and its limit,
+        network bytes. A server whose stats Docker does not give (it just exited) is left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpawnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -371,6 +385,11 @@ def add_SpawnerServicer_to_server(servicer, server):
                     servicer.Prepull,
                     request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.FromString,
                     response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -833,6 +852,33 @@ class Spawner:
             '/berth.v1.Spawner/Prepull',
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullRequest.SerializeToString,
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.PrepullEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.v1.Spawner/Stats',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,16 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
     }
     let conn = endpoint::connect(&cli.conn).await?;
     match cli.command {
-        Command::Ps { user } => ps(&conn, out, user.unwrap_or_default()).await,
+        Command::Ps { user, all, state } => {
+            let states: Vec<&str> = if all {
+                Vec::new()
+            } else if state.is_empty() {
+                vec!["STARTING", "RUNNING", "STOPPING"]
+            } else {
+                state.iter().map(|s| s.name()).collect()
+            };
+            ps(&conn, out, user.unwrap_or_default(), &states).await
+        }
         Command::Inspect { user, server } => inspect(&conn, out, user, server).await,
         Command::Logs {
             user,
@@ -98,7 +107,8 @@ fn print_json<T: Serialize>(doc: &T) -> Result<()> {
     print(&(serde_json::to_string_pretty(doc)? + "\n"))
 }
 
-async fn ps(conn: &Conn, out: Output, user: String) -> Result<()> {
+/// `ps`: the servers in `states` (empty: all).
+async fn ps(conn: &Conn, out: Output, user: String, states: &[&str]) -> Result<()> {
     let mut servers: Vec<Server> = conn
         .spawner()
         .list(request(pb::ListRequest { user }))
@@ -107,6 +117,7 @@ async fn ps(conn: &Conn, out: Output, user: String) -> Result<()> {
         .servers
         .into_iter()
         .map(Server::from)
+        .filter(|s| states.is_empty() || states.contains(&s.state.as_str()))
         .collect();
     servers.sort_by(|a, b| (&a.user, &a.server).cmp(&(&b.user, &b.server)));
     if out == Output::Json {

@@ -43,11 +43,18 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
-    /// List the servers the node holds.
+    /// List the servers the node runs (starting, running, stopping); --all for every one it
+    /// knows, exited included.
     Ps {
         /// Only this user's servers.
         #[arg(long)]
         user: Option<String>,
+        /// Every server the node knows, exited ones included.
+        #[arg(short, long, conflicts_with = "state")]
+        all: bool,
+        /// Only servers in these states (repeatable or comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        state: Vec<StateArg>,
     },
     /// Show one server in full.
     Inspect {
@@ -158,6 +165,29 @@ pub(crate) enum Command {
         /// Where to write them.
         dir: PathBuf,
     },
+}
+
+/// A server state, as `ps --state` takes it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateArg {
+    Starting,
+    Running,
+    Stopping,
+    Exited,
+    Absent,
+}
+
+impl StateArg {
+    /// The state's name as berthctl prints it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "STARTING",
+            Self::Running => "RUNNING",
+            Self::Stopping => "STOPPING",
+            Self::Exited => "EXITED",
+            Self::Absent => "ABSENT",
+        }
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {

@@ -178,6 +178,45 @@ async fn ps_json_lists_exactly_the_servers_berthd_knows() {
     let left = list(&c).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].key.as_ref().unwrap().user, ann);
+
+    // A kept, exited server: not in `ps` (what runs), in `ps --all` and `ps --state exited`.
+    stop_as(&c, &ann, "", Stop::Now).await.unwrap();
+    let users = |doc: serde_json::Value| -> Vec<(String, String)> {
+        doc["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["user"].as_str().unwrap().to_owned(),
+                    s["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(users(json(args(&["--endpoint", &ep, "ps"])).await), vec![]);
+    let exited = vec![(ann.clone(), "EXITED".to_owned())];
+    assert_eq!(
+        users(json(args(&["--endpoint", &ep, "ps", "--all"])).await),
+        exited
+    );
+    assert_eq!(
+        users(
+            json(args(&[
+                "--endpoint",
+                &ep,
+                "ps",
+                "--state",
+                "exited,running"
+            ]))
+            .await
+        ),
+        exited
+    );
+    assert_eq!(
+        users(json(args(&["--endpoint", &ep, "ps", "--state", "running"])).await),
+        vec![]
+    );
     stop_remove(&c, &ann).await;
 }
 

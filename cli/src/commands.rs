@@ -41,7 +41,18 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             server,
             follow,
             tail,
-        } => logs(&conn, user, server, follow, tail.unwrap_or(0)).await,
+            since,
+            timestamps,
+        } => {
+            let req = pb::LogsRequest {
+                key: Some(key(user, server)),
+                tail: tail.unwrap_or(0),
+                follow,
+                since: since.map(prost_types::Timestamp::from),
+                timestamps,
+            };
+            logs(&conn, req).await
+        }
         Command::Stop {
             user,
             server,
@@ -199,12 +210,9 @@ async fn inspect(conn: &Conn, out: Output, user: String, server: String) -> Resu
     }
 }
 
-async fn logs(conn: &Conn, user: String, server: String, follow: bool, tail: u32) -> Result<()> {
-    let mut req = tonic::Request::new(pb::LogsRequest {
-        key: Some(key(user, server)),
-        tail,
-        follow,
-    });
+async fn logs(conn: &Conn, req: pb::LogsRequest) -> Result<()> {
+    let follow = req.follow;
+    let mut req = tonic::Request::new(req);
     if !follow {
         req.set_timeout(CALL_TIMEOUT);
     }

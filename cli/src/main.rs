@@ -77,6 +77,12 @@ pub(crate) enum Command {
         /// Only the last N lines.
         #[arg(long, value_name = "N")]
         tail: Option<u32>,
+        /// Only output since then: a duration back from now ("10m") or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since, value_name = "WHEN")]
+        since: Option<std::time::SystemTime>,
+        /// Begin each line with the time Docker received it (RFC 3339, UTC).
+        #[arg(short, long)]
+        timestamps: bool,
     },
     /// Stop a server: SIGTERM, then SIGKILL after the grace period.
     Stop {
@@ -188,6 +194,17 @@ impl StateArg {
             Self::Absent => "ABSENT",
         }
     }
+}
+
+fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let back = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?}: a duration (\"10m\") or an RFC 3339 time"))?;
+    std::time::SystemTime::now()
+        .checked_sub(back)
+        .ok_or_else(|| format!("{text:?} is too far back"))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {

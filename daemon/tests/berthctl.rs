@@ -599,6 +599,33 @@ async fn logs_prints_each_stream_to_its_own_and_follows() {
         (0, 1),
         "{out} / {err}"
     );
+    // --timestamps: Docker's time first; --since: nothing older (the first lines came at start).
+    let (code, out, err) = berthctl(&[
+        "--endpoint",
+        &ep,
+        "logs",
+        &user,
+        "--timestamps",
+        "--tail",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for line in out.lines() {
+        let (when, _) = line.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            when.starts_with("20") && when.contains('T') && when.ends_with('Z'),
+            "{line}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, out, err) = berthctl(&["--endpoint", &ep, "logs", &user, "--since", "1s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("line-1") && !err.contains("oops"),
+        "--since kept older output: {out}"
+    );
+    // Docker counts `since` in whole seconds: at most two seconds of ticks (one each 0.3 s).
+    assert!(ticks(&out).len() <= 8, "more than two seconds' ticks: {out}");
 
     // -f keeps printing what comes later.
     let mut child = Command::new(berthctl_bin())

@@ -478,6 +478,7 @@ async fn logs_stream_the_container_output() {
             key: key(&user, ""),
             tail: 0,
             follow: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -506,6 +507,7 @@ async fn logs_stream_the_container_output() {
             key: key(&user, ""),
             tail: 1,
             follow: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -519,6 +521,7 @@ async fn logs_stream_the_container_output() {
             key: key(&unique("none"), ""),
             tail: 0,
             follow: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

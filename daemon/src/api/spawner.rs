@@ -196,8 +196,13 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = request.into_inner();
         let key = convert::key(r.key.as_ref()).map_err(invalid)?;
-        let tail = (r.tail > 0).then_some(r.tail);
-        let lines = self.rt.logs(&key, tail, r.follow).await?;
+        let want = crate::docker::LogsWanted {
+            tail: (r.tail > 0).then_some(r.tail),
+            follow: r.follow,
+            since: r.since.map(|t| t.seconds),
+            timestamps: r.timestamps,
+        };
+        let lines = self.rt.logs(&key, want).await?;
         Ok(Response::new(
             lines
                 .map(|l| l.map(pb::LogLine::from).map_err(Status::from))

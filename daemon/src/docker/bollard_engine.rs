@@ -24,7 +24,7 @@ use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, ImageSummary, LogChunk, LogStream, NetworkInfo, NewFile, NewVolume,
+    ImageInfo, ImageSummary, LogChunk, LogStream, LogsWanted, NetworkInfo, NewFile, NewVolume,
     OPTION_ENABLE_ICC, PortBinding, PullEvent, RunStatus, Usage, VolumeInfo,
 };
 
@@ -874,14 +874,19 @@ impl ContainerEngine for BollardEngine {
     fn logs(
         &self,
         id: &str,
-        tail: Option<u32>,
-        follow: bool,
+        want: LogsWanted,
     ) -> BoxStream<'static, Result<LogChunk, EngineError>> {
         let options = LogsOptions {
-            follow,
+            follow: want.follow,
             stdout: true,
             stderr: true,
-            tail: tail.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            tail: want
+                .tail
+                .map_or_else(|| "all".to_owned(), |n| n.to_string()),
+            since: want
+                .since
+                .map_or(0, |s| i32::try_from(s).unwrap_or(i32::MAX)),
+            timestamps: want.timestamps,
             ..Default::default()
         };
         self.docker

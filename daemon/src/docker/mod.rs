@@ -522,12 +522,20 @@ pub trait ContainerEngine: Send + Sync + 'static {
         labels: &[(&str, &str)],
         since: Option<i64>,
     ) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
-    /// The container's output: the last `tail` lines (all when `None`), then new output while
-    /// `follow`.
-    fn logs(
-        &self,
-        id: &str,
-        tail: Option<u32>,
-        follow: bool,
-    ) -> BoxStream<'static, Result<LogChunk, EngineError>>;
+    /// The container's output as `want` says.
+    fn logs(&self, id: &str, want: LogsWanted)
+    -> BoxStream<'static, Result<LogChunk, EngineError>>;
+}
+
+/// Which of a container's output to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogsWanted {
+    /// The last this many lines; `None` = all.
+    pub tail: Option<u32>,
+    /// Then new output as it comes.
+    pub follow: bool,
+    /// Only output from this time on, seconds since the epoch.
+    pub since: Option<i64>,
+    /// Each line begins with Docker's time of it and a space.
+    pub timestamps: bool,
 }

@@ -13,7 +13,7 @@ use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
     ImageInfo, LogChunk, Usage,
 };
-use crate::docker::{NewFile, NewVolume, VolumeInfo};
+use crate::docker::{LogsWanted, NewFile, NewVolume, VolumeInfo};
 
 impl ContainerEngine for FakeEngine {
     async fn version(&self) -> Result<EngineVersion, EngineError> {
@@ -433,13 +433,13 @@ impl ContainerEngine for FakeEngine {
         self.faulty_stream("events", || self.events_stream(labels, since))
     }
 
+    /// The fake keeps no times: `since` and `timestamps` are not modelled.
     fn logs(
         &self,
         id: &str,
-        tail: Option<u32>,
-        follow: bool,
+        want: LogsWanted,
     ) -> BoxStream<'static, Result<LogChunk, EngineError>> {
-        self.faulty_stream("logs", || self.logs_stream(id, tail, follow))
+        self.faulty_stream("logs", || self.logs_stream(id, want.tail, want.follow))
     }
 }
 

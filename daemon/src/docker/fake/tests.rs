@@ -127,7 +127,16 @@ async fn an_exit_behaviour_ends_the_run_after_its_time_with_its_output() {
         Some(RunStatus::Running)
     );
     assert_eq!(fake.wait_exit(&id).await.expect("wait"), 2);
-    let lines: Vec<_> = fake.logs(&id, Some(1), false).collect().await;
+    let lines: Vec<_> = fake
+        .logs(
+            &id,
+            crate::docker::LogsWanted {
+                tail: Some(1),
+                ..Default::default()
+            },
+        )
+        .collect()
+        .await;
     assert_eq!(lines.len(), 1);
     let last = lines[0].as_ref().expect("chunk");
     assert_eq!(last.data, b"line two\n");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::docker::{ContainerEngine, LogStream};
+use crate::docker::{ContainerEngine, LogStream, LogsWanted};
 use crate::key::ServerKey;
 use crate::runtime::Runtime;
 use crate::runtime::error::Error;
@@ -24,14 +24,13 @@ impl<E: ContainerEngine> Runtime<E> {
     pub async fn logs(
         &self,
         key: &ServerKey,
-        tail: Option<u32>,
-        follow: bool,
+        want: LogsWanted,
     ) -> Result<BoxStream<'static, Result<LogLine, Error>>, Error> {
         let c = self
             .container_of(key)
             .await?
             .ok_or_else(|| Error::NotFound { key: key.clone() })?;
-        let chunks = self.inner.engine.logs(&c.id, tail, follow);
+        let chunks = self.inner.engine.logs(&c.id, want);
         Ok(chunks
             .flat_map(|chunk| {
                 let lines: Vec<Result<LogLine, Error>> = match chunk {
@@ -48,7 +47,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let collect = self
             .inner
             .engine
-            .logs(id, Some(n), false)
+            .logs(
+                id,
+                LogsWanted {
+                    tail: Some(n),
+                    ..LogsWanted::default()
+                },
+            )
             .filter_map(|c| async move { c.ok() })
             .flat_map(|c| futures::stream::iter(split_lines(c.stream, &c.data)))
             .map(|l| l.line)

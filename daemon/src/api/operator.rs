@@ -87,16 +87,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_reads_logs_and_stop_pass() {
+    fn only_reads_logs_stop_prepull_and_volume_removal_pass() {
         for (path, want) in [
             ("/berth.v1.Spawner/List", true),
             ("/berth.v1.Spawner/Capacity", true),
+            ("/berth.v1.Spawner/Stats", true),
             ("/berth.v1.Spawner/Stop", true),
+            ("/berth.v1.Spawner/Prepull", true),
+            ("/berth.v1.Spawner/RemoveVolume", true),
             ("/berth.v1.Spawner/Start", false),
             ("/berth.v1.Spawner/PutState", false),
             ("/berth.v1.Spawner/ImportVolume", false),
+            ("/berth.v1.Spawner/ExportVolume", false),
             ("/berth.v1.Spawner/DeleteForever", false),
-            ("/berth.v1.Spawner/RemoveVolume", false),
             ("", false),
         ] {
             assert_eq!(allowed(path), want, "{path}");

@@ -4,8 +4,8 @@
 //!
 //! From the config file the Admin socket it names comes first (root on the node needs nothing
 //! else), then its listen address with its TLS and token files. The Admin socket also serves
-//! the Spawner's reads, Logs and Stop, so every command works over it; drain, undrain and
-//! reconcile work only over it.
+//! the Spawner's reads, Logs, Stop, Prepull and RemoveVolume, so every command works over it;
+//! drain, undrain and reconcile work only over it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

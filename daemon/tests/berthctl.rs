@@ -625,7 +625,10 @@ async fn logs_prints_each_stream_to_its_own_and_follows() {
         "--since kept older output: {out}"
     );
     // Docker counts `since` in whole seconds: at most two seconds of ticks (one each 0.3 s).
-    assert!(ticks(&out).len() <= 8, "more than two seconds' ticks: {out}");
+    assert!(
+        ticks(&out).len() <= 8,
+        "more than two seconds' ticks: {out}"
+    );
 
     // -f keeps printing what comes later.
     let mut child = Command::new(berthctl_bin())

@@ -176,9 +176,16 @@ impl HubClient {
             })?;
             builder = builder.tls_certs_only([cert]);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = builder.build().map_err(|e| {
+            // reqwest says "builder error"; the cause (e.g. no system CA certificates) is below.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            ClientError::Http(text)
+        })?;
         Ok(Self {
             http,
             api_url: api_url.trim_end_matches('/').to_owned(),

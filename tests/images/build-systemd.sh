@@ -22,11 +22,12 @@ echo "build-systemd: debootstrapping bookworm with systemd" >&2
 # docker.io: the node's own engine, a unit of this systemd, so that berth-pin's pins (made in
 # PID 1's mount namespace) and the containers' /proc/<pid> (which berth-pin checks) are where
 # dockerd and berth-pin see them, as on a real node; the host's engine is outside both.
-# The berth package's dependencies beyond this minimal system (procps) are only downloaded, and
+# The berth package's dependencies beyond this minimal system (procps, ca-certificates) are only
+# downloaded, and
 # apt's lists and cache kept: tests/package installs with `apt-get install --no-download
 # ./berth_*.deb`, as an operator would, and the image is missing what the package must depend on.
 mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,dbus,docker.io --skip=cleanup/apt \
-  --customize-hook='chroot "$1" apt-get install --download-only -y -qq procps >/dev/null' \
+  --customize-hook='chroot "$1" apt-get install --download-only -y -qq procps ca-certificates >/dev/null' \
   bookworm "$rootfs"
 # A container boots without consoles, udev or a network to wait for: mask what would only fail
 # or wait there.

@@ -82,6 +82,17 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             user,
             count,
         } => events(&conn, out, snapshot, user, count).await,
+        Command::Progress {
+            user,
+            server,
+            spawn_id,
+        } => {
+            let req = pb::ProgressRequest {
+                key: Some(key(user, server)),
+                spawn_id: spawn_id.unwrap_or_default(),
+            };
+            progress(&conn, out, req).await
+        }
         Command::Images => images(&conn, out).await,
         Command::Top { user, interval } => {
             top(&conn, out, user.unwrap_or_default(), interval).await
@@ -530,6 +541,51 @@ async fn events(
                 view::or_dash(&ev.state),
                 view::or_dash(ev.reason.as_deref().unwrap_or_default()),
             ))?,
+        }
+    }
+    Ok(())
+}
+
+async fn progress(conn: &Conn, out: Output, req: pb::ProgressRequest) -> Result<()> {
+    let mut stream = conn.spawner().progress(req).await?.into_inner();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        let phase = pb::progress_event::Phase::try_from(ev.phase)
+            .unwrap_or(pb::progress_event::Phase::Unspecified)
+            .as_str_name();
+        match out {
+            Output::Json => print(
+                &(serde_json::to_string(&serde_json::json!({
+                    "phase": phase,
+                    "percent": ev.progress,
+                    "message": (!ev.message.is_empty()).then_some(&ev.message),
+                    "at": ev.time.as_ref().map(view::rfc3339),
+                    "ready": ev.ready,
+                    "failed": ev.failed,
+                    "reason": (!ev.reason.is_empty()).then_some(&ev.reason),
+                    "url": (!ev.url.is_empty()).then_some(&ev.url),
+                }))? + "\n"),
+            )?,
+            Output::Table if !ev.message.is_empty() => {
+                print(&format!(
+                    "{:>3}%  {phase:<16} {}\n",
+                    ev.progress, ev.message
+                ))?;
+            }
+            Output::Table => {}
+        }
+        if ev.failed {
+            anyhow::bail!(
+                "the spawn failed{}",
+                if ev.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", ev.reason)
+                }
+            );
+        }
+        if ev.ready {
+            break;
         }
     }
     Ok(())

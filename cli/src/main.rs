@@ -142,6 +142,17 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Follow a spawn's progress (phases, a pull's bytes) until it is ready or has failed.
+    Progress {
+        /// The JupyterHub user name.
+        user: String,
+        /// The named server; omitted = the user's default server.
+        #[arg(default_value = "")]
+        server: String,
+        /// The spawn to follow; omitted = the server's newest.
+        #[arg(long)]
+        spawn_id: Option<String>,
+    },
     /// The images on the node and the servers using each.
     Images,
     /// What each running server uses: CPU (over the interval), memory and its limit, network.

@@ -760,6 +760,22 @@ async fn events_images_top_describe_prepull_and_rm_volume_over_the_admin_socket(
     );
     assert!(lines.iter().any(|e| e["kind"] == "STARTED"), "{lines:?}");
 
+    // progress: the spawn's phases replayed, to its end (ready).
+    let (code, text, err) = berthctl(&["--endpoint", &ep, "progress", &user, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let phases: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(phases.len() >= 2, "{text}");
+    assert_eq!(phases.last().unwrap()["ready"], true, "{text}");
+    assert!(
+        phases
+            .iter()
+            .any(|p| p["phase"] == "STARTING" || p["phase"] == "CREATING"),
+        "{text}"
+    );
+
     // images: the node's images, and the server using the tiny one.
     let images = json(args(&["--endpoint", &ep, "images"])).await;
     let tiny = images["images"]

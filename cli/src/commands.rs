@@ -116,6 +116,24 @@ fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// The node's capacity report (`capacity`, `describe`, `images`).
+async fn node_capacity(conn: &Conn) -> Result<pb::NodeCapacity> {
+    Ok(conn
+        .spawner()
+        .capacity(request(pb::CapacityRequest {}))
+        .await?
+        .into_inner())
+}
+
+/// The node's versions and features (`version`, `describe`).
+async fn node_version(conn: &Conn) -> Result<pb::VersionResponse> {
+    Ok(conn
+        .spawner()
+        .version(request(pb::VersionRequest {}))
+        .await?
+        .into_inner())
+}
+
 /// Writes `text` to stdout (a closed pipe, as in `| head`, is not an error worth a message).
 fn print(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -265,11 +283,7 @@ async fn stop(conn: &Conn, out: Output, req: pb::StopRequest) -> Result<()> {
 }
 
 async fn capacity(conn: &Conn, out: Output) -> Result<()> {
-    let c = conn
-        .spawner()
-        .capacity(request(pb::CapacityRequest {}))
-        .await?
-        .into_inner();
+    let c = node_capacity(conn).await?;
     let c = view::Capacity::from(c);
     if out == Output::Json {
         return print_json(&c);
@@ -462,16 +476,8 @@ async fn rm_volume(conn: &Conn, out: Output, name: String) -> Result<()> {
 
 /// `describe`: the node's versions and its capacity in full.
 async fn describe_node(conn: &Conn, out: Output) -> Result<()> {
-    let v = conn
-        .spawner()
-        .version(request(pb::VersionRequest {}))
-        .await?
-        .into_inner();
-    let c = conn
-        .spawner()
-        .capacity(request(pb::CapacityRequest {}))
-        .await?
-        .into_inner();
+    let v = node_version(conn).await?;
+    let c = node_capacity(conn).await?;
     let c = view::Capacity::from(c);
     if out == Output::Json {
         return print_json(&serde_json::json!({
@@ -592,11 +598,7 @@ async fn progress(conn: &Conn, out: Output, req: pb::ProgressRequest) -> Result<
 }
 
 async fn images(conn: &Conn, out: Output) -> Result<()> {
-    let c = conn
-        .spawner()
-        .capacity(request(pb::CapacityRequest {}))
-        .await?
-        .into_inner();
+    let c = node_capacity(conn).await?;
     let servers = conn
         .spawner()
         .list(request(pb::ListRequest::default()))
@@ -724,11 +726,7 @@ async fn prepull(conn: &Conn, out: Output, images: Vec<String>) -> Result<()> {
 }
 
 async fn version(conn: &Conn, out: Output) -> Result<()> {
-    let v = conn
-        .spawner()
-        .version(request(pb::VersionRequest {}))
-        .await?
-        .into_inner();
+    let v = node_version(conn).await?;
     let doc = view::Version {
         client: view::ClientVersion {
             version: env!("CARGO_PKG_VERSION").to_owned(),

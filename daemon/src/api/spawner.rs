@@ -199,7 +199,8 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         let want = crate::docker::LogsWanted {
             tail: (r.tail > 0).then_some(r.tail),
             follow: r.follow,
-            since: r.since.map(|t| t.seconds),
+            // Docker counts `since` in whole seconds: rounded up, so no older line comes back.
+            since: r.since.map(|t| t.seconds + i64::from(t.nanos > 0)),
             timestamps: r.timestamps,
         };
         let lines = self.rt.logs(&key, want).await?;

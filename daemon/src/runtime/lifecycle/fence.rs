@@ -120,10 +120,12 @@ impl<E: ContainerEngine> Runtime<E> {
             .entries(None)
             .into_iter()
             .filter(|(_, e)| {
-                !e.record.fenced
-                    && e.live
-                        .as_ref()
-                        .is_some_and(|c| matches!(c.status, RunStatus::Running | RunStatus::Paused))
+                // Not the record's fenced mark: a berthd that died between marking and
+                // stopping fences the still running server again after its restart. A server
+                // being stopped is not seen twice: `run` awaits each round's stops.
+                e.live
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.status, RunStatus::Running | RunStatus::Paused))
                     && Fence::limit(e.record.fence_after_seconds, node).is_some_and(|l| lost >= l)
             })
             .map(|(k, _)| (k, lost))

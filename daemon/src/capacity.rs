@@ -214,6 +214,21 @@ pub struct NodeCapacity {
     pub fence_after_seconds: u32,
     /// The node's stop grace, seconds.
     pub stop_grace_seconds: u32,
+    /// Each warm pool.
+    pub warm: Vec<WarmPool>,
+}
+
+/// One warm pool in the capacity report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    /// The image reference.
+    pub image: String,
+    /// Its servers' port.
+    pub port: u16,
+    /// Members ready now.
+    pub ready: u32,
+    /// Members kept ready.
+    pub size: u32,
 }
 
 /// One device class in the capacity report.

@@ -139,6 +139,8 @@ section! {
         activity: crate::reporter::ActivityConfig = crate::reporter::ActivityConfig::default();
         /// GPUs and other devices the node hands out.
         devices: DevicesConfig = DevicesConfig::default();
+        /// Servers booted ahead of time, per image.
+        warm: WarmConfig = WarmConfig::default();
         /// What this node is, for the hub's placement.
         node: NodeConfig = NodeConfig::default();
         /// The Prometheus endpoint.
@@ -196,6 +198,14 @@ section! {
     pub struct DevicesConfig at "devices." {
         /// Device classes, each a `[[devices.classes]]` table (see `crate::devices::ClassConfig`).
         classes: Vec<crate::devices::ClassConfig> = Vec::new();
+    }
+}
+
+section! {
+    /// `[warm]`
+    pub struct WarmConfig at "warm." {
+        /// Warm pools, each a `[[warm.pools]]` table (see `crate::runtime::pool::PoolConfig`).
+        pools: Vec<crate::runtime::pool::PoolConfig> = Vec::new();
     }
 }
 

@@ -50,6 +50,7 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
+pub mod graft;
 pub mod helper;
 mod pins;
 pub mod wire;

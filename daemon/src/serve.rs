@@ -234,6 +234,10 @@ async fn run_on<E: ContainerEngine>(
     ));
     // Always: a Start may ask for fencing on a node that does not fence by default.
     tasks.spawn(fence::run(rt.clone(), shutdown.clone()));
+    tasks.spawn({
+        let (rt, shutdown) = (rt.clone(), shutdown.clone());
+        async move { rt.keep_warm(shutdown).await }
+    });
     spawn_metrics(&cfg, &rt, &tasks, &shutdown).await?;
     let admin_path = cfg.admin_socket();
     spawn_admin(&admin_path, &rt, &tasks, &shutdown)?;

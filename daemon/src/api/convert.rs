@@ -339,6 +339,16 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
         memory_bytes: a.memory,
     };
     pb::NodeCapacity {
+        warm: c
+            .warm
+            .iter()
+            .map(|w| pb::WarmPool {
+                image: w.image.clone(),
+                port: u32::from(w.port),
+                ready: w.ready,
+                size: w.size,
+            })
+            .collect(),
         fence_after_seconds: c.fence_after_seconds,
         stop_grace_seconds: c.stop_grace_seconds,
         node_id,

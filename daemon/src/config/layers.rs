@@ -33,10 +33,16 @@ pub struct Setting {
 
 /// The keys of the file that no `BERTH_*` variable or flag can set, each with the reason; a
 /// test walks the default file and fails on any other key that is not in [`settings`].
-pub const FILE_ONLY: &[(&str, &str)] = &[(
-    "devices.classes",
-    "a list of tables, [[devices.classes]], with no one-line form",
-)];
+pub const FILE_ONLY: &[(&str, &str)] = &[
+    (
+        "devices.classes",
+        "a list of tables, [[devices.classes]], with no one-line form",
+    ),
+    (
+        "warm.pools",
+        "a list of tables, [[warm.pools]], with no one-line form",
+    ),
+];
 
 /// How a `BERTH_*` variable or a flag writes a value that is not a plain scalar.
 pub const VALUE_RULES: &str = "Lists are comma-separated (\"a,b\"; \"\" = empty); tables \

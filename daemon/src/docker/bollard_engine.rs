@@ -8,24 +8,24 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::StartExecResults;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
-    EventMessageTypeEnum, ExecConfig, HealthStatusEnum, HostConfig, Mount as DockerMount,
-    MountType, NetworkCreateRequest, PortBinding as DockerPortBinding, ResourcesUlimits,
-    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
+    DeviceMapping, EventMessageTypeEnum, ExecConfig, HealthStatusEnum, HostConfig,
+    Mount as DockerMount, MountType, NetworkCreateRequest, PortBinding as DockerPortBinding,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, InspectNetworkOptions, KillContainerOptions,
-    ListContainersOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, StatsOptions, StopContainerOptions, UploadToContainerOptions,
-    WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, InspectNetworkOptions,
+    KillContainerOptions, ListContainersOptions, ListVolumesOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, RenameContainerOptions, StatsOptions,
+    StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, ImageSummary, LogChunk, LogStream, LogsWanted, NetworkInfo, NewFile, NewVolume,
-    OPTION_ENABLE_ICC, PortBinding, PullEvent, RunStatus, Usage, VolumeInfo,
+    ImageInfo, ImageSummary, Limits, LogChunk, LogStream, LogsWanted, NetworkInfo, NewFile,
+    NewVolume, OPTION_ENABLE_ICC, PortBinding, PullEvent, RunStatus, Usage, VolumeInfo,
 };
 
 /// Oldest Docker Engine API berthd speaks (Docker 20.10, as Debian 12 ships it).
@@ -235,6 +235,9 @@ fn to_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             init: Some(true),
             ..Default::default()
         }),
+        open_stdin: spec.stdin.then_some(true),
+        stdin_once: spec.stdin.then_some(true),
+        attach_stdin: spec.stdin.then_some(true),
         ..Default::default()
     }
 }
@@ -491,6 +494,56 @@ impl ContainerEngine for BollardEngine {
     async fn start(&self, id: &str) -> Result<(), EngineError> {
         self.bounded("start", self.docker.start_container(id, None))
             .await
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        let options = RenameContainerOptions {
+            name: name.to_owned(),
+        };
+        self.bounded("rename", self.docker.rename_container(id, options))
+            .await
+    }
+
+    async fn update_limits(&self, id: &str, limits: Limits) -> Result<(), EngineError> {
+        let body = ContainerUpdateBody {
+            memory: limits.memory,
+            // Docker's default at create: swap as large again as the memory.
+            memory_swap: limits.memory.map(|m| m.saturating_mul(2)),
+            memory_reservation: limits.memory_reservation,
+            nano_cpus: limits.nano_cpus,
+            cpu_shares: limits.cpu_shares,
+            ..Default::default()
+        };
+        self.bounded("update", self.docker.update_container(id, body))
+            .await
+    }
+
+    async fn send_stdin(&self, id: &str, data: Vec<u8>) -> Result<(), EngineError> {
+        use tokio::io::AsyncWriteExt;
+        let options = AttachContainerOptions {
+            stdin: true,
+            stream: true,
+            ..Default::default()
+        };
+        let mut attached = self
+            .bounded("attach", self.docker.attach_container(id, Some(options)))
+            .await?;
+        let write = async {
+            attached.input.write_all(&data).await?;
+            attached.input.flush().await?;
+            attached.input.shutdown().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Unavailable {
+                op: "attach",
+                message: e.to_string(),
+            }),
+            Err(_) => Err(EngineError::Timeout {
+                op: "attach",
+                after: self.timeout,
+            }),
+        }
     }
 
     async fn network(&self, name: &str) -> Result<Option<NetworkInfo>, EngineError> {

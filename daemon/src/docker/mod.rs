@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 pub mod bollard_engine;
+pub mod claimed;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 
@@ -51,6 +52,9 @@ pub const LABEL_DEVICES: &str = "berth.devices";
 pub const LABEL_RESUMABLE: &str = "berth.resumable";
 /// Label holding what a resume compares: the image id and a digest per aspect of the spec.
 pub const LABEL_FINGERPRINT: &str = "berth.fingerprint";
+/// Label marking a warm pool container, holding the image reference of its pool. A claimed one
+/// keeps it (labels never change); its claim in the state directory says whose it is.
+pub const LABEL_POOL: &str = "berth.pool";
 
 /// What went wrong talking to the engine.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +218,22 @@ pub struct ContainerSpec {
     pub options: crate::spec::options::ContainerOptions,
     /// Devices requested from a Docker device driver (the nvidia runtime), by id.
     pub device_requests: Vec<DeviceRequest>,
+    /// Stdin kept open for one writer (a warm pool container's launcher reads its identity
+    /// there); closed when that writer is done.
+    pub stdin: bool,
+}
+
+/// The resources of a running container that `docker update` changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes (`None` = unchanged).
+    pub memory: Option<i64>,
+    /// Memory reservation in bytes.
+    pub memory_reservation: Option<i64>,
+    /// CPU limit in 1e-9 cores.
+    pub nano_cpus: Option<i64>,
+    /// Relative CPU weight.
+    pub cpu_shares: Option<i64>,
 }
 
 /// Devices of one driver, by id (Docker's `DeviceRequests`).
@@ -440,6 +460,21 @@ pub trait ContainerEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// Starts a created container.
     fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Renames container `id`; a name in use is a `Conflict` (so a name is claimed only once).
+    fn rename(&self, id: &str, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Changes the resources of container `id`, running or not.
+    fn update_limits(
+        &self,
+        id: &str,
+        limits: Limits,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Writes `data` to the stdin of running container `id` (created with `stdin`) and closes
+    /// it. Secret: never logged.
+    fn send_stdin(
+        &self,
+        id: &str,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
     /// The network of this name, `None` when there is none.
     fn network(
         &self,

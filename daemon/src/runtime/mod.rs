@@ -38,6 +38,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::docker::claimed::{ClaimBook, Claimed};
 use crate::docker::{ContainerEngine, ContainerInfo, LABEL_MANAGED, LABEL_SERVER, LABEL_USER};
 use crate::key::ServerKey;
 use crate::state::FileStore;
@@ -45,6 +46,7 @@ use crate::state::FileStore;
 mod error;
 pub mod images;
 pub mod lifecycle;
+pub mod pool;
 pub mod progress;
 pub mod resources;
 pub mod view;
@@ -113,6 +115,10 @@ pub struct RuntimeConfig {
     pub isolated_network: Option<String>,
     /// `[fencing] stop_after_hub_lost_seconds`; `None` = the node does not fence by default.
     pub fence_after: Option<Duration>,
+    /// `[[warm.pools]]`.
+    pub pools: Vec<pool::PoolConfig>,
+    /// Whether this berthd may mount volumes into running containers (warm claims).
+    pub graft: bool,
 }
 
 /// The runtime's share of the node configuration is the runtime's to define: `config` knows
@@ -163,6 +169,10 @@ impl crate::config::Config {
                 .then(|| self.network.name.clone()),
             fence_after: (self.fencing.stop_after_hub_lost_seconds > 0)
                 .then(|| Duration::from_secs(self.fencing.stop_after_hub_lost_seconds)),
+            pools: self.warm.pools.clone(),
+            graft: crate::hostpath::graft::available(
+                self.hostpaths.pin_helper_socket.as_os_str().is_empty(),
+            ),
         }
     }
 }
@@ -194,7 +204,8 @@ impl<E> Clone for Runtime<E> {
 }
 
 struct Inner<E> {
-    engine: E,
+    /// The engine, with claimed warm containers answering as the servers they became.
+    engine: Claimed<E>,
     cfg: RuntimeConfig,
     keys: Arc<KeyTable>,
     /// Who still waits for each spawn.
@@ -222,6 +233,8 @@ struct Inner<E> {
     nets: crate::netguard::ContainerNets,
     /// When the hub last reached this node (fencing).
     contact: Arc<lifecycle::fence::HubContact>,
+    /// The warm pools' ready members.
+    pool: pool::Pool,
 }
 
 impl<E: ContainerEngine> Runtime<E> {
@@ -234,8 +247,8 @@ impl<E: ContainerEngine> Runtime<E> {
                 admission: admission::Admission::new(&cfg),
                 devices: devices::Devices::new(&cfg),
                 records: Records::new(store, view.clone()),
+                engine: Claimed::new(engine, Arc::new(ClaimBook::open_or_empty(&cfg.state_dir))),
                 view,
-                engine,
                 callers: callers::Callers::new(cfg.abandon_grace),
                 cfg,
                 keys: Arc::default(),
@@ -249,6 +262,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 feed: capfeed::Feed::default(),
                 nets: crate::netguard::ContainerNets::default(),
                 contact: Arc::default(),
+                pool: pool::Pool::default(),
             }),
         }
     }
@@ -265,7 +279,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// The container engine, for those who feed or read the runtime (the monitor's events,
     /// the reporter's usage readings, the health check).
-    pub fn engine(&self) -> &E {
+    pub fn engine(&self) -> &Claimed<E> {
         &self.inner.engine
     }
 

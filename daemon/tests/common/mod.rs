@@ -130,6 +130,14 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Replaces the environment the next [`Daemon::respawn`] gives berthd.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
     /// Starts berthd again with the same node id and state directory.
     pub fn respawn(&mut self) {
         let (child, addr) = Self::launch(

@@ -11,7 +11,7 @@ use super::model::{EXIT_SIGKILL, EXIT_SIGTERM, normalise};
 use super::{Delayed, FakeEngine, matches};
 use crate::docker::{
     ContainerEngine, ContainerInfo, ContainerSpec, EngineError, EngineEvent, EngineVersion,
-    ImageInfo, LogChunk, Usage,
+    ImageInfo, Limits, LogChunk, Usage,
 };
 use crate::docker::{LogsWanted, NewFile, NewVolume, VolumeInfo};
 
@@ -96,6 +96,54 @@ impl ContainerEngine for FakeEngine {
                 });
             }
             world.images.remove(&reference);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        self.faulty("rename", async {
+            let mut world = self.enter("rename")?;
+            if world.resolve(name).is_some() {
+                return Err(EngineError::Conflict {
+                    message: format!("the container name \"/{name}\" is already in use"),
+                });
+            }
+            let c = world.get_mut(id).ok_or_else(|| Self::not_found(id))?;
+            name.clone_into(&mut c.info.name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_limits(&self, id: &str, limits: Limits) -> Result<(), EngineError> {
+        self.faulty("update_limits", async {
+            let mut world = self.enter("update limits")?;
+            let c = world.get_mut(id).ok_or_else(|| Self::not_found(id))?;
+            let set = |to: &mut i64, v: Option<i64>| {
+                if let Some(v) = v {
+                    *to = v;
+                }
+            };
+            set(&mut c.info.memory, limits.memory);
+            set(&mut c.info.memory_reservation, limits.memory_reservation);
+            set(&mut c.info.nano_cpus, limits.nano_cpus);
+            set(&mut c.info.cpu_shares, limits.cpu_shares);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn send_stdin(&self, id: &str, data: Vec<u8>) -> Result<(), EngineError> {
+        self.faulty("send_stdin", async {
+            let mut world = self.enter("send stdin")?;
+            let c = world.get_mut(id).ok_or_else(|| Self::not_found(id))?;
+            if !c.spec.stdin || !c.running() {
+                return Err(EngineError::Conflict {
+                    message: format!("container {id} takes no stdin"),
+                });
+            }
+            c.stdin.extend_from_slice(&data);
             Ok(())
         })
         .await

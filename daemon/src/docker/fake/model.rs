@@ -78,6 +78,8 @@ pub(super) struct Container {
     pub(super) logs: Vec<LogChunk>,
     pub(super) log_tx: broadcast::Sender<LogChunk>,
     pub(super) usage: Usage,
+    /// What was written to its stdin.
+    pub(super) stdin: Vec<u8>,
 }
 
 impl Container {
@@ -256,6 +258,7 @@ impl World {
             info,
             spec: spec.clone(),
             files: BTreeMap::new(),
+            stdin: Vec::new(),
             behaviour: image.behaviour.clone(),
             seq: self.next_seq,
             run: 0,

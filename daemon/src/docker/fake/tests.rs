@@ -26,6 +26,7 @@ fn spec(name: &str, image: &str) -> ContainerSpec {
         mounts: Vec::new(),
         host: crate::spec::HostAccess::default(),
         device_requests: vec![],
+        stdin: false,
     }
 }
 

@@ -62,7 +62,7 @@ impl<E: ContainerEngine> Runtime<E> {
 
     /// Makes berth's isolated network exist, inter-container traffic off; one of that name
     /// with it on is refused rather than used, so isolation is never silently lost.
-    async fn ensure_isolated(&self, name: &str) -> Result<(), Error> {
+    pub(in crate::runtime) async fn ensure_isolated(&self, name: &str) -> Result<(), Error> {
         let engine = &self.inner.engine;
         let info = match engine.network(name).await? {
             Some(info) => info,

@@ -298,12 +298,41 @@ impl<E: ContainerEngine> Runtime<E> {
         {
             return done;
         }
-        self.inner.admission.admit(&self.inner.view, spec)?;
+        let warm = self.reserve_warm(spec);
+        let claiming = warm.as_ref().map(|m| m.id.as_str());
+        if let Err(e) = self
+            .inner
+            .admission
+            .admit_claiming(&self.inner.view, spec, claiming)
+        {
+            if let Some(m) = warm {
+                self.return_warm(m);
+            }
+            return Err(e);
+        }
         self.inner.view.capacity_changed();
-        let devices = self.assign_devices(spec).await?;
-        self.inner.view.capacity_changed();
-        let image = self.ensure_image(spec, progress, cancel).await?;
+        let before = async {
+            let devices = self.assign_devices(spec).await?;
+            self.inner.view.capacity_changed();
+            let image = self.ensure_image(spec, progress, cancel).await?;
+            Ok::<_, Error>((devices, image))
+        };
+        let (devices, image) = match before.await {
+            Ok(got) => got,
+            Err(e) => {
+                if let Some(m) = warm {
+                    // Taken from the pool for this spawn, which failed: never handed to another.
+                    self.discard_member(spec, &m.id).await;
+                }
+                return Err(e);
+            }
+        };
         self.inner.image_use.note(&image.id, true);
+        if let Some(m) = warm
+            && let Some(done) = self.start_warm(spec, &image, m, progress, cancel).await
+        {
+            return done.map(|started| Started { note, ..started });
+        }
         let slot = match self.inner.admission.slot_now() {
             Some(slot) => slot,
             None => {
@@ -392,34 +421,7 @@ impl<E: ContainerEngine> Runtime<E> {
     ) -> Result<String, Error> {
         let engine = &self.inner.engine;
         let container = self.container_spec(spec, image, devices, pins);
-        let owned = owned_volumes(spec);
-        self.inner
-            .records
-            .save(&spec.key, |r| {
-                r.spawn_id.clone_from(&spec.spawn_id);
-                r.spec_hash = spec.spec_hash();
-                r.container_id.clear();
-                r.status = RecordStatus::Starting;
-                r.exit_code = None;
-                r.image.clone_from(&spec.image);
-                r.port = spec.port;
-                r.started_ms = crate::state::now_ms();
-                r.fence_after_seconds = spec.fence.to_record();
-                r.fenced = false;
-                r.devices = devices.iter().map(DeviceRef::encode).collect();
-                r.volumes = spec
-                    .volumes
-                    .iter()
-                    .filter(|v| !v.host_path)
-                    .map(|v| v.name.clone())
-                    .collect();
-                for v in owned {
-                    if !r.owned_volumes.contains(&v) {
-                        r.owned_volumes.push(v);
-                    }
-                }
-            })
-            .await?;
+        self.record_spawn(spec, devices, "").await?;
         let id = match engine.create(&container).await {
             Ok(id) => id,
             // Someone else created a container of this name between our inspect and create.
@@ -441,6 +443,45 @@ impl<E: ContainerEngine> Runtime<E> {
             return Err(self.discard_unstarted(&spec.key, &id, e).await);
         }
         Ok(id)
+    }
+
+    /// Writes the record of spawn `spec` (STARTING, with `container_id`, "" before create),
+    /// durable before its container exists or is claimed.
+    pub(in crate::runtime) async fn record_spawn(
+        &self,
+        spec: &StartSpec,
+        devices: &[DeviceRef],
+        container_id: &str,
+    ) -> Result<(), Error> {
+        let owned = owned_volumes(spec);
+        self.inner
+            .records
+            .save(&spec.key, |r| {
+                r.spawn_id.clone_from(&spec.spawn_id);
+                r.spec_hash = spec.spec_hash();
+                container_id.clone_into(&mut r.container_id);
+                r.status = RecordStatus::Starting;
+                r.exit_code = None;
+                r.image.clone_from(&spec.image);
+                r.port = spec.port;
+                r.started_ms = crate::state::now_ms();
+                r.fence_after_seconds = spec.fence.to_record();
+                r.fenced = false;
+                r.devices = devices.iter().map(DeviceRef::encode).collect();
+                r.volumes = spec
+                    .volumes
+                    .iter()
+                    .filter(|v| !v.host_path)
+                    .map(|v| v.name.clone())
+                    .collect();
+                for v in owned {
+                    if !r.owned_volumes.contains(&v) {
+                        r.owned_volumes.push(v);
+                    }
+                }
+            })
+            .await
+            .map(drop)
     }
 
     /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
@@ -563,7 +604,7 @@ impl<E: ContainerEngine> Runtime<E> {
     }
 
     /// Probes the running container until it answers HTTP; fails at once when it exits.
-    async fn await_ready(
+    pub(in crate::runtime) async fn await_ready(
         &self,
         spec: &StartSpec,
         c: &ContainerInfo,
@@ -675,47 +716,19 @@ impl<E: ContainerEngine> Runtime<E> {
         }
     }
 
-    // Long: a field-by-field translation of the spec into the engine's, clearer whole.
-    fn container_spec(
+    /// The labels of `spec`'s server (the spec's own, then berth's), but those of a kept
+    /// container: what a cold container has, and what a claimed warm one answers with.
+    pub(in crate::runtime) fn server_labels(
         &self,
         spec: &StartSpec,
-        image: &ImageInfo,
         devices: &[DeviceRef],
-        pins: &Pins,
-    ) -> ContainerSpec {
-        let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
-            (true, true) => None,
-            (true, false) => Some(image.cmd.iter().chain(&spec.args).cloned().collect()),
-            (false, _) => Some(spec.cmd.iter().chain(&spec.args).cloned().collect()),
-        };
+    ) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        let cfg = &self.inner.cfg;
-        let host_ip = cfg.publish_host_ip.to_string();
-        // A resumable container gets its per-spawn env from a file at every start (see
-        // `resume.rs`): a wrapper in front of the image's own entrypoint and command.
-        let (entrypoint, cmd, env) = if spec.resumable {
-            let argv: Vec<String> = image
-                .entrypoint
-                .iter()
-                .chain(cmd.as_ref().unwrap_or(&image.cmd))
-                .cloned()
-                .collect();
-            let (entrypoint, argv) = resume::wrapped(argv);
-            let fingerprint = resume::Fingerprint::of(spec, &image.id, &host_ip);
-            labels.insert(LABEL_RESUMABLE.to_owned(), "true".to_owned());
-            labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.to_label());
-            let env = spec.env.filtered(|k| {
-                !resume::is_per_spawn(k) || crate::mutation::active("resume.secret_in_config")
-            });
-            (Some(entrypoint), Some(argv), env.to_docker())
-        } else {
-            (None, cmd, spec.env.to_docker())
-        };
         for (k, v) in [
             (LABEL_MANAGED, "true"),
             (LABEL_USER, spec.key.user()),
             (LABEL_SERVER, spec.key.server()),
-            (LABEL_NODE, &cfg.node_id),
+            (LABEL_NODE, &self.inner.cfg.node_id),
             (LABEL_SPAWN_ID, &spec.spawn_id),
             (LABEL_SPEC_HASH, &spec.spec_hash()),
             (LABEL_PORT, &spec.port.to_string()),
@@ -739,6 +752,46 @@ impl<E: ContainerEngine> Runtime<E> {
         ] {
             labels.insert(k.to_owned(), v.to_owned());
         }
+        labels
+    }
+
+    // Long: a field-by-field translation of the spec into the engine's, clearer whole.
+    fn container_spec(
+        &self,
+        spec: &StartSpec,
+        image: &ImageInfo,
+        devices: &[DeviceRef],
+        pins: &Pins,
+    ) -> ContainerSpec {
+        let cmd = match (spec.cmd.is_empty(), spec.args.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(image.cmd.iter().chain(&spec.args).cloned().collect()),
+            (false, _) => Some(spec.cmd.iter().chain(&spec.args).cloned().collect()),
+        };
+        let mut labels = HashMap::new();
+        let cfg = &self.inner.cfg;
+        let host_ip = cfg.publish_host_ip.to_string();
+        // A resumable container gets its per-spawn env from a file at every start (see
+        // `resume.rs`): a wrapper in front of the image's own entrypoint and command.
+        let (entrypoint, cmd, env) = if spec.resumable {
+            let argv: Vec<String> = image
+                .entrypoint
+                .iter()
+                .chain(cmd.as_ref().unwrap_or(&image.cmd))
+                .cloned()
+                .collect();
+            let (entrypoint, argv) = resume::wrapped(argv);
+            let fingerprint = resume::Fingerprint::of(spec, &image.id, &host_ip);
+            labels.insert(LABEL_RESUMABLE.to_owned(), "true".to_owned());
+            labels.insert(LABEL_FINGERPRINT.to_owned(), fingerprint.to_label());
+            let env = spec.env.filtered(|k| {
+                !resume::is_per_spawn(k) || crate::mutation::active("resume.secret_in_config")
+            });
+            (Some(entrypoint), Some(argv), env.to_docker())
+        } else {
+            (None, cmd, spec.env.to_docker())
+        };
+        labels.extend(self.server_labels(spec, devices));
         let passing = self.inner.devices.passing(devices);
         let mut host = spec.host.clone();
         host.devices.extend(passing.paths);
@@ -796,6 +849,7 @@ impl<E: ContainerEngine> Runtime<E> {
             host,
             device_requests: passing.requests,
             options: self.options_with_network(spec),
+            stdin: false,
         }
     }
 }

@@ -22,6 +22,8 @@ pub const DRAIN_FILE: &str = "draining";
 pub struct Admission {
     /// Admitted spawns whose container does not run yet.
     pending: Mutex<HashMap<ServerKey, Alloc>>,
+    /// Warm members not yet claimed, by container id: each holds a server's place.
+    warm: Mutex<HashMap<String, Alloc>>,
     draining: Mutex<Option<String>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -46,6 +48,7 @@ impl Admission {
         }
         Self {
             pending: Mutex::default(),
+            warm: Mutex::default(),
             draining: Mutex::new(draining.map(|r| r.trim().to_owned())),
             slots: Arc::new(Semaphore::new(cfg.max_concurrent_spawns as usize)),
             waiting: AtomicUsize::new(0),
@@ -84,6 +87,7 @@ impl Admission {
     /// `pending` is held: a spawn counts in `pending` until its container is in the view.
     fn committed(
         pending: &HashMap<ServerKey, Alloc>,
+        warm: &HashMap<String, Alloc>,
         view: &View,
         except: Option<&ServerKey>,
     ) -> (Alloc, u32) {
@@ -103,18 +107,61 @@ impl Admission {
         if let Some(k) = except {
             held.remove(k);
         }
-        let running = u32::try_from(held.len()).unwrap_or(u32::MAX);
-        (capacity::committed(held.into_values()), running)
+        let servers = held.len() + warm.len();
+        let running = u32::try_from(servers).unwrap_or(u32::MAX);
+        (
+            capacity::committed(held.into_values().chain(warm.values().copied())),
+            running,
+        )
     }
 
     /// What is held now, and by how many servers, for the capacity report.
     pub fn held(&self, view: &View) -> (Alloc, u32) {
-        Self::committed(&lock(&self.pending), view, None)
+        let pending = lock(&self.pending);
+        Self::committed(&pending, &lock(&self.warm), view, None)
+    }
+
+    /// Warm members waiting for a claim.
+    pub fn warm_count(&self) -> usize {
+        lock(&self.warm).len()
+    }
+
+    /// Admits warm member `id` holding `request`, unless the node drains or is full.
+    pub fn admit_warm(&self, view: &View, id: &str, request: Alloc) -> Result<(), Error> {
+        if let Some(reason) = lock(&self.draining).clone() {
+            return Err(Error::Draining {
+                node: self.node_id.clone(),
+                reason,
+            });
+        }
+        let pending = lock(&self.pending);
+        let mut warm = lock(&self.warm);
+        let (committed, running) = Self::committed(&pending, &warm, view, None);
+        let allocatable = capacity::allocatable(capacity::read_host(), self.limits);
+        capacity::admit(allocatable, committed, running, self.limits, request)?;
+        warm.insert(id.to_owned(), request);
+        Ok(())
+    }
+
+    /// Ends warm member `id`'s hold (claimed: its spawn's admission counts instead; or gone).
+    pub fn release_warm(&self, id: &str) {
+        lock(&self.warm).remove(id);
     }
 
     /// Admits `spec` or says why not; an admitted spawn holds its share until
     /// [`Admission::release`].
     pub fn admit(&self, view: &View, spec: &StartSpec) -> Result<(), Error> {
+        self.admit_claiming(view, spec, None)
+    }
+
+    /// [`Admission::admit`] for a spawn that takes warm member `claiming`: the member's hold
+    /// passes to the spawn (it is not counted beside it), and ends if admitted.
+    pub fn admit_claiming(
+        &self,
+        view: &View,
+        spec: &StartSpec,
+        claiming: Option<&str>,
+    ) -> Result<(), Error> {
         if let Some(reason) = lock(&self.draining).clone() {
             return Err(Error::Draining {
                 node: self.node_id.clone(),
@@ -124,10 +171,18 @@ impl Admission {
         let r = spec.resources;
         let request = capacity::demand(r.mem_guarantee, r.mem_limit, r.cpu_guarantee, r.cpu_limit);
         let mut pending = lock(&self.pending);
-        let (committed, running) = Self::committed(&pending, view, Some(&spec.key));
+        let mut warm = lock(&self.warm);
+        let mut others = warm.clone();
+        if let Some(id) = claiming {
+            others.remove(id);
+        }
+        let (committed, running) = Self::committed(&pending, &others, view, Some(&spec.key));
         let allocatable = capacity::allocatable(capacity::read_host(), self.limits);
         capacity::admit(allocatable, committed, running, self.limits, request)?;
         pending.insert(spec.key.clone(), request);
+        if let Some(id) = claiming {
+            warm.remove(id);
+        }
         Ok(())
     }
 

@@ -207,6 +207,18 @@ impl<E: ContainerEngine> Runtime<E> {
                 inner.cfg.fence_after,
             ),
             stop_grace_seconds: u32::try_from(inner.cfg.stop_grace.as_secs()).unwrap_or(u32::MAX),
+            warm: inner
+                .cfg
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| capacity::WarmPool {
+                    image: p.image.clone(),
+                    port: p.port,
+                    ready: u32::try_from(inner.pool.ready_in(i).len()).unwrap_or(u32::MAX),
+                    size: p.size,
+                })
+                .collect(),
         }
     }
 

@@ -1,0 +1,46 @@
+# berth's warm launcher (berthd passes it as `python3 -c`). A warm pool container runs it before
+# anyone claims the container: it imports the single-user server's modules, then waits on stdin
+# for its identity: lines "e KEY BASE64VALUE" (environment), "a BASE64ARG" (the command line)
+# and "go". With the identity it sets the environment and runs the server in this process when
+# the command is jupyterhub-singleuser (already warm), otherwise it executes the command as a
+# cold container would. It holds no secret and no user file before the claim.
+import base64
+import os
+import sys
+
+cwd = os.getcwd()
+warmed = []
+for name in ("jupyter_server.serverapp", "jupyterlab", "jupyterhub.services.auth", "jupyterhub.utils"):
+    try:
+        __import__(name)
+        warmed.append(name)
+    except Exception as e:  # noqa: BLE001 - a missing module only makes the start colder
+        print(f"berth-launcher: cannot import {name} ahead ({e.__class__.__name__})", flush=True)
+print("berth-launcher: ready (" + ", ".join(warmed) + ")", flush=True)
+
+env, argv, complete = {}, [], False
+for line in sys.stdin.buffer:
+    kind, _, rest = line.rstrip(b"\n").partition(b" ")
+    if kind == b"e":
+        key, _, value = rest.partition(b" ")
+        env[key.decode()] = base64.b64decode(value).decode()
+    elif kind == b"a":
+        argv.append(base64.b64decode(rest).decode())
+    elif kind == b"go":
+        complete = True
+        break
+if not complete or not argv:
+    sys.exit("berth-launcher: stdin closed before a whole identity arrived")
+devnull = os.open(os.devnull, os.O_RDONLY)
+os.dup2(devnull, 0)
+os.close(devnull)
+os.environ.update(env)
+# The user's volumes were mounted after this process started: enter the directory again by
+# its path to see them.
+os.chdir(cwd)
+if os.path.basename(argv[0]) == "jupyterhub-singleuser":
+    sys.argv = argv
+    from jupyterhub.singleuser import main
+
+    sys.exit(main())
+os.execvp(argv[0], argv)

@@ -1,0 +1,336 @@
+//! Warm pools against a real dockerd and the real berthd binary: a Start takes a container
+//! booted ahead, with its volume mounted after the fact and its identity sent on stdin; a pool
+//! container holds no secret and no user file before its claim; a berthd killed at each step
+//! of a claim never leaves a container shared, leaked or handed to a second user.
+//!
+//! The tiny image's HTTP server serves `/www`: a user's volume mounted at `/www/files` shows
+//! through the server's own URL.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use berth_proto::v1 as pb;
+use common::{Daemon, TINY, docker, eventually, http_get, poll, tiny_start, unique};
+
+const SECRET: &str = "warm-secret-token-4711";
+
+fn pool_config(dir: &std::path::Path, size: u32) -> std::path::PathBuf {
+    common::write_file(
+        dir,
+        "config.toml",
+        &format!(
+            "[[warm.pools]]\nimage = \"{TINY}\"\nsize = {size}\nlauncher = \"shell\"\nmemory_bytes = \"8M\"\n"
+        ),
+    )
+}
+
+fn warm_daemon(size: u32, env: &[(&str, &str)]) -> (Daemon, std::path::PathBuf) {
+    let dir = common::temp_dir("warm-config");
+    let config = pool_config(&dir, size);
+    let d = Daemon::start_with_env(&["--config", config.to_str().unwrap()], env);
+    (d, dir)
+}
+
+/// The node's warm pool of the tiny image, once it reports `ready` members.
+async fn ready(d: &Daemon, want: u32) -> pb::WarmPool {
+    let got = eventually(Duration::from_secs(60), || async {
+        let cap = d
+            .client()
+            .await
+            .capacity(pb::CapacityRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        cap.warm.into_iter().find(|w| w.ready == want)
+    })
+    .await;
+    got.unwrap_or_else(|| panic!("the pool never had {want} ready; log:\n{}", d.log_text()))
+}
+
+/// Names of this daemon's containers that are still warm (unclaimed).
+fn warm_members(d: &Daemon) -> Vec<String> {
+    d.containers()
+        .into_iter()
+        .filter(|id| {
+            docker(&["inspect", "-f", "{{.Name}}", id])
+                .trim()
+                .starts_with("/berthwarm-")
+        })
+        .collect()
+}
+
+fn start_with_volume(user: &str, spawn: &str, volume: &str) -> pb::StartRequest {
+    let mut req = tiny_start(user, spawn);
+    req.env.insert("JUPYTERHUB_API_TOKEN".into(), SECRET.into());
+    req.volumes.push(pb::Volume {
+        source: volume.to_owned(),
+        target: "/www/files".to_owned(),
+        ..Default::default()
+    });
+    req
+}
+
+/// The environment of the server process inside container `id` (the launcher exec'd it).
+fn server_env(id: &str) -> String {
+    docker(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/$(pidof httpd)/environ",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_claims_a_warm_container_with_its_volume_and_identity() {
+    let (d, dir) = warm_daemon(2, &[]);
+    ready(&d, 2).await;
+    let members = warm_members(&d);
+    assert_eq!(members.len(), 2, "two warm containers: {members:?}");
+    for m in &members {
+        let env = docker(&["inspect", "-f", "{{json .Config.Env}}", m]);
+        assert!(
+            !env.contains("JUPYTERHUB"),
+            "a pool container holds no hub variable: {env}"
+        );
+        let mounts = docker(&["inspect", "-f", "{{json .Mounts}}", m]);
+        assert_eq!(mounts.trim(), "[]", "a pool container mounts nothing");
+    }
+    let user = unique("warmu");
+    let vol = unique("warmvol");
+    docker(&["volume", "create", &vol]);
+    docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol}:/v"),
+        TINY,
+        "sh",
+        "-c",
+        "echo hello-from-the-volume > /v/f",
+    ]);
+
+    let c = d.client().await;
+    let began = std::time::Instant::now();
+    let started = c
+        .clone()
+        .start(start_with_volume(&user, "s1", &vol))
+        .await
+        .expect("the warm start succeeds")
+        .into_inner();
+    let took = began.elapsed();
+    assert!(
+        members.contains(&started.container_id),
+        "the server is one of the warm containers; log:\n{}",
+        d.log_text()
+    );
+    let name = docker(&["inspect", "-f", "{{.Name}}", &started.container_id]);
+    assert_eq!(
+        name.trim(),
+        format!(
+            "/{}",
+            berthd::key::ServerKey::new(&user, "")
+                .unwrap()
+                .container_name()
+        )
+    );
+    let (code, body) = http_get(&format!("{}/files/f", started.url)).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.trim_end().ends_with("\r\n\r\nhello-from-the-volume"),
+        "the volume is there: {body}"
+    );
+    docker(&[
+        "exec",
+        &started.container_id,
+        "sh",
+        "-c",
+        "echo from-the-server > /www/files/g",
+    ]);
+    let back = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol}:/v"),
+        TINY,
+        "cat",
+        "/v/g",
+    ]);
+    assert_eq!(back.trim(), "from-the-server", "writes reach the volume");
+    let env = server_env(&started.container_id);
+    assert!(
+        env.contains(&format!("JUPYTERHUB_API_TOKEN={SECRET}")),
+        "the server has its identity: {env}"
+    );
+    let config_env = docker(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        &started.container_id,
+    ]);
+    assert!(
+        !config_env.contains(SECRET),
+        "the token is in no container config"
+    );
+    let claim = d
+        .state_dir
+        .join("claims")
+        .join(format!("{}.json", started.container_id));
+    let claim_text = std::fs::read_to_string(&claim).expect("a claim file");
+    assert!(
+        !claim_text.contains(SECRET),
+        "the claim file holds no secret"
+    );
+    assert!(!d.log_text().contains(SECRET), "the log holds no secret");
+    eprintln!("warm start answered in {took:?}");
+
+    let status = poll(&c, &user, "").await;
+    assert_eq!(common::state(&status), pb::server_status::State::Running);
+    assert_eq!(status.container_id, started.container_id);
+    // Docker knows nothing of the grafted volume; berthd does.
+    let rm = c
+        .clone()
+        .remove_volume(pb::RemoveVolumeRequest { name: vol.clone() })
+        .await;
+    assert!(
+        rm.is_err(),
+        "a volume a claimed server uses cannot be removed: {rm:?}"
+    );
+
+    // The pool makes a new member in the background.
+    ready(&d, 2).await;
+    let now = warm_members(&d);
+    assert!(
+        !now.contains(&started.container_id),
+        "a claimed container never returns"
+    );
+
+    common::stop_remove(&c, &user).await;
+    assert!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("id={}", started.container_id)
+        ])
+        .trim()
+        .is_empty()
+    );
+    assert!(!claim.exists(), "the claim file goes with its container");
+    docker(&["volume", "rm", &vol]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_be_warm_starts_cold_and_leaves_the_pool() {
+    let (d, dir) = warm_daemon(1, &[]);
+    ready(&d, 1).await;
+    let members = warm_members(&d);
+    let user = unique("coldu");
+    let mut req = tiny_start(&user, "s1");
+    req.resumable = true;
+    let c = d.client().await;
+    let started = c.clone().start(req).await.expect("cold start").into_inner();
+    assert!(
+        !members.contains(&started.container_id),
+        "a kept server is never a warm one"
+    );
+    assert_eq!(warm_members(&d), members, "the pool is untouched");
+    common::stop_remove(&c, &user).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// berthd SIGKILLed at each step of a claim: after the restart the member taken is either
+/// gone or the server of the user who claimed it, never waiting in the pool; the user starts
+/// again, and another user gets another container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_berthd_killed_mid_claim_never_hands_the_container_to_another_user() {
+    for step in [
+        "claim.claimed",
+        "claim.recorded",
+        "claim.renamed",
+        "claim.grafted",
+        "claim.sent",
+    ] {
+        let (mut d, dir) = warm_daemon(1, &[("BERTHD_TEST_CRASH_AT", step)]);
+        ready(&d, 1).await;
+        let member = warm_members(&d).pop().expect("one member");
+        let user = unique("crashu");
+        let vol = unique("crashvol");
+        let c = d.client().await;
+        let r = c.clone().start(start_with_volume(&user, "s1", &vol)).await;
+        assert!(
+            r.is_err(),
+            "{step}: the Start dies with berthd; log:\n{}",
+            d.log_text()
+        );
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).is_some(),
+            "{step}: berthd was killed"
+        );
+        d.set_env(&[]);
+        d.respawn();
+        let c = d.client().await;
+        // Give the keeper its first pass (adoption happens before the first refill).
+        ready(&d, 1).await;
+        let members = warm_members(&d);
+        assert!(
+            !members.contains(&member),
+            "{step}: the claimed container is not back in the pool"
+        );
+        let name = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("id={member}"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        let name = name.trim();
+        assert!(
+            name.is_empty()
+                || name
+                    == berthd::key::ServerKey::new(&user, "")
+                        .unwrap()
+                        .container_name(),
+            "{step}: the container is gone or the user's: {name:?}"
+        );
+        // Another user takes a warm container: never the crashed one.
+        let other = unique("otheru");
+        let mut req = tiny_start(&other, "o1");
+        req.env
+            .insert("JUPYTERHUB_API_TOKEN".into(), "other-token".into());
+        let o = c
+            .clone()
+            .start(req)
+            .await
+            .expect("another user starts")
+            .into_inner();
+        assert_ne!(
+            o.container_id, member,
+            "{step}: never handed to a second user"
+        );
+        // The user who was claiming starts again.
+        let again = c
+            .clone()
+            .start(start_with_volume(&user, "s2", &vol))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{step}: the user starts again: {e}; log:\n{}", d.log_text())
+            })
+            .into_inner();
+        let (code, _) = http_get(&again.url).await;
+        assert_eq!(code, 200, "{step}");
+        if again.container_id == member {
+            let env = server_env(&member);
+            assert!(!env.contains("other-token"), "{step}");
+        }
+        common::stop_remove(&c, &user).await;
+        common::stop_remove(&c, &other).await;
+        drop(d);
+        docker(&["volume", "rm", "-f", &vol]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

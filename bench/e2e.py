@@ -5,7 +5,11 @@ scenario runs on one then the other (the order alternates), so machine load hits
 A spawn is timed from the POST of the server to the `ready` event of the hub's progress stream;
 a stop from the DELETE until the hub's user model no longer lists the server.
 
-    python bench/e2e.py [--smoke] [--out FILE]
+    python bench/e2e.py [--smoke] [--warm N] [--out FILE]
+
+With --warm N a third hub runs berthspawner on a second berthd that keeps N servers of the image
+warm ([[warm.pools]]); before each scenario it waits until the pool is full again (it refills in
+the background), so every spawn of a scenario of at most N users can take a warm server.
 """
 
 import argparse
@@ -75,6 +79,34 @@ def pct(values, p):
         return float("nan")
     k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
     return s[k]
+
+
+def warm_pool(size):
+    return f"""
+[[warm.pools]]
+image = "{IMAGE}"
+size = {size}
+memory_bytes = "128M"
+"""
+
+
+def warm_ready(node):
+    """How many warm servers of the node wait now (its Capacity answer)."""
+    import grpc
+    from berthspawner._proto.berth.v1 import spawner_pb2 as pb
+    from berthspawner._proto.berth.v1 import spawner_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(node.address) as ch:
+        cap = pb_grpc.SpawnerStub(ch).Capacity(pb.CapacityRequest(), timeout=30)
+    return sum(w.ready for w in cap.warm)
+
+
+def wait_warm(node, want, timeout=900):
+    """Waits until `want` warm servers wait on the node (refilling takes each one's boot)."""
+    end = time.monotonic() + timeout
+    while warm_ready(node) < want:
+        assert time.monotonic() < end, f"the warm pool did not reach {want} in {timeout} s"
+        time.sleep(1)
 
 
 class Timer:
@@ -312,6 +344,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 user ×3 and 10 concurrent only (a loaded machine)")
     ap.add_argument("--only", choices=["berth", "DockerSpawner"], help="one spawner (to study it), not the comparison")
     ap.add_argument("--out", default=None, help="where the tables go (default: their section of bench/RESULTS.md)")
+    ap.add_argument("--warm", type=int, default=0, help="also a hub on a node keeping N warm servers")
     args = ap.parse_args()
     require_docker()
     scenarios = SMOKE if args.smoke else QUICK if args.quick else SCENARIOS
@@ -325,26 +358,37 @@ def main():
     print(f"bench: work dir {base}; DockerSpawner containers {prefix}-*", file=sys.stderr)
     started = time.time()
     ip = hub_ip()
+    warm_node = Berthd("warm", base, config=warm_pool(args.warm)) if args.warm else None
     with Berthd("bench", base) as node:
         berth_hub = Hub(os.path.join(base, "berth"), [node], extra=hub_debug, hub_ip=ip)
-        ds_hub = None
+        ds_hub = warm_hub = None
         try:
             ds_hub = Hub(os.path.join(base, "ds"), [], extra=dockerspawner_config(prefix) + SLOW_MACHINE, hub_ip=ip)
             timers = {"berth": Timer(berth_hub, "berth"), "DockerSpawner": Timer(ds_hub, "DockerSpawner")}
+            if warm_node:
+                warm_hub = Hub(os.path.join(base, "warm"), [warm_node], extra=SLOW_MACHINE, hub_ip=ip)
+                timers["berth warm"] = Timer(warm_hub, "berth warm")
             # One warm-up spawn each (first imports, page cache), not counted.
             for t in timers.values() if not args.smoke else ():
                 run_scenario(t, ["warmup"], False)
             for i, (label, users, conc) in enumerate(scenarios):
                 order = ["berth", "DockerSpawner"] if i % 2 == 0 else ["DockerSpawner", "berth"]
+                if warm_node:
+                    order.append("berth warm")
                 res = {}
                 for name in order:
                     if args.only and name != args.only:
                         continue
+                    if name == "berth warm":
+                        # Full again before the scenario (not timed): a class starts on a full pool.
+                        wait_warm(warm_node, min(args.warm, len(set(users))))
                     before = os.getloadavg()[0]
                     print(f"bench: {label}: {name}", file=sys.stderr)
                     pids = {"hub": timers[name].hub.proc.pid}
                     if name == "berth":
                         pids["berthd"] = node.proc.pid
+                    if name == "berth warm":
+                        pids["berthd"] = warm_node.proc.pid
                     meter = CpuMeter(pids)
                     res[name] = run_scenario(timers[name], users, conc)
                     cpu[(label, name)] = (meter.stop(), len(users))
@@ -360,6 +404,10 @@ def main():
             berth_hub.stop()
             if ds_hub is not None:
                 ds_hub.stop()
+            if warm_hub is not None:
+                warm_hub.stop()
+            if warm_node is not None:
+                warm_node.stop()
             left = docker("ps", "-aq", "--filter", f"label=berth.bench={prefix}").split()
             if left:
                 docker("rm", "-f", *left)
@@ -391,6 +439,22 @@ def main():
             f"| {label} | {fmt(bs)} | {fmt(ds)} | {pct(bs, 50) / pct(ds, 50):.2f}× ({pct(bs, 90) / pct(ds, 90):.2f}×) "
             f"| {fmt(bst)} | {fmt(dst)} | {pct(bst, 50) / pct(dst, 50):.2f}× |"
         )
+    if args.warm:
+        lines += [
+            "",
+            f"Warm start: the same scenarios on a third hub whose node keeps {args.warm} servers of the image "
+            "booted ahead ([[warm.pools]]); the pool is full when each scenario begins.",
+            "",
+            "| scenario | warm spawn | cold berth spawn | DockerSpawner spawn | warm / cold p50 | warm / DockerSpawner p50 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, res in rows:
+            if {"berth warm", "berth", "DockerSpawner"} <= set(res):
+                ws, bs, ds = res["berth warm"][0], res["berth"][0], res["DockerSpawner"][0]
+                lines.append(
+                    f"| {label} | {fmt(ws)} | {fmt(bs)} | {fmt(ds)} | {pct(ws, 50) / pct(bs, 50):.2f}× "
+                    f"| {pct(ws, 50) / pct(ds, 50):.2f}× |"
+                )
     lines += ["", "Load per scenario: " + "; ".join(loads) + ".", ""]
     lines += cpu_table(rows, cpu)
     for user, (t0, t_ready, events, log) in zip(("anatomy", "tinyanatomy"), bd):
@@ -420,7 +484,7 @@ def cpu_table(rows, cpu):
         for name in res:
             parts, n = cpu[(label, name)]
             each = {k: v / n for k, v in parts.items()}
-            berthd = f"{each.get('berthd', 0):.2f}" if name == "berth" else "—"
+            berthd = f"{each.get('berthd', 0):.2f}" if name.startswith("berth") else "—"
             out.append(
                 f"| {label} | {name} | {each.get('servers', 0):.2f} | {each.get('docker', 0):.2f} | "
                 f"{each.get('hub', 0):.2f} | {berthd} | {sum(each.values()):.2f} |"

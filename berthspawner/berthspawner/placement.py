@@ -38,6 +38,8 @@ class Candidate:
     devices: dict = field(default_factory=dict)
     inflight_gpus: int = 0
     pushed: bool = False
+    # Warm pools: {(full image reference, port): (members ready, memory each holds)}.
+    warm: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Demand:
     gpu_model: str = ""
     # Labels the node must carry (the spawner's node_selector).
     node_selector: dict = field(default_factory=dict)
+    # The port the server listens on (a warm pool serves one image and port).
+    port: int = 0
 
     @property
     def device_class(self):
@@ -88,6 +92,7 @@ def from_capacity(name, c, pushed=False):
             getattr(d, "class"): {"free": d.free_devices, "total": d.total, "models": list(d.models)} for d in c.devices
         },
         labels=dict(c.labels),
+        warm={(normalize_image(w.image), w.port): (w.ready, w.memory_bytes) for w in c.warm},
     )
 
 
@@ -124,6 +129,16 @@ def has_image(c, demand):
     return any(normalize_image(i) == want for i in c.images)
 
 
+def warm_slot(c, demand):
+    """The memory a warm member of the node holds for the demanded image and port, when one is
+    likely ready for this spawn (members ready beyond this hub's starts in flight there), or
+    None. A start that takes it frees that member's place."""
+    if demand is None or not demand.image or not c.warm:
+        return None
+    ready, memory = c.warm.get((normalize_image(demand.image), demand.port), (0, 0))
+    return memory if ready - c.inflight > 0 else None
+
+
 def why_not(c, demand):
     """Why the node cannot take the server, or '' when it can."""
     if c.error:
@@ -136,9 +151,12 @@ def why_not(c, demand):
         return f"{c.name}: draining"
     if not c.ready:
         return f"{c.name}: not ready"
-    if c.max_servers and c.running >= c.max_servers:
+    # Waiting warm members count as servers; the one this start takes becomes it.
+    warm = warm_slot(c, demand)
+    running = c.running - (1 if warm is not None else 0)
+    if c.max_servers and running >= c.max_servers:
         return f"{c.name}: full ({c.running} of {c.max_servers} servers)"
-    if demand.memory > c.memory_free:
+    if demand.memory > c.memory_free + (warm or 0):
         return f"{c.name}: not enough memory ({demand.memory} bytes asked, {c.memory_free} free)"
     if demand.cpu > c.cpu_free + 1e-9:
         return f"{c.name}: not enough cpu ({demand.cpu} asked, {c.cpu_free:.2f} free)"
@@ -176,24 +194,45 @@ def _servers(c):
     return c.running + c.inflight
 
 
+def _cold(c, demand):
+    return warm_slot(c, demand) is None
+
+
 def spread(fits, demand=None):
-    """Nodes holding the image first (a pull can take minutes), then, for a GPU demand, most free
-    devices of its class, then most free memory (then fewest servers): spreads servers over the
-    nodes."""
+    """Nodes with a warm server of the image first (it answers in about a second), then nodes
+    holding the image (a pull can take minutes), then, for a GPU demand, most free devices of
+    its class, then most free memory (then fewest servers): spreads servers over the nodes."""
     demand = demand or Demand()
     return sorted(
         fits,
-        key=lambda c: (not c.known, not has_image(c, demand), -_free_gpus(c, demand), -_free(c), _servers(c), c.name),
+        key=lambda c: (
+            not c.known,
+            _cold(c, demand),
+            not has_image(c, demand),
+            -_free_gpus(c, demand),
+            -_free(c),
+            _servers(c),
+            c.name,
+        ),
     )
 
 
 def pack(fits, demand=None):
-    """Nodes holding the image first, then the fewest free devices that fit (for a GPU demand),
-    then least free memory (then most servers): fills one node before the next."""
+    """Nodes with a warm server of the image first, then nodes holding the image, then the
+    fewest free devices that fit (for a GPU demand), then least free memory (then most
+    servers): fills one node before the next."""
     demand = demand or Demand()
     return sorted(
         fits,
-        key=lambda c: (not c.known, not has_image(c, demand), _free_gpus(c, demand), _free(c), -_servers(c), c.name),
+        key=lambda c: (
+            not c.known,
+            _cold(c, demand),
+            not has_image(c, demand),
+            _free_gpus(c, demand),
+            _free(c),
+            -_servers(c),
+            c.name,
+        ),
     )
 
 

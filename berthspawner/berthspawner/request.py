@@ -182,6 +182,7 @@ def demand(spawner, image):
         gpus=int(spawner.gpus or 0),
         gpu_class=spawner.gpu_class or "",
         gpu_model=spawner.gpu_model or "",
+        port=int(spawner.port or 0),
     )
 
 

@@ -109,3 +109,35 @@ def test_gpu_demands_rank_by_free_devices_and_count_starts_in_flight():
     # Without a GPU demand the devices do not matter.
     order, _ = rank(gpu_nodes(), Demand())
     assert [c.name for c in order][0] in ("one", "none")
+
+
+def test_a_node_with_a_warm_server_of_the_image_comes_first_and_its_member_makes_room():
+    warm = {(normalize_image("lab:1"), 8888): (1, GIB)}
+    cands = [
+        Candidate(name="roomy", memory_free=64 * GIB, cpu_free=64, images=["lab:1"]),
+        # Full by count and memory, but one of its servers waits for exactly this start.
+        Candidate(name="warm", memory_free=0, cpu_free=4, running=4, max_servers=4, images=["lab:1"], warm=warm),
+    ]
+    for policy in ("spread", "pack"):
+        order, reasons = rank(cands, Demand(memory=GIB, image="lab:1", port=8888), policy)
+        assert [c.name for c in order] == ["warm", "roomy"], (policy, reasons)
+    # Another port, another image, or every member already taken by this hub's starts: cold.
+    for demand in (Demand(memory=GIB, image="lab:1", port=9999), Demand(memory=GIB, image="lab:2", port=8888)):
+        order, reasons = rank(cands, demand)
+        assert [c.name for c in order] == ["roomy"] and "warm: full" in reasons[0], (demand, reasons)
+    cands[1].inflight = 1
+    order, _ = rank(cands, Demand(memory=GIB, image="lab:1", port=8888))
+    assert [c.name for c in order] == ["roomy"]
+
+
+def test_warm_sizes_are_parsed_from_image_equals_n():
+    from berthspawner.warm import parse_sizes
+
+    assert parse_sizes(["quay.io/jupyter/base:2024=10", "x=0"]) == {"quay.io/jupyter/base:2024": 10, "x": 0}
+    for bad in ("x", "x=", "=3", "x=-1", "x=a"):
+        try:
+            parse_sizes([bad])
+        except ValueError as e:
+            assert bad in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -229,6 +229,8 @@ pub struct WarmPool {
     pub ready: u32,
     /// Members kept ready.
     pub size: u32,
+    /// What each waiting member holds of the memory.
+    pub memory_bytes: u64,
 }
 
 /// One device class in the capacity report.

@@ -204,8 +204,8 @@ section! {
 section! {
     /// `[warm]`
     pub struct WarmConfig at "warm." {
-        /// Warm pools, each a `[[warm.pools]]` table (see `crate::runtime::pool::PoolConfig`).
-        pools: Vec<crate::runtime::pool::PoolConfig> = Vec::new();
+        /// Warm pools, each a `[[warm.pools]]` table (see `crate::warm::PoolConfig`).
+        pools: Vec<crate::warm::PoolConfig> = Vec::new();
     }
 }
 

@@ -78,3 +78,4 @@ pub mod serve;
 pub mod spec;
 pub mod state;
 pub mod tls;
+pub mod warm;

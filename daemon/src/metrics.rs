@@ -75,6 +75,7 @@ pub const RPCS: &[&str] = &[
     "Spawner/Logs",
     "Spawner/Prepull",
     "Spawner/Stats",
+    "Spawner/Warm",
     "Spawner/ListVolumes",
     "Spawner/ExportVolume",
     "Spawner/ImportVolume",

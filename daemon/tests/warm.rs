@@ -334,3 +334,67 @@ async fn a_berthd_killed_mid_claim_never_hands_the_container_to_another_user() {
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+/// The hub's Warm: a pool's size set at run time (over the config's), filled, kept across a
+/// restart; an image the policy does not allow is refused, naming the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_sets_a_pool_size_that_survives_a_restart_and_the_policy_holds() {
+    let dir = common::temp_dir("warm-config");
+    let config = common::write_file(
+        &dir,
+        "config.toml",
+        &format!(
+            "[policy]\nallowed_images = [\"{TINY}\"]\n\n[[warm.pools]]\nimage = \"{TINY}\"\nsize = 0\nlauncher = \"shell\"\n"
+        ),
+    );
+    let mut d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let c = d.client().await;
+    let w = c
+        .clone()
+        .warm(pb::WarmRequest {
+            image: TINY.to_owned(),
+            size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("Warm")
+        .into_inner();
+    assert_eq!((w.size, w.port), (2, 8888));
+    ready(&d, 2).await;
+    let refused = c
+        .clone()
+        .warm(pb::WarmRequest {
+            image: "docker.io/library/other:1".to_owned(),
+            size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("not allowed");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("allowed_images"),
+        "{}",
+        refused.message()
+    );
+    let too_many = c
+        .clone()
+        .warm(pb::WarmRequest {
+            image: TINY.to_owned(),
+            size: 100_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many");
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+
+    d.kill9();
+    d.respawn();
+    let pool = ready(&d, 2).await;
+    assert_eq!(pool.size, 2, "the hub's size outlives a restart");
+    assert_eq!(
+        warm_members(&d).len(),
+        2,
+        "the members of the earlier run wait again"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -332,6 +332,17 @@ pub fn capacity_change_key(c: &pb::NodeCapacity) -> pb::NodeCapacity {
     k
 }
 
+/// A warm pool for the wire.
+pub fn warm_pool(w: &crate::capacity::WarmPool) -> pb::WarmPool {
+    pb::WarmPool {
+        image: w.image.clone(),
+        port: u32::from(w.port),
+        ready: w.ready,
+        size: w.size,
+        memory_bytes: w.memory_bytes,
+    }
+}
+
 /// The capacity report for the wire.
 pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
     let alloc = |a: Alloc| pb::Allocation {
@@ -339,16 +350,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
         memory_bytes: a.memory,
     };
     pb::NodeCapacity {
-        warm: c
-            .warm
-            .iter()
-            .map(|w| pb::WarmPool {
-                image: w.image.clone(),
-                port: u32::from(w.port),
-                ready: w.ready,
-                size: w.size,
-            })
-            .collect(),
+        warm: c.warm.iter().map(warm_pool).collect(),
         fence_after_seconds: c.fence_after_seconds,
         stop_grace_seconds: c.stop_grace_seconds,
         node_id,

@@ -417,6 +417,30 @@ impl<E: ContainerEngine> Spawner for SpawnerService<E> {
         Ok(Response::new(pb::StatsResponse { servers }))
     }
 
+    async fn warm(
+        &self,
+        request: Request<pb::WarmRequest>,
+    ) -> Result<Response<pb::WarmPool>, Status> {
+        let r = request.into_inner();
+        if r.image.trim().is_empty() {
+            return Err(Status::invalid_argument("image: must name an image"));
+        }
+        if r.size > crate::warm::MAX_POOL_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "size: {} is more than {}",
+                r.size,
+                crate::warm::MAX_POOL_SIZE
+            )));
+        }
+        let port = match r.port {
+            0 => 8888,
+            p => u16::try_from(p)
+                .map_err(|_| Status::invalid_argument(format!("port: {p} is not a port")))?,
+        };
+        let w = self.rt.warm(&r.image, r.size, port, r.memory_bytes)?;
+        Ok(Response::new(convert::warm_pool(&w)))
+    }
+
     async fn remove_volume(
         &self,
         request: Request<pb::RemoveVolumeRequest>,

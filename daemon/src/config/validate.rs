@@ -33,8 +33,7 @@ impl Config {
             .map_err(|(key, message)| invalid(key, message))?;
         crate::devices::validate(&self.devices.classes)
             .map_err(|(key, message)| invalid(key, message))?;
-        crate::runtime::pool::validate(&self.warm.pools)
-            .map_err(|(key, message)| invalid(key, message))?;
+        crate::warm::validate(&self.warm.pools).map_err(|(key, message)| invalid(key, message))?;
         crate::devices::check_nodes(&self.devices.classes, crate::devices::check_node)
             .map_err(|(key, message)| invalid(key, message))?;
         let sock = self.admin_socket();

@@ -242,6 +242,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// [`Runtime::reconcile`] before serving so the view holds what Docker runs.
     pub fn new(engine: E, cfg: RuntimeConfig, store: FileStore) -> Self {
         let view = Arc::new(View::default());
+        let pool = pool::Pool::new(&cfg.pools, &cfg.state_dir);
         Self {
             inner: Arc::new(Inner {
                 admission: admission::Admission::new(&cfg),
@@ -262,7 +263,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 feed: capfeed::Feed::default(),
                 nets: crate::netguard::ContainerNets::default(),
                 contact: Arc::default(),
-                pool: pool::Pool::default(),
+                pool,
             }),
         }
     }

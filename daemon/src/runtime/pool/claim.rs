@@ -29,7 +29,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// the caller passes it to [`Runtime::start_warm`] once admitted, or back with
     /// [`Runtime::return_warm`].
     pub(in crate::runtime) fn reserve_warm(&self, spec: &StartSpec) -> Option<Member> {
-        let pools = &self.inner.cfg.pools;
+        let pools = self.inner.pool.configs();
         let pool = pools.iter().position(|p| {
             crate::spec::normalize_image(&p.image) == spec.image && p.port == spec.port
         })?;

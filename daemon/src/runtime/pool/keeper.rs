@@ -21,8 +21,10 @@ const BOOT_LIMIT: Duration = Duration::from_secs(180);
 impl<E: ContainerEngine> Runtime<E> {
     /// Keeps `[[warm.pools]]` full until `stop`; first takes in the members an earlier run left.
     pub async fn keep_warm(&self, stop: CancellationToken) {
-        if self.inner.cfg.pools.is_empty() {
-            return;
+        if !self.inner.pool.configs().is_empty() && !self.inner.cfg.graft {
+            tracing::warn!(
+                "warm pools: this berthd cannot mount volumes into a running container (it pins host paths through a helper, or is not root); only starts without volumes take a warm server"
+            );
         }
         if let Err(e) = self.adopt_warm().await {
             tracing::warn!(error = %e, "cannot list the warm containers of an earlier run yet");
@@ -35,6 +37,44 @@ impl<E: ContainerEngine> Runtime<E> {
                 () = tokio::time::sleep(TICK) => {}
             }
         }
+    }
+
+    /// Keeps `size` servers of `image` (port `port`) warm from now on, each holding
+    /// `memory_bytes` (a hub's `Warm`, e.g. before a class; 0 = none): over the configured
+    /// pool of that image and port, kept across restarts. The image must be one the policy
+    /// allows; `size` at most [`crate::warm::MAX_POOL_SIZE`] (checked by the caller).
+    pub fn warm(
+        &self,
+        image: &str,
+        size: u32,
+        port: u16,
+        memory_bytes: u64,
+    ) -> Result<crate::capacity::WarmPool, Error> {
+        let image = crate::spec::normalize_image(image);
+        self.inner.cfg.policy.check_image(&image)?;
+        let launcher = self
+            .inner
+            .pool
+            .configs()
+            .into_iter()
+            .find(|p| crate::spec::normalize_image(&p.image) == image && p.port == port)
+            .map_or_else(Default::default, |p| p.launcher);
+        let i = self.inner.pool.set(PoolConfig {
+            image: image.clone(),
+            size,
+            memory_bytes,
+            launcher,
+            port,
+        })?;
+        tracing::info!(image = %image, size, port, "warm pool set by the hub");
+        self.inner.view.capacity_changed();
+        Ok(crate::capacity::WarmPool {
+            image,
+            port,
+            ready: u32::try_from(self.inner.pool.ready_in(i).len()).unwrap_or(u32::MAX),
+            size,
+            memory_bytes,
+        })
     }
 
     /// Sorts the containers an earlier run left: an unclaimed member that still runs waits
@@ -62,10 +102,8 @@ impl<E: ContainerEngine> Runtime<E> {
             };
             let warm_name = c.name.starts_with(WARM_PREFIX);
             let claimed = book.get(&c.id).is_some();
-            let pool = self
-                .inner
-                .cfg
-                .pools
+            let configs = self.inner.pool.configs();
+            let pool = configs
                 .iter()
                 .position(|p| p.image == image && c.host_port(p.port).is_some());
             let keep = match (warm_name, claimed, pool) {
@@ -78,7 +116,7 @@ impl<E: ContainerEngine> Runtime<E> {
                 engine.remove(&c.id).await?;
                 continue;
             };
-            let p = &self.inner.cfg.pools[pool];
+            let p = &configs[pool];
             let Some(info) = engine.image(&p.image).await? else {
                 engine.remove(&c.id).await?;
                 continue;
@@ -107,7 +145,7 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Starts making the members each pool lacks, while no user's spawn waits for a Docker
     /// slot; removes members beyond a pool's size.
     async fn fill_warm(&self) {
-        let pools = self.inner.cfg.pools.clone();
+        let pools = self.inner.pool.configs();
         for (i, p) in pools.iter().enumerate() {
             let ready = self.inner.pool.ready_in(i);
             let size = p.size as usize;

@@ -6,7 +6,8 @@
 //! | `fit.rs` | whether a Start may claim (only what can be given after create) |
 //! | `keeper.rs` | filling the pools in the background, and finding them again after a restart |
 //! | `claim.rs` | a Start taking a member: record, claim, name, volumes, resources, identity |
-//! | `launcher.py`, `launcher.sh` | what a member runs until its claim |
+//!
+//! The `[[warm.pools]]` entries and the launchers members run are `crate::warm`'s.
 //!
 //! A member is created from its pool's image with no user mount, no per-spawn env and no
 //! user-specific option, on the servers' network, its port published, its stdin open. It runs
@@ -26,101 +27,11 @@
 
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 mod claim;
 pub mod fit;
 mod keeper;
 
-/// Name prefix of warm members; never a server's (those begin `berth-`).
-pub const WARM_PREFIX: &str = "berthwarm-";
-
-/// One `[[warm.pools]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
-    /// The image, as a Start names it.
-    pub image: String,
-    /// Members kept ready.
-    #[serde(default)]
-    pub size: u32,
-    /// What a member holds before its claim, counted by the capacity ("512M"; 0 = nothing but
-    /// a server's place).
-    #[serde(default, deserialize_with = "crate::config::units::bytes")]
-    pub memory_bytes: u64,
-    /// What members run until claimed.
-    #[serde(default)]
-    pub launcher: Launcher,
-    /// The port the server listens on.
-    #[serde(default = "default_port")]
-    pub port: u16,
-}
-
-fn default_port() -> u16 {
-    8888
-}
-
-/// Most members one pool may keep.
-pub const MAX_POOL_SIZE: u32 = 256;
-
-/// What a member runs until it is claimed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Launcher {
-    /// `python3 -c launcher.py`: imports the single-user server's modules ahead of the claim.
-    #[default]
-    Python,
-    /// `sh -c launcher.sh`: only waits (images without Python).
-    Shell,
-}
-
-impl Launcher {
-    /// The entrypoint of a member.
-    pub fn argv(self) -> Vec<String> {
-        match self {
-            Self::Python => vec![
-                "python3".to_owned(),
-                "-c".to_owned(),
-                include_str!("launcher.py").to_owned(),
-            ],
-            Self::Shell => vec![
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                include_str!("launcher.sh").to_owned(),
-                "berth-launcher".to_owned(),
-            ],
-        }
-    }
-}
-
-/// The line a launcher prints once it waits for its identity.
-pub const READY_LINE: &str = "berth-launcher: ready";
-
-/// Checks the `[[warm.pools]]` entries; the error names the key.
-pub fn validate(pools: &[PoolConfig]) -> Result<(), (String, String)> {
-    for (i, p) in pools.iter().enumerate() {
-        let key = |k: &str| format!("warm.pools[{i}].{k}");
-        if p.image.trim().is_empty() {
-            return Err((key("image"), "must name an image".to_owned()));
-        }
-        if p.size > MAX_POOL_SIZE {
-            return Err((key("size"), format!("must be at most {MAX_POOL_SIZE}")));
-        }
-        if p.port == 0 {
-            return Err((key("port"), "must be a port (1-65535)".to_owned()));
-        }
-        if pools[..i]
-            .iter()
-            .any(|q| q.image == p.image && q.port == p.port)
-        {
-            return Err((
-                key("image"),
-                format!("{:?} with port {} has a pool already", p.image, p.port),
-            ));
-        }
-    }
-    Ok(())
-}
+pub use crate::warm::{Launcher, PoolConfig, READY_LINE, WARM_PREFIX};
 
 /// A member ready to be claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,9 +46,14 @@ pub struct Member {
     pub port: u16,
 }
 
-/// The ready members, and how many each pool is making.
+/// The pools (the config's, with the sizes a hub set by `Warm`), their ready members, and how
+/// many each is making. A pool is never removed (size 0 = none), so an index names one pool
+/// for the whole run.
 #[derive(Debug, Default)]
 pub struct Pool {
+    configs: Mutex<Vec<PoolConfig>>,
+    /// Where the sizes a hub set are kept across restarts ("" = not kept: tests).
+    file: std::path::PathBuf,
     ready: Mutex<Vec<Member>>,
     making: Mutex<Vec<u32>>,
     /// Woken when a member is taken or fails, so the keeper refills at once.
@@ -148,7 +64,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Name of the file in the state directory holding the pools a hub set with `Warm`.
+pub const WARM_FILE: &str = "warm-pools.json";
+
 impl Pool {
+    /// The pools of `configured` (`[[warm.pools]]`), with what a hub set by `Warm` in an
+    /// earlier run (kept in `<state_dir>/warm-pools.json`) over them.
+    pub fn new(configured: &[PoolConfig], state_dir: &std::path::Path) -> Self {
+        let file = state_dir.join(WARM_FILE);
+        let mut configs = configured.to_vec();
+        let kept: Vec<PoolConfig> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for k in kept {
+            upsert(&mut configs, k);
+        }
+        Self {
+            configs: Mutex::new(configs),
+            file,
+            ..Self::default()
+        }
+    }
+
+    /// Every pool, by index.
+    pub fn configs(&self) -> Vec<PoolConfig> {
+        lock(&self.configs).clone()
+    }
+
+    /// Sets pool `p` (same image and port: its size and memory; otherwise a new pool), keeps
+    /// what hubs set on disk, and returns its index.
+    pub fn set(&self, p: PoolConfig) -> Result<usize, crate::state::StoreError> {
+        let mut configs = lock(&self.configs);
+        let i = upsert(&mut configs, p.clone());
+        if !self.file.as_os_str().is_empty() {
+            let mut kept: Vec<PoolConfig> = std::fs::read(&self.file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            upsert(&mut kept, p);
+            let tmp = self
+                .file
+                .with_extension(format!("tmp-{}", std::process::id()));
+            let bytes = serde_json::to_vec(&kept).expect("pools serialise");
+            crate::state::write_atomic(&tmp, &self.file, &bytes)?;
+        }
+        drop(configs);
+        self.wake.notify_one();
+        Ok(i)
+    }
+
     /// Takes a ready member of pool `pool`: it is the caller's alone.
     pub fn take(&self, pool: usize) -> Option<Member> {
         let mut ready = lock(&self.ready);
@@ -189,6 +154,21 @@ impl Pool {
             making.resize(pool + 1, 0);
         }
         making[pool] = making[pool].saturating_add_signed(delta);
+    }
+}
+
+/// Puts `p` into `pools` (over the entry of its image and port if there is one); its index.
+fn upsert(pools: &mut Vec<PoolConfig>, p: PoolConfig) -> usize {
+    let same = |q: &PoolConfig| {
+        crate::spec::normalize_image(&q.image) == crate::spec::normalize_image(&p.image)
+            && q.port == p.port
+    };
+    if let Some(i) = pools.iter().position(same) {
+        pools[i] = p;
+        i
+    } else {
+        pools.push(p);
+        pools.len() - 1
     }
 }
 
@@ -251,30 +231,5 @@ mod tests {
         assert!(text.ends_with("go\n"));
         assert_eq!(text.lines().count(), 4, "one line per value: {text}");
         assert!(!text.contains("a b"), "values are encoded");
-    }
-
-    #[test]
-    fn pools_are_checked() {
-        let p = |image: &str, size, port| PoolConfig {
-            image: image.into(),
-            size,
-            memory_bytes: 0,
-            launcher: Launcher::Python,
-            port,
-        };
-        assert!(validate(&[p("i", 2, 8888)]).is_ok());
-        assert_eq!(
-            validate(&[p(" ", 2, 8888)]).expect_err("refused").0,
-            "warm.pools[0].image"
-        );
-        assert_eq!(
-            validate(&[p("i", 999, 8888)]).expect_err("refused").0,
-            "warm.pools[0].size"
-        );
-        assert_eq!(
-            validate(&[p("i", 1, 0)]).expect_err("refused").0,
-            "warm.pools[0].port"
-        );
-        assert!(validate(&[p("i", 1, 8888), p("i", 1, 8888)]).is_err());
     }
 }

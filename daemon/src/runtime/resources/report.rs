@@ -208,8 +208,8 @@ impl<E: ContainerEngine> Runtime<E> {
             ),
             stop_grace_seconds: u32::try_from(inner.cfg.stop_grace.as_secs()).unwrap_or(u32::MAX),
             warm: inner
-                .cfg
-                .pools
+                .pool
+                .configs()
                 .iter()
                 .enumerate()
                 .map(|(i, p)| capacity::WarmPool {
@@ -217,6 +217,7 @@ impl<E: ContainerEngine> Runtime<E> {
                     port: p.port,
                     ready: u32::try_from(inner.pool.ready_in(i).len()).unwrap_or(u32::MAX),
                     size: p.size,
+                    memory_bytes: p.memory_bytes,
                 })
                 .collect(),
         }

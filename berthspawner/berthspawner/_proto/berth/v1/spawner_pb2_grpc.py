@@ -125,6 +125,11 @@ class SpawnerStub:
                 request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.SerializeToString,
                 response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Warm = channel.unary_unary(
+                '/berth.v1.Spawner/Warm',
+                request_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmRequest.SerializeToString,
+                response_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmPool.FromString,
+                _registered_method=True)
 
 
 class SpawnerServicer:
@@ -298,6 +303,16 @@ class SpawnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Warm(self, request, context):
+        """Keeps `size` servers of an image booted ahead on this node (a warm pool), e.g. before a
+        class; 0 = none. Over the node's [[warm.pools]] entry of that image and port, kept across
+        restarts until the next Warm of it. The image must be one the node's policy allows
+        (PERMISSION_DENIED naming the rule). Answers the pool as Capacity reports it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpawnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -390,6 +405,11 @@ def add_SpawnerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.FromString,
                     response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.SerializeToString,
+            ),
+            'Warm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Warm,
+                    request_deserializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmRequest.FromString,
+                    response_serializer=berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmPool.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +899,33 @@ class Spawner:
             '/berth.v1.Spawner/Stats',
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsRequest.SerializeToString,
             berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Warm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.v1.Spawner/Warm',
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmRequest.SerializeToString,
+            berthspawner_dot___proto_dot_berth_dot_v1_dot_spawner__pb2.WarmPool.FromString,
             options,
             channel_credentials,
             insecure,

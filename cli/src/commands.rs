@@ -98,6 +98,20 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             top(&conn, out, user.unwrap_or_default(), interval).await
         }
         Command::Prepull { images } => prepull(&conn, out, images).await,
+        Command::Warm {
+            image,
+            size,
+            port,
+            memory_bytes,
+        } => {
+            let req = pb::WarmRequest {
+                image,
+                size,
+                port,
+                memory_bytes,
+            };
+            warm(&conn, out, req).await
+        }
         Command::Version => version(&conn, out).await,
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
@@ -349,6 +363,12 @@ fn capacity_text(c: &view::Capacity) -> String {
             )
         }
     ));
+    for w in &c.warm {
+        text.push_str(&format!(
+            "warm:         {} (port {}): {} of {} ready\n",
+            w.image, w.port, w.ready, w.size
+        ));
+    }
     if !c.devices.is_empty() {
         let rows: Vec<Vec<String>> = c
             .devices
@@ -722,6 +742,18 @@ async fn prepull(conn: &Conn, out: Output, images: Vec<String>) -> Result<()> {
         Ok(())
     } else {
         anyhow::bail!("not pulled: {}", failed.join(", "))
+    }
+}
+
+async fn warm(conn: &Conn, out: Output, req: pb::WarmRequest) -> Result<()> {
+    let w = view::WarmPool::from(conn.spawner().warm(req).await?.into_inner());
+    if out == Output::Json {
+        print(&(serde_json::to_string(&w)? + "\n"))
+    } else {
+        print(&format!(
+            "{}: {} of {} ready (port {})\n",
+            w.image, w.ready, w.size, w.port
+        ))
     }
 }
 

@@ -170,6 +170,20 @@ pub(crate) enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Keep SIZE servers of IMAGE booted ahead on the node (a warm pool; 0 = none), e.g.
+    /// before a class; kept across berthd's restarts.
+    Warm {
+        /// The image reference.
+        image: String,
+        /// Servers to keep ready (at most 256).
+        size: u32,
+        /// The port the servers listen on.
+        #[arg(long, default_value_t = 8888)]
+        port: u32,
+        /// What each waiting server holds of the node's memory, in bytes.
+        #[arg(long, default_value_t = 0)]
+        memory_bytes: u64,
+    },
     /// berthctl's version and the node's (berthd, API, Docker).
     Version,
     /// Print a shell completion script, e.g. `berthctl completions bash > /etc/bash_completion.d/berthctl`.

@@ -89,6 +89,30 @@ pub(crate) struct Capacity {
     /// Seconds from the hub's last contact until the node stops its servers; 0 = off.
     pub(crate) fence_after_seconds: u32,
     pub(crate) stop_grace_seconds: u32,
+    /// Warm pools: servers booted ahead per image (they count in running_servers).
+    pub(crate) warm: Vec<WarmPool>,
+}
+
+/// One warm pool of `capacity`/`describe`/`warm`.
+#[derive(Serialize, Debug)]
+pub(crate) struct WarmPool {
+    pub(crate) image: String,
+    pub(crate) port: u32,
+    pub(crate) ready: u32,
+    pub(crate) size: u32,
+    pub(crate) memory_bytes: u64,
+}
+
+impl From<pb::WarmPool> for WarmPool {
+    fn from(w: pb::WarmPool) -> Self {
+        Self {
+            image: w.image,
+            port: w.port,
+            ready: w.ready,
+            size: w.size,
+            memory_bytes: w.memory_bytes,
+        }
+    }
 }
 
 /// One device class of `capacity`/`describe`.
@@ -279,6 +303,7 @@ impl From<pb::NodeCapacity> for Capacity {
             labels: c.labels.into_iter().collect(),
             fence_after_seconds: c.fence_after_seconds,
             stop_grace_seconds: c.stop_grace_seconds,
+            warm: c.warm.into_iter().map(WarmPool::from).collect(),
         }
     }
 }

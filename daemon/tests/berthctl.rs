@@ -862,3 +862,32 @@ async fn events_images_top_describe_prepull_and_rm_volume_over_the_admin_socket(
     assert!(text.contains("removed"), "{text}");
     assert!(!docker(&["volume", "ls", "-q"]).lines().any(|v| v == volume));
 }
+
+/// `berthctl warm IMAGE N` over the Admin socket sets the node's warm pool, which `describe`
+/// then shows; an image the policy refuses exits 1 naming the rule.
+#[tokio::test]
+async fn warm_sets_a_pool_that_describe_shows() {
+    let dir = common::temp_dir("ctl-warm");
+    let config = common::write_file(
+        &dir,
+        "config.toml",
+        &format!(
+            "[policy]\nallowed_images = [\"{TINY}\"]\n\n[[warm.pools]]\nimage = \"{TINY}\"\nlauncher = \"shell\"\n"
+        ),
+    );
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let ep = socket_endpoint(&d);
+    let (code, text, err) = berthctl(&["--endpoint", &ep, "warm", TINY, "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("of 1 ready (port 8888)"), "{text}");
+    let shown = common::eventually(std::time::Duration::from_secs(60), || async {
+        let (_, text, _) = berthctl(&["--endpoint", &ep, "describe"]);
+        text.contains("1 of 1 ready").then_some(text)
+    })
+    .await;
+    assert!(shown.is_some(), "describe shows the ready member");
+    let (code, _, err) = berthctl(&["--endpoint", &ep, "warm", "docker.io/library/other:1", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("allowed_images"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -26,6 +26,7 @@ pub const OPERATOR_METHODS: &[&str] = &[
     "Prepull",
     "RemoveVolume",
     "Stats",
+    "Warm",
 ];
 
 /// A Spawner server that answers only [`OPERATOR_METHODS`].
@@ -95,6 +96,7 @@ mod tests {
             ("/berth.v1.Spawner/Stop", true),
             ("/berth.v1.Spawner/Prepull", true),
             ("/berth.v1.Spawner/RemoveVolume", true),
+            ("/berth.v1.Spawner/Warm", true),
             ("/berth.v1.Spawner/Start", false),
             ("/berth.v1.Spawner/PutState", false),
             ("/berth.v1.Spawner/ImportVolume", false),

@@ -637,6 +637,7 @@ async fn images(conn: &Conn, out: Output) -> Result<()> {
                     .count()
             };
             view::Image {
+                size_bytes: c.image_sizes.get(&reference).copied(),
                 servers_running: using(true),
                 servers_kept: using(false) - using(true),
                 reference,
@@ -652,12 +653,16 @@ async fn images(conn: &Conn, out: Output) -> Result<()> {
         .map(|i| {
             vec![
                 i.reference.clone(),
+                i.size_bytes.map_or_else(|| "-".to_owned(), view::size),
                 i.servers_running.to_string(),
                 i.servers_kept.to_string(),
             ]
         })
         .collect();
-    print(&view::table(&["IMAGE", "RUNNING", "STOPPED"], &rows))
+    print(&view::table(
+        &["IMAGE", "SIZE", "RUNNING", "STOPPED"],
+        &rows,
+    ))
 }
 
 async fn top(conn: &Conn, out: Output, user: String, interval: Duration) -> Result<()> {

@@ -91,6 +91,8 @@ pub(crate) struct Capacity {
     pub(crate) stop_grace_seconds: u32,
     /// Warm pools: servers booted ahead per image (they count in running_servers).
     pub(crate) warm: Vec<WarmPool>,
+    /// Each image reference's size, bytes.
+    pub(crate) image_sizes: std::collections::BTreeMap<String, u64>,
 }
 
 /// One warm pool of `capacity`/`describe`/`warm`.
@@ -217,6 +219,8 @@ impl Top {
 #[derive(Serialize, Debug)]
 pub(crate) struct Image {
     pub(crate) reference: String,
+    /// Its size on the node's disk, bytes (null when the node does not say).
+    pub(crate) size_bytes: Option<u64>,
     /// Servers running it now.
     pub(crate) servers_running: usize,
     /// Servers kept stopped with it.
@@ -304,6 +308,7 @@ impl From<pb::NodeCapacity> for Capacity {
             fence_after_seconds: c.fence_after_seconds,
             stop_grace_seconds: c.stop_grace_seconds,
             warm: c.warm.into_iter().map(WarmPool::from).collect(),
+            image_sizes: c.image_sizes.into_iter().collect(),
         }
     }
 }

@@ -206,6 +206,8 @@ pub struct NodeCapacity {
     pub draining: bool,
     /// Images present.
     pub images: Vec<String>,
+    /// Each image reference's size in bytes.
+    pub image_sizes: std::collections::BTreeMap<String, u64>,
     /// Each device class.
     pub devices: Vec<ClassCapacity>,
     /// The configured labels (`[node] labels`).

@@ -330,6 +330,16 @@ async fn capacity_json_matches_the_capacity_rpc() {
         "{images:?}"
     );
     got["images"] = serde_json::json!(rpc.images);
+    // Sizes: those of the same reading as the images.
+    let sizes: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(got["image_sizes"].clone()).unwrap();
+    assert_eq!(
+        sizes.keys().cloned().collect::<Vec<_>>(),
+        images,
+        "a size per image"
+    );
+    assert!(sizes.values().all(|s| *s > 0), "{sizes:?}");
+    got["image_sizes"] = serde_json::json!(rpc.image_sizes);
     let want = serde_json::json!({
         "node_id": rpc.node_id,
         "cpus": rpc.cpus,
@@ -346,6 +356,8 @@ async fn capacity_json_matches_the_capacity_rpc() {
         "labels": {},
         "fence_after_seconds": rpc.fence_after_seconds,
         "stop_grace_seconds": rpc.stop_grace_seconds,
+        "warm": [],
+        "image_sizes": rpc.image_sizes,
     });
     assert_eq!(got, want);
     assert_eq!(got["max_servers"], 7, "from the config file");
@@ -786,6 +798,10 @@ async fn events_images_top_describe_prepull_and_rm_volume_over_the_admin_socket(
         .find(|i| i["reference"].as_str().is_some_and(|r| r.starts_with(TINY)))
         .unwrap_or_else(|| panic!("{TINY} not in {images}"));
     assert_eq!(tiny["servers_running"], 1, "{images}");
+    assert!(
+        tiny["size_bytes"].as_u64().is_some_and(|s| s > 1 << 20),
+        "the tiny image's size (about 2 MB): {images}"
+    );
 
     // top: the running server's CPU over the interval, its memory and limit, from Docker.
     let top = json(args(&[

@@ -351,6 +351,7 @@ pub fn node_capacity(c: NodeCapacity, node_id: String) -> pb::NodeCapacity {
     };
     pb::NodeCapacity {
         warm: c.warm.iter().map(warm_pool).collect(),
+        image_sizes: c.image_sizes.into_iter().collect(),
         fence_after_seconds: c.fence_after_seconds,
         stop_grace_seconds: c.stop_grace_seconds,
         node_id,

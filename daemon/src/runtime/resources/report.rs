@@ -62,6 +62,8 @@ pub(in crate::runtime) struct Readings {
     host: Host,
     docker_up: bool,
     images: Vec<String>,
+    /// Each reference's image size in bytes.
+    image_sizes: std::collections::BTreeMap<String, u64>,
     /// Disks under pressure, and whether every disk could be read.
     disk_msgs: Vec<String>,
     disk_known: bool,
@@ -143,11 +145,16 @@ impl<E: ContainerEngine> Runtime<E> {
         let inner = &self.inner;
         let host = capacity::read_host();
         let docker_up = inner.engine.ping().await.is_ok();
-        let images = if docker_up {
-            inner.engine.images().await.unwrap_or_default()
+        let summaries = if docker_up {
+            inner.engine.image_summaries().await.unwrap_or_default()
         } else {
             Vec::new()
         };
+        let image_sizes: std::collections::BTreeMap<String, u64> = summaries
+            .iter()
+            .flat_map(|i| i.refs.iter().map(|r| (r.clone(), i.size)))
+            .collect();
+        let images: Vec<String> = image_sizes.keys().cloned().collect();
         let mut disks = vec![("state directory", inner.cfg.state_dir.clone())];
         let mut root_usage = None;
         if let Some(root) = self.docker_root().await {
@@ -159,6 +166,7 @@ impl<E: ContainerEngine> Runtime<E> {
             host,
             docker_up,
             images,
+            image_sizes,
             disk_msgs,
             disk_known,
             root_usage,
@@ -173,6 +181,7 @@ impl<E: ContainerEngine> Runtime<E> {
             host,
             docker_up,
             images,
+            image_sizes,
             disk_msgs,
             disk_known,
             root_usage,
@@ -201,6 +210,7 @@ impl<E: ContainerEngine> Runtime<E> {
             conditions,
             draining: draining.is_some(),
             images,
+            image_sizes,
             devices: inner.devices.capacity(&inner.view),
             labels: inner.cfg.labels.clone(),
             fence_after_seconds: crate::runtime::lifecycle::fence::reported_seconds(

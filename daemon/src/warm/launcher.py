@@ -10,7 +10,19 @@ import sys
 
 cwd = os.getcwd()
 warmed = []
-for name in ("jupyter_server.serverapp", "jupyterlab", "jupyterhub.services.auth", "jupyterhub.utils"):
+# The server and the extensions it loads at start (those present), and JupyterHub's
+# single-user entry point, which chooses its implementation from two variables as it is
+# imported (both unset here: a claim that sets either runs the command cold instead).
+CHOOSERS = ("JUPYTERHUB_SINGLEUSER_APP", "JUPYTERHUB_SINGLEUSER_EXTENSION")
+for name in (
+    "jupyter_server.serverapp",
+    "jupyterlab.labapp",
+    "jupyter_lsp",
+    "jupyter_server_terminals",
+    "notebook_shim",
+    "jupyterhub.services.auth",
+    "jupyterhub.singleuser",
+):
     try:
         __import__(name)
         warmed.append(name)
@@ -38,7 +50,8 @@ os.environ.update(env)
 # The user's volumes were mounted after this process started: enter the directory again by
 # its path to see them.
 os.chdir(cwd)
-if os.path.basename(argv[0]) == "jupyterhub-singleuser":
+warm = "jupyterhub.singleuser" in sys.modules and not any(env.get(k) for k in CHOOSERS)
+if warm and os.path.basename(argv[0]) == "jupyterhub-singleuser":
     sys.argv = argv
     from jupyterhub.singleuser import main
 

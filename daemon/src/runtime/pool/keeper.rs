@@ -15,6 +15,10 @@ use crate::runtime::{Error, Runtime};
 
 /// How often the keeper looks at the pools when nothing wakes it.
 const TICK: Duration = Duration::from_secs(5);
+/// The longest refills wait for users' spawns under way.
+const DEFER_LIMIT: Duration = Duration::from_secs(30);
+/// How often the keeper looks while it holds refills back.
+const DEFER_TICK: Duration = Duration::from_millis(500);
 /// How long a new member may take to import its modules.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 
@@ -31,10 +35,15 @@ impl<E: ContainerEngine> Runtime<E> {
         }
         loop {
             self.fill_warm().await;
+            let tick = if self.inner.keys.starting() > 0 {
+                DEFER_TICK
+            } else {
+                TICK
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.inner.pool.wake.notified() => {}
-                () = tokio::time::sleep(TICK) => {}
+                () = tokio::time::sleep(tick) => {}
             }
         }
     }
@@ -145,6 +154,15 @@ impl<E: ContainerEngine> Runtime<E> {
     /// Starts making the members each pool lacks, while no user's spawn waits for a Docker
     /// slot; removes members beyond a pool's size.
     async fn fill_warm(&self) {
+        // A member boots on the CPU a user's spawn needs now: refills wait for the spawns
+        // under way (for at most DEFER_LIMIT in a row).
+        if self
+            .inner
+            .pool
+            .defer(self.inner.keys.starting(), DEFER_LIMIT)
+        {
+            return;
+        }
         let pools = self.inner.pool.configs();
         for (i, p) in pools.iter().enumerate() {
             let ready = self.inner.pool.ready_in(i);

@@ -56,8 +56,10 @@ pub struct Pool {
     file: std::path::PathBuf,
     ready: Mutex<Vec<Member>>,
     making: Mutex<Vec<u32>>,
-    /// Woken when a member is taken or fails, so the keeper refills at once.
+    /// Woken when a member is taken or a spawn ends, so the keeper refills at once.
     pub(in crate::runtime) wake: tokio::sync::Notify,
+    /// Since when the keeper has held refills back for users' spawns under way.
+    deferred: Mutex<Option<std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +114,18 @@ impl Pool {
         drop(configs);
         self.wake.notify_one();
         Ok(i)
+    }
+
+    /// Whether to hold a refill back now: users' spawns are under way (`starting`), for at
+    /// most `limit` in a row, so a steady stream of spawns cannot starve the pool.
+    pub fn defer(&self, starting: usize, limit: std::time::Duration) -> bool {
+        let mut since = lock(&self.deferred);
+        if starting == 0 {
+            *since = None;
+            return false;
+        }
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        first.elapsed() < limit
     }
 
     /// Takes a ready member of pool `pool`: it is the caller's alone.
@@ -221,6 +235,18 @@ mod tests {
         assert_eq!(pool.take(1), None, "another pool");
         assert_eq!(pool.take(0), Some(m));
         assert_eq!(pool.take(0), None, "taken already");
+    }
+
+    #[test]
+    fn refills_wait_for_spawns_but_not_forever() {
+        let pool = Pool::default();
+        let limit = std::time::Duration::from_millis(50);
+        assert!(!pool.defer(0, limit), "nothing under way");
+        assert!(pool.defer(2, limit), "spawns under way");
+        std::thread::sleep(limit * 2);
+        assert!(!pool.defer(1, limit), "held back long enough");
+        assert!(!pool.defer(0, limit));
+        assert!(pool.defer(1, limit), "a new wait begins");
     }
 
     #[test]

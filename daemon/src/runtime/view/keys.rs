@@ -70,6 +70,14 @@ impl KeyTable {
         lock(&self.slots).contains_key(key)
     }
 
+    /// How many Starts hold their key now.
+    pub fn starting(&self) -> usize {
+        lock(&self.slots)
+            .values()
+            .filter(|slot| matches!(&*lock(&slot.op), Some((Op::Starting, _))))
+            .count()
+    }
+
     /// The operation under way on `key`, if any.
     pub fn current(&self, key: &ServerKey) -> Option<Op> {
         let slots = lock(&self.slots);

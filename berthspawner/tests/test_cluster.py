@@ -199,7 +199,7 @@ def test_servers_show_age_cpu_and_memory_only_while_they_run():
         servers=[
             server("zed", State.EXITED, "c3", started=now - 500),
             server("ann", State.RUNNING, "c1", started=now - 192, name="gpu"),
-            server("ann", State.RUNNING, "c2", image="b:1", started=now - 30),
+            server("ann", State.RUNNING, "c2", image="docker.io/library/b:1", started=now - 30),
         ],
         stats={"c1": stats("c1", 1, now, mem=512 << 20, limit=2 * GIB), "c3": stats("c3", 1, now, mem=1)},
         cpu={"c1": 0.25, "c3": 1.0},
@@ -216,7 +216,12 @@ def test_servers_show_age_cpu_and_memory_only_while_they_run():
         "memory": "512.0 MiB of 2.0 GiB",
         "reason": "",
     }
-    assert rows[0]["age"] == "30s" and rows[0]["cpu"] == "" and rows[0]["memory"] == ""
+    assert (
+        rows[0]["age"] == "30s"
+        and rows[0]["image"] == "docker.io/library/b:1"
+        and rows[0]["cpu"] == ""
+        and rows[0]["memory"] == ""
+    )
     assert rows[2]["age"] == rows[2]["cpu"] == rows[2]["memory"] == ""
     assert view.images(st) == [{"reference": "a:1", "servers": 1}, {"reference": "b:1", "servers": 1}]
 

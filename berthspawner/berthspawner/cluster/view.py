@@ -5,6 +5,7 @@ words and numbers are tested without a node or a browser."""
 import dataclasses
 
 from .._proto.berth.v1 import spawner_pb2 as pb
+from ..placement import normalize_image
 
 State = pb.ServerStatus.State
 # Conditions whose normal status is "True"; for every other, "True" is a problem.
@@ -173,12 +174,14 @@ def servers(st, now):
 
 def images(st):
     """Images on the node, with the servers of this node running each."""
+    # Compared in full: Capacity may say `x/y:1` where a server's status says `docker.io/x/y:1`.
     running = {}
     for s in st.servers:
         if s.state in (State.STARTING, State.RUNNING):
-            running[s.image] = running.get(s.image, 0) + 1
+            ref = normalize_image(s.image)
+            running[ref] = running.get(ref, 0) + 1
     listed = list(st.capacity.images) if st.capacity is not None else []
-    return [{"reference": ref, "servers": running.get(ref, 0)} for ref in sorted(listed)]
+    return [{"reference": ref, "servers": running.get(normalize_image(ref), 0)} for ref in sorted(listed)]
 
 
 def volumes(st):

@@ -154,7 +154,11 @@
     if (inFlight) return;
     inFlight = true;
     try {
-      const r = await fetch(prefix + "api/state", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      // The hub's login cookie counts for a script's request only with the XSRF token.
+      const r = await fetch(prefix + "api/state", {
+        credentials: "same-origin",
+        headers: { Accept: "application/json", "X-XSRFToken": xsrf },
+      });
       if (!r.ok) throw new Error(`the service answered ${r.status}`);
       const state = await r.json();
       if (!busy()) {

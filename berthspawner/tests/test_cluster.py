@@ -399,3 +399,15 @@ def test_poller_refresh_is_harmless_for_an_unknown_node():
     p = Poller(config.ServiceConfig.parse({"nodes": [{"address": "a:1"}]}))
     asyncio.run(p.refresh("nope"))
     assert p.view()[0]["state"] == "waiting"
+
+
+def test_a_move_under_way_says_which_volume_and_how_much_is_copied():
+    m = actions.Move(1, "ann", "", "src", "dst", time.time)
+    assert m.to_json()["progress"] == "checking the nodes"
+    m.listed([pb.UserVolume(name="home-ann"), pb.UserVolume(name="scratch-ann")])
+    m.copied("home-ann", 3 << 20)
+    assert m.to_json()["progress"] == "volume 1 of 2: home-ann, 3.0 MiB copied"
+    m.note("move: home-ann: removed from src")
+    m.copied("scratch-ann", 1 << 19)
+    assert m.to_json()["progress"] == "volume 2 of 2: scratch-ann, 0.5 MiB copied"
+    assert m.to_json()["lines"] == ["move: home-ann: removed from src"]

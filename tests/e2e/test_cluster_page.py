@@ -5,8 +5,10 @@ certificate and token) and drains through their Admin sockets.
 
 An admin logs in and opens /services/berth/: both nodes, the user's server on the node it runs
 on (and not on the other); drain on one node shows it draining and berthd's Capacity says so;
-undrain; that node's berthd killed shows it down within seconds, and up again once it is back.
-A user who is not an admin gets 403, unless a role gives them the page's scopes. Screenshots: target/e2e-screenshots/cluster-*.png.
+undrain; the user's volume moved from the page to the other node (the page shows the move
+done, both engines agree); that node's berthd killed shows it down within seconds, and up again
+once it is back. A user who is not an admin gets 403, unless a role gives them the page's
+scopes. Screenshots: target/e2e-screenshots/cluster-*.png.
 """
 
 import glob
@@ -18,9 +20,10 @@ import time
 import grpc
 import pytest
 import requests
-from conftest import REPO, TINY, Hub, free_port, wait_for
+from conftest import REPO, TINY, Hub, docker, free_port, wait_for
 from netnode import HUB_IP
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 from test_browser import browser  # noqa: F401 - the fixture
 from test_browser import element
 from test_two_engines import spawn_on
@@ -53,6 +56,7 @@ def page_hub(workdir, net_nodes):
     extra = f"""
 c.BerthSpawner.image = "{TINY}"
 c.BerthSpawner.cmd = ["httpd", "-f", "-p", "8888", "-h", "/www"]
+c.BerthSpawner.volumes = {{"berth-e2e-cp-{{user}}": "/home/data"}}
 c.Authenticator.admin_users = {{"{ADMIN}"}}
 from berthspawner.cluster import cluster_page
 cluster_page(c, admin_sockets={sockets!r}, url="http://127.0.0.1:{free_port()}")
@@ -73,6 +77,17 @@ class Shots:
     def take(self, name):
         self.n += 1
         self.driver.save_screenshot(os.path.join(SHOTS, f"cluster-{self.n:02d}-{name}.png"))
+
+
+MOVES_JS = """
+return Array.from(document.querySelectorAll('#moves tr.move-row'))
+  .filter(r => r.dataset.user === arguments[0])
+  .map(r => [r.dataset.state, r.cells[5].innerText]);
+"""
+
+
+def volumes_of(node, user):
+    return docker("volume", "ls", "-q", "--filter", f"label=berth.user={user}", host=node.docker_host).split()
 
 
 def section(driver, node):
@@ -138,6 +153,34 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         assert not node_capacity(n1).draining
         shots.take("undrained")
 
+        # Move the user's volume from n2 to n1 from the page, once the server is stopped.
+        (cid,) = n2.berthd.containers(user)
+        n2.engine.docker("exec", cid, "sh", "-c", "dd if=/dev/urandom of=/home/data/d.bin bs=1M count=64 2>/dev/null")
+        hub.api("DELETE", f"/users/{user}/server")
+        wait_for(f"{user}'s server to stop", lambda: not n2.berthd.containers(user), 30)
+        (volume,) = volumes_of(n2, user)
+        vrow = f' tr.volume[data-volume="{volume}"]'
+        element(browser, section(browser, n2) + vrow + " button.move", timeout=15)
+        Select(element(browser, section(browser, n2) + vrow + " select.move-to")).select_by_value(n1.berthd.name)
+        element(browser, section(browser, n2) + vrow + " button.move").click()
+        seen = set()
+
+        def moved():
+            # One read: the table is redrawn every 2 s.
+            rows = browser.execute_script(MOVES_JS, user)
+            seen.update(map(tuple, rows))
+            return next((state for state, _ in rows if state != "running"), None)
+
+        assert wait_for("the move to end", moved, 60, 0.1) == "done", seen
+        print(f"cluster page: the move as the page showed it: {sorted(seen)}")
+        assert any(state == "running" for state, _ in seen), f"the page never showed the move under way: {seen}"
+        assert any(state == "done" and "1 of 1 volume(s) moved" in text for state, text in seen), seen
+        assert volumes_of(n1, user) == [volume] and not volumes_of(n2, user), "the volume is on n1 only"
+        element(browser, section(browser, n1) + vrow, timeout=20)
+        wait_for(
+            "n2 to list it no more", lambda: not browser.find_elements(By.CSS_SELECTOR, section(browser, n2) + vrow)
+        )
+
         # n1's berthd dies: shown down within seconds, its error said; back up once restarted.
         t0 = time.monotonic()
         n1.berthd.kill_daemon()
@@ -182,3 +225,6 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         raise
     finally:
         hub.api("DELETE", f"/users/{user}/server")
+        for n in net_nodes:
+            for v in volumes_of(n, user):
+                docker("volume", "rm", "-f", v, host=n.docker_host)

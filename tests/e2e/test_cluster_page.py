@@ -180,6 +180,7 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         wait_for(
             "n2 to list it no more", lambda: not browser.find_elements(By.CSS_SELECTOR, section(browser, n2) + vrow)
         )
+        shots.take("moved")
 
         # n1's berthd dies: shown down within seconds, its error said; back up once restarted.
         t0 = time.monotonic()

@@ -12,7 +12,7 @@ import time
 
 import grpc
 import pytest
-from fakes import GIB, FakeNode, pb
+from fakes import GIB, FakeNode, pb, wait_until
 from google.protobuf.timestamp_pb2 import Timestamp
 from test_move import VolumeNode
 from test_spawner import dead_address, run, up
@@ -58,6 +58,7 @@ def test_cluster_page_appends_the_service_for_the_spawners_nodes():
     cluster_page(c)
     names = [s["name"] for s in c.JupyterHub.services]
     assert names == ["other", "berth"]
+    assert c.JupyterHub.services[1]["url"] == "http://127.0.0.1:8182", "the README's default"
     env = json.loads(c.JupyterHub.services[1]["environment"][config.ENV])
     assert env["nodes"] == [{"name": "a", "address": "a:1"}]
 
@@ -411,3 +412,73 @@ def test_a_move_under_way_says_which_volume_and_how_much_is_copied():
     m.copied("scratch-ann", 1 << 19)
     assert m.to_json()["progress"] == "volume 2 of 2: scratch-ann, 0.5 MiB copied"
     assert m.to_json()["lines"] == ["move: home-ann: removed from src"]
+
+
+@run
+async def test_the_poller_calls_the_nodes_only_while_a_page_asks():
+    from berthspawner.cluster import poller
+
+    (fake,) = await up(FakeNode("n1"))
+    p = poller.Poller(config.ServiceConfig.parse({"nodes": [{"name": "n1", "address": fake.address}], "interval": 0.2}))
+    active = poller.ACTIVE_SECONDS
+    poller.ACTIVE_SECONDS = 1.0
+    task = asyncio.ensure_future(p.run())
+    try:
+        await asyncio.sleep(0.5)
+        assert "Capacity" not in fake.calls, "no page asked: no calls"
+        p.asked()
+        await wait_until("rounds while a page asks", lambda: fake.calls.count("Capacity") >= 3)
+        await asyncio.sleep(1.2)
+        calls = fake.calls.count("Capacity")
+        await asyncio.sleep(0.6)
+        assert fake.calls.count("Capacity") == calls, "the page stopped asking: the calls stop"
+        p.asked()
+        await wait_until("rounds again", lambda: fake.calls.count("Capacity") > calls, timeout=1.0)
+    finally:
+        poller.ACTIVE_SECONDS = active
+        task.cancel()
+        await p.close()
+
+
+def test_the_service_exits_when_the_hub_that_started_it_is_gone():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        config.ENV: json.dumps({"nodes": [{"address": dead_address()}]}),
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+        "JUPYTERHUB_SERVICE_PREFIX": "/services/berth/",
+    }
+    # The "hub": starts the service, waits until it listens, prints its pid and dies.
+    hub = f"""
+import socket, subprocess, sys, time
+p = subprocess.Popen([sys.executable, "-m", "berthspawner.cluster"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", {port}), 0.1).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+print(p.pid)
+"""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", hub], env=env, cwd=here, capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout)
+
+    def gone():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    try:
+        wait("the orphaned service to exit", gone, timeout=10)
+    finally:
+        if not gone():
+            os.kill(pid, 9)

@@ -35,6 +35,8 @@ SHOTS = os.path.join(REPO, "target", "e2e-screenshots")
 ADMIN = "boss"
 # Not an admin, given the page's two scopes by a role, as berthspawner/README.md shows.
 OPERATOR = "carol"
+# Given access to the service but not admin-ui: the page itself refuses them.
+VIEWER = "dave"
 # The page must show a node down within this long of its berthd dying (a round is 2 s, a
 # call's deadline 2.5 s; the browser asks every 2 s).
 DOWN_WITHIN = 10
@@ -62,6 +64,8 @@ from berthspawner.cluster import cluster_page
 cluster_page(c, admin_sockets={sockets!r}, url="http://127.0.0.1:{free_port()}")
 c.JupyterHub.load_roles.append({{"name": "berth-operators", "users": ["{OPERATOR}"],
                                 "scopes": ["access:services!service=berth", "admin-ui"]}})
+c.JupyterHub.load_roles.append({{"name": "berth-viewers", "users": ["{VIEWER}"],
+                                "scopes": ["access:services!service=berth"]}})
 """
     with Hub(base, [n.berthd for n in net_nodes], hub_ip=HUB_IP, extra=extra) as hub:
         yield hub
@@ -206,6 +210,11 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         r = s.get(f"{hub.url}/services/berth/api/state", timeout=30)
         assert r.status_code == 403, (r.status_code, r.text[:300])
         assert requests.get(f"{hub.url}/services/berth/api/state", timeout=30).status_code == 403
+        # Let through the hub's OAuth (access to the service) without admin-ui: the page says 403.
+        s = hub.login(VIEWER)
+        r = s.get(f"{hub.url}/services/berth/", timeout=30)
+        assert r.status_code == 403 and "/services/berth/" in r.url, (r.status_code, r.url, r.text[:300])
+        assert s.get(f"{hub.url}/services/berth/api/state", timeout=30).status_code == 403
         # Not an admin, but given the page's scopes by a role: let in, the nodes' state as JSON.
         s = hub.login(OPERATOR)
         r = s.get(f"{hub.url}/services/berth/", timeout=30)

@@ -168,6 +168,9 @@ class Poller:
         now = self.clock()
         return [view.node(n.state, now) for n in self.nodes]
 
+    async def close(self):
+        await asyncio.gather(*(n.close() for n in self.nodes))
+
     async def run(self):
         self._wake = asyncio.Event()
         while True:

@@ -3,6 +3,7 @@ their CPU and memory now. Pure functions of what the poller holds and the time, 
 words and numbers are tested without a node or a browser."""
 
 import dataclasses
+from typing import Any, Optional
 
 from .._proto.berth.v1 import spawner_pb2 as pb
 from ..placement import normalize_image
@@ -20,13 +21,14 @@ class NodeState:
     address: str
     can_drain: bool = False
     # None until the first round of calls ends.
-    up: bool = None
+    up: Optional[bool] = None
     error: str = ""
     # Wall-clock seconds: the first failure of the current outage, the last answer.
-    down_since: float = None
-    last_answer: float = None
-    capacity: object = None
-    version: object = None
+    down_since: Optional[float] = None
+    last_answer: Optional[float] = None
+    # NodeCapacity and VersionResponse as last answered.
+    capacity: Any = None
+    version: Any = None
     servers: list = dataclasses.field(default_factory=list)
     # container id -> ServerStats
     stats: dict = dataclasses.field(default_factory=dict)

@@ -22,6 +22,7 @@ import pytest
 import requests
 from conftest import REPO, TINY, Hub, docker, free_port, wait_for
 from netnode import HUB_IP
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 from test_browser import browser  # noqa: F401 - the fixture
@@ -83,6 +84,12 @@ class Shots:
         self.driver.save_screenshot(os.path.join(SHOTS, f"cluster-{self.n:02d}-{name}.png"))
 
 
+SECTION_JS = """
+const s = document.querySelector(arguments[0]);
+const rows = (css) => Array.from(s.querySelectorAll(css), r => Array.from(r.cells, c => c.innerText));
+return {servers: rows('tr.server'), images: rows('tr.image'),
+        bars: Array.from(s.querySelectorAll('.bar'), b => b.dataset.bar)};
+"""
 MOVES_JS = """
 return Array.from(document.querySelectorAll('#moves tr.move-row'))
   .filter(r => r.dataset.user === arguments[0])
@@ -101,6 +108,25 @@ def section(driver, node):
 def attr(driver, css, name):
     found = driver.find_elements(By.CSS_SELECTOR, css)
     return found[0].get_attribute(name) if found else None
+
+
+def text_of(driver, css, timeout=10):
+    """The first match's text, read in one script (the page redraws every 2 s)."""
+    js = "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;"
+    return wait_for(f"{css} on the page", lambda: driver.execute_script(js, css), timeout, 0.1)
+
+
+def act(driver, css, action, timeout=10):
+    """`action(element)` on the first match, again if the page redrew it in between."""
+
+    def go():
+        try:
+            action(element(driver, css, timeout))
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait_for(f"{css} to take the action", go, timeout, 0.1)
 
 
 def login(driver, hub, user):
@@ -126,33 +152,32 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         row = section(browser, n2) + f' tr.server[data-user="{user}"]'
         element(browser, row + '[data-state="RUNNING"]', timeout=15)
         assert not browser.find_elements(By.CSS_SELECTOR, section(browser, n1) + f' tr.server[data-user="{user}"]')
-        cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, row + " td")]
+        # One read of each section (the page redraws every 2 s).
+        far, near = (browser.execute_script(SECTION_JS, section(browser, n)) for n in (n2, n1))
+        (cells,) = [r for r in far["servers"] if r[0] == user]
         # berthd names images in full (docker.io/...).
         assert cells[3].endswith(TINY) and cells[4], f"image and age of the server: {cells}"
-        bars = browser.find_elements(By.CSS_SELECTOR, section(browser, n2) + " .bar")
-        labels = [b.get_attribute("data-bar") for b in bars]
-        assert {"Memory committed", "CPU committed", "Servers"} <= set(labels), labels
-        images = [td.text for td in browser.find_elements(By.CSS_SELECTOR, section(browser, n1) + " tr.image td")]
-        assert any(i.endswith(TINY) for i in images), f"n1's images: {images}"
-        rows = browser.find_elements(By.CSS_SELECTOR, section(browser, n2) + " tr.image")
-        running = {r.find_elements(By.TAG_NAME, "td")[0].text: r.find_elements(By.TAG_NAME, "td")[1].text for r in rows}
-        assert [n for i, n in running.items() if i.endswith(TINY)] == ["1"], f"n2's images: {running}"
-        conds = browser.find_elements(By.CSS_SELECTOR, section(browser, n1) + ' .cond[data-type="Ready"]')
-        assert conds and conds[0].text.startswith("Ready=True")
+        assert {"Memory committed", "CPU committed", "Servers"} <= set(far["bars"]), far["bars"]
+        assert any(i.endswith(TINY) for i, _ in near["images"]), f"n1's images: {near['images']}"
+        # Each image with the servers running it (other tests' servers may run there too).
+        runs_tiny = sum(1 for r in far["servers"] if r[3].endswith(TINY) and r[2] == "RUNNING")
+        assert [n for i, n in far["images"] if i.endswith(TINY)] == [str(runs_tiny)], far
+        ready = text_of(browser, section(browser, n1) + ' .cond[data-type="Ready"]')
+        assert ready.startswith("Ready=True"), ready
         shots.take("nodes")
 
         # Drain n1 with a reason: the page shows it, and berthd says so itself.
-        element(browser, section(browser, n1) + " input.reason").send_keys("e2e: drained from the page")
-        element(browser, section(browser, n1) + " button.drain").click()
+        act(browser, section(browser, n1) + " input.reason", lambda e: e.send_keys("e2e: drained from the page"))
+        act(browser, section(browser, n1) + " button.drain", lambda e: e.click())
         element(browser, section(browser, n1) + '[data-draining="true"]', timeout=10)
         cap = node_capacity(n1)
         assert cap.draining, "berthd does not report the drain the page made"
         assert any(c.type == "Draining" and c.status == "True" for c in cap.conditions)
-        reason = element(browser, section(browser, n1) + " .drain-reason").text
+        reason = text_of(browser, section(browser, n1) + " .drain-reason")
         assert "e2e: drained from the page" in reason, reason
         assert not node_capacity(n2).draining
         shots.take("drained")
-        element(browser, section(browser, n1) + " button.undrain").click()
+        act(browser, section(browser, n1) + " button.undrain", lambda e: e.click())
         element(browser, section(browser, n1) + '[data-draining="false"]', timeout=10)
         assert not node_capacity(n1).draining
         shots.take("undrained")
@@ -165,8 +190,9 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         (volume,) = volumes_of(n2, user)
         vrow = f' tr.volume[data-volume="{volume}"]'
         element(browser, section(browser, n2) + vrow + " button.move", timeout=15)
-        Select(element(browser, section(browser, n2) + vrow + " select.move-to")).select_by_value(n1.berthd.name)
-        element(browser, section(browser, n2) + vrow + " button.move").click()
+        pick = n1.berthd.name
+        act(browser, section(browser, n2) + vrow + " select.move-to", lambda e: Select(e).select_by_value(pick))
+        act(browser, section(browser, n2) + vrow + " button.move", lambda e: e.click())
         seen = set()
 
         def moved():
@@ -195,7 +221,7 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
             print(f"cluster page: n1 shown down {took:.1f} s after its berthd was killed")
             assert took < DOWN_WITHIN, f"shown down only after {took:.1f} s"
             assert attr(browser, section(browser, n2), "data-state") == "up"
-            error = element(browser, section(browser, n1) + " p.error").text
+            error = text_of(browser, section(browser, n1) + " p.error")
             assert "UNAVAILABLE" in error, error
             shots.take("node-down")
         finally:

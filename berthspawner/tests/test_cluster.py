@@ -253,6 +253,7 @@ class StatsNode(FakeNode):
     async def ListVolumes(self, request, context):
         await self._enter("ListVolumes", context)
         v = pb.UserVolume(name="home-ann", owner=pb.ServerKey(user="ann"), driver="local", size_bytes=2048)
+        v.last_used.CopyFrom(ts(time.time() - 120))
         return pb.ListVolumesResponse(node_id=self.name, volumes=[v])
 
 
@@ -274,6 +275,9 @@ async def test_the_poller_shows_a_node_up_with_its_volumes_then_down_after_one_f
         out = view.node(st, time.time())
         assert out["state"] == "down" and out["error"].startswith("UNAVAILABLE"), out
         assert out["labels"] == {"zone": "a"}, "the last answer is kept, marked as from then"
+        (vol,) = out["volumes"]
+        assert (vol["name"], vol["user"], vol["size"]) == ("home-ann", "ann", "2.0 KiB")
+        assert vol["last_used"].startswith("2m ") and vol["last_used"].endswith(" ago"), vol
         await p.close()
 
 

@@ -186,7 +186,8 @@ def images(st):
     return [{"reference": ref, "servers": running.get(normalize_image(ref), 0)} for ref in sorted(listed)]
 
 
-def volumes(st):
+def volumes(st, now):
+    """The node's user volumes, by owner: size (`?` when unknown) and last use by a server."""
     return [
         {
             "name": v.name,
@@ -194,6 +195,7 @@ def volumes(st):
             "server": v.owner.server_name,
             "size": size(v.size_bytes),
             "driver": v.driver,
+            "last_used": f"{age(now - seconds(v.last_used))} ago" if seconds(v.last_used) else "",
         }
         for v in sorted(st.volumes, key=lambda v: (v.owner.user, v.owner.server_name, v.name))
     ]
@@ -217,7 +219,7 @@ def node(st, now):
         "conditions": [],
         "servers": servers(st, now),
         "images": images(st),
-        "volumes": volumes(st),
+        "volumes": volumes(st, now),
     }
     if st.version is not None:
         v = st.version

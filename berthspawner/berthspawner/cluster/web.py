@@ -67,8 +67,12 @@ class Base(HubOAuthenticated, web.RequestHandler):
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish({"error": message})
+        if "/api/" in self.request.path:
+            self.set_header("Content-Type", "application/json")
+            self.finish({"error": message})
+            return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(f"<!DOCTYPE html><title>{status_code}</title><h1>{status_code}</h1><p>{html.escape(message)}</p>")
 
     def body_json(self):
         try:

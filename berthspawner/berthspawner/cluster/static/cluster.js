@@ -124,9 +124,9 @@
       node.servers.map((s) => h("tr", { class: "server", "data-user": s.user, "data-server": s.server, "data-state": s.state },
         h("td", {}, s.user), h("td", {}, s.server), h("td", {}, s.state + (s.reason ? ` (${s.reason})` : "")),
         h("td", {}, s.image), h("td", {}, s.age), h("td", {}, s.cpu), h("td", {}, s.memory)))));
-    parts.push(h("h3", {}, "User volumes"), table("volumes", ["Volume", "User", "Server", "Size", ""],
+    parts.push(h("h3", {}, "User volumes"), table("volumes", ["Volume", "User", "Server", "Size", "Last used", ""],
       node.volumes.map((v) => h("tr", { class: "volume", "data-volume": v.name, "data-user": v.user },
-        h("td", {}, v.name), h("td", {}, v.user), h("td", {}, v.server), h("td", {}, v.size),
+        h("td", {}, v.name), h("td", {}, v.user), h("td", {}, v.server), h("td", {}, v.size), h("td", {}, v.last_used),
         h("td", {}, node.state === "up" ? moveControl(node, v, nodes) : "")))));
     parts.push(h("h3", {}, "Images"), table("images", ["Image", "Servers running"],
       node.images.map((i) => h("tr", { class: "image" }, h("td", {}, i.reference), h("td", {}, String(i.servers))))));

@@ -178,7 +178,9 @@ def test_a_condition_off_its_normal_status_is_marked():
         ("MemoryPressure", False),
         ("DockerDown", True),
     ]
-    out = view.node(view.NodeState("n1", "a:1", capacity=c, up=True), time.time())
+    version = pb.VersionResponse(daemon_version="0.1.0", docker_version="27.5.1")
+    out = view.node(view.NodeState("n1", "a:1", capacity=c, version=version, up=True), time.time())
+    assert out["version"] == "berthd 0.1.0, Docker 27.5.1"
     assert out["draining"] is True and out["drain_reason"] == "docker upgrade"
     assert out["labels"] == {"gpu": "a100", "zone": "b"}
 
@@ -266,6 +268,7 @@ async def test_the_poller_shows_a_node_up_with_its_volumes_then_down_after_one_f
         await p.poll()
         st = p.state
         assert st.up is True and st.capacity.labels["zone"] == "a"
+        assert view.node(st, time.time())["can_drain"] is False, "no Admin socket given: no drain button"
         assert st.volumes[0].name == "home-ann" and "c1" in st.cpu
         assert fake.metadata[-1]["authorization"] == "Bearer tok", "the spawner's token, from its file"
         await fake.close()

@@ -63,6 +63,16 @@ def test_cluster_page_appends_the_service_for_the_spawners_nodes():
     assert env["nodes"] == [{"name": "a", "address": "a:1"}]
 
 
+def test_the_hub_reads_the_page_from_a_config_that_set_no_services():
+    from jupyterhub.app import JupyterHub
+
+    c = Config()
+    c.BerthSpawner.nodes = [{"name": "a", "address": "a:1"}]
+    cluster_page(c)
+    (spec,) = JupyterHub(config=c).services
+    assert spec["name"] == "berth" and spec["command"][1:] == ["-m", "berthspawner.cluster"]
+
+
 def test_cluster_page_without_nodes_says_so():
     with pytest.raises(ValueError, match="c.BerthSpawner.nodes"):
         cluster_page(Config())

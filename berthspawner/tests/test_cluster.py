@@ -160,7 +160,10 @@ def capacity(**kw):
 def test_bars_fill_with_what_is_committed_of_what_is_allocatable():
     d = pb.DeviceClassCapacity(total=4, committed=3, models=["A100"])
     setattr(d, "class", "gpu")
-    bars = {b["label"]: b for b in view.bars(capacity(max_servers=4, devices=[d]))}
+    broken = pb.DeviceClassCapacity(total=1, discovery_error="nvidia-smi: not found")
+    setattr(broken, "class", "fpga")
+    bars = {b["label"]: b for b in view.bars(capacity(max_servers=4, devices=[d, broken]))}
+    assert bars["Devices: fpga"]["text"] == "0 of 1 shares held; discovery failed: nvidia-smi: not found"
     assert bars["Memory committed"] == {"label": "Memory committed", "pct": 50.0, "text": "7.0 GiB of 14.0 GiB"}
     assert bars["CPU committed"]["pct"] == 20.0 and bars["CPU committed"]["text"] == "1.5 of 7.5 cores"
     assert bars["Memory in use"]["pct"] == 25.0 and "8 CPUs" in bars["Memory in use"]["text"]
@@ -191,6 +194,9 @@ def test_a_condition_off_its_normal_status_is_marked():
     version = pb.VersionResponse(daemon_version="0.1.0", docker_version="27.5.1")
     out = view.node(view.NodeState("n1", "a:1", capacity=c, version=version, up=True), time.time())
     assert out["version"] == "berthd 0.1.0, Docker 27.5.1"
+    assert out["fencing"] == ""
+    fences = capacity(fence_after_seconds=315, stop_grace_seconds=10)
+    assert view.fencing(fences) == "stops its servers 5m 15s after losing the hub (stop grace 10s)"
     assert out["draining"] is True and out["drain_reason"] == "docker upgrade"
     assert out["labels"] == {"gpu": "a100", "zone": "b"}
 

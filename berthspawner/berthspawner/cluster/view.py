@@ -121,6 +121,8 @@ def bars(c):
         out.append(bar("Servers", c.running_servers, 0, f"{c.running_servers} running (no limit)"))
     for d in c.devices:
         models = f" ({', '.join(d.models)})" if d.models else ""
+        if d.discovery_error:
+            models += f"; discovery failed: {d.discovery_error}"
         # `class` is a Python keyword: protobuf keeps the field under its name all the same.
         label = f"Devices: {getattr(d, 'class')}"
         out.append(bar(label, d.committed, d.total, f"{d.committed} of {d.total} shares held{models}"))
@@ -142,6 +144,13 @@ def conditions(c):
             }
         )
     return out
+
+
+def fencing(c):
+    """The node's fencing in words, or "" when it does not fence by default."""
+    if not c.fence_after_seconds:
+        return ""
+    return f"stops its servers {age(c.fence_after_seconds)} after losing the hub (stop grace {c.stop_grace_seconds}s)"
 
 
 def drain_reason(c):
@@ -215,6 +224,7 @@ def node(st, now):
         "draining": False,
         "drain_reason": "",
         "labels": {},
+        "fencing": "",
         "bars": [],
         "conditions": [],
         "servers": servers(st, now),
@@ -230,6 +240,7 @@ def node(st, now):
             draining=c.draining,
             drain_reason=drain_reason(c),
             labels=dict(sorted(c.labels.items())),
+            fencing=fencing(c),
             bars=bars(c),
             conditions=conditions(c),
         )

@@ -111,6 +111,7 @@
         node.last_answer ? ` (last answer ${node.last_answer} ago; what follows is from then)` : ""));
     }
     if (node.drain_reason) parts.push(h("p", { class: "drain-reason" }, "Draining: ", node.drain_reason));
+    if (node.fencing) parts.push(h("p", { class: "fencing muted" }, "Fencing: ", node.fencing));
     parts.push(h("div", { class: "bars" }, bars(node)));
     parts.push(h("h3", {}, "Conditions"),
       h("div", { class: "conditions" }, node.conditions.map((c) =>

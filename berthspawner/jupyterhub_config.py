@@ -89,3 +89,9 @@ c.JupyterHub.allow_named_servers = True
 # when the hub starts, in the background, so the first spawns do not wait (off unless called).
 # from berthspawner.prepull import prepull_at_start
 # prepull_at_start(c)
+
+# The cluster page for the hub's admins at /services/berth/ (README: "The cluster page"): every
+# node, its servers and volumes, drain (through each node's Admin socket, when the hub's machine
+# reaches it) and volume moves. After any `c.JupyterHub.services = [...]` above.
+# from berthspawner.cluster import cluster_page
+# cluster_page(c, admin_sockets={"node-1": "/run/berth/node-1-admin.sock"})

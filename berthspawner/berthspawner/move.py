@@ -43,17 +43,18 @@ class MoveError(Exception):
 
 
 class Node:
-    """One berthd, reached with the operator's credentials."""
+    """One berthd, reached with the operator's credentials (the file paths of a
+    `BerthSpawner.nodes` entry)."""
 
-    def __init__(self, address, args):
+    def __init__(self, address, token_file="", ca_file="", cert_file="", key_file=""):
         self.address = address
-        self.token_file = args.token_file
+        self.token_file = token_file
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
-        if args.ca_file or args.cert_file:
-            creds = tls_credentials(args.ca_file, args.cert_file, args.key_file)
+        if ca_file or cert_file:
+            creds = tls_credentials(ca_file, cert_file, key_file)
             self.channel = grpc.secure_channel(address, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)
@@ -62,6 +63,9 @@ class Node:
 
     def metadata(self):
         return bearer(self.token_file)
+
+    def close(self):
+        self.channel.close()
 
     def call(self, method, request, what):
         try:
@@ -86,8 +90,10 @@ class Forward:
     """The export's messages, forwarded to the import: counts and hashes the data, remembers
     the trailer, reports progress, and keeps an export failure to report it as such."""
 
-    def __init__(self, name, export, log):
+    def __init__(self, name, export, log, copied=None):
         self.name, self.export, self.log = name, export, log
+        # Called with (volume, bytes so far) at every data message (the cluster page's bar).
+        self.copied = copied
         self.hash = hashlib.sha256()
         self.bytes = 0
         self.trailer = None
@@ -104,6 +110,8 @@ class Forward:
                 elif part == "data":
                     self.hash.update(chunk.data)
                     self.bytes += len(chunk.data)
+                    if self.copied is not None:
+                        self.copied(self.name, self.bytes)
                     if time.monotonic() - self._shown >= PROGRESS_SECONDS:
                         self._shown = time.monotonic()
                         self.log(f"move: {self.name}: {mib(self.bytes)} copied")
@@ -175,9 +183,9 @@ def earlier_copy(source, target, name, log):
     return pb.ImportVolumeResponse(node_id=target.node_id, name=name, sha256=theirs.sha256, bytes=theirs.bytes)
 
 
-def move_one(source, target, name, keep_source, log):
+def move_one(source, target, name, keep_source, log, copied=None):
     export = source.stub.ExportVolume(pb.ExportVolumeRequest(name=name), metadata=source.metadata())
-    forward = Forward(name, export, log)
+    forward = Forward(name, export, log, copied)
     try:
         done = target.stub.ImportVolume(iter(forward), metadata=target.metadata())
     except grpc.RpcError as e:
@@ -226,27 +234,38 @@ def parse(argv):
     return args
 
 
+def move_user(source, target, user, server, keep_source, log, copied=None, listed=None):
+    """Moves the volumes of `user` (of the named `server` only, unless None) from `source` to
+    `target` (both `Node`s). Returns how many were moved; raises MoveError when refused or
+    failed. `listed(volumes)` is told what will move before the first copy."""
+    check_nodes(source, target)
+    check_not_running(source, user, server)
+    volumes = volumes_to_move(source, user, server)
+    if listed is not None:
+        listed(volumes)
+    if not volumes:
+        log(f"move: no volumes of user {user!r} on {source.node_id}; nothing to move")
+        return 0
+    for v in volumes:
+        move_one(source, target, v.name, keep_source, log, copied)
+    log(f"move: {len(volumes)} volume(s) of {user!r} moved from {source.node_id} to {target.node_id}")
+    return len(volumes)
+
+
 def main(argv=None, log=None):
     args = parse(argv)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    source, target = Node(args.source, args), Node(args.target, args)
+    creds = {k: getattr(args, k) for k in ("token_file", "ca_file", "cert_file", "key_file")}
+    source, target = Node(args.source, **creds), Node(args.target, **creds)
     try:
-        check_nodes(source, target)
-        check_not_running(source, args.user, args.server)
-        volumes = volumes_to_move(source, args.user, args.server)
-        if not volumes:
-            log(f"move: no volumes of user {args.user!r} on {source.node_id}; nothing to move")
-            return 0
-        for v in volumes:
-            move_one(source, target, v.name, args.keep_source, log)
-        log(f"move: {len(volumes)} volume(s) of {args.user!r} moved from {source.node_id} to {target.node_id}")
+        move_user(source, target, args.user, args.server, args.keep_source, log)
         return 0
     except MoveError as e:
         log(f"move: refused or failed: {e}")
         return 1
     finally:
-        source.channel.close()
-        target.channel.close()
+        source.close()
+        target.close()
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ def capacity(**kw):
         committed=pb.Allocation(cpu=1.5, memory_bytes=7 * GIB),
         running_servers=3,
         images=["b:1", "a:1"],
+        image_sizes={"a:1": 3 << 20},
         labels={"zone": "b", "gpu": "a100"},
     )
     for k, v in kw.items():
@@ -242,7 +243,22 @@ def test_servers_show_age_cpu_and_memory_only_while_they_run():
         and rows[0]["memory"] == ""
     )
     assert rows[2]["age"] == rows[2]["cpu"] == rows[2]["memory"] == ""
-    assert view.images(st) == [{"reference": "a:1", "servers": 1}, {"reference": "b:1", "servers": 1}]
+    assert view.images(st) == [
+        {"reference": "a:1", "size": "3.0 MiB", "servers": 1},
+        {"reference": "b:1", "size": "?", "servers": 1},
+    ]
+
+
+def test_warm_pools_show_ready_of_kept_and_hide_empty_ones():
+    c = capacity(
+        warm=[
+            pb.WarmPool(image="lab:1", port=8888, ready=3, size=10),
+            pb.WarmPool(image="old:1", port=8888, ready=0, size=0),
+        ]
+    )
+    assert view.warm(c) == [{"image": "lab:1", "port": 8888, "ready": 3, "size": 10}]
+    out = view.node(view.NodeState("n1", "a:1", up=True, capacity=c), 1.0)
+    assert out["warm"] == view.warm(c)
 
 
 def test_a_node_that_does_not_answer_reads_down_with_its_error_and_since_when():

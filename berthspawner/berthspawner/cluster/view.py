@@ -192,7 +192,20 @@ def images(st):
             ref = normalize_image(s.image)
             running[ref] = running.get(ref, 0) + 1
     listed = list(st.capacity.images) if st.capacity is not None else []
-    return [{"reference": ref, "servers": running.get(normalize_image(ref), 0)} for ref in sorted(listed)]
+    sizes = dict(st.capacity.image_sizes) if st.capacity is not None else {}
+    return [
+        {"reference": ref, "size": size(sizes.get(ref)), "servers": running.get(normalize_image(ref), 0)}
+        for ref in sorted(listed)
+    ]
+
+
+def warm(c):
+    """The node's warm pools: servers booted ahead per image, ready of kept."""
+    return [
+        {"image": w.image, "port": w.port, "ready": w.ready, "size": w.size}
+        for w in sorted(c.warm, key=lambda w: (w.image, w.port))
+        if w.size or w.ready
+    ]
 
 
 def volumes(st, now):
@@ -229,6 +242,7 @@ def node(st, now):
         "conditions": [],
         "servers": servers(st, now),
         "images": images(st),
+        "warm": [],
         "volumes": volumes(st, now),
     }
     if st.version is not None:
@@ -243,5 +257,6 @@ def node(st, now):
             fencing=fencing(c),
             bars=bars(c),
             conditions=conditions(c),
+            warm=warm(c),
         )
     return out

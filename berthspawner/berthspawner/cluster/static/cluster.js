@@ -129,8 +129,14 @@
       node.volumes.map((v) => h("tr", { class: "volume", "data-volume": v.name, "data-user": v.user },
         h("td", {}, v.name), h("td", {}, v.user), h("td", {}, v.server), h("td", {}, v.size), h("td", {}, v.last_used),
         h("td", {}, node.state === "up" ? moveControl(node, v, nodes) : "")))));
-    parts.push(h("h3", {}, "Images"), table("images", ["Image", "Servers running"],
-      node.images.map((i) => h("tr", { class: "image" }, h("td", {}, i.reference), h("td", {}, String(i.servers))))));
+    if (node.warm.length) {
+      parts.push(h("h3", {}, "Warm servers"), table("warm", ["Image", "Port", "Ready"],
+        node.warm.map((w) => h("tr", { class: "warm", "data-image": w.image },
+          h("td", {}, w.image), h("td", {}, String(w.port)), h("td", {}, `${w.ready} of ${w.size}`)))));
+    }
+    parts.push(h("h3", {}, "Images"), table("images", ["Image", "Size", "Servers running"],
+      node.images.map((i) => h("tr", { class: "image" }, h("td", {}, i.reference), h("td", {}, i.size),
+        h("td", {}, String(i.servers))))));
     return h("section", { class: "node", id: "node-" + node.name, "data-node": node.name, "data-state": node.state,
       "data-draining": String(node.draining) }, parts);
   }

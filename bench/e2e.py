@@ -124,7 +124,8 @@ class Timer:
         """Seconds from the POST to the hub's `ready` event; (seconds, t0 wall clock)."""
         t0_wall = time.time()
         t0 = time.perf_counter()
-        r = self.hub.api("POST", f"/users/{user}/server", json={})
+        # A hub busy with 30 spawns at once may take a while to answer the POST itself.
+        r = self.hub.api("POST", f"/users/{user}/server", json={}, timeout=timeout)
         assert r.status_code in (201, 202), f"{self.label} spawn {user}: {r.status_code} {r.text}"
         if r.status_code == 202:
             stream = requests.get(
@@ -156,7 +157,7 @@ class Timer:
 
     def stop(self, user, timeout=120):
         t0 = time.perf_counter()
-        r = self.hub.api("DELETE", f"/users/{user}/server")
+        r = self.hub.api("DELETE", f"/users/{user}/server", timeout=timeout)
         assert r.status_code in (202, 204), f"{self.label} stop {user}: {r.status_code} {r.text}"
         end = t0 + timeout
         while r.status_code == 202:
@@ -379,9 +380,11 @@ def main():
                 for name in order:
                     if args.only and name != args.only:
                         continue
-                    if name == "berth warm":
-                        # Full again before the scenario (not timed): a class starts on a full pool.
-                        wait_warm(warm_node, min(args.warm, len(set(users))))
+                    if warm_node:
+                        # The pool full again before every scenario (not timed), so its refills
+                        # never share the machine with a timed spawn: a class starts on a full
+                        # pool, and the cold spawners run on a quiet machine.
+                        wait_warm(warm_node, args.warm)
                     before = os.getloadavg()[0]
                     print(f"bench: {label}: {name}", file=sys.stderr)
                     pids = {"hub": timers[name].hub.proc.pid}

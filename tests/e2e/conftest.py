@@ -292,9 +292,9 @@ c.JupyterHub.load_roles = [{{"name": "e2e", "services": ["e2e"], "scopes": ["adm
     def __exit__(self, *exc):
         self.stop()
 
-    def api(self, method, path, **kw):
+    def api(self, method, path, timeout=30, **kw):
         return requests.request(
-            method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, timeout=30, **kw
+            method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"}, timeout=timeout, **kw
         )
 
     def api_stream(self, path):

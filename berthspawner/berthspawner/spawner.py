@@ -196,7 +196,10 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     # Said once on the progress stream of the current start (e.g. "a fresh volume").
     _notice = ""
     # Set by progress() once the current attempt's events are relayed (None: nobody follows).
+    # (attempt, set when progress() has followed its Progress stream to the end)
     _attempt_ended = None
+    # Whether progress() runs (a page follows the spawn).
+    _following = False
     # Node attempts of the current start(), followed by progress().
     _attempt = 0
     # The chosen profile's option names (user_options keys it consumes), and the values its
@@ -728,15 +731,18 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             detail=f"No node has room for your server right now ({why}). Try again later.",
         )
 
-    async def _failure_relayed(self, timeout=1.0):
-        """Waits (briefly) until progress() has relayed the failed attempt's detail, so that
-        the Event log holds it before the hub ends the page with the user's sentence."""
-        ended = self._attempt_ended
-        if ended is not None:
-            try:
-                await asyncio.wait_for(ended.wait(), timeout)
-            except TimeoutError:
-                pass
+    async def _failure_relayed(self, timeout=5.0):
+        """When a page follows the spawn (progress() runs), waits until progress() has followed
+        this attempt's Progress stream to its end, so that the Event log holds the failed
+        attempt's detail before the hub ends the page with the user's sentence. A spawn that
+        fails within moments may end before progress() has even picked the attempt up: the wait
+        covers that too. Nobody following: no wait."""
+        end = asyncio.get_running_loop().time() + timeout
+        while self._following and asyncio.get_running_loop().time() < end:
+            followed = self._attempt_ended
+            if followed is not None and followed[0] == self._attempt and followed[1].is_set():
+                return
+            await asyncio.sleep(0.05)
 
     async def _discard_failed(self, node):
         """After a failed Start: the hub will not call stop() (poll() says the server is not
@@ -760,6 +766,14 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
         # ends or start() moves on. Terminal events are the hub's to send (it knows whether the
         # spawn as a whole succeeded), so ready/failed from a node are not relayed. The hub
         # stops iterating when the spawn ends.
+        self._following = True
+        try:
+            async for event in self._follow_attempts():
+                yield event
+        finally:
+            self._following = False
+
+    async def _follow_attempts(self):
         seen = 0
         while True:
             while self._attempt == seen:
@@ -774,7 +788,8 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                 # The node name means nothing to most users; that the first choice said no does.
                 yield {"message": "The first machine tried could not take your server; trying another one."}
             req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
-            self._attempt_ended = ended = asyncio.Event()
+            ended = asyncio.Event()
+            self._attempt_ended = (seen, ended)
             last_message = ""
             try:
                 async for ev in node.stub().Progress(req, metadata=node.metadata()):

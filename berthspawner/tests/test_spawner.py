@@ -516,3 +516,23 @@ async def test_extra_host_config_limits_and_gpus_reach_the_request_and_go_back_a
     kwargs.clear()
     await s.start()
     assert a.starts[-1].resources.mem_limit_bytes == 4 * GIB, "put back once the callable no longer sets it"
+
+
+@run
+async def test_a_failure_waits_for_a_following_page_to_relay_the_attempt_and_not_for_nobody():
+    (a,) = await up(FakeNode("a"))
+    s = spawner([a])
+    s._attempt = 1
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await s._failure_relayed(timeout=2.0)
+    assert loop.time() - t0 < 0.2, "no page follows: no wait"
+    s._following = True
+    ended = asyncio.Event()
+    s._attempt_ended = (0, asyncio.Event())  # an earlier attempt's stream: not this one's
+    loop.call_later(0.3, lambda: setattr(s, "_attempt_ended", (1, ended)))
+    loop.call_later(0.5, ended.set)
+    t0 = loop.time()
+    await s._failure_relayed(timeout=2.0)
+    waited = loop.time() - t0
+    assert 0.45 < waited < 1.5, f"waited for this attempt's stream to end: {waited:.2f} s"

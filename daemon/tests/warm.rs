@@ -398,3 +398,42 @@ async fn the_hub_sets_a_pool_size_that_survives_a_restart_and_the_policy_holds()
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A draining node makes no new warm server (no create-and-remove at every tick), and makes
+/// them again once undrained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_makes_no_warm_servers() {
+    let (d, dir) = warm_daemon(1, &[]);
+    ready(&d, 1).await;
+    let mut admin = common::admin(&d.state_dir.join("admin.sock")).await;
+    admin
+        .drain(pb::DrainRequest {
+            reason: "maintenance".into(),
+        })
+        .await
+        .expect("drain");
+    let c = d.client().await;
+    c.clone()
+        .warm(pb::WarmRequest {
+            image: TINY.to_owned(),
+            size: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("Warm while draining is taken");
+    let made = |d: &Daemon| d.log_text().matches("warm container started").count();
+    let before = made(&d);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(made(&d), before, "nothing made while draining");
+    assert!(
+        !d.log_text().contains("no room for another warm container"),
+        "no container made and removed again while draining"
+    );
+    assert_eq!(warm_members(&d).len(), 1);
+    admin
+        .undrain(pb::DrainRequest::default())
+        .await
+        .expect("undrain");
+    ready(&d, 3).await;
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -163,6 +163,8 @@ impl<E: ContainerEngine> Runtime<E> {
         {
             return;
         }
+        // A draining node makes no new member (its waiting ones stay until the size says).
+        let draining = self.inner.admission.draining().is_some();
         let pools = self.inner.pool.configs();
         for (i, p) in pools.iter().enumerate() {
             let ready = self.inner.pool.ready_in(i);
@@ -176,6 +178,9 @@ impl<E: ContainerEngine> Runtime<E> {
                 }
             }
             let have = ready.len().min(size) + self.inner.pool.making_in(i) as usize;
+            if draining {
+                continue;
+            }
             for _ in have..size {
                 if self.inner.admission.queued() > 0 {
                     return;
@@ -219,7 +224,6 @@ impl<E: ContainerEngine> Runtime<E> {
             options.network_name = Some(net.clone());
         }
         let name = member_name();
-        let some = |v: u64| (v > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
         let spec = ContainerSpec {
             name,
             image: p.image.clone(),
@@ -234,7 +238,8 @@ impl<E: ContainerEngine> Runtime<E> {
             port: p.port,
             host_ip: cfg.publish_host_ip.to_string(),
             memory: None,
-            memory_reservation: some(p.memory_bytes),
+            // Counted by admission alone (Docker cannot take a reservation back at the claim).
+            memory_reservation: None,
             nano_cpus: None,
             cpu_shares: None,
             mounts: Vec::new(),

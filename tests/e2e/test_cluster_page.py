@@ -158,10 +158,12 @@ def test_cluster_page_nodes_servers_drain_down_and_admins_only(page_hub, net_nod
         # berthd names images in full (docker.io/...).
         assert cells[3].endswith(TINY) and cells[4], f"image and age of the server: {cells}"
         assert {"Memory committed", "CPU committed", "Servers"} <= set(far["bars"]), far["bars"]
-        assert any(i.endswith(TINY) for i, _ in near["images"]), f"n1's images: {near['images']}"
-        # Each image with the servers running it (other tests' servers may run there too).
+        assert any(i.endswith(TINY) for i, _, _ in near["images"]), f"n1's images: {near['images']}"
+        # Each image with its size (the tiny one: about 2 MiB) and the servers running it
+        # (other tests' servers may run there too).
+        assert all(size.endswith("MiB") for i, size, _ in far["images"] if i.endswith(TINY)), far["images"]
         runs_tiny = sum(1 for r in far["servers"] if r[3].endswith(TINY) and r[2] == "RUNNING")
-        assert [n for i, n in far["images"] if i.endswith(TINY)] == [str(runs_tiny)], far
+        assert [n for i, _, n in far["images"] if i.endswith(TINY)] == [str(runs_tiny)], far
         ready = text_of(browser, section(browser, n1) + ' .cond[data-type="Ready"]')
         assert ready.startswith("Ready=True"), ready
         shots.take("nodes")

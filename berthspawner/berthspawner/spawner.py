@@ -731,14 +731,20 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             detail=f"No node has room for your server right now ({why}). Try again later.",
         )
 
-    async def _failure_relayed(self, timeout=5.0):
+    async def _failure_relayed(self, timeout=5.0, join=2.0):
         """When a page follows the spawn (progress() runs), waits until progress() has followed
         this attempt's Progress stream to its end, so that the Event log holds the failed
         attempt's detail before the hub ends the page with the user's sentence. A spawn that
-        fails within moments may end before progress() has even picked the attempt up: the wait
-        covers that too. Nobody following: no wait."""
-        end = asyncio.get_running_loop().time() + timeout
-        while self._following and asyncio.get_running_loop().time() < end:
+        fails within moments may end before the page has connected (the hub sends the browser
+        to it right after the request) or before progress() has picked the attempt up: the
+        wait gives a page `join` seconds to connect, and covers the pick-up. No page by then:
+        no further wait."""
+        loop = asyncio.get_running_loop()
+        joined = loop.time() + join
+        while not self._following and loop.time() < joined:
+            await asyncio.sleep(0.05)
+        end = loop.time() + timeout
+        while self._following and loop.time() < end:
             followed = self._attempt_ended
             if followed is not None and followed[0] == self._attempt and followed[1].is_set():
                 return

@@ -200,6 +200,10 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
     _attempt_ended = None
     # Whether progress() runs (a page follows the spawn).
     _following = False
+    # (attempt, the queue progress() relays it from)
+    _relay = None
+    # (attempt, the detail of its failure)
+    _failed_detail = None
     # Node attempts of the current start(), followed by progress().
     _attempt = 0
     # The chosen profile's option names (user_options keys it consumes), and the values its
@@ -611,7 +615,7 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
 
     async def start(self):
         self._attempt = 0
-        self._attempt_ended = None
+        self._attempt_ended = self._relay = self._failed_detail = None
         await self._apply_profile()
         try:
             await self.read_docker_kwargs()
@@ -676,11 +680,14 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                         lacking.append(node.name)
                     self.log.warning("berth: %s refused %s: %s", node.name, self._log_name, e.details())
                     continue
-                await self._discard_failed(node)
                 # The detail (exit code, last output, addresses) is for the hub's log; the page
                 # says what the user can do.
                 self.log.error("berth: %s failed to start on %s: %s", self._log_name, node.name, e.details())
+                if why == "IMAGE_PULL_FAILED":
+                    self._relay_detail(e.details())
+                # Before the clean-up, which forgets the node and spawn the page follows.
                 await self._failure_relayed()
+                await self._discard_failed(node)
                 if why == "IMAGE_PULL_FAILED":
                     # The image cannot be had: another node would fail the same way.
                     raise userfacing.failure(
@@ -796,9 +803,24 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
             req = pb.ProgressRequest(key=self._key(), spawn_id=self.spawn_id)
             ended = asyncio.Event()
             self._attempt_ended = (seen, ended)
+            # berthd's events and, when the start fails, berthspawner's own detail of it, in one
+            # queue: a stream that says nothing more still lets the detail through.
+            queue = asyncio.Queue()
+            self._relay = (seen, queue)
+            failed = self._failed_detail
+            if failed is not None and failed[0] == seen:
+                # Failed before this stream opened: berthd's replay first, then the detail.
+                asyncio.get_running_loop().call_later(0.5, queue.put_nowait, ("detail", failed[1]))
+            pump = asyncio.ensure_future(self._pump(node, req, queue))
             last_message = ""
             try:
-                async for ev in node.stub().Progress(req, metadata=node.metadata()):
+                while True:
+                    kind, ev = await queue.get()
+                    if kind == "end":
+                        break
+                    if kind == "detail":
+                        yield {"message": ev}
+                        break
                     if ev.ready or ev.failed or self._attempt != seen:
                         break
                     out = userfacing.hub_event(ev, last_message)
@@ -816,10 +838,27 @@ class BerthSpawner(ContainerOptions, DockerSpawnerNames, Spawner):
                             "layers_total": ev.layers_total,
                         }
                     yield out
-            except grpc.aio.AioRpcError as e:
-                self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)
             finally:
+                pump.cancel()
                 ended.set()
+
+    async def _pump(self, node, req, queue):
+        """Puts the attempt's Progress events into `queue`, then ("end", None)."""
+        try:
+            async for ev in node.stub().Progress(req, metadata=node.metadata()):
+                queue.put_nowait(("event", ev))
+        except grpc.aio.AioRpcError as e:
+            self.log.debug("berth: progress of %s on %s ended: %s", self._log_name, node.name, e.code().name)
+        finally:
+            queue.put_nowait(("end", None))
+
+    def _relay_detail(self, text):
+        """The failed attempt's detail, for the page's Event log (a pull's error, which berthd's
+        stream may not have said before the pull failed)."""
+        self._failed_detail = (self._attempt, text)
+        relay = self._relay
+        if relay is not None and relay[0] == self._attempt:
+            relay[1].put_nowait(("detail", text))
 
     # ---- poll / stop ------------------------------------------------------------------------
 

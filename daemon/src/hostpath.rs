@@ -55,7 +55,7 @@ pub mod helper;
 mod pins;
 pub mod wire;
 
-pub(crate) use pins::{PinSet, Pinner, Wanted};
+pub(crate) use pins::{Graft, PinSet, Pinner, Wanted};
 
 section! {
     /// `[hostpaths]`: who pins host paths.
@@ -331,6 +331,13 @@ pub(crate) fn resolve_path(roots: &[PathBuf], p: &Path) -> Result<Resolved, Host
         dev: st.st_dev,
         ino: st.st_ino,
     })
+}
+
+impl Resolved {
+    /// The open descriptor (`O_PATH`) of the checked inode.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
 }
 
 /// Who owns a directory berthd makes for a templated host path, and its mode.

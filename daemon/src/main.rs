@@ -31,17 +31,7 @@ enum Command {
     /// Attach the detached mount on stdin at a path inside a container (berthd runs this
     /// itself when a warm container is claimed; see `hostpath::graft`).
     #[command(hide = true)]
-    GraftInto {
-        /// The container's first process.
-        #[arg(long)]
-        pid: u32,
-        /// The absolute path inside the container.
-        #[arg(long)]
-        target: String,
-        /// Make the mount read-only.
-        #[arg(long)]
-        read_only: bool,
-    },
+    GraftInto(berthd::hostpath::graft::GraftInto),
     /// Write man pages (berthd.1 and one per command) into a directory (for packaging).
     #[command(hide = true)]
     Man {
@@ -69,25 +59,8 @@ fn main() -> ExitCode {
             return print(berthd::config::show::DEFAULT_FILE);
         }
         Command::Man { dir } => return man(<Cli as clap::CommandFactory>::command(), &dir),
-        Command::GraftInto {
-            pid,
-            target,
-            read_only,
-        } => {
-            // Single-threaded here: no runtime has started.
-            return match berthd::hostpath::graft::graft_into(
-                std::io::stdin(),
-                pid,
-                &target,
-                read_only,
-            ) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        // Single-threaded here: no runtime has started.
+        Command::GraftInto(g) => return g.run(),
     };
     for name in berthd::config::unknown_vars(&ProcessEnv) {
         eprintln!(

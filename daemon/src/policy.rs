@@ -268,32 +268,10 @@ impl Policy {
 mod tests {
     use super::*;
     use crate::key::ServerKey;
-    use crate::spec::{Env, HostAccess, Resources, VolumeSpec};
+    use crate::spec::{HostAccess, Resources, VolumeSpec};
 
     fn spec() -> StartSpec {
-        StartSpec {
-            key: ServerKey::new("u", "").expect("valid"),
-            spawn_id: "s".into(),
-            image: "quay.io/jupyter/base-notebook:2025".into(),
-            cmd: vec![],
-            args: vec![],
-            env: Env::default(),
-            port: 8888,
-            resources: Resources::default(),
-            volumes: vec![],
-            labels: Default::default(),
-            user_options: String::new(),
-            ready_path: "/".into(),
-            ready_timeout: None,
-            gpus: crate::devices::Ask::default(),
-            host: HostAccess::default(),
-            resumable: false,
-            options: Default::default(),
-            internal_ssl: None,
-            pull_policy: None,
-            pull_secret: None,
-            fence: crate::spec::Fence::NodeDefault,
-        }
+        StartSpec::plain("u", "quay.io/jupyter/base-notebook:2025")
     }
 
     #[test]

@@ -510,6 +510,37 @@ pub struct StartSpec {
     pub fence: Fence,
 }
 
+#[cfg(test)]
+impl StartSpec {
+    /// A Start of `image` for `user`'s default server on port 8888 asking nothing else, for
+    /// unit tests to change what they are about.
+    pub(crate) fn plain(user: &str, image: &str) -> Self {
+        Self {
+            key: ServerKey::new(user, "").expect("a valid key"),
+            spawn_id: "s1".into(),
+            image: image.into(),
+            cmd: vec![],
+            args: vec![],
+            env: Env::default(),
+            port: 8888,
+            resources: Resources::default(),
+            volumes: vec![],
+            labels: BTreeMap::new(),
+            user_options: String::new(),
+            ready_path: "/".into(),
+            ready_timeout: None,
+            host: HostAccess::default(),
+            gpus: crate::devices::Ask::default(),
+            resumable: false,
+            options: options::ContainerOptions::default(),
+            internal_ssl: None,
+            pull_policy: None,
+            pull_secret: None,
+            fence: Fence::NodeDefault,
+        }
+    }
+}
+
 /// When a node cut off from the hub stops a server (`[fencing]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fence {

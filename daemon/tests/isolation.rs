@@ -234,3 +234,65 @@ async fn with_isolation_off_users_share_the_default_bridge_and_reach_each_other(
     stop_remove(&c, &a).await;
     stop_remove(&c, &b).await;
 }
+
+/// Two networks of berth's name, as two creators racing on a fresh Docker 20.10 leave them
+/// (its API makes a second network of a taken name unless told to check): berthd keeps one,
+/// removes the other and starts servers on it, where every Start failed on "ambiguous".
+#[tokio::test]
+async fn two_networks_of_one_name_are_made_one_and_spawns_go_on() {
+    let network = unique("berth-twice");
+    let docker_api = bollard::Docker::connect_with_local_defaults().unwrap();
+    for _ in 0..2 {
+        docker_api
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".into()),
+                options: Some(
+                    [(
+                        "com.docker.network.bridge.enable_icc".to_owned(),
+                        "false".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let ids = || {
+        docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{network}$"),
+        ])
+    };
+    assert_eq!(
+        ids().lines().count(),
+        2,
+        "two networks of one name to begin"
+    );
+    let d = Daemon::start_with(&["--network-name", &network]);
+    let c = d.client().await;
+    let user = unique("twice");
+    let url = c
+        .clone()
+        .start(tiny_start(&user, "s"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", d.log_text()))
+        .into_inner()
+        .url;
+    assert_eq!(http_get(&url).await.0, 200, "{url}");
+    let left = ids();
+    assert_eq!(left.lines().count(), 1, "one network is left: {left}");
+    let joined = docker(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$v.NetworkID}}{{end}}",
+        &container_of(&d, &user),
+    ]);
+    assert!(joined.starts_with(left.trim()), "{joined} on {left}");
+    drop(d);
+    docker(&["network", "rm", &network]);
+}

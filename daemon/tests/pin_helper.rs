@@ -244,3 +244,129 @@ fn a_missing_configuration_or_user_is_exit_64() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-user-x"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A process in a mount namespace of its own (`unshare -m`), standing in for a container's
+/// first process; killed when dropped.
+struct OtherNamespace(std::process::Child);
+
+impl OtherNamespace {
+    fn start() -> Self {
+        let child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "120"])
+            .spawn()
+            .expect("unshare (util-linux) runs");
+        let me = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let pid = child.id();
+        wait_until("the process has a mount namespace of its own", || {
+            std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|ns| ns != me)
+        });
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// `path` as the process sees it.
+    fn sees(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{}", self.pid(), path.display()))
+    }
+}
+
+impl Drop for OtherNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn graft_line(source: Value, pid: u32, target: &Path, read_only: bool) -> String {
+    json!({"graft": {"source": source, "pid": pid, "target": target, "read_only": read_only}})
+        .to_string()
+}
+
+#[test]
+fn a_pin_or_a_docker_volume_is_grafted_into_another_mount_namespace_and_nowhere_else() {
+    let (dir, root, _) = setup("", &[]);
+    let volumes = dir.join("volumes");
+    std::fs::create_dir_all(volumes.join("vol-a/_data")).unwrap();
+    std::fs::write(volumes.join("vol-a/_data/f"), b"in-the-volume").unwrap();
+    std::fs::create_dir_all(volumes.join("vol-link")).unwrap();
+    symlink("/etc", volumes.join("vol-link/_data")).unwrap();
+    let h = PinHelper::start(
+        &dir.join("config.toml"),
+        &dir.join("pin2"),
+        &["--docker-volumes", volumes.to_str().unwrap()],
+    );
+    let other = OtherNamespace::start();
+    let mut c = Conn::open(&h.socket);
+    let a = c.ask(&pin_line(&root.join("real"), "c", 0, false));
+    assert!(a["pinned"].is_object(), "{a}");
+
+    // The pin, read-only, at a target whose directories do not exist yet.
+    let target = dir.join("inside/home/data");
+    let a = c.ask(&graft_line(json!({"pin": 0}), other.pid(), &target, true));
+    assert_eq!(a, json!("grafted"), "{a}");
+    assert_eq!(
+        std::fs::read(other.sees(&target).join("marker")).unwrap(),
+        b"checked"
+    );
+    let write = std::fs::write(other.sees(&target).join("new"), b"x").unwrap_err();
+    assert_eq!(write.raw_os_error(), Some(30), "read-only (EROFS): {write}");
+    // This namespace (the helper's, the host's) sees only the directory made for the target.
+    assert!(!is_mount_point(&target));
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+
+    // A volume by name, read-write.
+    let target = dir.join("inside/home/vol");
+    let a = c.ask(&graft_line(
+        json!({"volume": "vol-a"}),
+        other.pid(),
+        &target,
+        false,
+    ));
+    assert_eq!(a, json!("grafted"), "{a}");
+    std::fs::write(other.sees(&target).join("g"), b"from-inside").unwrap();
+    assert_eq!(
+        std::fs::read(volumes.join("vol-a/_data/g")).unwrap(),
+        b"from-inside"
+    );
+
+    // Refused, with nothing mounted: a volume whose _data is a link, a missing volume, a pin
+    // of no one's, and this very namespace.
+    let t = dir.join("inside/refused");
+    let a = c.ask(&graft_line(
+        json!({"volume": "vol-link"}),
+        other.pid(),
+        &t,
+        false,
+    ));
+    assert!(a["refused"]["symlink"].is_object(), "{a}");
+    let a = c.ask(&graft_line(
+        json!({"volume": "vol-none"}),
+        other.pid(),
+        &t,
+        false,
+    ));
+    assert!(a["refused"]["missing"].is_object(), "{a}");
+    let a = c.ask(&graft_line(json!({"pin": 1}), other.pid(), &t, false));
+    assert_eq!(a["refused"]["bad_request"]["field"], "source", "{a}");
+    let a = c.ask(&graft_line(
+        json!({"pin": 0}),
+        std::process::id(),
+        &t,
+        false,
+    ));
+    let why = a["refused"]["failed"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("not a container"), "{a}");
+    assert!(!other.sees(&t).exists() || std::fs::read_dir(other.sees(&t)).unwrap().count() == 0);
+    assert!(!is_mount_point(&t));
+
+    drop(c);
+    h.wait_released();
+    drop(other);
+    drop(h);
+    std::fs::remove_dir_all(dir).unwrap();
+}

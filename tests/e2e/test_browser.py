@@ -131,6 +131,44 @@ def hub_spawn_seconds(hub, user):
     return float(found[-1]) if found else None
 
 
+def start_to_lab(driver, hub_url, user, shots=None):
+    """Logs `user` in, clicks Start and samples the spawn page until JupyterLab's launcher
+    shows: returns every distinct (seconds, message, bar, width) seen, the longest Event log
+    and the seconds from the click to the launcher. The page may open after the first phases:
+    berthd replays them, in a burst, so the message line shows only the last of them but the
+    Event log keeps every line. `shots` takes a screenshot of each new message."""
+    driver.get(f"{hub_url}/hub/login")
+    element(driver, "#username_input").send_keys(user)
+    element(driver, "#password_input").send_keys("any")
+    if shots:
+        shots.take("login")
+    element(driver, "#login_submit").click()
+    start = element(driver, "#start")
+    if shots:
+        shots.take("home-stopped")
+    clicked = time.monotonic()
+    start.click()
+    seen, shot_messages, event_log = [], set(), []
+    while time.monotonic() - clicked < 90:
+        if driver.find_elements(By.CSS_SELECTOR, ".jp-Launcher"):
+            break
+        try:
+            state = driver.execute_script(PROGRESS_JS)
+        except Exception:  # noqa: BLE001 - the page is navigating away
+            state = None
+        if state:
+            *state, log = state
+            event_log = max(event_log, log, key=len)
+        if state and (not seen or seen[-1][1:] != tuple(state)):
+            seen.append((round(time.monotonic() - clicked, 2), *state))
+            if shots and state[0] and state[0] not in shot_messages:
+                shot_messages.add(state[0])
+                shots.take(f"spawn-{len(shot_messages)}")
+        time.sleep(0.05)
+    element(driver, ".jp-Launcher", timeout=60)
+    return seen, event_log, time.monotonic() - clicked
+
+
 def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
     base = os.path.join(workdir, f"browser-{secrets.token_hex(2)}")
     user = f"browser-{secrets.token_hex(3)}"
@@ -143,38 +181,7 @@ def test_browser_login_spawn_progress_lab_cell_and_stop(workdir, browser):
     with Berthd("n", base) as node, Hub(base, [node], extra=extra) as hub:
         shots = Shots(browser)
         try:
-            browser.get(f"{hub.url}/hub/login")
-            element(browser, "#username_input").send_keys(user)
-            element(browser, "#password_input").send_keys("any")
-            shots.take("login")
-            element(browser, "#login_submit").click()
-            start = element(browser, "#start")
-            shots.take("home-stopped")
-
-            clicked = time.monotonic()
-            start.click()
-            # The spawn page: every distinct (message, bar) seen, until the browser leaves it.
-            # The page may open after the first phases: berthd replays them, in a burst, so the
-            # message line shows only the last of them but the Event log keeps every line.
-            seen, shot_messages, event_log = [], set(), []
-            while time.monotonic() - clicked < 90:
-                if browser.find_elements(By.CSS_SELECTOR, ".jp-Launcher"):
-                    break
-                try:
-                    state = browser.execute_script(PROGRESS_JS)
-                except Exception:  # noqa: BLE001 - the page is navigating away
-                    state = None
-                if state:
-                    *state, log = state
-                    event_log = max(event_log, log, key=len)
-                if state and (not seen or seen[-1][1:] != tuple(state)):
-                    seen.append((round(time.monotonic() - clicked, 2), *state))
-                    if state[0] and state[0] not in shot_messages:
-                        shot_messages.add(state[0])
-                        shots.take(f"spawn-{len(shot_messages)}")
-                time.sleep(0.05)
-            element(browser, ".jp-Launcher", timeout=60)
-            lab_s = time.monotonic() - clicked
+            seen, event_log, lab_s = start_to_lab(browser, hub.url, user, shots)
             shots.take("lab-launcher")
             for t, message, aria, width in seen:
                 print(f"  +{t:5.2f}s  bar {aria or '-':>3} ({width or '-'})  {message}")

@@ -11,11 +11,9 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 
 from conftest import IMAGE, REPO, Berthd, Hub, docker, wait_for
-from selenium.webdriver.common.by import By
-from test_browser import PROGRESS_JS, browser, element, hub_spawn_seconds, notebook_state, run_cell, type_cell
+from test_browser import browser, element, hub_spawn_seconds, notebook_state, run_cell, start_to_lab, type_cell
 
 __all__ = ["browser"]  # the fixture, used by name
 
@@ -144,26 +142,8 @@ def test_warm_start_in_the_browser_with_the_files_of_a_cold_start_and_nothing_of
             assert "JUPYTERHUB_API_TOKEN" not in seen and "warmhome" not in seen, f"a waiting {cid} holds nothing"
 
         # alice: login, Start, JupyterLab from a warm container.
-        browser.get(f"{hub.url}/hub/login")
-        element(browser, "#username_input").send_keys(alice)
-        element(browser, "#password_input").send_keys("any")
-        element(browser, "#login_submit").click()
-        start = element(browser, "#start")
-        clicked = time.monotonic()
-        start.click()
-        messages = []
-        while time.monotonic() - clicked < 90:
-            if browser.find_elements(By.CSS_SELECTOR, ".jp-Launcher"):
-                break
-            try:
-                state = browser.execute_script(PROGRESS_JS)
-            except Exception:  # noqa: BLE001 - the page is navigating away
-                state = None
-            if state:
-                messages.extend(m for m in [state[0], *state[3]] if m and m not in messages)
-            time.sleep(0.05)
-        element(browser, ".jp-Launcher", timeout=60)
-        lab_s = time.monotonic() - clicked
+        seen, event_log, lab_s = start_to_lab(browser, hub.url, alice)
+        messages = [m for _, m, _, _ in seen if m] + event_log
         browser.save_screenshot(os.path.join(shots, "warm-lab-launcher.png"))
         warm = container_of(alice)
         assert warm in before, f"alice's server {warm} is one of the warm containers {list(before)}"

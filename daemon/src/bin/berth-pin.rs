@@ -1,5 +1,6 @@
 //! berth-pin: the privileged helper that pins host paths for a sandboxed berthd (see
-//! `berthd::hostpath::helper`). It reads the node policy from berthd's configuration file.
+//! `berthd::hostpath::helper`) and mounts them, or local Docker volumes, into claimed warm
+//! containers. It reads the node policy from berthd's configuration file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ struct Args {
     /// user); repeatable.
     #[arg(long = "peer-user")]
     peer_users: Vec<String>,
+    /// Docker's volume directory (`<data-root>/volumes`): a claimed warm server's local
+    /// volumes are mounted from beneath it, by name.
+    #[arg(long, default_value = "/var/lib/docker/volumes")]
+    docker_volumes: PathBuf,
     /// Write the man page berth-pin.1 into this directory and exit (for packaging).
     #[arg(long, hide = true, value_name = "DIR")]
     man: Option<PathBuf>,
@@ -36,7 +41,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|u| helper::uid_of(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let helper_cfg = HelperConfig::from_config(&cfg, args.socket, peers);
+    let mut helper_cfg = HelperConfig::from_config(&cfg, args.socket, peers);
+    helper_cfg.docker_volumes = args.docker_volumes;
     let listener = helper::bind(&helper_cfg)?;
     tracing::info!(socket = %helper_cfg.socket.display(), roots = ?helper_cfg.roots, peers = ?helper_cfg.peer_uids, "serving");
     if let Ok(n) = berthd::notify::Notifier::from_env(&berthd::config::ProcessEnv) {
@@ -46,7 +52,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     anyhow::bail!("the listener failed")
 }
 
+/// `berth-pin graft-into …`: the child the helper runs to graft into a container (see
+/// `berthd::hostpath::graft`).
+#[derive(Debug, Parser)]
+#[command(name = "berth-pin graft-into")]
+struct GraftIntoCli {
+    #[command(flatten)]
+    graft: berthd::hostpath::graft::GraftInto,
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("graft-into")) {
+        // Single-threaded here, as a change of mount namespace needs.
+        return GraftIntoCli::parse_from(std::env::args_os().skip(1))
+            .graft
+            .run();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

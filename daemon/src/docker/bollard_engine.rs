@@ -36,6 +36,9 @@ pub const MIN_API_VERSION: (usize, usize) = (1, 41);
 pub struct BollardEngine {
     docker: Docker,
     timeout: Duration,
+    /// Held while a network is looked up and made: two spawns on a fresh node would each make
+    /// one of the same name (Docker 20.10 lets two networks share a name).
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl BollardEngine {
@@ -65,7 +68,62 @@ impl BollardEngine {
                 docker
             }
         };
-        Ok(Self { docker, timeout })
+        Ok(Self {
+            docker,
+            timeout,
+            networks: std::sync::Arc::default(),
+        })
+    }
+
+    /// Of several networks named `name` (made at once by berthds sharing an engine, or by
+    /// Docker before names were unique), keeps the one with the most containers (the lowest id
+    /// among equals, so every berthd keeps the same) and removes the others that are unused;
+    /// returns the kept one's id.
+    async fn one_network_of(&self, name: &str) -> Result<String, EngineError> {
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_owned(),
+                vec![format!("^{name}$")],
+            )])),
+        };
+        let listed = self
+            .bounded("list networks", self.docker.list_networks(Some(options)))
+            .await?;
+        let mut found = Vec::new();
+        for id in listed
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+        {
+            let n = self
+                .bounded(
+                    "inspect network",
+                    self.docker
+                        .inspect_network(&id, None::<InspectNetworkOptions>),
+                )
+                .await?;
+            found.push((n.containers.map_or(0, |c| c.len()), id));
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let Some((_, kept)) = found.first().cloned() else {
+            return Err(EngineError::NotFound {
+                what: format!("network {name}"),
+            });
+        };
+        for (_, id) in &found[1..] {
+            match self
+                .bounded("remove network", self.docker.remove_network(id))
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(network = %name, removed = %id, kept = %kept, "removed a second network of the same name")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %name, id = %id, error = %e, "another network of the same name is in use; kept")
+                }
+            }
+        }
+        Ok(kept)
     }
 
     async fn bounded<T>(
@@ -547,13 +605,25 @@ impl ContainerEngine for BollardEngine {
     }
 
     async fn network(&self, name: &str) -> Result<Option<NetworkInfo>, EngineError> {
-        let r = self
-            .bounded(
+        let inspect = |name: String| async move {
+            self.bounded(
                 "inspect network",
                 self.docker
-                    .inspect_network(name, None::<InspectNetworkOptions>),
+                    .inspect_network(&name, None::<InspectNetworkOptions>),
             )
-            .await;
+            .await
+        };
+        let r = match inspect(name.to_owned()).await {
+            Err(EngineError::Api {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("ambiguous") => {
+                let kept = self.one_network_of(name).await?;
+                inspect(kept).await
+            }
+            other => other,
+        };
         Ok(not_found_is_none(r)?.map(|n| NetworkInfo {
             subnets: n
                 .ipam
@@ -576,6 +646,10 @@ impl ContainerEngine for BollardEngine {
         labels: &HashMap<String, String>,
         icc: bool,
     ) -> Result<(), EngineError> {
+        let _one_at_a_time = self.networks.lock().await;
+        if self.network(name).await?.is_some() {
+            return Ok(());
+        }
         let req = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
@@ -657,10 +731,14 @@ impl ContainerEngine for BollardEngine {
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<String>, EngineError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        )]);
+        let label = |(k, v): &(&str, &str)| {
+            if *v == super::ANY_VALUE {
+                (*k).to_owned()
+            } else {
+                format!("{k}={v}")
+            }
+        };
+        let filters = HashMap::from([("label".to_owned(), labels.iter().map(label).collect())]);
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -737,23 +815,6 @@ impl ContainerEngine for BollardEngine {
                 message: "the wait stream ended without a result".to_owned(),
             }),
         }
-    }
-
-    async fn images(&self) -> Result<Vec<String>, EngineError> {
-        let list = self
-            .bounded(
-                "list images",
-                self.docker
-                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
-            )
-            .await?;
-        let mut refs: Vec<String> = list
-            .into_iter()
-            .flat_map(|i| i.repo_tags)
-            .filter(|t| t != "<none>:<none>")
-            .collect();
-        refs.sort();
-        Ok(refs)
     }
 
     async fn root_dir(&self) -> Result<String, EngineError> {

@@ -251,10 +251,15 @@ impl<E: ContainerEngine> ContainerEngine for Claimed<E> {
         self.engine.stop(id, grace).await
     }
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        // By name or id: the claim is kept by id.
-        let full = match self.engine.inspect(id).await? {
-            Some(c) => c.id,
-            None => id.to_owned(),
+        // The claim is kept by the full id, which callers nearly always pass; a name or a short
+        // id is looked up first.
+        let full = if id.len() == 64 && valid_id(id) {
+            id.to_owned()
+        } else {
+            match self.engine.inspect(id).await? {
+                Some(c) => c.id,
+                None => id.to_owned(),
+            }
         };
         self.engine.remove(id).await?;
         self.book.forget(&full);
@@ -262,9 +267,6 @@ impl<E: ContainerEngine> ContainerEngine for Claimed<E> {
     }
     async fn wait_exit(&self, id: &str) -> Result<i64, EngineError> {
         self.engine.wait_exit(id).await
-    }
-    async fn images(&self) -> Result<Vec<String>, EngineError> {
-        self.engine.images().await
     }
     async fn root_dir(&self) -> Result<String, EngineError> {
         self.engine.root_dir().await

@@ -423,6 +423,9 @@ pub struct LogChunk {
     pub data: Vec<u8>,
 }
 
+/// A label value in [`ContainerEngine::list`] that matches any value of its label.
+pub const ANY_VALUE: &str = "*";
+
 /// The container operations berthd uses. Every call is bounded by a deadline.
 pub trait ContainerEngine: Send + Sync + 'static {
     /// The engine's version.
@@ -507,7 +510,8 @@ pub trait ContainerEngine: Send + Sync + 'static {
         &self,
         name_or_id: &str,
     ) -> impl Future<Output = Result<Option<ContainerInfo>, EngineError>> + Send;
-    /// Ids of all containers (running or not) carrying every one of `labels`.
+    /// Ids of all containers (running or not) carrying every one of `labels` (with any value
+    /// for a label paired with [`ANY_VALUE`]).
     fn list(
         &self,
         labels: &[(&str, &str)],
@@ -525,8 +529,6 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Resolves with the exit code once the container is not running. Not bounded by the
     /// call deadline: it waits as long as the container runs.
     fn wait_exit(&self, id: &str) -> impl Future<Output = Result<i64, EngineError>> + Send;
-    /// References (repo:tag) of the images present.
-    fn images(&self) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
     /// The engine's storage root directory.
     fn root_dir(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
     /// One reading of the container's cumulative CPU and network counters.

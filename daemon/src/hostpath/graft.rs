@@ -11,15 +11,17 @@
 //!
 //! The target is resolved inside the container's root, so a link in the image can send it
 //! nowhere but elsewhere in that container. The mount lives in the container's namespace only
-//! and ends with the container. It needs CAP_SYS_ADMIN and CAP_SYS_CHROOT in the host's
-//! namespaces, so only a berthd that pins host paths itself (no pin helper) grafts;
-//! [`available`] says whether this one may.
+//! and ends with the container. Afterwards the container must see the directory's inode at
+//! the target, or the graft failed. It needs CAP_SYS_ADMIN and CAP_SYS_CHROOT in the host's
+//! namespaces: a berthd that pins host paths itself as root grafts itself; a sandboxed one
+//! asks the pin helper ([`super::wire::Request::Graft`]), which grafts with this same code.
+//! [`available`] says whether this berthd can have a graft made.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rustix::fs::{CWD, Mode};
+use rustix::fs::{CWD, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MoveMountFlags, OpenTreeFlags};
 use rustix::thread::LinkNameSpaceType;
@@ -42,29 +44,73 @@ pub enum GraftError {
     Target(String),
 }
 
-/// Whether this berthd may graft: it runs as root with the host's mount namespace, that is,
-/// it pins host paths itself.
-pub fn available(pins_itself: bool) -> bool {
-    pins_itself && rustix::process::geteuid().is_root()
+/// Whether this berthd can have volumes grafted: through the pin helper (`helper`), or
+/// itself, as root with the host's mount namespace.
+pub fn available(helper: bool) -> bool {
+    helper || rustix::process::geteuid().is_root()
 }
 
-/// Grafts host directory `source` at `target` in the mount namespace of process `pid` (a
-/// running container's first process), read-only when asked. Blocks: call it off the async
-/// threads.
-pub fn graft(pid: u32, source: &Path, target: &str, read_only: bool) -> Result<(), GraftError> {
-    let failed = |message: String| GraftError::Failed {
+/// [`graft`] of the directory at `source`, opened here.
+pub fn graft_path(
+    pid: u32,
+    source: &Path,
+    target: &str,
+    read_only: bool,
+) -> Result<(), GraftError> {
+    let dir = rustix::fs::open(
+        source,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| GraftError::Failed {
         source_dir: source.display().to_string(),
+        target: target.to_owned(),
+        message: format!("open the directory: {e}"),
+    })?;
+    graft(pid, &dir, &source.display().to_string(), target, read_only)
+}
+
+/// Grafts directory `dir` (an open descriptor; `shown` names it in errors) at `target` in the
+/// mount namespace of process `pid` (a running container's first process), read-only when
+/// asked, and checks that the container then sees `dir`'s inode there. Refuses a process of
+/// this process's own mount namespace. Blocks: call it off the async threads.
+pub fn graft(
+    pid: u32,
+    dir: impl AsFd,
+    shown: &str,
+    target: &str,
+    read_only: bool,
+) -> Result<(), GraftError> {
+    let failed = |message: String| GraftError::Failed {
+        source_dir: shown.to_owned(),
         target: target.to_owned(),
         message,
     };
     if prefixes(target).is_none() {
         return Err(GraftError::Target(target.to_owned()));
     }
+    let ns = |p: String| rustix::fs::stat(p.as_str()).map(|st| (st.st_dev, st.st_ino));
+    match (
+        ns(format!("/proc/{pid}/ns/mnt")),
+        ns("/proc/self/ns/mnt".into()),
+    ) {
+        (Ok(theirs), Ok(ours)) if theirs != ours => {}
+        (Ok(_), Ok(_)) => {
+            return Err(failed(format!(
+                "process {pid} shares this process's mount namespace: not a container"
+            )));
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(failed(format!("read process {pid}'s mount namespace: {e}")));
+        }
+    }
+    let st = rustix::fs::fstat(&dir).map_err(|e| failed(format!("stat the directory: {e}")))?;
     let tree: OwnedFd = rustix::mount::open_tree(
-        CWD,
-        source,
+        &dir,
+        "",
         OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH
             | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| failed(format!("clone the directory: {e}")))?;
@@ -83,13 +129,45 @@ pub fn graft(pid: u32, source: &Path, target: &str, read_only: bool) -> Result<(
         .stderr(Stdio::piped())
         .env_clear()
         .output()
-        .map_err(|e| failed(format!("run berthd graft-into: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(
+        .map_err(|e| failed(format!("run graft-into: {e}")))?;
+    if !out.status.success() {
+        return Err(failed(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
+        ));
+    }
+    if !super::verify(pid, target, st.st_dev, st.st_ino) {
+        return Err(failed(
+            "the container does not see the directory at the target after the mount".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The hidden `graft-into` command of berthd and berth-pin: the child [`graft`] runs.
+#[derive(Debug, clap::Args)]
+pub struct GraftInto {
+    /// The container's first process.
+    #[arg(long)]
+    pub pid: u32,
+    /// The absolute path inside the container.
+    #[arg(long)]
+    pub target: String,
+    /// Make the mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+impl GraftInto {
+    /// Runs it on the detached mount on stdin; the error goes to stderr, for [`graft`] to
+    /// read. Call it before anything starts a thread.
+    pub fn run(&self) -> std::process::ExitCode {
+        match graft_into(std::io::stdin(), self.pid, &self.target, self.read_only) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! (`ProtectSystem=strict`, `ProtectHome=`, its own mount namespace) whose mounts would never
 //! reach dockerd.
 //!
-//! It does three things, each on behalf of one connection (see [`super::wire`]): make a
-//! templated host path, resolve and pin a host path (the same code as an in-process pin), and
-//! check that a container sees the pinned inode. The allowed roots and the owner of new
+//! It does four things, each on behalf of one connection (see [`super::wire`]): make a
+//! templated host path, resolve and pin a host path (the same code as an in-process pin),
+//! check that a container sees the pinned inode, and mount a pin or a local Docker volume into
+//! a claimed warm container (the same code as berthd's own graft). The allowed roots and the owner of new
 //! directories come from the helper's own reading of the configuration file, never from the
 //! request, so a caller cannot pin more than the node policy allows. Only peers whose
 //! `SO_PEERCRED` uid is root or one of the configured uids are served. Plain threads and
@@ -20,7 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::wire::{BadRequest, MAX_LINE, PinRequest, Reply, Request, VerifyRequest, WireError};
+use super::wire::{
+    BadRequest, GraftRequest, GraftSource, MAX_LINE, PinRequest, Reply, Request, VerifyRequest,
+    WireError,
+};
 use super::{NewDir, Pin, STAGING_DIR};
 
 /// Connections served at once; more are refused (berthd holds one per spawn in progress).
@@ -39,7 +43,12 @@ pub struct HelperConfig {
     pub new_dir: NewDir,
     /// Peer uids served besides root (berthd's, when it runs as its own user).
     pub peer_uids: Vec<u32>,
+    /// Docker's volume directory: a `graft` of a volume mounts `<this>/<name>/_data`.
+    pub docker_volumes: PathBuf,
 }
+
+/// Docker's volume directory with its default data root.
+pub const DOCKER_VOLUMES: &str = "/var/lib/docker/volumes";
 
 impl HelperConfig {
     /// The helper's configuration from berthd's: the policy's roots and new-directory owner.
@@ -49,6 +58,7 @@ impl HelperConfig {
             roots: cfg.policy.allowed_host_path_roots.clone(),
             new_dir: cfg.policy.new_dir(),
             peer_uids,
+            docker_volumes: PathBuf::from(DOCKER_VOLUMES),
         }
     }
 
@@ -225,6 +235,64 @@ impl Session<'_> {
         match req {
             Request::Pin(p) => self.pin(p),
             Request::Verify(v) => self.verify(&v),
+            Request::Graft(g) => self.graft(&g),
+        }
+    }
+
+    /// Mounts a pin of this connection, or a local volume found by name beneath Docker's
+    /// volume directory (no link followed), into the running container `g.pid`.
+    fn graft(&self, g: &GraftRequest) -> Reply {
+        let opened = match &g.source {
+            GraftSource::Pin(index) => match self.pins.get(index) {
+                Some(pin) => rustix::fs::open(
+                    &pin.staging,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map(|fd| (fd, pin.staging.display().to_string()))
+                .map_err(|e| WireError::Failed {
+                    path: pin.staging.display().to_string(),
+                    message: format!("open the pin: {e}"),
+                }),
+                None => Err(WireError::from(BadRequest {
+                    field: "source",
+                    message: format!("{index} is not pinned on this connection"),
+                })),
+            },
+            GraftSource::Volume(name) => {
+                let path = self.cfg.docker_volumes.join(name).join("_data");
+                super::resolve_path(std::slice::from_ref(&self.cfg.docker_volumes), &path)
+                    .and_then(|r| {
+                        if r.is_dir {
+                            Ok((r.into_fd(), path.display().to_string()))
+                        } else {
+                            Err(super::HostPathError::Kind {
+                                path: path.display().to_string(),
+                                kind: "regular file",
+                            })
+                        }
+                    })
+                    .map_err(|e| WireError::from(&e))
+            }
+        };
+        let (dir, shown) = match opened {
+            Ok(o) => o,
+            Err(w) => return Reply::Refused(w),
+        };
+        match super::graft::graft(g.pid, &dir, &shown, &g.target, g.read_only) {
+            Ok(()) => {
+                tracing::info!(source = %shown, pid = g.pid, target = %g.target, "grafted");
+                Reply::Grafted
+            }
+            Err(e) => {
+                tracing::info!(source = %shown, pid = g.pid, error = %e, "graft failed");
+                Reply::Refused(WireError::Failed {
+                    path: shown,
+                    message: e.to_string(),
+                })
+            }
         }
     }
 
@@ -292,6 +360,7 @@ mod tests {
                 mode: 0o700,
             },
             peer_uids: peers,
+            docker_volumes: DOCKER_VOLUMES.into(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::wire::{PinRequest, Reply, Request, VerifyRequest};
+use super::wire::{GraftRequest, GraftSource, PinRequest, Reply, Request, VerifyRequest};
 use super::{HostPathError, NewDir, Pin};
 
 /// Deadline of one exchange with the helper (a pin may touch a slow network filesystem).
@@ -25,6 +25,20 @@ pub(crate) struct Wanted {
     pub target: String,
     /// Templated: make it first.
     pub make: bool,
+}
+
+/// A volume or host path a claimed warm container gets while it runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Graft {
+    /// The mount's index in the Start.
+    pub index: usize,
+    /// A local Docker volume (its name and mountpoint); `None` = the host path pinned as
+    /// mount `index`.
+    pub volume: Option<(String, PathBuf)>,
+    /// The target in the container.
+    pub target: String,
+    /// Read-only.
+    pub read_only: bool,
 }
 
 /// Who pins.
@@ -181,6 +195,68 @@ impl Pinner {
             }
         }
         Ok(set)
+    }
+}
+
+impl Pinner {
+    /// Mounts each of `grafts` into the running container whose first process is `pid`: the
+    /// host paths of `pins`, and volumes. Blocking.
+    pub(crate) fn graft(
+        &self,
+        pins: &mut PinSet,
+        pid: u32,
+        grafts: &[Graft],
+    ) -> Result<(), HostPathError> {
+        for g in grafts {
+            let pinned = pins.held.iter().find(|h| h.index == g.index);
+            let shown = match (&g.volume, pinned) {
+                (Some((name, _)), _) => name.clone(),
+                (None, Some(h)) => h.path.clone(),
+                (None, None) => {
+                    return Err(HostPathError::Io {
+                        op: "mount into the running container",
+                        path: g.target.clone(),
+                        source: std::io::Error::other(format!("mount {} is not pinned", g.index)),
+                    });
+                }
+            };
+            match self {
+                Pinner::InProcess { .. } => {
+                    let source = match (&g.volume, pinned) {
+                        (Some((_, mountpoint)), _) => mountpoint.as_path(),
+                        (None, h) => h.map_or(Path::new(""), |h| h.staging.as_path()),
+                    };
+                    super::graft::graft_path(pid, source, &g.target, g.read_only).map_err(|e| {
+                        HostPathError::Io {
+                            op: "mount into the running container",
+                            path: shown,
+                            source: std::io::Error::other(e.to_string()),
+                        }
+                    })?;
+                }
+                Pinner::Helper(socket) => {
+                    let source = match &g.volume {
+                        Some((name, _)) => GraftSource::Volume(name.clone()),
+                        None => GraftSource::Pin(u32::try_from(g.index).unwrap_or(u32::MAX)),
+                    };
+                    let conn = match &mut pins.helper {
+                        Some(c) => c,
+                        none => none.insert(Conn::open(socket)?),
+                    };
+                    let req = Request::Graft(GraftRequest {
+                        source,
+                        pid,
+                        target: g.target.clone(),
+                        read_only: g.read_only,
+                    });
+                    match conn.ask(&req)? {
+                        Reply::Grafted => {}
+                        other => return Err(unexpected(socket, &other)),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

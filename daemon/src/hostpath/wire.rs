@@ -4,7 +4,9 @@
 //! A connection is one spawn's set of pins: berthd sends `pin` for each host path (the helper
 //! resolves it beneath the allowed roots of *its own* configuration, so a request can never
 //! widen the policy), then `verify` for each once the container runs; closing the connection
-//! releases every pin it made. Nothing else can be asked.
+//! releases every pin it made. A claimed warm container instead gets each pin, or a local
+//! Docker volume (found beneath the helper's own volume directory, by name), mounted into it
+//! while it runs (`graft`). Nothing else can be asked.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,34 @@ pub enum Request {
     Pin(PinRequest),
     /// Whether process `pid` sees pin `index` of this connection at `target` in its root.
     Verify(VerifyRequest),
+    /// Mount a pin of this connection, or a local Docker volume, at `target` in the running
+    /// container whose first process is `pid`.
+    Graft(GraftRequest),
+}
+
+/// See [`Request::Graft`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraftRequest {
+    /// What to mount.
+    pub source: GraftSource,
+    /// The container's first process.
+    pub pid: u32,
+    /// Where inside the container.
+    pub target: String,
+    /// Mount it read-only.
+    pub read_only: bool,
+}
+
+/// What a [`GraftRequest`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraftSource {
+    /// Pin `index` of this connection.
+    Pin(u32),
+    /// The local Docker volume of this name (its `_data` directory beneath the helper's
+    /// volume directory).
+    Volume(String),
 }
 
 /// See [`Request::Pin`].
@@ -76,6 +106,8 @@ pub enum Reply {
         /// The container sees the pinned inode at the target.
         ok: bool,
     },
+    /// The source is mounted at the target, and the container sees it there.
+    Grafted,
     /// The request was refused or failed; nothing was pinned.
     Refused(WireError),
 }
@@ -133,21 +165,25 @@ fn check_abs(field: &'static str, p: &str) -> Result<(), BadRequest> {
     Ok(())
 }
 
-/// A container name becomes one directory name under the staging directory: Docker's own
-/// characters only, so it can neither climb (`..`) nor nest (`/`).
-fn check_container(name: &str) -> Result<(), BadRequest> {
+/// A container or volume name becomes one directory name under the staging or volume
+/// directory: Docker's own characters only, so it can neither climb (`..`) nor nest (`/`).
+fn check_docker_name(field: &'static str, name: &str) -> Result<(), BadRequest> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if name.is_empty() || name.len() > MAX_CONTAINER {
-        return Err(bad(
-            "container",
-            format!("must be 1 to {MAX_CONTAINER} bytes"),
-        ));
+        return Err(bad(field, format!("must be 1 to {MAX_CONTAINER} bytes")));
     }
     if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(bad(
-            "container",
-            "must be [A-Za-z0-9][A-Za-z0-9_.-]* (a Docker container name)",
+            field,
+            "must be [A-Za-z0-9][A-Za-z0-9_.-]* (a Docker name)",
         ));
+    }
+    Ok(())
+}
+
+fn check_pid(pid: u32) -> Result<(), BadRequest> {
+    if pid == 0 {
+        return Err(bad("pid", "must be a process id (not 0)"));
     }
     Ok(())
 }
@@ -170,15 +206,21 @@ impl Request {
         match &req {
             Request::Pin(p) => {
                 check_abs("path", &p.path)?;
-                check_container(&p.container)?;
+                check_docker_name("container", &p.container)?;
                 check_index(p.index)?;
             }
             Request::Verify(v) => {
                 check_index(v.index)?;
-                if v.pid == 0 {
-                    return Err(bad("pid", "must be a process id (not 0)"));
-                }
+                check_pid(v.pid)?;
                 check_abs("target", &v.target)?;
+            }
+            Request::Graft(g) => {
+                match &g.source {
+                    GraftSource::Pin(index) => check_index(*index)?,
+                    GraftSource::Volume(name) => check_docker_name("volume", name)?,
+                }
+                check_pid(g.pid)?;
+                check_abs("target", &g.target)?;
             }
         }
         Ok(req)
@@ -315,6 +357,25 @@ mod tests {
                 target: "/home/jovyan/work".into(),
             })
         );
+        let graft = br#"{"graft":{"source":{"volume":"jupyterhub-user-a"},"pid":7,"target":"/home/jovyan","read_only":false}}"#;
+        assert_eq!(
+            Request::parse(graft).unwrap(),
+            Request::Graft(GraftRequest {
+                source: GraftSource::Volume("jupyterhub-user-a".into()),
+                pid: 7,
+                target: "/home/jovyan".into(),
+                read_only: false,
+            })
+        );
+        let graft = br#"{"graft":{"source":{"pin":2},"pid":7,"target":"/data","read_only":true}}"#;
+        assert!(matches!(
+            Request::parse(graft).unwrap(),
+            Request::Graft(GraftRequest {
+                source: GraftSource::Pin(2),
+                read_only: true,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -394,6 +455,30 @@ mod tests {
                 r#"{"verify":{"index":900,"pid":7,"target":"/data"}}"#.into(),
                 "index",
             ),
+            (
+                r#"{"graft":{"source":{"volume":"../etc"},"pid":7,"target":"/d","read_only":false}}"#.into(),
+                "volume",
+            ),
+            (
+                r#"{"graft":{"source":{"volume":"a/b"},"pid":7,"target":"/d","read_only":false}}"#.into(),
+                "volume",
+            ),
+            (
+                r#"{"graft":{"source":{"pin":999},"pid":7,"target":"/d","read_only":false}}"#.into(),
+                "index",
+            ),
+            (
+                r#"{"graft":{"source":{"pin":0},"pid":0,"target":"/d","read_only":false}}"#.into(),
+                "pid",
+            ),
+            (
+                r#"{"graft":{"source":{"pin":0},"pid":7,"target":"d","read_only":false}}"#.into(),
+                "target",
+            ),
+            (
+                r#"{"graft":{"source":{"path":"/etc"},"pid":7,"target":"/d","read_only":false}}"#.into(),
+                "request",
+            ),
         ];
         for (line, field) in cases {
             let e = Request::parse(line.as_bytes()).expect_err(&line);
@@ -419,6 +504,7 @@ mod tests {
                 ino: u64::MAX,
             },
             Reply::Verified { ok: false },
+            Reply::Grafted,
             Reply::Refused(WireError::Symlink {
                 path: "/r/x".into(),
                 root: "/r".into(),

@@ -171,7 +171,7 @@ impl crate::config::Config {
                 .then(|| Duration::from_secs(self.fencing.stop_after_hub_lost_seconds)),
             pools: self.warm.pools.clone(),
             graft: crate::hostpath::graft::available(
-                self.hostpaths.pin_helper_socket.as_os_str().is_empty(),
+                !self.hostpaths.pin_helper_socket.as_os_str().is_empty(),
             ),
         }
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Member, crash_point, fit, identity};
 use crate::docker::claimed::Claim;
 use crate::docker::{ContainerEngine, EngineError, ImageInfo, Limits};
+use crate::hostpath::Graft;
 use crate::runtime::error::blocking;
 use crate::runtime::lifecycle::resume;
 use crate::runtime::progress::{Event, Phase, Reporter};
@@ -100,44 +101,21 @@ impl<E: ContainerEngine> Runtime<E> {
             40,
             "Your server was ready and waiting: handing it to you.",
         ));
-        let pins = self.pin_host_paths(spec).await.map_err(Failed::Early)?;
+        let mut pins = self.pin_host_paths(spec).await.map_err(Failed::Early)?;
         self.prepare_volumes(spec).await.map_err(Failed::Early)?;
-        let mut grafts: Vec<(PathBuf, String, bool)> = Vec::new();
-        for (i, v) in spec.volumes.iter().enumerate() {
-            let source = if v.host_path {
-                pins.staging(i).map(std::path::Path::to_path_buf)
+        let mut grafts: Vec<Graft> = Vec::new();
+        for (index, v) in spec.volumes.iter().enumerate() {
+            let volume = if v.host_path {
+                None
             } else {
-                let mut info = engine
-                    .volume(&v.name)
-                    .await
-                    .map_err(|e| Failed::Early(e.into()))?;
-                if info.is_none() {
-                    // As Docker makes a missing named volume at create.
-                    let new = crate::docker::NewVolume {
-                        name: v.name.clone(),
-                        ..Default::default()
-                    };
-                    engine
-                        .create_volume(&new)
-                        .await
-                        .map_err(|e| Failed::Early(e.into()))?;
-                    info = engine
-                        .volume(&v.name)
-                        .await
-                        .map_err(|e| Failed::Early(e.into()))?;
-                }
-                info.filter(|i| {
-                    i.driver == "local" && i.options.is_empty() && !i.mountpoint.is_empty()
-                })
-                .map(|i| PathBuf::from(i.mountpoint))
+                Some((v.name.clone(), self.volume_dir(&v.name).await?))
             };
-            let Some(source) = source else {
-                return Err(Failed::Early(Error::Internal(format!(
-                    "volume {} has no directory on this node to mount",
-                    v.name
-                ))));
-            };
-            grafts.push((source, v.target.clone(), v.read_only));
+            grafts.push(Graft {
+                index,
+                volume,
+                target: v.target.clone(),
+                read_only: v.read_only,
+            });
         }
         let claim = Claim {
             labels: self.server_labels(spec, &[]),
@@ -173,18 +151,18 @@ impl<E: ContainerEngine> Runtime<E> {
             .ok_or_else(|| Failed::Early(Error::Internal("the warm container stopped".into())))?;
         if !grafts.is_empty() {
             let pid = c.pid.unwrap_or(0);
-            blocking(
-                "graft",
-                move || -> Result<(), crate::hostpath::graft::GraftError> {
-                    for (source, target, read_only) in &grafts {
-                        crate::hostpath::graft::graft(pid, source, target, *read_only)?;
-                    }
-                    Ok(())
-                },
-            )
+            let cfg = &self.inner.cfg;
+            let pinner = cfg.hostpaths.pinner(
+                &cfg.policy.allowed_host_path_roots,
+                cfg.policy.new_dir(),
+                &cfg.state_dir,
+            );
+            pins = blocking("graft", move || {
+                pinner.graft(&mut pins, pid, &grafts).map(|()| pins)
+            })
             .await
             .map_err(Failed::Early)?
-            .map_err(|e| Failed::Early(Error::Internal(e.to_string())))?;
+            .map_err(|e| Failed::Early(e.into()))?;
         }
         // The container's mount namespace holds its own copy now.
         drop(pins);
@@ -220,6 +198,29 @@ impl<E: ContainerEngine> Runtime<E> {
             .await
             .map_err(Failed::Late)?;
         Ok(started)
+    }
+
+    /// The directory of local volume `name` (made first, as Docker makes a missing named
+    /// volume at create), to mount into a running container.
+    async fn volume_dir(&self, name: &str) -> Result<PathBuf, Failed> {
+        let engine = &self.inner.engine;
+        let early = |e: EngineError| Failed::Early(e.into());
+        let mut info = engine.volume(name).await.map_err(early)?;
+        if info.is_none() {
+            let new = crate::docker::NewVolume {
+                name: name.to_owned(),
+                ..Default::default()
+            };
+            engine.create_volume(&new).await.map_err(early)?;
+            info = engine.volume(name).await.map_err(early)?;
+        }
+        info.filter(|i| i.driver == "local" && i.options.is_empty() && !i.mountpoint.is_empty())
+            .map(|i| PathBuf::from(i.mountpoint))
+            .ok_or_else(|| {
+                Failed::Early(Error::Internal(format!(
+                    "volume {name} has no directory on this node to mount"
+                )))
+            })
     }
 
     /// Removes member `id` after a claim that failed early, and undoes its record.

@@ -32,7 +32,7 @@ pub fn fits(spec: &StartSpec, can: Can) -> Result<(), &'static str> {
     }
     if !spec.volumes.is_empty() && !can.graft {
         return Err(
-            "this berthd cannot mount volumes into a running container (it runs with a pin helper, without CAP_SYS_ADMIN)",
+            "this berthd cannot mount volumes into a running container (it is not root and has no pin helper)",
         );
     }
     if spec.volumes.iter().any(|v| {
@@ -45,35 +45,13 @@ pub fn fits(spec: &StartSpec, can: Can) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::key::ServerKey;
-    use crate::spec::{Env, HostAccess, Resources, VolumeSpec};
+    use crate::spec::{Env, VolumeSpec};
 
     fn plain_spec() -> StartSpec {
         StartSpec {
-            key: ServerKey::new("u", "").expect("valid"),
-            spawn_id: "s1".into(),
-            image: "docker.io/library/img:1".into(),
-            cmd: vec![],
-            args: vec![],
             env: Env::new([("JUPYTERHUB_API_TOKEN".to_owned(), "t".to_owned())]).expect("valid"),
-            port: 8888,
-            resources: Resources::default(),
-            volumes: vec![],
-            labels: BTreeMap::new(),
-            user_options: String::new(),
-            ready_path: "/".into(),
-            ready_timeout: None,
-            host: HostAccess::default(),
-            gpus: Default::default(),
-            resumable: false,
-            options: Default::default(),
-            internal_ssl: None,
-            pull_policy: None,
-            pull_secret: None,
-            fence: crate::spec::Fence::NodeDefault,
+            ..StartSpec::plain("u", "docker.io/library/img:1")
         }
     }
 

@@ -27,7 +27,7 @@ impl<E: ContainerEngine> Runtime<E> {
     pub async fn keep_warm(&self, stop: CancellationToken) {
         if !self.inner.pool.configs().is_empty() && !self.inner.cfg.graft {
             tracing::warn!(
-                "warm pools: this berthd cannot mount volumes into a running container (it pins host paths through a helper, or is not root); only starts without volumes take a warm server"
+                "warm pools: this berthd cannot mount volumes into a running container (it is not root and has no pin helper, [hostpaths] pin_helper_socket); only starts without volumes take a warm server"
             );
         }
         if let Err(e) = self.adopt_warm().await {
@@ -94,8 +94,13 @@ impl<E: ContainerEngine> Runtime<E> {
         let engine = &self.inner.engine;
         let book = engine.book().clone();
         let node = self.inner.cfg.node_id.clone();
+        // Every container made for a pool (Docker keeps the label after a claim): no other.
         let ids = engine
-            .list(&[(LABEL_MANAGED, "true"), (LABEL_NODE, &node)])
+            .list(&[
+                (LABEL_MANAGED, "true"),
+                (LABEL_NODE, &node),
+                (LABEL_POOL, crate::docker::ANY_VALUE),
+            ])
             .await?;
         for id in book.ids() {
             if !ids.contains(&id) && engine.bare().inspect(&id).await?.is_none() {

@@ -357,30 +357,11 @@ mod tests {
 
     fn start_of(user: &str, count: u32) -> StartSpec {
         StartSpec {
-            key: ServerKey::new(user, "").expect("valid"),
-            spawn_id: "s".into(),
-            image: "img:1".into(),
-            cmd: vec![],
-            args: vec![],
-            env: crate::spec::Env::default(),
-            port: 8888,
-            resources: crate::spec::Resources::default(),
-            volumes: vec![],
-            labels: Default::default(),
-            user_options: String::new(),
-            ready_path: "/".into(),
-            ready_timeout: None,
             gpus: crate::devices::Ask {
                 count,
                 ..Default::default()
             },
-            host: crate::spec::HostAccess::default(),
-            resumable: false,
-            options: Default::default(),
-            internal_ssl: None,
-            pull_policy: None,
-            pull_secret: None,
-            fence: crate::spec::Fence::NodeDefault,
+            ..StartSpec::plain(user, "img:1")
         }
     }
 

@@ -1,17 +1,11 @@
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::key::ServerKey;
-use crate::spec::{HostAccess, Resources, VolumeSpec};
+use crate::spec::VolumeSpec;
 
 fn spec() -> StartSpec {
     let key = ServerKey::new("u", "").expect("valid");
     StartSpec {
         volumes: vec![VolumeSpec::new(0, &key, "home-{user}", "/home/jovyan", false).expect("ok")],
-        key,
-        spawn_id: "s1".into(),
-        image: "docker.io/library/img:1".into(),
-        cmd: vec![],
         args: vec!["--debug".into()],
         env: Env::new([
             ("JUPYTERHUB_API_TOKEN".to_owned(), "t1".to_owned()),
@@ -21,20 +15,8 @@ fn spec() -> StartSpec {
             ("SITE".to_owned(), "one".to_owned()),
         ])
         .expect("valid"),
-        port: 8888,
-        resources: Resources::default(),
-        labels: BTreeMap::new(),
-        user_options: String::new(),
-        ready_path: "/".into(),
-        ready_timeout: None,
-        host: HostAccess::default(),
-        gpus: Default::default(),
         resumable: true,
-        options: Default::default(),
-        internal_ssl: None,
-        pull_policy: None,
-        pull_secret: None,
-        fence: crate::spec::Fence::NodeDefault,
+        ..StartSpec::plain("u", "docker.io/library/img:1")
     }
 }
 

@@ -343,7 +343,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="two tiny scenarios, to check the harness")
     ap.add_argument("--quick", action="store_true", help="1 user ×3 and 10 concurrent only (a loaded machine)")
-    ap.add_argument("--only", choices=["berth", "DockerSpawner"], help="one spawner (to study it), not the comparison")
+    ap.add_argument(
+        "--only", choices=["berth", "DockerSpawner", "berth warm"], help="one spawner (to study it), not the comparison"
+    )
     ap.add_argument("--out", default=None, help="where the tables go (default: their section of bench/RESULTS.md)")
     ap.add_argument("--warm", type=int, default=0, help="also a hub on a node keeping N warm servers")
     args = ap.parse_args()

@@ -437,3 +437,127 @@ async fn a_draining_node_makes_no_warm_servers() {
     ready(&d, 3).await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The claim files berthd keeps.
+fn claim_files(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.state_dir.join("claims"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn exists(id: &str) -> bool {
+    !docker(&["ps", "-aq", "--filter", &format!("id={id}")])
+        .trim()
+        .is_empty()
+}
+
+/// A claim refused half-way (the volume's target lies beneath a file of the image, so it
+/// cannot be mounted: after the claim file, the record and the rename) removes the member and
+/// undoes the claim: the Start fails as a cold one would (Docker refuses the same mount), no
+/// claim file is left, and the pool's next member serves the user's next Start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_refused_half_way_removes_the_member_and_undoes_the_claim() {
+    let (d, dir) = warm_daemon(1, &[]);
+    ready(&d, 1).await;
+    let member = warm_members(&d).pop().expect("one member");
+    let user = unique("refusedu");
+    let vol = unique("refusedvol");
+    let mut req = start_with_volume(&user, "s1", &vol);
+    req.volumes[0].target = "/www/index.html/files".into();
+    let c = d.client().await;
+    let err = c
+        .clone()
+        .start(req)
+        .await
+        .expect_err("nothing can be mounted beneath a file");
+    assert!(
+        err.message().contains("not a directory"),
+        "the reason: {}",
+        err.message()
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("claim failed; the warm container is removed"),
+        "the claim was tried and failed:\n{log}"
+    );
+    assert!(!exists(&member), "the member is removed");
+    assert!(claim_files(&d).is_empty(), "no claim is left");
+    let status = poll(&c, &user, "").await;
+    assert_eq!(common::state(&status), pb::server_status::State::Absent);
+    ready(&d, 1).await;
+    let next = warm_members(&d).pop().expect("a new member");
+    assert_ne!(next, member);
+    let started = c
+        .clone()
+        .start(start_with_volume(&user, "s2", &vol))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", d.log_text()))
+        .into_inner();
+    assert_eq!(
+        started.container_id, next,
+        "the next member serves the user"
+    );
+    common::stop_remove(&c, &user).await;
+    docker(&["volume", "rm", "-f", &vol]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A claimed server the hub gave up on (its Start call cut, no retry within the grace) is
+/// removed as a cold one would be, with its claim: it neither runs on for nobody nor returns
+/// to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_the_hub_gave_up_on_leaves_no_server_and_no_claim() {
+    let dir = common::temp_dir("warm-config");
+    let config = common::write_file(
+        &dir,
+        "config.toml",
+        &format!(
+            "[spawn]\nabandon_grace_seconds = 1\n\n[[warm.pools]]\nimage = \"{TINY}\"\nsize = 1\nlauncher = \"shell\"\nmemory_bytes = \"8M\"\n"
+        ),
+    );
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    ready(&d, 1).await;
+    let member = warm_members(&d).pop().expect("one member");
+    let user = unique("gaveupu");
+    let mut req = tiny_start(&user, "s1");
+    // A server that never answers: the claim is done, the readiness wait is not.
+    req.cmd = vec!["sleep".into(), "600".into()];
+    req.ready_timeout_seconds = 300;
+    let mut call = tonic::Request::new(req);
+    call.set_timeout(Duration::from_secs(3));
+    let mut c = d.client().await;
+    let err = c.start(call).await.expect_err("the hub gives up");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{err:?}"
+    );
+    let ended = eventually(Duration::from_secs(20), || {
+        let c = c.clone();
+        let user = user.clone();
+        async move {
+            let st = poll(&c, &user, "").await;
+            (common::state(&st) == pb::server_status::State::Absent).then_some(())
+        }
+    })
+    .await;
+    let log = d.log_text();
+    assert!(ended.is_some(), "still starting:\n{log}");
+    assert!(
+        log.contains("warm container claimed"),
+        "it was claimed:\n{log}"
+    );
+    assert!(log.contains("no retry came"), "the log says why:\n{log}");
+    assert!(!exists(&member), "the claimed container is removed");
+    assert!(claim_files(&d).is_empty(), "no claim is left");
+    ready(&d, 1).await;
+    assert!(!warm_members(&d).contains(&member), "it never returns");
+    std::fs::remove_dir_all(dir).ok();
+}

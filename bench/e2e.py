@@ -363,9 +363,10 @@ def main():
     ip = hub_ip()
     warm_node = Berthd("warm", base, config=warm_pool(args.warm)) if args.warm else None
     with Berthd("bench", base) as node:
-        berth_hub = Hub(os.path.join(base, "berth"), [node], extra=hub_debug, hub_ip=ip)
-        ds_hub = warm_hub = None
+        berth_hub = ds_hub = warm_hub = None
         try:
+            # Inside the try: a hub that cannot start still stops the nodes (and their pools).
+            berth_hub = Hub(os.path.join(base, "berth"), [node], extra=hub_debug, hub_ip=ip)
             ds_hub = Hub(os.path.join(base, "ds"), [], extra=dockerspawner_config(prefix) + SLOW_MACHINE, hub_ip=ip)
             timers = {"berth": Timer(berth_hub, "berth"), "DockerSpawner": Timer(ds_hub, "DockerSpawner")}
             if warm_node:
@@ -406,7 +407,8 @@ def main():
                 rows.append((label, res))
             bd = [breakdown(berth_hub, node, u) for u in ("anatomy", "tinyanatomy")]
         finally:
-            berth_hub.stop()
+            if berth_hub is not None:
+                berth_hub.stop()
             if ds_hub is not None:
                 ds_hub.stop()
             if warm_hub is not None:

@@ -484,6 +484,16 @@ impl<E: ContainerEngine> Runtime<E> {
             .map(drop)
     }
 
+    /// Who pins this node's host paths (and grafts into claimed warm containers).
+    pub(in crate::runtime) fn pinner(&self) -> crate::hostpath::Pinner {
+        let cfg = &self.inner.cfg;
+        cfg.hostpaths.pinner(
+            &cfg.policy.allowed_host_path_roots,
+            cfg.policy.new_dir(),
+            &cfg.state_dir,
+        )
+    }
+
     /// Resolves every host path of `spec` beneath its allowed root (making a templated one on
     /// first use) and pins it at its staging path, and checks its devices; off the async
     /// threads, as a network filesystem may be slow.
@@ -504,12 +514,7 @@ impl<E: ContainerEngine> Runtime<E> {
         if wanted.is_empty() && devices.is_empty() {
             return Ok(PinSet::default());
         }
-        let cfg = &self.inner.cfg;
-        let pinner = cfg.hostpaths.pinner(
-            &cfg.policy.allowed_host_path_roots,
-            cfg.policy.new_dir(),
-            &cfg.state_dir,
-        );
+        let pinner = self.pinner();
         let name = spec.key.container_name();
         let pinned = blocking("host path", move || -> Result<Pins, HostPathError> {
             for d in &devices {

@@ -151,12 +151,7 @@ impl<E: ContainerEngine> Runtime<E> {
             .ok_or_else(|| Failed::Early(Error::Internal("the warm container stopped".into())))?;
         if !grafts.is_empty() {
             let pid = c.pid.unwrap_or(0);
-            let cfg = &self.inner.cfg;
-            let pinner = cfg.hostpaths.pinner(
-                &cfg.policy.allowed_host_path_roots,
-                cfg.policy.new_dir(),
-                &cfg.state_dir,
-            );
+            let pinner = self.pinner();
             pins = blocking("graft", move || {
                 pinner.graft(&mut pins, pid, &grafts).map(|()| pins)
             })

@@ -14,7 +14,7 @@ use std::time::Duration;
 use berth_proto::v1 as pb;
 use berth_proto::v1::spawner_client::SpawnerClient;
 use common::registry::{Registry, SlowProxy, push_test_image, remove_local};
-use common::{Daemon, Stop, docker, eventually, key, poll, stop_as, tiny_start, unique};
+use common::{Daemon, Stop, docker, key, poll, stop_as, tiny_start, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -263,14 +263,13 @@ async fn a_start_whose_caller_gave_up_makes_nothing() {
     let err = c.start(call).await.unwrap_err();
     assert!(gave_up(&err), "{err:?}");
     // The grace (1 s) passes: the spawn is cancelled and ends with nothing.
-    let ended = eventually(Duration::from_secs(5), || {
-        let c = c.clone();
-        let user = user.clone();
-        async move {
-            let st = poll(&c, &user, "").await;
-            (common::state(&st) == pb::server_status::State::Absent).then_some(())
-        }
-    })
+    let ended = common::wait_for_state(
+        &c,
+        &user,
+        "",
+        pb::server_status::State::Absent,
+        Duration::from_secs(5),
+    )
     .await;
     assert!(ended.is_some(), "still starting:\n{}", d.log_text());
     assert!(

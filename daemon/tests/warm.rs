@@ -539,14 +539,13 @@ async fn a_claim_the_hub_gave_up_on_leaves_no_server_and_no_claim() {
         ),
         "{err:?}"
     );
-    let ended = eventually(Duration::from_secs(20), || {
-        let c = c.clone();
-        let user = user.clone();
-        async move {
-            let st = poll(&c, &user, "").await;
-            (common::state(&st) == pb::server_status::State::Absent).then_some(())
-        }
-    })
+    let ended = common::wait_for_state(
+        &c,
+        &user,
+        "",
+        pb::server_status::State::Absent,
+        Duration::from_secs(20),
+    )
     .await;
     let log = d.log_text();
     assert!(ended.is_some(), "still starting:\n{log}");

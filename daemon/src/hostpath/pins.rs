@@ -196,9 +196,7 @@ impl Pinner {
         }
         Ok(set)
     }
-}
 
-impl Pinner {
     /// Mounts each of `grafts` into the running container whose first process is `pid`: the
     /// host paths of `pins`, and volumes. Blocking.
     pub(crate) fn graft(
@@ -208,10 +206,10 @@ impl Pinner {
         grafts: &[Graft],
     ) -> Result<(), HostPathError> {
         for g in grafts {
-            let pinned = pins.held.iter().find(|h| h.index == g.index);
-            let shown = match (&g.volume, pinned) {
-                (Some((name, _)), _) => name.clone(),
-                (None, Some(h)) => h.path.clone(),
+            // The name shown in errors, and the directory an in-process graft opens.
+            let (shown, source) = match (&g.volume, pins.held.iter().find(|h| h.index == g.index)) {
+                (Some((name, mountpoint)), _) => (name.clone(), mountpoint.clone()),
+                (None, Some(h)) => (h.path.clone(), h.staging.clone()),
                 (None, None) => {
                     return Err(HostPathError::Io {
                         op: "mount into the running container",
@@ -222,17 +220,13 @@ impl Pinner {
             };
             match self {
                 Pinner::InProcess { .. } => {
-                    let source = match (&g.volume, pinned) {
-                        (Some((_, mountpoint)), _) => mountpoint.as_path(),
-                        (None, h) => h.map_or(Path::new(""), |h| h.staging.as_path()),
-                    };
-                    super::graft::graft_path(pid, source, &g.target, g.read_only).map_err(|e| {
-                        HostPathError::Io {
+                    super::graft::graft_path(pid, &source, &g.target, g.read_only).map_err(
+                        |e| HostPathError::Io {
                             op: "mount into the running container",
                             path: shown,
                             source: std::io::Error::other(e.to_string()),
-                        }
-                    })?;
+                        },
+                    )?;
                 }
                 Pinner::Helper(socket) => {
                     let source = match &g.volume {
